@@ -1,0 +1,44 @@
+"""dynflow: dynamic fan-out / map / reduce pipelines on Dask.
+
+``@task`` functions become lazy graph nodes, ``@flow`` functions compose them, and
+``task.map(upstream)`` expands per item inside the live distributed scheduler once the
+upstream value exists on the cluster.
+"""
+
+from __future__ import annotations
+
+from dynflow import config as _config  # noqa: F401  (loads dynflow.yaml defaults)
+from dynflow.exceptions import (
+    DynflowError,
+    ExtensionError,
+    LazyValueError,
+    MapInputError,
+    MapLengthError,
+    SerializationError,
+)
+from dynflow.flow import Flow, flow
+from dynflow.node import MapNode, Node, unmapped
+from dynflow.runner import compute, get_client, submit, submit_async
+from dynflow.task import Task, task
+
+__all__ = [
+    "DynflowError",
+    "ExtensionError",
+    "Flow",
+    "LazyValueError",
+    "MapInputError",
+    "MapLengthError",
+    "MapNode",
+    "Node",
+    "SerializationError",
+    "Task",
+    "compute",
+    "flow",
+    "get_client",
+    "submit",
+    "submit_async",
+    "task",
+    "unmapped",
+]
+
+__version__ = "0.1.0"

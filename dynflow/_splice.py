@@ -1,0 +1,159 @@
+"""The scheduler extension that adds per-item tasks to the live scheduler.
+
+This is the ONE module of dynflow that touches the scheduler's private state
+(``TaskState`` fields, ``new_task``, ``transitions``, ``_apply_annotations``). It is
+pinned to the distributed versions in ``pyproject.toml`` and tested with
+``distributed.scheduler.validate`` on. It imports nothing from the client side: the
+expansion plan arrives inside the expander's own task spec.
+
+The splice, in one synchronous pass (it must not interleave with other transitions):
+
+1. check that the calling expander ``E`` is processing with the caller's run id (a
+   stale or repeated call changes nothing);
+2. create the per-item tasks ``(map key, i)``, skipping keys that already exist, so an
+   expander that runs again creates no duplicates;
+3. wire them into the collectors ``C`` (dynflow-owned; a user's task is never rewired)
+   and give each collector its real task spec; the ``E -> C`` edge stays, so that
+   forgetting ``C`` forgets ``E`` and the upstream tasks;
+4. set priorities (the expander's, then item index, then stage: chained maps run item
+   by item), annotations and spans, tell the other plugins, and transition the items
+   to waiting.
+
+State: none beyond the scheduler's own tasks. Everything a run adds is forgotten by the
+scheduler's usual dependent-driven cleanup when the run's keys are released.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import time
+from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils import log_errors
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+    from distributed.scheduler import TaskState
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NAME", "SpliceExtension"]
+
+#: the name the extension is registered under, on the scheduler and as a plugin
+NAME = "dynflow"
+
+
+class SpliceExtension(SchedulerPlugin):
+    """Scheduler plugin serving the ``dynflow_splice`` RPC for expander tasks."""
+
+    name = NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.scheduler: Scheduler | None = None
+        # splices done, for the dashboard and tests: number of tasks added in total
+        self.tasks_added = 0
+
+    async def start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        scheduler.handlers["dynflow_splice"] = self.splice
+        scheduler.extensions[NAME] = self
+
+    async def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.handlers.pop("dynflow_splice", None)
+            self.scheduler.extensions.pop(NAME, None)
+
+    @log_errors
+    def splice(
+        self, expander: Any, run_id: int, n: int, materialized: list[str]
+    ) -> dict[str, Any]:
+        """Add the ``n`` items of every stage of ``expander``'s expansion."""
+        s = self.scheduler
+        assert s is not None
+        stimulus_id = f"dynflow-splice-{time()}"
+        ets = s.tasks.get(expander)
+        if ets is None or ets.state != "processing" or ets.run_id != run_id:
+            return {"status": "stale"}
+        collectors = [
+            s.tasks[k] for k in (d.key for d in ets.dependents) if k in s.tasks
+        ]
+        if not any(c.state == "waiting" for c in collectors):
+            return {"status": "unwanted"}
+
+        stages, specs = ets.run_spec.args[0].build(n, materialized)
+        computation = s.computations[-1] if s.computations else None
+        span = (ets.annotations or {}).get("span")
+        new: list[TaskState] = []
+        for stage_index, (annotations, items) in enumerate(stages):
+            created: list[TaskState] = []
+            for i, spec in enumerate(items):
+                if spec.key in s.tasks:
+                    continue
+                ts = s.new_task(spec.key, spec, "released", computation)
+                for dep in spec.dependencies:
+                    ts.add_dependency(s.tasks[dep])
+                ts.priority = (*ets.priority, i, stage_index)
+                created.append(ts)
+            ann = dict(annotations)
+            if span:
+                ann["span"] = span
+            s._apply_annotations(tasks=created, annotations_by_type={}, global_annotations=ann)
+            new += created
+
+        recommendations: dict[Any, str] = {ts.key: "waiting" for ts in reversed(new)}
+        fresh = {ts.key for ts in new}
+        for cts in collectors:
+            spec = specs.get(cts.key)
+            if spec is None or cts.state != "waiting":
+                continue
+            for dep in spec.dependencies:
+                dts = s.tasks[dep]
+                cts.add_dependency(dts)
+                if not dts.who_has:
+                    cts.waiting_on.add(dts)
+                if dts.key in fresh:
+                    continue  # released -> waiting will add cts to its waiters
+                if dts.state == "erred":
+                    cts.exception_blame = dts.exception_blame
+                    recommendations[cts.key] = "erred"
+                    continue
+                if dts.waiters is None:
+                    dts.waiters = set()
+                dts.waiters.add(cts)
+                if dts.state == "released":
+                    recommendations.setdefault(dts.key, "waiting")
+            cts.run_spec = spec
+
+        spans = s.extensions.get("spans")
+        if spans is not None and new:
+            spans.observe_tasks(new, code=(), span_metadata={"collections": []})
+        self._tell_plugins(new, stimulus_id)
+        s.transitions(recommendations, stimulus_id)
+        self.tasks_added += len(new)
+        return {"status": "OK", "added": len(new)}
+
+    def _tell_plugins(self, new: list[TaskState], stimulus_id: str) -> None:
+        s = self.scheduler
+        assert s is not None
+        keys = [ts.key for ts in new]
+        annotations: dict[str, dict] = {}
+        for ts in new:
+            for k, v in (ts.annotations or {}).items():
+                annotations.setdefault(k, {})[ts.key] = v
+        for plugin in list(s.plugins.values()):
+            if plugin is self:
+                continue
+            try:
+                plugin.update_graph(
+                    s,
+                    client=NAME,
+                    tasks=keys,
+                    keys=set(),
+                    annotations=annotations,
+                    priority={ts.key: ts.priority for ts in new},
+                    stimulus_id=stimulus_id,
+                )
+            except Exception:  # as update_graph does: a plugin must not break the splice
+                logger.exception("plugin %r failed in update_graph after a splice", plugin)

@@ -1,0 +1,272 @@
+"""The lazy graph: :class:`Node`, :class:`MapNode` and the markers used in ``task.map``.
+
+A node is a tiny immutable handle on one call of a task. It holds its arguments, in which
+other nodes may appear (also inside lists, tuples, sets and dicts); those are its
+dependencies. A node never copies its upstream graph: :mod:`dynflow.graph` walks the nodes
+when a graph is computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from contextvars import ContextVar
+
+from dask.base import tokenize
+
+from dynflow.exceptions import LazyValueError
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+    from dynflow.task import Task
+
+__all__ = ["BUILDING", "MapNode", "Node", "find_nodes", "replace_nodes", "unmapped"]
+
+#: the name of the flow whose body is being run to build a graph, if any
+BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
+
+
+class Node:
+    """A lazy call of a task: nothing runs until it is computed.
+
+    Created by calling a :func:`~dynflow.task` (``node = inc(1)``), never directly.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def inc(x):
+    ...     return x + 1
+    >>> inc(inc(1)).compute(scheduler="sync")
+    3
+    """
+
+    __slots__ = ("_args", "_key", "_kwargs", "_task", "_wait_for")
+
+    _key: str
+    _task: Task
+    _args: tuple
+    _kwargs: dict[str, Any]
+    _wait_for: tuple[Node, ...]
+
+    def __init__(
+        self,
+        task: Task,
+        args: tuple,
+        kwargs: dict[str, Any],
+        wait_for: tuple[Node, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "_task", task)
+        object.__setattr__(self, "_args", args)
+        object.__setattr__(self, "_kwargs", kwargs)
+        object.__setattr__(self, "_wait_for", wait_for)
+        if task.options["pure"]:
+            token = tokenize(
+                type(self).__name__, task.fn, task.options, args, kwargs, wait_for
+            )
+        else:
+            token = uuid.uuid4().hex
+        object.__setattr__(self, "_key", f"{task.name}-{token}")
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def key(self) -> str:
+        """The scheduler key of this node's result, ``"<task name>-<token>"``."""
+        return self._key
+
+    @property
+    def task(self) -> Task:
+        """The task this node calls."""
+        return self._task
+
+    @property
+    def name(self) -> str:
+        """The task's name."""
+        return self._task.name
+
+    @property
+    def dependencies(self) -> tuple[Node, ...]:
+        """Upstream nodes: those in the arguments, then those in ``wait_for``."""
+        seen: dict[str, Node] = {}
+        for n in (*find_nodes((self._args, self._kwargs)), *self._wait_for):
+            seen.setdefault(n.key, n)
+        return tuple(seen.values())
+
+    def __dask_tokenize__(self) -> str:
+        return self._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._key == self._key  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} objects are immutable")
+
+    def __reduce__(self) -> Any:
+        raise LazyValueError(
+            f"{self._lazy_what()} cannot be pickled: it is a lazy handle that exists only "
+            "while a graph is built. Pass it as an argument to a task instead."
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._key}>"
+
+    # -------------------------------------------------------- no concrete value
+    def _lazy_what(self) -> str:
+        return f"{type(self).__name__} {self._key!r} (a lazy result of task {self.name!r})"
+
+    def __bool__(self) -> bool:
+        flow = BUILDING.get()
+        where = f"the body of flow {flow!r}" if flow else "code that builds a graph"
+        raise LazyValueError(
+            f"{self._lazy_what()} has no truth value: its value is known only when the "
+            f"graph runs, so {where} cannot branch on it (`if node:`, `while node:`, "
+            "`and`/`or`). Move the decision into a @task that receives the value as an "
+            "argument, or compute the node first and branch on the result."
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        raise LazyValueError(
+            f"{self._lazy_what()} cannot be iterated while the graph is built: its length "
+            f"is known only when it runs. Use `some_task.map(node)` to run a task per item."
+        )
+
+    def __len__(self) -> int:
+        raise LazyValueError(
+            f"{self._lazy_what()} has no length while the graph is built. Use "
+            "`some_task.map(node)` to run a task per item, or a @task that calls len()."
+        )
+
+    # -------------------------------------------------------------- execution
+    def compute(self, client: Client | None = None, scheduler: str | None = None) -> Any:
+        """Run the graph that ends at this node and return its value.
+
+        Parameters
+        ----------
+        client : distributed.Client, optional
+            The cluster to use; by default the one :func:`dynflow.get_client` finds.
+            With an asynchronous client, the result is awaitable.
+        scheduler : str, optional
+            ``"sync"`` runs the graph in this process, in order (for ``pdb``);
+            ``"threads"`` in a local thread pool. No cluster is used.
+        """
+        from dynflow.runner import compute
+
+        out = compute(self, client=client, scheduler=scheduler)
+        if inspect.isawaitable(out):
+            return _first(out)
+        return out[0]
+
+    def submit(self, client: Client | None = None) -> Future:
+        """Start the graph that ends at this node; return a ``distributed.Future``."""
+        from dynflow.runner import submit
+
+        (future,) = submit(self, client=client)
+        return future
+
+
+async def _first(awaitable: Any) -> Any:
+    return (await awaitable)[0]
+
+
+class Slot(NamedTuple):
+    """One argument of a map call: mapped over (one value per item) or static."""
+
+    label: str  # the argument's name, as written in error messages: "items", "args[1]"
+    mapped: bool
+    value: Any  # mapped: a Node, a MapNode, or a tuple of concrete values; else the value
+
+
+class MapNode(Node):
+    """A lazy per-item call of a task over mapped arguments; its value is the list of results.
+
+    Created by ``task.map(...)``. Its length is known only when it runs; on a
+    distributed cluster the per-item tasks ``(node.key, i)`` are added to the live
+    scheduler once the mapped upstream values exist.
+    """
+
+    __slots__ = ()
+
+    _args: tuple[Slot, ...]
+    _kwargs: dict[str, Slot]
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        """Every argument, positional then keyword."""
+        return (*self._args, *self._kwargs.values())
+
+    @property
+    def mapped_nodes(self) -> tuple[Node, ...]:
+        """The upstream nodes that are mapped over, item by item."""
+        return tuple(s.value for s in self.slots if s.mapped and isinstance(s.value, Node))
+
+    def __repr__(self) -> str:
+        return f"<MapNode {self._key}: {self.name}.map()>"
+
+
+class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls
+    """Mark an argument of ``task.map`` as static: every item receives the same value.
+
+    ``value`` may be a node; its value is computed once and passed to every item.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def scale(x, factor):
+    ...     return x * factor
+    >>> scale.map([1, 2, 3], factor=df.unmapped([10])).compute(scheduler="sync")
+    [[10], [10, 10], [10, 10, 10]]
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"unmapped({self.value!r})"
+
+
+# ------------------------------------------------------------------ traversal
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+def replace_nodes(obj: Any, fn: Callable[[Node], Any]) -> Any:
+    """Return ``obj`` with every node in it (also inside containers) replaced by ``fn(node)``."""
+    if isinstance(obj, Node):
+        return fn(obj)
+    if isinstance(obj, unmapped):
+        return unmapped(replace_nodes(obj.value, fn))
+    if type(obj) in _CONTAINERS or isinstance(obj, _CONTAINERS):
+        if isinstance(obj, dict):
+            return type(obj)((k, replace_nodes(v, fn)) for k, v in obj.items())
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*(replace_nodes(v, fn) for v in obj))
+        return type(obj)(replace_nodes(v, fn) for v in obj)
+    return obj
+
+
+def find_nodes(obj: Any) -> list[Node]:
+    """Every node in ``obj``, in order of appearance (containers are searched)."""
+    found: list[Node] = []
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, Node):
+            found.append(o)
+        elif isinstance(o, Slot):
+            stack.append(o.value)
+        elif isinstance(o, unmapped):
+            stack.append(o.value)
+        elif isinstance(o, dict):
+            stack.extend(reversed(list(o.values())))
+        elif isinstance(o, _CONTAINERS):
+            stack.extend(reversed(list(o)))
+    return found

@@ -1,0 +1,269 @@
+"""Finding the cluster, and computing or submitting nodes on it.
+
+The cluster is found in this order: an explicit ``client=``; the current default
+distributed Client; the dask config key ``dynflow.address``; else an embedded
+``LocalCluster``, started once per process on first use and closed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import pickle
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import cloudpickle
+import dask
+import dask.config
+from dask.base import get_scheduler
+from distributed import Client, Future, LocalCluster
+from distributed.client import default_client
+
+from dynflow._splice import NAME, SpliceExtension
+from dynflow.exceptions import SerializationError
+from dynflow.graph import lower, topological
+from dynflow.node import MapNode, Node
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["compute", "get_client", "submit"]
+
+#: the local schedulers ``compute(scheduler=...)`` accepts; no cluster is used
+LOCAL_SCHEDULERS = ("sync", "synchronous", "single-threaded", "threads", "threading")
+
+_lock = threading.Lock()
+_embedded: dict[str, Any] = {}  # "cluster", "client": the embedded LocalCluster, once made
+_address_clients: dict[str, Client] = {}  # address from config -> the client made for it
+_installed: set[tuple[int, str]] = set()  # (id(client), scheduler address) with the extension
+
+
+def get_client(client: Client | None = None) -> Client:
+    """The client dynflow uses: ``client``, else the default Client, else one it makes.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Returned as is when given.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> c = df.get_client()  # doctest: +SKIP
+    """
+    if client is not None:
+        return client
+    try:
+        return default_client()
+    except ValueError:
+        pass
+    address = dask.config.get("dynflow.address", None)
+    with _lock:
+        if address:
+            c = _address_clients.get(address)
+            if c is None or c.status in ("closed", "closing"):
+                timeout = dask.config.get("dynflow.connect-timeout")
+                c = Client(address, timeout=timeout, set_as_default=False)
+                _address_clients[address] = c
+                atexit.register(_close_address_clients)
+            return c
+        if not _embedded or _embedded["client"].status in ("closed", "closing"):
+            _start_embedded()
+        return _embedded["client"]
+
+
+def _start_embedded() -> None:
+    cfg = dask.config.get("dynflow.local-cluster")
+    kwargs: dict[str, Any] = {"processes": cfg["processes"]}
+    if cfg["n-workers"] is not None:
+        kwargs["n_workers"] = cfg["n-workers"]
+    if cfg["threads-per-worker"] is not None:
+        kwargs["threads_per_worker"] = cfg["threads-per-worker"]
+    cluster = LocalCluster(dashboard_address=cfg["dashboard-address"], **kwargs)
+    client = Client(cluster, set_as_default=False)
+    _embedded.update(cluster=cluster, client=client)
+    atexit.register(_close_embedded)
+    logger.info("dynflow started a local Dask cluster; dashboard: %s", client.dashboard_link)
+
+
+def _close_embedded() -> None:
+    if _embedded:
+        _embedded.pop("client").close()
+        _embedded.pop("cluster").close()
+
+
+def _close_address_clients() -> None:
+    while _address_clients:
+        _address_clients.popitem()[1].close()
+
+
+def _install(client: Client) -> None:
+    """Install the scheduler extension once per client and scheduler."""
+    token = (id(client), client.scheduler.address)
+    if token in _installed:
+        return
+    if client.asynchronous:
+        raise RuntimeError(  # pragma: no cover - guarded by submit()
+            "internal error: _install() called with an asynchronous client"
+        )
+    client.register_plugin(SpliceExtension(), name=NAME)
+    _installed.add(token)
+
+
+async def _install_async(client: Client) -> None:
+    token = (id(client), client.scheduler.address)
+    if token not in _installed:
+        await client.register_plugin(SpliceExtension(), name=NAME)
+        _installed.add(token)
+
+
+def _check_nodes(nodes: Sequence[Any]) -> tuple[Node, ...]:
+    for n in nodes:
+        if not isinstance(n, Node):
+            raise TypeError(
+                f"expected dynflow nodes (the result of calling a @task), got "
+                f"{type(n).__name__} {n!r}"
+            )
+    return tuple(nodes)
+
+
+def _diagnose_pickling(nodes: Sequence[Node], error: BaseException) -> SerializationError:
+    """Find which task function or argument cannot be pickled."""
+
+    def fails(obj: Any) -> BaseException | None:
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as e:
+            return e
+        return None
+
+    for node in topological(nodes):
+        if (e := fails(node.task.fn)) is not None:
+            return SerializationError(
+                f"task {node.name!r}: its function cannot be pickled to send it to the "
+                f"cluster: {e}"
+            )
+        named = list(zip(_labels(node), (*node._args, *node._kwargs.values())))
+        for label, value in named:
+            if isinstance(node, MapNode):
+                value = value.value
+            if isinstance(value, Node):
+                continue
+            from dynflow.node import replace_nodes
+
+            if (e := fails(replace_nodes(value, lambda n: None))) is not None:
+                return SerializationError(
+                    f"task {node.name!r}: argument {label!r} ({type(value).__name__}) "
+                    f"cannot be pickled to send it to the cluster: {e}"
+                )
+    return SerializationError(f"the graph cannot be pickled: {error}")
+
+
+def _labels(node: Node) -> list[str]:
+    if isinstance(node, MapNode):
+        return [s.label for s in node.slots]
+    from dynflow.task import _positional_labels
+
+    pos = _positional_labels(node.task._signature, len(node._args))
+    return [*pos, *node._kwargs]
+
+
+def submit(*nodes: Node, client: Client | None = None) -> list[Future]:
+    """Start computing ``nodes`` in one graph; return one ``distributed.Future`` each.
+
+    The futures work with distributed's own tools: ``wait``, ``as_completed``,
+    ``progress``, ``client.gather``.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def inc(x):
+    ...     return x + 1
+    >>> (fut,) = df.submit(inc(1))  # doctest: +SKIP
+    >>> fut.result()  # doctest: +SKIP
+    2
+    """
+    nodes = _check_nodes(nodes)
+    client = get_client(client)
+    if not client.asynchronous:
+        _install(client)
+    elif (id(client), client.scheduler.address) not in _installed:
+        raise RuntimeError(
+            "with an asynchronous client, call `await dynflow.submit_async(...)` or "
+            "`await node.compute(client=...)`"
+        )
+    graph = lower(nodes, distributed=True)
+    keys = [n.key for n in nodes]
+    try:
+        return client.get(graph, keys, sync=False)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        if "pickle" not in str(e).lower() and "serializ" not in str(e).lower():
+            raise
+        raise _diagnose_pickling(nodes, e) from e
+
+
+async def submit_async(*nodes: Node, client: Client) -> list[Future]:
+    """:func:`submit` for an asynchronous client (``Client(asynchronous=True)``)."""
+    await _install_async(client)
+    return submit(*nodes, client=client)
+
+
+def compute(
+    *nodes: Node, client: Client | None = None, scheduler: str | None = None
+) -> Any:
+    """Compute several nodes in one graph, sharing upstream work; return their values.
+
+    Parameters
+    ----------
+    *nodes : Node
+        The nodes to compute.
+    client : distributed.Client, optional
+        The cluster to use (see :func:`get_client`). With an asynchronous client the
+        result is awaitable.
+    scheduler : str, optional
+        ``"sync"`` runs everything in this process, in order, without a cluster (for
+        debugging with ``pdb``); ``"threads"`` uses a local thread pool.
+
+    Returns
+    -------
+    tuple
+        One value per node.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def inc(x):
+    ...     return x + 1
+    >>> a = inc(1)
+    >>> df.compute(a, inc(a), scheduler="sync")
+    (2, 3)
+    """
+    nodes = _check_nodes(nodes)
+    if scheduler is not None:
+        if client is not None:
+            raise TypeError("compute(): pass either client= or scheduler=, not both")
+        if scheduler not in LOCAL_SCHEDULERS:
+            raise ValueError(
+                f"compute(): scheduler={scheduler!r}; expected one of "
+                f"{', '.join(LOCAL_SCHEDULERS)} (or client= for a cluster)"
+            )
+        get = get_scheduler(scheduler=scheduler)
+        graph = lower(nodes, distributed=False)
+        return tuple(get(dict(graph), [n.key for n in nodes]))
+    client = get_client(client)
+    if client.asynchronous:
+        return _compute_async(nodes, client)
+    futures = submit(*nodes, client=client)
+    try:
+        return tuple(client.gather(futures))
+    finally:
+        for f in futures:
+            f.release()
+
+
+async def _compute_async(nodes: tuple[Node, ...], client: Client) -> tuple:
+    futures = await submit_async(*nodes, client=client)
+    return tuple(await client.gather(futures))

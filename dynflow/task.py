@@ -1,0 +1,252 @@
+"""``@task``: plain functions that become lazy graph nodes when called."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from dask.utils import funcname
+
+from dynflow.exceptions import MapLengthError
+from dynflow.node import MapNode, Node, Slot, unmapped
+
+if TYPE_CHECKING:
+    from distributed import Future
+
+__all__ = ["Task", "task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: option name -> (default, accepted types, what it means in an error message)
+OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
+    "name": (None, (str,), "a non-empty string"),
+    "retries": (0, (int,), "an int >= 0"),
+    "pure": (False, (bool,), "a bool"),
+    "resources": (None, (dict,), "a dict such as {'GPU': 1}"),
+    "priority": (0, (int,), "an int"),
+}
+
+
+def _check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise TypeError(
+                f"task {fn_name!r}: unknown option {key!r}; expected one of "
+                f"{', '.join(sorted(OPTIONS))}"
+            )
+        default, types, what = OPTIONS[key]
+        ok = value is None and default is None or (
+            isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        )
+        if ok and key == "retries" and value < 0 or ok and key == "name" and not value:
+            ok = False
+        if not ok:
+            raise TypeError(f"task {fn_name!r}: option {key}={value!r}; expected {what}")
+        out[key] = value
+    return out
+
+
+class Task(Generic[P, R]):
+    """A function that builds lazy :class:`~dynflow.Node` objects when called.
+
+    Made with the :func:`task` decorator. ``task.fn`` is the plain function.
+    """
+
+    __slots__ = ("__dict__", "_fn", "_options", "_signature")
+
+    def __init__(self, fn: Callable[P, R], **options: Any) -> None:
+        if not callable(fn):
+            raise TypeError(f"@task expects a function, got {type(fn).__name__}")
+        checked = _check_options(funcname(fn), options)
+        opts = {k: default for k, (default, _, _) in OPTIONS.items()}
+        opts.update(checked)
+        if opts["name"] is None:
+            opts["name"] = funcname(fn)
+        self._fn = fn
+        self._options = MappingProxyType(opts)
+        self._signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)
+
+    @property
+    def fn(self) -> Callable[P, R]:
+        """The plain, undecorated function."""
+        return self._fn
+
+    @property
+    def name(self) -> str:
+        """The task's name: the key prefix and the name in the dashboard."""
+        return self._options["name"]
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The task's options (read-only)."""
+        return self._options
+
+    def with_options(self, **options: Any) -> Task[P, R]:
+        """Return a new task with some options changed.
+
+        Examples
+        --------
+        >>> import dynflow as df
+        >>> @df.task
+        ... def fetch(url): ...
+        >>> fetch.with_options(retries=3).options["retries"]
+        3
+        """
+        merged = dict(self._options)
+        merged.update(_check_options(self.name, options))
+        return Task(self._fn, **merged)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}{self._signature}>"
+
+    # ---------------------------------------------------------------- building
+    def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+        try:
+            return self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(
+                f"{self.name}{how}: {e}; the task's signature is {self.name}{self._signature}"
+            ) from None
+
+    @staticmethod
+    def _wait_for(name: str, wait_for: Iterable[Node] | None) -> tuple[Node, ...]:
+        if wait_for is None:
+            return ()
+        if isinstance(wait_for, Node):
+            wait_for = [wait_for]
+        nodes = tuple(wait_for)
+        for n in nodes:
+            if not isinstance(n, Node):
+                raise TypeError(
+                    f"{name}(): wait_for must hold nodes, got {type(n).__name__} {n!r}"
+                )
+        return nodes
+
+    def __call__(  # type: ignore[valid-type]
+        self, *args: P.args, wait_for: Iterable[Node] | None = None, **kwargs: P.kwargs
+    ) -> Node:
+        """Return a lazy node for ``fn(*args, **kwargs)``; nothing runs."""
+        bound = self._bind("()", args, kwargs)
+        return Node(self, bound.args, bound.kwargs, self._wait_for(self.name, wait_for))
+
+    def map(
+        self, *args: Any, wait_for: Iterable[Node] | None = None, **kwargs: Any
+    ) -> MapNode:
+        """Return a lazy :class:`~dynflow.MapNode`: ``fn`` called once per item.
+
+        Every argument that is a node, a map node or a concrete iterable is mapped;
+        several mapped arguments are zipped and must have equal lengths. Wrap an
+        argument in :class:`~dynflow.unmapped` to pass it unchanged to every item;
+        strings, bytes and non-iterable values are passed unchanged too.
+
+        Examples
+        --------
+        >>> import dynflow as df
+        >>> @df.task
+        ... def add(x, y):
+        ...     return x + y
+        >>> add.map([1, 2, 3], y=10).compute(scheduler="sync")
+        [11, 12, 13]
+        """
+        bound = self._bind(".map()", args, kwargs)
+        labels = _positional_labels(self._signature, len(bound.args))
+        slots = tuple(self._slot(lbl, v) for lbl, v in zip(labels, bound.args))
+        kwslots = {k: self._slot(k, v) for k, v in bound.kwargs.items()}
+        mapped = [s for s in (*slots, *kwslots.values()) if s.mapped]
+        if not mapped:
+            raise TypeError(
+                f"{self.name}.map(): no argument to map over; pass a list, a node or a "
+                "map node (arguments wrapped in unmapped() are passed to every item)"
+            )
+        concrete = {s.label: len(s.value) for s in mapped if isinstance(s.value, tuple)}
+        if len(set(concrete.values())) > 1:
+            found = ", ".join(f"{k}={n}" for k, n in concrete.items())
+            raise MapLengthError(
+                f"{self.name}.map(): mapped arguments must have equal lengths, got {found}"
+            )
+        return MapNode(self, slots, kwslots, self._wait_for(self.name, wait_for))
+
+    def _slot(self, label: str, value: Any) -> Slot:
+        if isinstance(value, unmapped):
+            return Slot(label, False, value.value)
+        if isinstance(value, Node):
+            return Slot(label, True, value)
+        if isinstance(value, (str, bytes, bytearray)):
+            return Slot(label, False, value)
+        if isinstance(value, Mapping):
+            raise TypeError(
+                f"{self.name}.map(): argument {label!r} is a {type(value).__name__}, which "
+                f"is ambiguous to map over; wrap it in unmapped(...) to pass it to every "
+                f"item, or map over list(....items())"
+            )
+        if isinstance(value, Iterable):
+            return Slot(label, True, tuple(value))
+        return Slot(label, False, value)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future:
+        """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
+        return self(*args, **kwargs).submit()
+
+
+def _positional_labels(sig: inspect.Signature, n: int) -> list[str]:
+    labels: list[str] = []
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            labels.append(p.name)
+        elif p.kind is p.VAR_POSITIONAL:
+            labels += [f"{p.name}[{j}]" for j in range(n - len(labels))]
+            break
+        else:
+            break
+    return labels[:n]
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *,
+    name: str | None = ...,
+    retries: int = ...,
+    pure: bool = ...,
+    resources: dict | None = ...,
+    priority: int = ...,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(fn: Callable | None = None, /, **options: Any) -> Any:
+    """Turn a function into a :class:`Task`: calling it builds a lazy node.
+
+    Use bare (``@task``) or with options (``@task(retries=2)``).
+
+    Parameters
+    ----------
+    name : str, optional
+        Name shown in keys and the dashboard; default: the function's name.
+    retries : int
+        How often the scheduler reruns a failed call (per item in a map).
+    pure : bool
+        Deterministic keys from the function and arguments, so equal calls share
+        one result. Default False: every call gets a fresh key.
+    resources : dict, optional
+        Abstract worker resources each call needs, e.g. ``{"GPU": 1}``.
+    priority : int
+        Scheduling priority; higher runs first.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task(retries=2)
+    ... def double(x):
+    ...     return 2 * x
+    >>> double(21).compute(scheduler="sync")
+    42
+    """
+    if fn is not None:
+        return Task(fn, **options)
+    _check_options("<task>", options)
+    return lambda f: Task(f, **options)
