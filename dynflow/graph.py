@@ -53,8 +53,8 @@ def _node_task(node: Node) -> Task:
     kwargs = {k: _ref(v) for k, v in node._kwargs.items()}
     if node._wait_for:
         waits = parse_input([Alias(n.key) for n in node._wait_for])
-        return Task(node.key, call_after, node.task.fn, waits, *args, **kwargs)
-    return Task(node.key, node.task.fn, *args, **kwargs)
+        return Task(node.key, call_after, node.task.graph_fn, waits, *args, **kwargs)
+    return Task(node.key, node.task.graph_fn, *args, **kwargs)
 
 
 def call_after(fn: Any, _waited: list, /, *args: Any, **kwargs: Any) -> Any:
@@ -155,7 +155,7 @@ def _stage(node: MapNode, joined: set[tuple[str, int]], collect: bool) -> tuple:
     npos = len(node._args)
     args = tuple(arg(i, s) for i, s in enumerate(node._args))
     kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node._kwargs.items())}
-    stage = Stage(node.key, node.name, node.task.fn, args, kwargs, _annotations(node), collect)
+    stage = Stage(node.key, node.name, node.task.graph_fn, args, kwargs, _annotations(node), collect)
     return stage, sources, consts, needs
 
 

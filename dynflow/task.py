@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -76,6 +78,27 @@ class Task(Generic[P, R]):
     def fn(self) -> Callable[P, R]:
         """The plain, undecorated function."""
         return self._fn
+
+    @property
+    def graph_fn(self) -> Callable[P, R]:
+        """The callable put into task specs: ``fn``, pickled by reference when it can be.
+
+        A decorated module-level function is not reachable under its own name (the name
+        holds the Task), so cloudpickle would pickle it by value, with a copy of the
+        module globals it uses. When the module holds this task (or one with the same
+        function) under the function's name, a reference to it is used instead.
+        """
+        fn = self._fn
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        qualname = getattr(fn, "__qualname__", "")
+        if module is None or "<locals>" in qualname or inspect.iscoroutinefunction(fn):
+            return fn
+        obj: Any = module
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, Task) and obj._fn is fn:
+            return TaskFunction(fn)
+        return fn
 
     @property
     def name(self) -> str:
@@ -192,6 +215,31 @@ class Task(Generic[P, R]):
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
         return self(*args, **kwargs).submit()
+
+
+class TaskFunction:
+    """A module-level task's function, pickled as a reference to ``module.qualname.fn``."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        return _load_task_function, (self.fn.__module__, self.fn.__qualname__)
+
+    def __repr__(self) -> str:
+        return f"<function {self.fn.__qualname__}>"
+
+
+def _load_task_function(module: str, qualname: str) -> TaskFunction:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return TaskFunction(obj.fn)
 
 
 def _positional_labels(sig: inspect.Signature, n: int) -> list[str]:

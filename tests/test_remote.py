@@ -1,0 +1,251 @@
+"""dynflow against real processes started from the CLI: ``dask scheduler`` + ``dask worker``.
+
+The task functions live in ``tests/remote_tasks.py`` so that the scheduler and the
+workers (which get this directory on their PYTHONPATH) can unpickle them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import remote_tasks as rt
+from distributed import Client
+
+import dynflow as df
+
+pytestmark = pytest.mark.slow
+
+TESTS_DIR = Path(__file__).resolve().parent
+STARTUP_TIMEOUT = 60  # seconds, for a process to come up (2 slow cores)
+STOP_TIMEOUT = 10  # seconds, before a terminated process is killed
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of every child: this tests dir importable, no dynflow address."""
+    env = dict(os.environ)
+    env.pop("DASK_DYNFLOW__ADDRESS", None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class CLICluster:
+    """A scheduler and workers started with the ``dask`` CLI, each logging to a file."""
+
+    directory: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def scheduler_file(self) -> Path:
+        return self.directory / "scheduler.json"
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = self.directory / f"{name}.log"
+        with open(log, "wb") as f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dask", *args],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=subprocess_env(),
+                cwd=self.directory,
+            )
+        self.procs.append(proc)
+        self.logs.append(log)
+        return proc
+
+    def start(self, n_workers: int, scheduler_args: tuple[str, ...] = ()) -> None:
+        sf = str(self.scheduler_file)
+        self._spawn(
+            "scheduler",
+            ["scheduler", "--scheduler-file", sf, "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", *scheduler_args],
+        )
+        # workers wait for the scheduler file themselves: start them all at once
+        for i in range(n_workers):
+            self._spawn(
+                f"worker-{i}",
+                ["worker", "--scheduler-file", sf, "--host", "127.0.0.1", "--nthreads", "1",
+                 "--no-dashboard", "--no-nanny", "--name", f"w{i}"],
+            )
+
+    def client(self, n_workers: int) -> Client:
+        try:
+            wait_until(self._file_ready, STARTUP_TIMEOUT, "the scheduler file")
+            c = Client(scheduler_file=str(self.scheduler_file), timeout=STARTUP_TIMEOUT,
+                       set_as_default=False)
+            c.wait_for_workers(n_workers, timeout=STARTUP_TIMEOUT)
+        except BaseException:
+            self.dump_logs()
+            raise
+        return c
+
+    def _file_ready(self) -> bool:
+        for p in self.procs:
+            if p.poll() is not None:
+                self.dump_logs()
+                raise AssertionError(f"{p.args} exited early with rc {p.returncode}")
+        return self.scheduler_file.exists() and self.scheduler_file.stat().st_size > 0
+
+    def dump_logs(self) -> None:
+        for log in self.logs:
+            sys.stderr.write(f"----- {log.name} -----\n{log.read_text(errors='replace')}\n")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):  # workers first, then the scheduler
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[tuple[CLICluster, Client]]:
+    """A plain ``dask scheduler`` (no preload) and two single-threaded workers."""
+    c = CLICluster(tmp_path_factory.mktemp("cli-cluster"))
+    client = None
+    try:
+        c.start(n_workers=2)
+        client = c.client(n_workers=2)
+        yield c, client
+    finally:
+        if client is not None:
+            client.close()
+        c.stop()
+
+
+@pytest.fixture
+def client(cluster) -> Client:
+    return cluster[1]
+
+
+def scheduler_task_count(client: Client) -> int:
+    return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+
+def test_seed_pattern_on_a_plain_cli_scheduler(client):
+    assert rt.seed.build(50, 3).compute(client=client) == 3 * sum(range(50))
+
+
+def test_the_extension_is_installed_by_the_client_on_first_use(client):
+    rt.seed.build(3, 1).compute(client=client)
+    assert client.run_on_scheduler(lambda dask_scheduler: "dynflow" in dask_scheduler.plugins)
+
+
+def test_scheduler_holds_no_tasks_after_the_run(client):
+    node = rt.reducer(rt.process.map(rt.generate_list(20), factor=df.unmapped(2)))
+    assert node.compute(client=client) == 2 * sum(range(20))
+    wait_until(lambda: scheduler_task_count(client) == 0, 5, "the scheduler to forget")
+
+
+def test_items_run_on_both_workers(client):
+    workers = set(client.scheduler_info()["workers"])
+    assert len(workers) == 2
+    addresses = rt.collect(rt.where.map(rt.generate_list(40))).compute(client=client)
+    assert len(addresses) == 40
+    assert set(addresses) == workers
+
+
+def test_remote_item_error_keeps_its_type_and_traceback(client):
+    node = rt.collect(rt.fail_on.map(rt.generate_list(5), bad=df.unmapped(3)))
+    with pytest.raises(rt.RemoteItemError, match="item 3 is bad") as info:
+        node.compute(client=client)
+    tb = "".join(traceback.format_tb(info.value.__traceback__))
+    assert "fail_on" in tb
+    assert "remote_tasks.py" in tb
+
+
+def test_a_later_run_after_an_error_still_works(client):
+    with pytest.raises(rt.RemoteItemError):
+        rt.collect(rt.fail_on.map(rt.generate_list(4), bad=df.unmapped(0))).compute(
+            client=client
+        )
+    assert rt.seed.build(10, 3).compute(client=client) == 3 * sum(range(10))
+    wait_until(lambda: scheduler_task_count(client) == 0, 5, "the scheduler to forget")
+
+
+def test_scheduler_started_with_the_preload(tmp_path):
+    c = CLICluster(tmp_path)
+    client = None
+    try:
+        c.start(n_workers=1, scheduler_args=("--preload", "dynflow.scheduler"))
+        client = c.client(n_workers=1)
+        # before any dynflow compute: the preload installed the extension
+        assert client.run_on_scheduler(
+            lambda dask_scheduler: "dynflow" in dask_scheduler.plugins
+            and "dynflow_splice" in dask_scheduler.handlers
+        )
+        node = rt.reducer(rt.process.map(rt.generate_list(12), factor=df.unmapped(5)))
+        assert node.compute(client=client) == 5 * sum(range(12))
+    finally:
+        if client is not None:
+            client.close()
+        c.stop()
+
+
+DISCOVERY_SCRIPT = textwrap.dedent(
+    """
+    import psutil
+    import remote_tasks as rt
+
+    import dynflow as df
+
+    node = rt.reducer(rt.process.map(rt.generate_list(7), factor=df.unmapped(3)))
+    print("result", node.compute())
+    print("flow", rt.seed(4, 10))
+    print("address", df.get_client().scheduler.address)
+    print("same-client", df.get_client() is df.get_client())
+    print("children", len(psutil.Process().children(recursive=True)))
+    """
+)
+
+
+def test_address_from_the_environment_is_used(cluster, tmp_path):
+    cli, client = cluster
+    address = client.scheduler.address
+    script = tmp_path / "discover.py"
+    script.write_text(DISCOVERY_SCRIPT)
+    env = subprocess_env()
+    env["DASK_DYNFLOW__ADDRESS"] = address
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert lines["result"] == str(3 * sum(range(7)))
+    assert lines["flow"] == str(10 * sum(range(4)))
+    assert lines["address"] == address  # the CLI scheduler, not a LocalCluster
+    assert lines["same-client"] == "True"
+    assert lines["children"] == "0"  # no LocalCluster worker processes
+    assert "LocalCluster" not in proc.stderr and "dashboard" not in proc.stderr
+    # the script's client is gone, and it left no tasks behind
+    wait_until(lambda: scheduler_task_count(client) == 0, 5, "the scheduler to forget")
+    assert len(client.scheduler_info()["workers"]) == 2
+    assert psutil.pid_exists(cli.procs[0].pid)

@@ -1,0 +1,157 @@
+"""Running nodes on real Dask: in-process clusters with validation on, and local schedulers."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+
+import pytest
+from distributed import Future, as_completed, wait
+from distributed.utils_test import gen_cluster
+
+import dynflow as df
+
+
+class Boom(Exception):
+    pass
+
+
+@df.task
+def inc(x, y=1):
+    return x + y
+
+
+@df.task
+def fail(x):
+    raise Boom(f"bad item {x}")
+
+
+@df.task
+def total(xs):
+    return sum(xs)
+
+
+@gen_cluster(client=True)
+async def test_compute_on_a_cluster(c, s, a, b):
+    assert await inc(inc(1), y=10).compute(client=c) == 12
+    assert await df.compute(inc(1), inc(2), client=c) == (2, 3)
+
+
+@gen_cluster(client=True)
+async def test_nested_arguments_arrive_as_values(c, s, a, b):
+    @df.task
+    def show(items, mapping):
+        return items, mapping
+
+    n = show([inc(1), (inc(2), 7)], {"k": inc(3)})
+    assert await n.compute(client=c) == ([2, (3, 7)], {"k": 4})
+
+
+@gen_cluster(client=True)
+async def test_submit_returns_a_distributed_future(c, s, a, b):
+    (fut,) = await df.submit_async(inc(41), client=c)
+    assert isinstance(fut, Future)
+    await wait([fut])
+    assert await fut == 42
+    async for f in as_completed([fut]):
+        assert await f == 42
+
+
+# in-process workers share this module with the test (functions pickle by reference)
+EVENTS: list = []
+
+
+@df.task
+def step(name):
+    EVENTS.append(name)
+    return name
+
+
+@df.task(retries=2)
+def flaky():
+    EVENTS.append("attempt")
+    if EVENTS.count("attempt") < 3:
+        raise Boom("not yet")
+    return "ok"
+
+
+@gen_cluster(client=True)
+async def test_wait_for_orders_without_passing_values(c, s, a, b):
+    EVENTS.clear()
+    first = step("first")
+    second = step("second", wait_for=[first])
+    assert await second.compute(client=c) == "second"
+    assert EVENTS == ["first", "second"]
+
+
+@gen_cluster(client=True)
+async def test_retries_are_dask_retries(c, s, a, b):
+    EVENTS.clear()
+    assert await flaky().compute(client=c) == "ok"
+    assert EVENTS.count("attempt") == 3
+
+
+@gen_cluster(client=True)
+async def test_remote_exception_keeps_type_and_traceback(c, s, a, b):
+    with pytest.raises(Boom, match="bad item 3") as info:
+        await fail(3).compute(client=c)
+    assert any("fail" in line for line in traceback.format_tb(info.value.__traceback__))
+
+
+@gen_cluster(client=True)
+async def test_keys_are_named_after_the_task_in_the_scheduler(c, s, a, b):
+    n = inc(1)
+    (fut,) = await df.submit_async(n, client=c)
+    await fut
+    assert s.tasks[n.key].prefix.name == "inc"
+
+
+@df.task(pure=True)
+def once(x):
+    EVENTS.append(("once", x))
+    return x
+
+
+@gen_cluster(client=True)
+async def test_pure_tasks_share_one_result(c, s, a, b):
+    EVENTS.clear()
+    assert await df.compute(inc(once(1)), inc(once(1), 2), client=c) == (2, 3)
+    assert EVENTS == [("once", 1)]
+
+
+def test_unpicklable_argument_fails_at_submit_naming_task_and_argument(client):
+    lock = threading.Lock()
+    with pytest.raises(df.SerializationError, match=r"task 'inc': argument 'y' \(lock\)"):
+        inc(1, y=lock).compute(client=client)
+
+
+def test_default_client_is_used(client):
+    assert df.get_client() is client
+    assert inc(1).compute() == 2
+    assert df.compute(inc.map([1, 2, 3])) == ([2, 3, 4],)
+
+
+def test_explicit_client_wins_over_the_default(client, s, a, b):
+    from distributed import Client
+
+    with Client(s["address"], set_as_default=False) as other:
+        assert df.get_client(other) is other
+        assert inc(1).compute(client=other) == 2
+
+
+def test_submit_sync_api(client):
+    fut = inc.submit(1)
+    assert isinstance(fut, Future)
+    assert fut.result() == 2
+    assert client.gather(inc(5).submit()) == 6
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_local_schedulers_give_identical_results(scheduler):
+    n = total(inc.map(inc.map(range(5)), y=df.unmapped(inc(9))))
+    assert n.compute(scheduler=scheduler) == sum(x + 1 + 10 for x in range(5))
+
+
+def test_sync_scheduler_surfaces_the_original_exception():
+    with pytest.raises(Boom, match="bad item 1"):
+        fail(1).compute(scheduler="sync")
