@@ -88,6 +88,7 @@ class _Families:
         self.ext: dict[int, set[str]] = {}  # family id -> map keys its expander needs
         self.upstream: dict[str, frozenset[str]] = {}  # node key -> map keys it needs
         self.joined: set[tuple[str, int]] = set()  # (map key, slot index) read item-wise
+        self._next_id = 0
 
     def visit(self, node: Node) -> None:
         up: set[str] = set()
@@ -120,7 +121,8 @@ class _Families:
                 break
             for i in bad:
                 del joinable[i]
-        fid = len(self.members)
+        fid = self._next_id
+        self._next_id += 1
         self.family[node.key] = fid
         self.members[fid] = {node.key}
         self.ext[fid] = ext

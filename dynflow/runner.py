@@ -266,4 +266,9 @@ def compute(
 
 async def _compute_async(nodes: tuple[Node, ...], client: Client) -> tuple:
     futures = await submit_async(*nodes, client=client)
-    return tuple(await client.gather(futures))
+    try:
+        return tuple(await client.gather(futures))
+    finally:
+        # an exception's traceback keeps this frame alive; release the keys now
+        for f in futures:
+            f.release()

@@ -114,15 +114,18 @@ class CLICluster:
             sys.stderr.write(f"----- {log.name} -----\n{log.read_text(errors='replace')}\n")
 
     def stop(self) -> None:
-        for p in reversed(self.procs):  # workers first, then the scheduler
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=STOP_TIMEOUT)
+        """Workers first, then the scheduler; each killed if it does not exit in time."""
+        workers, scheduler = self.procs[1:], self.procs[:1]
+        for group in (workers, scheduler):
+            for p in group:
+                if p.poll() is None:
+                    p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=STOP_TIMEOUT)
 
 
 @pytest.fixture(scope="module")

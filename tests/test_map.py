@@ -1,0 +1,333 @@
+"""task.map on real clusters: expansion inside the live scheduler (validation on)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from dask.utils import key_split
+from distributed import Client
+from distributed.utils_test import async_poll_for, gen_cluster
+
+import dynflow as df
+
+EVENTS: list = []
+GATE = threading.Event()  # in-process workers share this module with the test
+
+
+@df.task
+def generate_list(n):
+    return list(range(n))
+
+
+@df.task
+def process(item, factor=1):
+    return item * factor
+
+
+@df.task
+def reducer(results):
+    return sum(results)
+
+
+@df.task
+def record(stage, x):
+    EVENTS.append((stage, x))
+    return x
+
+
+@df.task
+def gated(x):
+    assert GATE.wait(timeout=30)
+    return x
+
+
+@df.task
+def as_list(x):
+    return list(x)
+
+
+def seed(n, factor=2):
+    items = generate_list(n)
+    return reducer(process.map(items, factor=df.unmapped(factor)))
+
+
+async def no_tasks_left(s):
+    await async_poll_for(lambda: not s.tasks, timeout=5)
+
+
+@gen_cluster(client=True)
+async def test_seed_pattern(c, s, a, b):
+    assert await seed(20).compute(client=c) == 2 * sum(range(20))
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_map_value_is_the_list_of_results_in_order(c, s, a, b):
+    m = process.map(generate_list(7), factor=3)
+    assert await m.compute(client=c) == [3 * i for i in range(7)]
+
+
+@gen_cluster(client=True)
+async def test_concrete_iterables_are_mapped(c, s, a, b):
+    assert await process.map(range(4)).compute(client=c) == [0, 1, 2, 3]
+    assert await process.map((x for x in [5, 6])).compute(client=c) == [5, 6]
+    assert await process.map([1, 2], "ab").compute(client=c) == ["ab", "abab"]
+
+
+@gen_cluster(client=True)
+async def test_zip_of_several_mapped_arguments(c, s, a, b):
+    m = process.map(generate_list(5), factor=generate_list(5))
+    assert await m.compute(client=c) == [i * i for i in range(5)]
+    m = process.map(generate_list(3), factor=[10, 20, 30])
+    assert await m.compute(client=c) == [0, 20, 60]
+
+
+@gen_cluster(client=True)
+async def test_unmapped_node_is_passed_to_every_item(c, s, a, b):
+    factor = process(5)
+    m = process.map(generate_list(4), factor=df.unmapped(factor))
+    assert await m.compute(client=c) == [0, 5, 10, 15]
+    listy = df.unmapped(generate_list(2))
+    assert await process.map([1, 2], listy).compute(client=c) == [[0, 1], [0, 1, 0, 1]]
+
+
+@df.task
+def star(*args, **kwargs):
+    return args, kwargs
+
+
+@gen_cluster(client=True)
+async def test_var_positional_and_var_keyword_arguments_can_be_mapped(c, s, a, b):
+    m = star.map(generate_list(2), "s", k=[7, 8], u=df.unmapped([1]))
+    assert await m.compute(client=c) == [
+        ((0, "s"), {"k": 7, "u": [1]}),
+        ((1, "s"), {"k": 8, "u": [1]}),
+    ]
+
+
+@gen_cluster(client=True)
+async def test_empty_upstream_gives_empty_list_and_reducer_runs(c, s, a, b):
+    assert await seed(0).compute(client=c) == 0
+    assert await process.map(generate_list(0)).compute(client=c) == []
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_non_indexable_iterables_are_mapped(c, s, a, b):
+    @df.task
+    def a_set():
+        return {3}
+
+    assert await process.map(a_set(), 2).compute(client=c) == [6]
+
+
+@gen_cluster(client=True)
+async def test_per_item_keys_form_one_group_per_map_named_after_the_task(c, s, a, b):
+    GATE.clear()
+    m = gated.map(generate_list(3))
+    (fut,) = await df.submit_async(m, client=c)
+    await async_poll_for(lambda: (m.key, 2) in s.tasks, timeout=10)
+    items = [s.tasks[(m.key, i)] for i in range(3)]
+    assert {ts.prefix.name for ts in items} == {"gated"}
+    assert {ts.group.name for ts in items} == {m.key}
+    assert key_split((m.key, 0)) == "gated"
+    GATE.set()
+    assert await fut == [0, 1, 2]
+
+
+@gen_cluster(client=True)
+async def test_dependencies_are_real_scheduler_edges(c, s, a, b):
+    GATE.clear()
+    gen = generate_list(4)
+    m = gated.map(gen)
+    red = reducer(m)
+    (fut,) = await df.submit_async(red, client=c)
+    await async_poll_for(lambda: (m.key, 3) in s.tasks, timeout=10)
+    item_keys = {(m.key, i) for i in range(4)}
+    for k in item_keys:
+        assert gen.key in {d.key for d in s.tasks[k].dependencies}
+    collector = s.tasks[m.key]
+    assert item_keys <= {d.key for d in collector.dependencies}
+    assert {d.key for d in s.tasks[red.key].dependencies} == {m.key}
+    # the list stayed on the workers: the scheduler knows only its size
+    assert s.tasks[gen.key].state == "memory"
+    GATE.set()
+    assert await fut == 6
+    del fut
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_chained_maps_pipeline_per_item(c, s, a):
+    EVENTS.clear()
+    n = 6
+    first = record.map("f", generate_list(n))
+    second = record.map("g", first)
+    assert await second.compute(client=c) == list(range(n))
+    # no barrier after the first map: g[0] ran before f's last item
+    assert EVENTS.index(("g", 0)) < EVENTS.index(("f", n - 1))
+    assert sorted(EVENTS) == sorted([("f", i) for i in range(n)] + [("g", i) for i in range(n)])
+
+
+@gen_cluster(client=True)
+async def test_chained_items_depend_on_their_own_upstream_item_only(c, s, a, b):
+    GATE.clear()
+    first = gated.map(generate_list(3))
+    second = process.map(first, 2)
+    (fut,) = await df.submit_async(second, client=c)
+    await async_poll_for(lambda: (second.key, 2) in s.tasks, timeout=10)
+    for i in range(3):
+        assert {d.key for d in s.tasks[(second.key, i)].dependencies} == {(first.key, i)}
+    # the first map's list is not used whole, so it has no collector
+    assert first.key not in s.tasks
+    GATE.set()
+    assert await fut == [0, 2, 4]
+
+
+@gen_cluster(client=True)
+async def test_a_map_used_whole_and_item_wise(c, s, a, b):
+    first = process.map(generate_list(3), 3)
+    second = process.map(first, 2)
+    assert await df.compute(reducer(first), second, client=c) == (9, [0, 6, 12])
+
+
+@gen_cluster(client=True)
+async def test_a_map_over_a_value_derived_from_its_own_chain_does_not_deadlock(c, s, a, b):
+    first = process.map(generate_list(3), 1)
+    total = reducer(first)
+    second = process.map(first, factor=df.unmapped(total))  # needs first's whole list
+    assert await second.compute(client=c) == [0, 3, 6]
+    third = process.map(first, as_list(first))  # zip with a list derived from first
+    assert await third.compute(client=c) == [0, 1, 4]
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_one_thread_cluster_finishes_chained_maps(c, s, a):
+    m = process.map(process.map(process.map(generate_list(10), 2), 3), 1)
+    assert await reducer(m).compute(client=c) == 6 * sum(range(10))
+    assert await process.map(process.map(generate_list(3)), as_list(generate_list(3))).compute(
+        client=c
+    ) == [0, 1, 4]
+
+
+@gen_cluster(client=True)
+async def test_not_iterable_upstream_fails_naming_task_and_argument(c, s, a, b):
+    with pytest.raises(df.MapInputError, match=r"process.map\(\): argument 'item'.*got int"):
+        await process.map(process(3)).compute(client=c)
+    with pytest.raises(TypeError, match="got NoneType from task 'none'"):
+
+        @df.task
+        def none():
+            return None
+
+        await process.map(none()).compute(client=c)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_unequal_lengths_fail_naming_arguments_and_lengths(c, s, a, b):
+    m = process.map(generate_list(3), generate_list(2))
+    with pytest.raises(ValueError, match=r"process.map\(\): .*item=3, .*factor=2"):
+        await m.compute(client=c)
+    # other work on the cluster is unaffected
+    assert await seed(3).compute(client=c) == 6
+    await no_tasks_left(s)
+
+
+def test_dict_argument_is_rejected_at_build_time():
+    with pytest.raises(TypeError, match=r"process.map\(\): argument 'factor' is a dict.*unmapped"):
+        process.map([1], factor={"a": 1})
+
+
+def test_unequal_concrete_lengths_are_rejected_at_build_time():
+    with pytest.raises(df.MapLengthError, match="item=2, factor=3"):
+        process.map([1, 2], [1, 2, 3])
+
+
+def test_nothing_to_map_is_rejected():
+    with pytest.raises(TypeError, match="no argument to map over"):
+        process.map(df.unmapped([1]), 2)
+
+
+@gen_cluster(client=True)
+async def test_expansion_is_idempotent(c, s, a, b):
+    ext = s.extensions.get("dynflow")
+    if ext is None:  # install it first through an ordinary compute
+        await process.map([1]).compute(client=c)
+        ext = s.extensions["dynflow"]
+    real = s.handlers["dynflow_splice"]
+    replies = []
+
+    def twice(**kwargs):
+        replies.append(real(**kwargs))
+        replies.append(real(**kwargs))  # a repeated call (retried expander) adds nothing
+        return replies[-1]
+
+    s.handlers["dynflow_splice"] = twice
+    try:
+        assert await seed(10).compute(client=c) == 90
+    finally:
+        s.handlers["dynflow_splice"] = real
+    assert [r["added"] for r in replies] == [10, 0]
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_scheduler_state_is_cleaned_after_a_failed_run(c, s, a, b):
+    @df.task
+    def maybe_fail(x):
+        if x == 2:
+            raise ZeroDivisionError("item 2")
+        return x
+
+    with pytest.raises(ZeroDivisionError):
+        await reducer(maybe_fail.map(generate_list(5))).compute(client=c)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_scheduler_state_is_cleaned_when_the_client_disconnects_mid_run(c, s, a, b):
+    GATE.clear()
+    other = await Client(s.address, asynchronous=True)
+    m = gated.map(generate_list(4))
+    futs = await df.submit_async(reducer(m), client=other)
+    assert futs
+    await async_poll_for(lambda: (m.key, 3) in s.tasks, timeout=10)
+    await other.close()
+    GATE.set()
+    await no_tasks_left(s)
+
+
+class Guard:
+    """Raises if it is ever unpickled in one of the forbidden processes."""
+
+    def __init__(self, value, forbidden):
+        self.value = value
+        self.forbidden = forbidden
+
+    def __setstate__(self, state):
+        if os.getpid() in state["forbidden"]:
+            raise RuntimeError(f"Guard({state['value']}) unpickled in a forbidden process")
+        self.__dict__.update(state)
+
+
+@df.task
+def guarded_list(n, forbidden):
+    return [Guard(i, forbidden) for i in range(n)]
+
+
+@df.task
+def unguard(g):
+    return g.value
+
+
+@pytest.mark.slow
+def test_the_list_never_travels_to_the_client_or_scheduler(client):
+    forbidden = {os.getpid(), client.run_on_scheduler(os.getpid)}
+    items = guarded_list(30, forbidden)
+    assert reducer(unguard.map(items)).compute(client=client) == sum(range(30))
+    # the guard works: the same list fetched to the client raises
+    with pytest.raises(RuntimeError, match="unpickled in a forbidden process"):
+        guarded_list(1, forbidden).compute(client=client)
