@@ -17,13 +17,14 @@ from dynflow.exceptions import (
     SerializationError,
 )
 from dynflow.flow import Flow, flow
-from dynflow.node import MapNode, Node, unmapped
+from dynflow.node import FlattenNode, MapNode, Node, unmapped
 from dynflow.runner import compute, get_client, submit, submit_async
-from dynflow.task import Task, task
+from dynflow.task import Task, flatten, task
 
 __all__ = [
     "DynflowError",
     "ExtensionError",
+    "FlattenNode",
     "Flow",
     "LazyValueError",
     "MapInputError",
@@ -33,6 +34,7 @@ __all__ = [
     "SerializationError",
     "Task",
     "compute",
+    "flatten",
     "flow",
     "get_client",
     "submit",

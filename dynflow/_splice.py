@@ -82,7 +82,8 @@ class SpliceExtension(SchedulerPlugin):
         if not any(c.state == "waiting" for c in collectors):
             return {"status": "unwanted"}
 
-        stages, specs = ets.run_spec.args[0].build(n, materialized)
+        expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
+        stages, specs = expansion.build(n, prefix, materialized)
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []
@@ -92,8 +93,6 @@ class SpliceExtension(SchedulerPlugin):
                 if spec.key in s.tasks:
                     continue
                 ts = s.new_task(spec.key, spec, "released", computation)
-                for dep in spec.dependencies:
-                    ts.add_dependency(s.tasks[dep])
                 ts.priority = (*ets.priority, i, stage_index)
                 created.append(ts)
             ann = dict(annotations)
@@ -101,6 +100,9 @@ class SpliceExtension(SchedulerPlugin):
                 ann["span"] = span
             s._apply_annotations(tasks=created, annotations_by_type={}, global_annotations=ann)
             new += created
+        for ts in new:  # all created first: items may depend on items of later stages
+            for dep in ts.run_spec.dependencies:
+                ts.add_dependency(s.tasks[dep])
 
         recommendations: dict[Any, str] = {ts.key: "waiting" for ts in reversed(new)}
         fresh = {ts.key for ts in new}

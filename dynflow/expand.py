@@ -16,27 +16,31 @@ import logging
 from typing import Any
 
 from dynflow.exceptions import ExtensionError
-from dynflow.plan import Expansion
+from dynflow.plan import Expansion, at
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["expand", "run_map", "unspliced"]
 
 
-async def expand(expansion: Expansion, data: dict[str, Any]) -> dict[str, list]:
+async def expand(
+    expansion: Expansion, prefix: tuple[int, ...], data: dict[Any, Any]
+) -> dict[Any, list]:
     """Measure the mapped values and have the scheduler add the per-item tasks.
 
-    Returns the sources that had to be turned into lists (usually none); items that
-    read such a source read it from this task's result.
+    ``prefix`` locates a nested expansion (the parent items it belongs to); ``()`` at
+    top level. Returns the sources that had to be turned into lists (usually none);
+    items that read such a source read it from this task's result.
     """
     from distributed import get_worker
 
-    n, materialized = expansion.measure(data)
+    n, materialized = expansion.measure(data, prefix)
     worker = get_worker()
-    ts = worker.state.tasks.get(expansion.expander)
+    key = at(expansion.expander, prefix)
+    ts = worker.state.tasks.get(key)
     run_id = ts.run_id if ts is not None else -1
     reply = await worker.scheduler.dynflow_splice(
-        expander=expansion.expander, run_id=run_id, n=n, materialized=sorted(materialized)
+        expander=key, run_id=run_id, n=n, materialized=list(materialized)
     )
     if not isinstance(reply, dict):
         raise ExtensionError(
@@ -45,7 +49,7 @@ async def expand(expansion: Expansion, data: dict[str, Any]) -> dict[str, list]:
             "df.compute(), which install it, or start the scheduler with "
             "`dask scheduler --preload dynflow.scheduler`."
         )
-    logger.debug("%s: %s, %d items", expansion.expander, reply.get("status"), n)
+    logger.debug("%s: %s, %d items", key, reply.get("status"), n)
     return materialized
 
 

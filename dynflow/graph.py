@@ -2,12 +2,14 @@
 
 Two shapes, one per place the graph runs:
 
-- **distributed**: each group of maps that share a length (a map and the maps chained
-  on it item by item) becomes one *expander* task plus one *collector* task per map
-  whose list is used. The expander runs on a worker once the mapped values exist and
-  has the scheduler add the per-item tasks (:mod:`dynflow.expand`, :mod:`dynflow._splice`).
+- **distributed**: maps are grouped into *families* that expand together: a map and the
+  maps chained on it item by item share one length and one expander task. A map over
+  ``flatten(m)`` forms a *child* family of ``m``'s, expanded once per item of ``m``.
+  Each top-level family becomes one expander task plus a collector task per map whose
+  list is used; the expander runs on a worker once the mapped values exist and has the
+  scheduler add the per-item tasks (:mod:`dynflow.expand`, :mod:`dynflow._splice`).
 - **local** (``scheduler="sync"`` or ``"threads"``): each map is one task that calls the
-  function per item in order; no cluster involved, results identical.
+  function per item, in order; no cluster involved, results identical.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from dynflow.node import MapNode, Node, find_nodes, replace_nodes
-from dynflow.plan import Arg, Expansion, Stage
+from dynflow.node import FlattenNode, MapNode, Node, find_nodes, replace_nodes
+from dynflow.plan import Collector, Const, Expansion, Nested, Rel, Src, Stage, Stg
 
 __all__ = ["lower", "topological"]
+
+EXPANDER_PREFIX = "dynflow-expand"
 
 
 def topological(outputs: Sequence[Node]) -> list[Node]:
@@ -75,20 +79,49 @@ def _annotations(node: Node) -> dict[str, Any]:
 
 
 class _Families:
-    """Union of maps chained item by item into one expansion, without creating cycles.
+    """Which maps expand together, and at which level, without creating cycles.
 
-    A map joins the expansion of a map node it maps over unless that expansion's
-    expander would then (through static arguments, ``wait_for`` or other sources)
-    depend on one of its own collectors; then the upstream list is read whole.
+    A map joins the family of a map node it maps over (``"stage"``: item ``i`` reads
+    item ``i``), or starts a child family of the family of ``m`` when it maps over
+    ``flatten(m)`` (``"nest"``). It does not join when that would make an expander
+    depend, through static arguments, ``wait_for`` or other sources, on one of its own
+    family's collectors; then the upstream value is read whole.
     """
 
     def __init__(self) -> None:
-        self.family: dict[str, int] = {}  # map key -> family id
-        self.members: dict[int, set[str]] = {}  # family id -> map keys
-        self.ext: dict[int, set[str]] = {}  # family id -> map keys its expander needs
+        self.family: dict[str, int] = {}  # map key -> family id (follow `alias`)
+        self.alias: dict[int, int] = {}  # merged family id -> the id it merged into
+        self.parent: dict[int, int | None] = {}  # family -> parent family (None: top)
+        self.members: dict[int, list[str]] = {}  # family -> its maps' keys
+        self.ext: dict[int, set[str]] = {}  # family -> map keys its expander needs
         self.upstream: dict[str, frozenset[str]] = {}  # node key -> map keys it needs
-        self.joined: set[tuple[str, int]] = set()  # (map key, slot index) read item-wise
-        self._next_id = 0
+        self.how: dict[tuple[str, int], str] = {}  # (map key, slot) -> "stage" / "nest"
+        self.pos: dict[str, int] = {}  # map key -> position in topological order
+
+    def find(self, f: int) -> int:
+        while f in self.alias:
+            f = self.alias[f]
+        return f
+
+    def parent_of(self, f: int) -> int | None:
+        p = self.parent[self.find(f)]
+        return None if p is None else self.find(p)
+
+    def root(self, f: int) -> int:
+        f = self.find(f)
+        while (p := self.parent_of(f)) is not None:
+            f = p
+        return f
+
+    def closure(self, root: int) -> tuple[set[str], set[str]]:
+        """Members and needs of ``root`` and every family below it."""
+        members: set[str] = set()
+        ext: set[str] = set()
+        for f in self.members:
+            if self.root(f) == root:
+                members.update(self.members[f])
+                ext |= self.ext[f]
+        return members, ext
 
     def visit(self, node: Node) -> None:
         up: set[str] = set()
@@ -97,68 +130,118 @@ class _Families:
         if not isinstance(node, MapNode):
             self.upstream[node.key] = frozenset(up)
             return
-        up.add(node.key)
-        self.upstream[node.key] = frozenset(up)
+        self.upstream[node.key] = frozenset(up | {node.key})
+        self.pos[node.key] = len(self.pos)
 
-        slots = node.slots
-        cands = {i: s.value for i, s in enumerate(slots) if isinstance(s.value, MapNode)}
-        cands = {i: u for i, u in cands.items() if slots[i].mapped}
-        others = [n for i, s in enumerate(slots) for n in find_nodes(s) if i not in cands]
+        cands: dict[int, tuple[str, int | None]] = {}  # slot -> (how, level)
+        for i, s in enumerate(node.slots):
+            if not s.mapped:
+                continue
+            if isinstance(s.value, MapNode):
+                cands[i] = ("stage", self.parent_of(self.family[s.value.key]))
+            elif isinstance(s.value, FlattenNode) and isinstance(s.value.source, MapNode):
+                cands[i] = ("nest", self.find(self.family[s.value.source.key]))
+        others = [n for i, s in enumerate(node.slots) for n in find_nodes(s) if i not in cands]
         base: set[str] = set()
         for n in (*others, *node._wait_for):
             base |= self.upstream[n.key]
+
         joinable = dict(cands)
         while True:
+            level = next(iter(joinable.values()))[1] if joinable else None
+            joinable = {i: c for i, c in joinable.items() if c[1] == level}
             ext = set(base)
-            for i, u in cands.items():
-                if i not in joinable:
-                    ext |= self.upstream[u.key]
-            fams = {self.family[u.key] for u in joinable.values()}
-            for f in fams:
-                ext |= self.ext[f]
-            bad = {i for i, u in joinable.items() if self.members[self.family[u.key]] & ext}
+            for i in cands.keys() - joinable.keys():
+                ext |= self.upstream[node.slots[i].value.key]
+            members = {node.key}
+            for i in joinable:
+                root = self.root(self._family_of_slot(node, i))
+                m, e = self.closure(root)
+                members |= m
+                ext |= e
+            bad = {i for i in joinable if self.closure(self.root(self._family_of_slot(node, i)))[0] & ext}
             if not bad:
                 break
             for i in bad:
                 del joinable[i]
-        fid = self._next_id
-        self._next_id += 1
+
+        fid = len(self.parent)
+        self.parent[fid] = level if joinable else None
+        self.members[fid] = [node.key]
+        self.ext[fid] = ext - members
         self.family[node.key] = fid
-        self.members[fid] = {node.key}
-        self.ext[fid] = ext
-        for f in fams:
-            for k in self.members.pop(f):
-                self.family[k] = fid
-                self.members[fid].add(k)
-            self.ext.pop(f)
-        self.joined |= {(node.key, i) for i in joinable}
+        for i, (how, _) in joinable.items():
+            self.how[(node.key, i)] = how
+            if how == "stage":
+                f = self.find(self.family[node.slots[i].value.key])
+                if f != fid:
+                    self.members[fid] = self.members.pop(f) + self.members[fid]
+                    self.ext[fid] |= self.ext.pop(f)
+                    self.alias[f] = fid
+
+    def _family_of_slot(self, node: MapNode, i: int) -> int:
+        v = node.slots[i].value
+        return self.family[(v.source if isinstance(v, FlattenNode) else v).key]
+
+    def families(self) -> list[int]:
+        return list(self.members)
+
+    def children(self, f: int) -> list[int]:
+        return [g for g in self.members if self.parent_of(g) == f]
+
+    def depth_chain(self, f: int) -> list[int]:
+        """``f`` and its ancestors, innermost first."""
+        chain = [self.find(f)]
+        while (p := self.parent_of(chain[-1])) is not None:
+            chain.append(p)
+        return chain
 
 
-def _stage(node: MapNode, joined: set[tuple[str, int]], collect: bool) -> tuple:
-    """The plan of one map, its sources, consts and the keys its items need."""
-    sources: dict[str, tuple[str, str]] = {}
+def _stage(node: MapNode, how: dict[tuple[str, int], str]) -> tuple:
+    """The stage of one map: its plan, sources, consts and the keys its items need."""
+    sources: dict[Any, tuple[str, str]] = {}
     consts: list[tuple[str, str, int]] = []
-    needs: set[str] = {n.key for n in node._wait_for}
+    needs: set[Any] = {n.key for n in node._wait_for}
 
-    def arg(i: int, slot: Any) -> Arg:
+    def arg(i: int, slot: Any) -> Any:
         if not slot.mapped:
             needs.update(n.key for n in find_nodes(slot.value))
-            return Arg("static", _ref(slot.value), slot.label)
-        if (node.key, i) in joined:
-            return Arg("stage", slot.value.key, slot.label)
-        if isinstance(slot.value, Node):
-            sources.setdefault(slot.value.key, (node.name, slot.label))
-            needs.add(slot.value.key)
-            return Arg("source", slot.value.key, slot.label)
-        needs.update(n.key for n in find_nodes(slot.value))
-        consts.append((node.name, slot.label, len(slot.value)))
-        return Arg("const", tuple(_ref(v) for v in slot.value), slot.label)
+            return _ref(slot.value)
+        kind = how.get((node.key, i))
+        if kind == "stage":
+            return Stg(slot.value.key)
+        if kind == "nest":
+            src: Any = Rel(slot.value.source.key)
+        elif isinstance(slot.value, Node):
+            src = slot.value.key
+        else:
+            needs.update(n.key for n in find_nodes(slot.value))
+            consts.append((node.name, slot.label, len(slot.value)))
+            return Const(tuple(_ref(v) for v in slot.value))
+        sources.setdefault(src, (node.name, slot.label))
+        needs.add(src)
+        return Src(src)
 
     npos = len(node._args)
     args = tuple(arg(i, s) for i, s in enumerate(node._args))
     kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node._kwargs.items())}
-    stage = Stage(node.key, node.name, node.task.graph_fn, args, kwargs, _annotations(node), collect)
+    stage = Stage(node.key, node.name, node.task.graph_fn, args, kwargs, _annotations(node))
     return stage, sources, consts, needs
+
+
+def _whole(order: list[Node], outputs: Sequence[Node], how: dict) -> set[str]:
+    """Keys of nodes whose whole value is used (and so need a task of their own)."""
+    whole = {n.key for n in outputs}
+    for node in reversed(order):
+        if isinstance(node, MapNode):
+            for i, s in enumerate(node.slots):
+                if s.mapped and (node.key, i) in how:
+                    continue
+                whole.update(n.key for n in find_nodes(s))
+            whole.update(n.key for n in node._wait_for)
+        elif node.key in whole:
+            whole.update(d.key for d in node.dependencies)
+    return whole
 
 
 def lower(outputs: Sequence[Node], *, distributed: bool) -> HighLevelGraph:
@@ -170,60 +253,85 @@ def lower(outputs: Sequence[Node], *, distributed: bool) -> HighLevelGraph:
     if distributed:
         for node in order:
             fams.visit(node)
-    whole = {n.key for n in outputs if isinstance(n, MapNode)}
-    for node in order:
-        if isinstance(node, MapNode):
-            for i, s in enumerate(node.slots):
-                if s.mapped and isinstance(s.value, Node) and (node.key, i) not in fams.joined:
-                    whole.add(s.value.key)
-                whole.update(n.key for n in find_nodes(s.value) if not s.mapped)
-            whole.update(n.key for n in node._wait_for)
-        else:
-            whole.update(d.key for d in node.dependencies)
+    whole = _whole(order, outputs, fams.how)
 
     layers: dict[str, Any] = {}
-    deps: dict[str, set[str]] = {}
+    deps: dict[str, set] = {}
     annotations: dict[str, dict] = {}
-    family_stages: dict[int, list] = {}
+    planned: dict[str, tuple] = {}
     for node in order:
-        if not isinstance(node, MapNode):
+        if isinstance(node, MapNode):
+            planned[node.key] = _stage(node, fams.how)
+            if not distributed:
+                stage, sources, consts, needs = planned[node.key]
+                collector = Collector(node.key, node.key, node.name)
+                exp = Expansion(node.key, (stage,), (collector,), sources, tuple(consts), ())
+                data = parse_input({k: Alias(k) for k in sorted(needs)})
+                layers[node.key] = {node.key: Task(node.key, run_map, exp, data)}
+                deps[node.key] = needs
+        elif node.key in whole:
             layers[node.key] = {node.key: _node_task(node)}
             deps[node.key] = {d.key for d in node.dependencies}
             annotations[node.key] = _annotations(node)
-            continue
-        planned = _stage(node, fams.joined, collect=node.key in whole)
-        if not distributed:
-            stage, sources, consts, needs = planned
-            exp = Expansion(node.key, (stage,), sources, tuple(consts))
-            data = parse_input({k: Alias(k) for k in sorted(needs)})
-            layers[node.key] = {node.key: Task(node.key, run_map, exp, data)}
-            deps[node.key] = needs
-            continue
-        family_stages.setdefault(fams.family[node.key], []).append(planned)
 
-    for planned in family_stages.values():
-        stages = tuple(p[0] for p in planned)
-        sources: dict[str, tuple[str, str]] = {}
-        consts: list[tuple[str, str, int]] = []
-        needs: set[str] = set()
-        for _, s, c, n in planned:
-            for k, v in s.items():
-                sources.setdefault(k, v)
-            consts += c
-            needs |= n
-        ekey = "dynflow-expand-" + tokenize(*(s.key for s in stages))
-        exp = Expansion(ekey, stages, sources, tuple(consts))
-        data = parse_input({k: Alias(k) for k in sorted(needs)})
-        layers[ekey] = {ekey: Task(ekey, expand, exp, data)}
-        deps[ekey] = needs
-        for s in stages:
-            if s.collect:
-                layers[s.key] = {s.key: Task(s.key, unspliced, TaskRef(ekey), s.task_name)}
-                deps[s.key] = {ekey}
+    if distributed:
+        # the collectors each family makes: a whole-used map's list at its own level,
+        # concatenated at every level above it
+        collectors: dict[int, list[Collector]] = {f: [] for f in fams.families()}
+        for f in fams.families():
+            for key in fams.members[f]:
+                if key in whole:
+                    name = planned[key][0].task_name
+                    chain = fams.depth_chain(f)
+                    collectors[chain[0]].append(Collector(key, key, name))
+                    for g in chain[1:]:
+                        collectors[g].append(Collector(key, key, name, concat=True))
+
+        def expansion(f: int) -> Expansion:
+            stages: list[Stage | Nested] = []
+            sources: dict[Any, tuple[str, str]] = {}
+            consts: list[tuple[str, str, int]] = []
+            needs: set[Any] = set()
+            for key in sorted(fams.members[f], key=fams.pos.__getitem__):
+                stage, s, c, n = planned[key]
+                stages.append(stage)
+                for k, v in s.items():
+                    sources.setdefault(k, v)
+                consts += c
+                needs |= n
+            for g in fams.children(f):
+                child = expansion(g)
+                stages.append(Nested(child, {}))
+                needs |= {k for k in child.needs if not isinstance(k, Rel)}
+            # named after everything the expansion makes, so that no two different
+            # expansions (e.g. of the same map, chained differently) share a key
+            made = [*fams.members[f], *(c.key for c in collectors[f])]
+            made += [s.expansion.expander for s in stages if isinstance(s, Nested)]
+            ekey = f"{EXPANDER_PREFIX}-" + tokenize(*made)
+            return Expansion(
+                ekey,
+                tuple(stages),
+                tuple(collectors[f]),
+                sources,
+                tuple(consts),
+                tuple(sorted(needs, key=str)),
+            )
+
+        for f in fams.families():
+            if fams.parent_of(f) is not None:
+                continue
+            exp = expansion(f)
+            ekey = exp.expander
+            data = parse_input({k: Alias(k) for k in exp.needs})
+            layers[ekey] = {ekey: Task(ekey, expand, exp, (), data)}
+            deps[ekey] = set(exp.needs)
+            for c in exp.collectors:
+                task = Task(c.key, unspliced, TaskRef(ekey), c.task_name)
+                layers[c.key] = {c.key: task}
+                deps[c.key] = {ekey}
 
     hlg_layers = {
         k: MaterializedLayer(v, annotations=annotations.get(k) or None)
         for k, v in layers.items()
     }
-    # dependencies between layers are only needed for culling, which nothing does here
     return HighLevelGraph(hlg_layers, {k: deps[k] & layers.keys() for k in layers})

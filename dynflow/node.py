@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from dynflow.task import Task
 
-__all__ = ["BUILDING", "MapNode", "Node", "find_nodes", "replace_nodes", "unmapped"]
+__all__ = ["BUILDING", "FlattenNode", "MapNode", "Node", "find_nodes", "replace_nodes", "unmapped"]
 
 #: the name of the flow whose body is being run to build a graph, if any
 BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
@@ -208,6 +208,22 @@ class MapNode(Node):
 
     def __repr__(self) -> str:
         return f"<MapNode {self._key}: {self.name}.map()>"
+
+
+class FlattenNode(Node):
+    """``flatten(x)``: the elements of ``x``'s items, in order; made by :func:`dynflow.flatten`.
+
+    Used whole, its value is the concatenated list. Mapped over (``g.map(flatten(m))``
+    with ``m`` a map node), ``g`` expands once per item of ``m`` as soon as that item is
+    done, on the cluster: the per-parent lists are never concatenated first.
+    """
+
+    __slots__ = ()
+
+    @property
+    def source(self) -> Node:
+        """The node whose items are flattened."""
+        return self._args[0]
 
 
 class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls

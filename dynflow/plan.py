@@ -1,9 +1,15 @@
-"""Expansion plans: how the per-item tasks of one or more chained maps are made.
+"""Expansion plans: how the per-item tasks of one or more maps are made.
 
-A plan is built on the client when a graph is lowered, travels inside the expander
-task's spec, and is used twice once the mapped values exist: on the worker, to measure
-and check them (:meth:`Expansion.measure`), and on the scheduler, to make the per-item
-tasks (:meth:`Expansion.build`). Nothing here touches scheduler or worker state.
+A plan (:class:`Expansion`) is built on the client when a graph is lowered, travels
+inside its expander task's spec, and is used twice once the mapped values exist: on the
+worker, to measure and check them (:meth:`Expansion.measure`), and on the scheduler, to
+make the per-item tasks (:meth:`Expansion.build`). Nothing here touches scheduler or
+worker state.
+
+Plans nest. A map over ``flatten(m)`` (or a map inside a sub-flow run per item) expands
+once per item ``i`` of its parent, with a *prefix* ``(i,)``: its items are
+``(key, i, j)`` and its per-parent list is ``(key, i)``. A key template written
+``Rel(k)`` means ``(k, *prefix)``: the parent's item the nested expansion belongs to.
 
 Per-item arguments are written with dask's task spec: an argument read from a mapped
 upstream value ``v`` is ``v[i]``, evaluated on the worker that runs the item.
@@ -12,93 +18,181 @@ upstream value ``v`` is ``v[i]``, evaluated on the worker that runs the item.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from dask._task_spec import Task, TaskRef
+from dask._task_spec import Alias, Task, TaskRef, parse_input
 
 from dynflow.exceptions import MapInputError, MapLengthError
 
-__all__ = ["Arg", "Expansion", "Stage", "collect", "pick"]
+__all__ = [
+    "Collector",
+    "Expansion",
+    "Nested",
+    "Rel",
+    "Src",
+    "Stage",
+    "Stg",
+    "at",
+    "collect",
+    "concat",
+    "pick",
+]
+
+Prefix = tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Arg:
-    """One argument of a stage.
+class Rel(NamedTuple):
+    """The key ``(key, *prefix)``: the parent item a nested expansion belongs to."""
 
-    kind:
-      ``"source"``  mapped over the value of upstream key ``value``: item i gets ``value[i]``
-      ``"stage"``   mapped over stage ``value`` of the same expansion: item i gets its item i
-      ``"const"``   mapped over a concrete tuple ``value`` known when the graph was built
-      ``"static"``  the same ``value`` for every item (may hold task references)
-    """
+    key: str
 
-    kind: str
-    value: Any
-    label: str = ""
+
+def at(key: Any, prefix: Prefix) -> Any:
+    """The concrete key of template ``key`` at ``prefix``."""
+    if isinstance(key, Rel):
+        return (key.key, *prefix)
+    return (key, *prefix) if prefix else key
+
+
+class Src(NamedTuple):
+    """Marker in a stage argument: item ``i`` of the value of (template) key ``key``."""
+
+    key: Any
+
+
+class Stg(NamedTuple):
+    """Marker in a stage argument: item ``i`` of stage ``key`` of the same expansion."""
+
+    key: str
+
+
+class Const(NamedTuple):
+    """Marker in a stage argument: item ``i`` of a tuple known when the graph was built."""
+
+    values: tuple
+
+
+def _resolve(
+    obj: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any], top: bool = True
+) -> Any:
+    """Argument ``obj`` of item ``i``: markers replaced by task-spec references."""
+    t = type(obj)
+    if t is Src:
+        return refs(at(obj.key, prefix), i)
+    if t is Stg:
+        key = (obj.key, *prefix, i)
+        return TaskRef(key) if top else Alias(key)
+    if t is Const:
+        return obj.values[i]
+    if t in (list, tuple, set, frozenset):
+        return parse_input(t(_resolve(o, prefix, i, refs, False) for o in obj))
+    if t is dict:
+        return parse_input({k: _resolve(v, prefix, i, refs, False) for k, v in obj.items()})
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
 class Stage:
-    """One map of an expansion: ``fn`` called once per item."""
+    """``fn`` called once per item; ``args``/``kwargs`` may hold item markers."""
 
-    key: str  # the map node's key; items are (key, i); the collector is key
+    key: str  # items are (key, *prefix, i)
     task_name: str
     fn: Callable
-    args: tuple[Arg, ...]
-    kwargs: Mapping[str, Arg]
+    args: tuple
+    kwargs: Mapping[str, Any]
     annotations: Mapping[str, Any]
-    collect: bool  # whether the map node's list is used (its collector key exists)
 
-    def item(self, i: int, refs: Callable[[str, int], Any]) -> Task:
-        """The task spec of item ``i``; ``refs(key, i)`` reads item ``i`` of a source."""
+    def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
+        key, fn, args, kwargs = self.key, self.fn, self.args, self.kwargs
+        return [
+            Task(
+                (key, *prefix, i),
+                fn,
+                *(_resolve(a, prefix, i, refs) for a in args),
+                **{k: _resolve(v, prefix, i, refs) for k, v in kwargs.items()},
+            )
+            for i in range(n)
+        ]
 
-        def arg(a: Arg) -> Any:
-            if a.kind == "source":
-                return refs(a.value, i)
-            if a.kind == "stage":
-                return TaskRef((a.value, i))
-            if a.kind == "const":
-                return a.value[i]
-            return a.value
 
-        return Task(
-            (self.key, i),
-            self.fn,
-            *map(arg, self.args),
-            **{k: arg(a) for k, a in self.kwargs.items()},
-        )
+@dataclass(frozen=True, slots=True)
+class Nested:
+    """A nested expansion per item: its expander and its collectors' placeholders."""
+
+    expansion: Expansion
+    annotations: Mapping[str, Any]
+
+    def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
+        from dynflow.expand import expand, unspliced
+
+        child = self.expansion
+        out = []
+        for i in range(n):
+            sub = (*prefix, i)
+            ekey = at(child.expander, sub)
+            data = parse_input({k: Alias(k) for k in child.needs_at(sub)})
+            out.append(Task(ekey, expand, child, sub, data))
+            out += [
+                Task(at(c.key, sub), unspliced, TaskRef(ekey), c.task_name)
+                for c in child.collectors
+            ]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Collector:
+    """The list ``key`` (at a prefix) of the items ``(of, *prefix, i)``, or their concatenation."""
+
+    key: str
+    of: str
+    task_name: str
+    concat: bool = False
+
+    def task(self, prefix: Prefix, n: int) -> Task:
+        refs = (TaskRef((self.of, *prefix, i)) for i in range(n))
+        return Task(at(self.key, prefix), concat if self.concat else collect, *refs)
 
 
 @dataclass(frozen=True, slots=True)
 class Expansion:
     """The per-item tasks of maps that share one length, made by one expander.
 
-    ``stages`` are in dependency order; a stage's ``"stage"`` arguments name earlier
-    stages. ``sources`` are the upstream keys read item by item, each with the first
-    (task name, argument) that maps over it, for error messages.
+    ``stages`` are in dependency order. ``sources`` are the (template) keys read item
+    by item, each with the first (task name, argument) that maps over it, for error
+    messages; ``consts`` the lengths of concrete mapped tuples; ``needs`` every
+    (template) key the expander must hold so the items can use it.
     """
 
     expander: str
-    stages: tuple[Stage, ...]
-    sources: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    consts: tuple[tuple[str, str, int], ...] = ()  # (task name, argument, length)
+    stages: tuple[Stage | Nested, ...]
+    collectors: tuple[Collector, ...]
+    sources: Mapping[Any, tuple[str, str]]
+    consts: tuple[tuple[str, str, int], ...]
+    needs: tuple[Any, ...]
 
     @property
     def names(self) -> str:
-        return ", ".join(f"{s.task_name}.map()" for s in self.stages)
+        names = dict.fromkeys(
+            f"{s.task_name}.map()" for s in self.stages if isinstance(s, Stage)
+        )
+        return ", ".join(names) or "map"
+
+    def needs_at(self, prefix: Prefix) -> list:
+        return [at(k, prefix) for k in self.needs]
 
     # ------------------------------------------------------------ on a worker
-    def measure(self, data: Mapping[str, Any]) -> tuple[int, dict[str, list]]:
-        """Check the mapped values and return (length, materialized sources).
+    def measure(self, data: Mapping[Any, Any], prefix: Prefix = ()) -> tuple[int, dict]:
+        """Check the mapped values; return (length, sources turned into lists).
 
-        A source that cannot be indexed (a set, a dict view) is turned into a list,
-        returned in the second item so that the items can read it from the expander.
+        A source that cannot be indexed (a set, a dict view) is turned into a list and
+        returned, so the items can read it from the expander.
         """
         lengths: dict[str, int] = {}
-        materialized: dict[str, list] = {}
-        for key, (task_name, label) in self.sources.items():
+        materialized: dict[Any, list] = {}
+        for tkey, (task_name, label) in self.sources.items():
+            key = at(tkey, prefix)
             value = data[key]
             if isinstance(value, (str, bytes, bytearray, Mapping)) or not _iterable(value):
                 raise MapInputError(
@@ -113,50 +207,44 @@ class Expansion:
                 )
             if not (hasattr(value, "__getitem__") and hasattr(value, "__len__")):
                 value = materialized[key] = list(value)
-            lengths[f"{task_name}.{label}"] = len(value)
+            lengths.setdefault(f"{label}={len(value)} (from {_describe(key)})", len(value))
         for task_name, label, n in self.consts:
-            lengths[f"{task_name}.{label}"] = n
+            lengths.setdefault(f"{label}={n}", n)
         if len(set(lengths.values())) > 1:
-            found = ", ".join(f"{k}={n}" for k, n in lengths.items())
             raise MapLengthError(
-                f"{self.names}: mapped arguments must have equal lengths, got {found}"
+                f"{self.names}: mapped arguments must have equal lengths, got "
+                + ", ".join(lengths)
             )
-        n = next(iter(lengths.values()))
-        return n, materialized
+        return next(iter(lengths.values())), materialized
 
     # --------------------------------------------------------- on the scheduler
     def build(
-        self, n: int, materialized: Sequence[str]
-    ) -> tuple[list[tuple[Mapping[str, Any], list[Task]]], dict[str, Task]]:
-        """Per-item tasks of every stage, and the collectors' new task specs."""
+        self, n: int, prefix: Prefix, materialized: list
+    ) -> tuple[list[tuple[Mapping[str, Any], list[Task]]], dict[Any, Task]]:
+        """Per-item tasks of every stage (in order), and the collectors' task specs."""
         from_expander = set(materialized)
+        ekey = at(self.expander, prefix)
 
-        def refs(key: str, i: int) -> Task:
+        def refs(key: Any, i: int) -> Task:
             if key in from_expander:
-                return Task(None, pick, TaskRef(self.expander), key, i)
+                return Task(None, pick, TaskRef(ekey), key, i)
             return Task(None, operator.getitem, TaskRef(key), i)
 
-        stages = []
-        collectors = {}
-        for stage in self.stages:
-            items = [stage.item(i, refs) for i in range(n)]
-            stages.append((stage.annotations, items))
-            if stage.collect:
-                collectors[stage.key] = Task(
-                    stage.key, collect, *(TaskRef(t.key) for t in items)
-                )
+        stages = [(s.annotations, s.items(prefix, n, refs)) for s in self.stages]
+        collectors = {at(c.key, prefix): c.task(prefix, n) for c in self.collectors}
         return stages, collectors
 
-    def run_locally(self, data: dict[str, Any]) -> list:
-        """Evaluate a single-stage expansion in this process; return its list."""
+    def run_locally(self, data: dict[Any, Any]) -> list:
+        """Evaluate a single-stage, top-level expansion in this process."""
         (stage,) = self.stages
+        assert isinstance(stage, Stage)
         n, materialized = self.measure(data)
         data = {**data, **materialized}
 
-        def refs(key: str, i: int) -> Task:
+        def refs(key: Any, i: int) -> Task:
             return Task(None, operator.getitem, TaskRef(key), i)
 
-        return [stage.item(i, refs)(data) for i in range(n)]
+        return [task(data) for task in stage.items((), n, refs)]
 
 
 def collect(*items: Any) -> list:
@@ -164,7 +252,15 @@ def collect(*items: Any) -> list:
     return list(items)
 
 
-def pick(materialized: Mapping[str, list], key: str, i: int) -> Any:
+def concat(*lists: Any) -> list:
+    """A flattened map's value: its per-parent lists, concatenated in order."""
+    out: list = []
+    for lst in lists:
+        out += lst
+    return out
+
+
+def pick(materialized: Mapping[Any, list], key: Any, i: int) -> Any:
     """Item ``i`` of a source that the expander turned into a list."""
     return materialized[key][i]
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from dask.utils import funcname
 
 from dynflow.exceptions import MapLengthError
-from dynflow.node import MapNode, Node, Slot, unmapped
+from dynflow.node import FlattenNode, MapNode, Node, Slot, unmapped
 
 if TYPE_CHECKING:
     from distributed import Future
 
-__all__ = ["Task", "task"]
+__all__ = ["Task", "flatten", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -298,3 +298,44 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
         return Task(fn, **options)
     _check_options("<task>", options)
     return lambda f: Task(f, **options)
+
+
+def _flatten(lists: Iterable[Iterable[Any]]) -> list:
+    """Concatenate ``lists`` (the value of a whole-used ``flatten`` node)."""
+    out: list = []
+    for i, lst in enumerate(lists):
+        if isinstance(lst, (str, bytes, bytearray)) or not isinstance(lst, Iterable):
+            raise TypeError(
+                f"flatten(): item {i} is a {type(lst).__name__}, not a list to flatten"
+            )
+        out += lst
+    return out
+
+
+def flatten(node: Node) -> FlattenNode:
+    """The elements of the items of ``node`` (a map node of lists), in order.
+
+    ``g.map(flatten(m))`` runs ``g`` once per element; on a cluster, the elements of
+    item ``i`` of ``m`` are expanded as soon as ``m[i]`` is done.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def services(account):
+    ...     return [f"{account}/a", f"{account}/b"]
+    >>> @df.task
+    ... def shout(s):
+    ...     return s.upper()
+    >>> m = shout.map(df.flatten(services.map(["x", "y"])))
+    >>> m.compute(scheduler="sync")
+    ['X/A', 'X/B', 'Y/A', 'Y/B']
+    """
+    if not isinstance(node, Node):
+        raise TypeError(
+            f"flatten() expects a node (usually a map node), got {type(node).__name__}"
+        )
+    return FlattenNode(_FLATTEN, (node,), {})
+
+
+_FLATTEN: Task = Task(_flatten, name="flatten", pure=True)

@@ -229,7 +229,7 @@ async def test_not_iterable_upstream_fails_naming_task_and_argument(c, s, a, b):
 @gen_cluster(client=True)
 async def test_unequal_lengths_fail_naming_arguments_and_lengths(c, s, a, b):
     m = process.map(generate_list(3), generate_list(2))
-    with pytest.raises(ValueError, match=r"process.map\(\): .*item=3, .*factor=2"):
+    with pytest.raises(ValueError, match=r"process.map\(\): .*item=3 \(from task 'generate_list'\), factor=2"):
         await m.compute(client=c)
     # other work on the cluster is unaffected
     assert await seed(3).compute(client=c) == 6
@@ -331,3 +331,115 @@ def test_the_list_never_travels_to_the_client_or_scheduler(client):
     # the guard works: the same list fetched to the client raises
     with pytest.raises(RuntimeError, match="unpickled in a forbidden process"):
         guarded_list(1, forbidden).compute(client=client)
+
+
+# ---------------------------------------------------------------- flatten / nested
+
+
+@df.task
+def services(account):
+    return [f"{account}/s{j}" for j in range(account)]
+
+
+@df.task
+def metric(service):
+    return len(service)
+
+
+@df.task
+def gated_services(account):
+    if account == 3:
+        assert GATE.wait(timeout=30)
+    return [f"{account}/s{j}" for j in range(account)]
+
+
+def expected_services(accounts):
+    return [f"{a}/s{j}" for a in accounts for j in range(a)]
+
+
+@gen_cluster(client=True)
+async def test_flatten_maps_over_the_elements_in_order(c, s, a, b):
+    accounts = generate_list(4)  # 0, 1, 2, 3 services
+    metrics = metric.map(df.flatten(services.map(accounts)))
+    assert await metrics.compute(client=c) == [len(x) for x in expected_services(range(4))]
+    assert await reducer(metrics).compute(client=c) == sum(
+        len(x) for x in expected_services(range(4))
+    )
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_flatten_used_whole_is_the_concatenation(c, s, a, b):
+    flat = df.flatten(services.map([1, 2]))
+    assert await flat.compute(client=c) == expected_services([1, 2])
+    assert await df.flatten(generate_list(0)).compute(client=c) == []
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 4)])
+async def test_nested_expansion_happens_per_parent_item(c, s, a):
+    """Children of account 1 and 2 exist (and run) while account 3 is still running."""
+    GATE.clear()
+    svc = gated_services.map([1, 2, 3])
+    metrics = record.map("m", df.flatten(svc))
+    EVENTS.clear()
+    (fut,) = await df.submit_async(metrics, client=c)
+    await async_poll_for(lambda: len(EVENTS) == 3, timeout=10)  # 1 + 2 children done
+    assert (svc.key, 2) in s.tasks and s.tasks[(svc.key, 2)].state == "processing"
+    assert {(metrics.key, 0, 0), (metrics.key, 1, 1)} <= set(s.tasks)
+    assert (metrics.key, 2, 0) not in s.tasks  # account 3's children are not known yet
+    # item edges: each child depends on its own parent item only
+    assert {d.key for d in s.tasks[(metrics.key, 1, 0)].dependencies} == {(svc.key, 1)}
+    GATE.set()
+    assert await fut == expected_services([1, 2, 3])
+    del fut
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_chained_map_after_flatten_and_flatten_of_flatten(c, s, a, b):
+    @df.task
+    def split(x):
+        return list(x)
+
+    svc = services.map([1, 2])
+    chained = process.map(metric.map(df.flatten(svc)), 10)
+    assert await chained.compute(client=c) == [10 * len(x) for x in expected_services([1, 2])]
+    chars = df.flatten(split.map(df.flatten(svc)))
+    assert await process.map(chars, 1).compute(client=c) == list("".join(expected_services([1, 2])))
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_nested_maps_finish_on_a_one_thread_cluster(c, s, a):
+    svc = services.map(generate_list(4))
+    metrics = metric.map(df.flatten(svc))
+    assert await reducer(metrics).compute(client=c) == sum(
+        len(x) for x in expected_services(range(4))
+    )
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_flatten_with_a_static_derived_from_its_parent_falls_back_to_whole(c, s, a, b):
+    svc = services.map([1, 2])
+    n_accounts = reducer(metric.map(svc))  # needs the parent's whole list
+    out = process.map(df.flatten(svc), factor=df.unmapped(n_accounts))
+    assert await out.compute(client=c) == [x * 3 for x in expected_services([1, 2])]
+
+
+@gen_cluster(client=True)
+async def test_flatten_of_non_lists_fails_naming_the_item(c, s, a, b):
+    with pytest.raises(MapInputError_or_TypeError, match="got int"):
+        await metric.map(df.flatten(process.map([1, 2]))).compute(client=c)
+    await no_tasks_left(s)
+
+
+MapInputError_or_TypeError = TypeError
+
+
+def test_flatten_in_sync_mode():
+    svc = services.map([1, 3])
+    assert metric.map(df.flatten(svc)).compute(scheduler="sync") == [
+        len(x) for x in expected_services([1, 3])
+    ]
+    with pytest.raises(TypeError, match="flatten expects|expects a node"):
+        df.flatten([1, 2])
