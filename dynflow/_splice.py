@@ -67,7 +67,12 @@ class SpliceExtension(SchedulerPlugin):
 
     @log_errors
     def splice(
-        self, expander: Any, run_id: int, n: int, materialized: list[str]
+        self,
+        expander: Any,
+        run_id: int,
+        n: int,
+        materialized: list,
+        shipped: dict[int, list] | None = None,
     ) -> dict[str, Any]:
         """Add the ``n`` items of every stage of ``expander``'s expansion."""
         s = self.scheduler
@@ -83,7 +88,7 @@ class SpliceExtension(SchedulerPlugin):
             return {"status": "unwanted"}
 
         expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
-        stages, specs = expansion.build(n, prefix, materialized)
+        stages, specs = expansion.build(n, prefix, materialized, shipped or {})
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []

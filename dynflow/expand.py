@@ -33,14 +33,20 @@ async def expand(
     items that read such a source read it from this task's result.
     """
     from distributed import get_worker
+    from distributed.protocol.serialize import ToPickle
 
     n, materialized = expansion.measure(data, prefix)
+    shipped = expansion.prebuild(n, prefix, materialized)
     worker = get_worker()
     key = at(expansion.expander, prefix)
     ts = worker.state.tasks.get(key)
     run_id = ts.run_id if ts is not None else -1
     reply = await worker.scheduler.dynflow_splice(
-        expander=key, run_id=run_id, n=n, materialized=list(materialized)
+        expander=key,
+        run_id=run_id,
+        n=n,
+        materialized=list(materialized),
+        shipped=ToPickle(shipped) if shipped else None,
     )
     if not isinstance(reply, dict):
         raise ExtensionError(

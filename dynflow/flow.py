@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from dask.utils import funcname
 
-from dynflow.node import BUILDING, Node
-from dynflow.task import Task
+from dynflow.node import BUILDING, MapNode, Node, SubflowMapNode
+from dynflow.task import Task, by_reference, map_slots
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -63,6 +63,13 @@ class Flow(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Flow {self.name}{self._signature}>"
 
+    def __reduce__(self) -> tuple:
+        # a module-level flow travels as a reference, like a plain function
+        return by_reference(self, self._fn) or (Flow, (self._fn,), {"_name": self._name})
+
+    def __setstate__(self, state: dict) -> None:
+        self._name = state["_name"]
+
     def build(self, *args: P.args, **kwargs: P.kwargs) -> Node:
         """Run the body to build the graph; return its output node (nothing runs)."""
         try:
@@ -86,6 +93,36 @@ class Flow(Generic[P, R]):
         if BUILDING.get() is not None:
             return node
         return node.compute()
+
+    def map(self, *args: Any, **kwargs: Any) -> MapNode:
+        """Run the whole flow once per item; a map node of the flow's outputs.
+
+        Arguments are mapped as in ``task.map``. On a cluster, each item's sub-flow is
+        built on a worker once the mapped values exist and added to the scheduler:
+        its tasks, and any maps inside it, expand per item.
+
+        Examples
+        --------
+        >>> import dynflow as df
+        >>> @df.task
+        ... def inc(x):
+        ...     return x + 1
+        >>> @df.flow
+        ... def twice(x):
+        ...     return inc(inc(x))
+        >>> twice.map([1, 2, 3]).compute(scheduler="sync")
+        [3, 4, 5]
+        """
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(
+                f"{self.name}.map(): {e}; the flow's signature is {self.name}{self._signature}"
+            ) from None
+        slots, kwslots = map_slots(self.name, self._signature, bound)
+        node = SubflowMapNode(Task(self._fn, name=self.name), slots, kwslots)
+        object.__setattr__(node, "_flow", self)
+        return node
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:
         """Build the graph and start it; return a ``distributed.Future`` of its value."""

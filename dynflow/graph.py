@@ -21,8 +21,27 @@ from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from dynflow.node import FlattenNode, MapNode, Node, find_nodes, replace_nodes
-from dynflow.plan import Collector, Const, Expansion, Nested, Rel, Src, Stage, Stg
+from dynflow.node import (
+    FlattenNode,
+    KeyNode,
+    MapNode,
+    Node,
+    SubflowMapNode,
+    find_nodes,
+    replace_nodes,
+)
+from dynflow.plan import (
+    Collector,
+    Const,
+    Expansion,
+    Ext,
+    Nested,
+    Rel,
+    Src,
+    Stage,
+    Stg,
+    SubflowStage,
+)
 
 __all__ = ["lower", "topological"]
 
@@ -202,11 +221,14 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str]) -> tuple:
     sources: dict[Any, tuple[str, str]] = {}
     consts: list[tuple[str, str, int]] = []
     needs: set[Any] = {n.key for n in node._wait_for}
+    subflow = isinstance(node, SubflowMapNode)
+    # a sub-flow is built from plain values and nodes; a task call from a task spec
+    ref = (lambda v: replace_nodes(v, lambda n: Ext(n.key))) if subflow else _ref
 
     def arg(i: int, slot: Any) -> Any:
         if not slot.mapped:
             needs.update(n.key for n in find_nodes(slot.value))
-            return _ref(slot.value)
+            return ref(slot.value)
         kind = how.get((node.key, i))
         if kind == "stage":
             return Stg(slot.value.key)
@@ -217,7 +239,7 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str]) -> tuple:
         else:
             needs.update(n.key for n in find_nodes(slot.value))
             consts.append((node.name, slot.label, len(slot.value)))
-            return Const(tuple(_ref(v) for v in slot.value))
+            return Const(tuple(ref(v) for v in slot.value))
         sources.setdefault(src, (node.name, slot.label))
         needs.add(src)
         return Src(src)
@@ -225,7 +247,10 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str]) -> tuple:
     npos = len(node._args)
     args = tuple(arg(i, s) for i, s in enumerate(node._args))
     kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node._kwargs.items())}
-    stage = Stage(node.key, node.name, node.task.graph_fn, args, kwargs, _annotations(node))
+    if subflow:
+        stage: Stage = SubflowStage(node.key, node.name, node.flow, args, kwargs, {})
+    else:
+        stage = Stage(node.key, node.name, node.task.graph_fn, args, kwargs, _annotations(node))
     return stage, sources, consts, needs
 
 
@@ -269,7 +294,7 @@ def lower(outputs: Sequence[Node], *, distributed: bool) -> HighLevelGraph:
                 data = parse_input({k: Alias(k) for k in sorted(needs)})
                 layers[node.key] = {node.key: Task(node.key, run_map, exp, data)}
                 deps[node.key] = needs
-        elif node.key in whole:
+        elif node.key in whole and not isinstance(node, KeyNode):
             layers[node.key] = {node.key: _node_task(node)}
             deps[node.key] = {d.key for d in node.dependencies}
             annotations[node.key] = _annotations(node)

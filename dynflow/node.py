@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
     from dynflow.task import Task
 
-__all__ = ["BUILDING", "FlattenNode", "MapNode", "Node", "find_nodes", "replace_nodes", "unmapped"]
+__all__ = [
+    "BUILDING",
+    "FlattenNode",
+    "KeyNode",
+    "MapNode",
+    "Node",
+    "SubflowMapNode",
+    "find_nodes", "replace_nodes", "unmapped"]
 
 #: the name of the flow whose body is being run to build a graph, if any
 BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
@@ -224,6 +231,37 @@ class FlattenNode(Node):
     def source(self) -> Node:
         """The node whose items are flattened."""
         return self._args[0]
+
+
+class KeyNode(Node):
+    """A node standing for a key that already exists on the cluster (no task of its own).
+
+    Used when a sub-flow is built on a worker, per item, to refer to the values around
+    it: the item itself and the flow's unmapped arguments.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, task: Task, key: Any) -> None:
+        object.__setattr__(self, "_task", task)
+        object.__setattr__(self, "_args", ())
+        object.__setattr__(self, "_kwargs", {})
+        object.__setattr__(self, "_wait_for", ())
+        object.__setattr__(self, "_key", key)
+
+
+class SubflowMapNode(MapNode):
+    """``flow.map(...)``: a whole sub-flow per item; its value is the list of their outputs."""
+
+    __slots__ = ("_flow",)
+
+    @property
+    def flow(self) -> Any:
+        """The flow run per item."""
+        return self._flow
+
+    def __repr__(self) -> str:
+        return f"<MapNode {self._key}: {self.name}.map() (flow)>"
 
 
 class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls

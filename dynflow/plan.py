@@ -28,11 +28,14 @@ from dynflow.exceptions import MapInputError, MapLengthError
 
 __all__ = [
     "Collector",
+    "Const",
+    "Ext",
     "Expansion",
     "Nested",
     "Rel",
     "Src",
     "Stage",
+    "SubflowStage",
     "Stg",
     "at",
     "collect",
@@ -66,6 +69,12 @@ class Stg(NamedTuple):
     """Marker in a stage argument: item ``i`` of stage ``key`` of the same expansion."""
 
     key: str
+
+
+class Ext(NamedTuple):
+    """Marker in a sub-flow's argument: the value of existing key ``key``."""
+
+    key: Any
 
 
 class Const(NamedTuple):
@@ -115,6 +124,91 @@ class Stage:
             )
             for i in range(n)
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class SubflowStage(Stage):
+    """A whole sub-flow per item (``fn`` is the flow); item ``i`` is its output.
+
+    The sub-flows are built where user code may run: on the worker, by the expander
+    (:meth:`prebuild`); the scheduler only adds the tasks it is sent.
+    """
+
+    def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
+        raise RuntimeError("internal error: sub-flow stages are built on the worker")
+
+    def prebuild(
+        self, prefix: Prefix, n: int, item: Callable[[Any, int], Any]
+    ) -> list[tuple[Mapping[str, Any], list[Task]]]:
+        """Each item's sub-flow, lowered: ``[(annotations, tasks), ...]``."""
+        from dynflow.graph import lower
+
+        out: list[tuple[Mapping[str, Any], list[Task]]] = []
+        for i in range(n):
+
+            def value(obj: Any) -> Any:
+                t = type(obj)
+                if t is Src:
+                    return item(at(obj.key, prefix), i)
+                if t is Stg:
+                    return key_node((obj.key, *prefix, i))
+                if t is Const:
+                    return value(obj.values[i])
+                if t is Ext:
+                    return key_node(obj.key)
+                if t in (list, tuple, set, frozenset):
+                    return t(value(o) for o in obj)
+                if t is dict:
+                    return {k: value(v) for k, v in obj.items()}
+                return obj
+
+            output = self.fn.build(
+                *(value(a) for a in self.args), **{k: value(v) for k, v in self.kwargs.items()}
+            )
+            graph = lower([output], distributed=True)
+            for name, layer in graph.layers.items():
+                out.append((layer.annotations or {}, list(layer.values())))
+            out.append((self.annotations, [Alias((self.key, *prefix, i), output.key)]))
+        return out
+
+    def run_locally(self, data: Mapping[Any, Any], n: int) -> list:
+        """Each item's sub-flow computed in this process, in order."""
+
+        def value(obj: Any, i: int) -> Any:
+            t = type(obj)
+            if t is Src:
+                return data[obj.key][i]
+            if t is Const:
+                return value(obj.values[i], i)
+            if t is Ext:
+                return data[obj.key]
+            if t in (list, tuple, set, frozenset):
+                return t(value(o, i) for o in obj)
+            if t is dict:
+                return {k: value(v, i) for k, v in obj.items()}
+            return obj
+
+        return [
+            self.fn.build(
+                *(value(a, i) for a in self.args),
+                **{k: value(v, i) for k, v in self.kwargs.items()},
+            ).compute(scheduler="sync")
+            for i in range(n)
+        ]
+
+
+def key_node(key: Any) -> Any:
+    """A node standing for existing key ``key`` (inside a sub-flow built per item)."""
+    from dask.utils import key_split
+
+    from dynflow.node import KeyNode
+    from dynflow.task import Task as DynflowTask
+
+    return KeyNode(DynflowTask(_never_called, name=key_split(key)), key)
+
+
+def _never_called(*_: Any) -> Any:  # pragma: no cover - a KeyNode has no task
+    raise RuntimeError("internal error: a KeyNode's task was run")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +312,34 @@ class Expansion:
         return next(iter(lengths.values())), materialized
 
     # --------------------------------------------------------- on the scheduler
+    def prebuild(
+        self, n: int, prefix: Prefix, materialized: Mapping[Any, list]
+    ) -> dict[int, list]:
+        """On the worker: the tasks of the sub-flow stages, ``{stage index: [...]}``."""
+        if not any(isinstance(s, SubflowStage) for s in self.stages):
+            return {}
+        ekey = at(self.expander, prefix)
+
+        def item(key: Any, i: int) -> Any:
+            from dynflow.task import _ITEM, _PICK
+
+            if key in materialized:
+                return _PICK(key_node(ekey), key, i)
+            return _ITEM(key_node(key), i)
+
+        return {
+            s_index: stage.prebuild(prefix, n, item)
+            for s_index, stage in enumerate(self.stages)
+            if isinstance(stage, SubflowStage)
+        }
+
     def build(
-        self, n: int, prefix: Prefix, materialized: list
+        self, n: int, prefix: Prefix, materialized: list, shipped: Mapping[int, list]
     ) -> tuple[list[tuple[Mapping[str, Any], list[Task]]], dict[Any, Task]]:
-        """Per-item tasks of every stage (in order), and the collectors' task specs."""
+        """Per-item tasks of every stage (in order), and the collectors' task specs.
+
+        ``shipped`` holds the sub-flow stages' tasks, built by :meth:`prebuild`.
+        """
         from_expander = set(materialized)
         ekey = at(self.expander, prefix)
 
@@ -230,7 +348,12 @@ class Expansion:
                 return Task(None, pick, TaskRef(ekey), key, i)
             return Task(None, operator.getitem, TaskRef(key), i)
 
-        stages = [(s.annotations, s.items(prefix, n, refs)) for s in self.stages]
+        stages: list[tuple[Mapping[str, Any], list[Task]]] = []
+        for s_index, s in enumerate(self.stages):
+            if s_index in shipped:
+                stages += shipped[s_index]
+            else:
+                stages.append((s.annotations, s.items(prefix, n, refs)))
         collectors = {at(c.key, prefix): c.task(prefix, n) for c in self.collectors}
         return stages, collectors
 
@@ -240,6 +363,8 @@ class Expansion:
         assert isinstance(stage, Stage)
         n, materialized = self.measure(data)
         data = {**data, **materialized}
+        if isinstance(stage, SubflowStage):
+            return stage.run_locally(data, n)
 
         def refs(key: Any, i: int) -> Task:
             return Task(None, operator.getitem, TaskRef(key), i)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from dask.utils import funcname
 
 from dynflow.exceptions import MapLengthError
+from dynflow.plan import pick
 from dynflow.node import FlattenNode, MapNode, Node, Slot, unmapped
 
 if TYPE_CHECKING:
@@ -128,6 +129,10 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}{self._signature}>"
 
+    def __reduce__(self) -> tuple:
+        # a module-level task travels as a reference, like a plain function
+        return by_reference(self, self._fn) or (_make_task, (self._fn, dict(self._options)))
+
     # ---------------------------------------------------------------- building
     def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
         try:
@@ -178,43 +183,16 @@ class Task(Generic[P, R]):
         [11, 12, 13]
         """
         bound = self._bind(".map()", args, kwargs)
-        labels = _positional_labels(self._signature, len(bound.args))
-        slots = tuple(self._slot(lbl, v) for lbl, v in zip(labels, bound.args))
-        kwslots = {k: self._slot(k, v) for k, v in bound.kwargs.items()}
-        mapped = [s for s in (*slots, *kwslots.values()) if s.mapped]
-        if not mapped:
-            raise TypeError(
-                f"{self.name}.map(): no argument to map over; pass a list, a node or a "
-                "map node (arguments wrapped in unmapped() are passed to every item)"
-            )
-        concrete = {s.label: len(s.value) for s in mapped if isinstance(s.value, tuple)}
-        if len(set(concrete.values())) > 1:
-            found = ", ".join(f"{k}={n}" for k, n in concrete.items())
-            raise MapLengthError(
-                f"{self.name}.map(): mapped arguments must have equal lengths, got {found}"
-            )
+        slots, kwslots = map_slots(self.name, self._signature, bound)
         return MapNode(self, slots, kwslots, self._wait_for(self.name, wait_for))
-
-    def _slot(self, label: str, value: Any) -> Slot:
-        if isinstance(value, unmapped):
-            return Slot(label, False, value.value)
-        if isinstance(value, Node):
-            return Slot(label, True, value)
-        if isinstance(value, (str, bytes, bytearray)):
-            return Slot(label, False, value)
-        if isinstance(value, Mapping):
-            raise TypeError(
-                f"{self.name}.map(): argument {label!r} is a {type(value).__name__}, which "
-                f"is ambiguous to map over; wrap it in unmapped(...) to pass it to every "
-                f"item, or map over list(....items())"
-            )
-        if isinstance(value, Iterable):
-            return Slot(label, True, tuple(value))
-        return Slot(label, False, value)
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
         return self(*args, **kwargs).submit()
+
+
+def _make_task(fn: Callable, options: dict[str, Any]) -> Task:
+    return Task(fn, **options)
 
 
 class TaskFunction:
@@ -240,6 +218,67 @@ def _load_task_function(module: str, qualname: str) -> TaskFunction:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return TaskFunction(obj.fn)
+
+
+def map_slots(
+    name: str, signature: inspect.Signature, bound: inspect.BoundArguments
+) -> tuple[tuple[Slot, ...], dict[str, Slot]]:
+    """Classify the arguments of ``name.map(...)`` as mapped or static (build-time checks)."""
+    labels = _positional_labels(signature, len(bound.args))
+    slots = tuple(_slot(name, lbl, v) for lbl, v in zip(labels, bound.args))
+    kwslots = {k: _slot(name, k, v) for k, v in bound.kwargs.items()}
+    mapped = [s for s in (*slots, *kwslots.values()) if s.mapped]
+    if not mapped:
+        raise TypeError(
+            f"{name}.map(): no argument to map over; pass a list, a node or a "
+            "map node (arguments wrapped in unmapped() are passed to every item)"
+        )
+    concrete = {s.label: len(s.value) for s in mapped if isinstance(s.value, tuple)}
+    if len(set(concrete.values())) > 1:
+        found = ", ".join(f"{k}={n}" for k, n in concrete.items())
+        raise MapLengthError(
+            f"{name}.map(): mapped arguments must have equal lengths, got {found}"
+        )
+    return slots, kwslots
+
+
+def _slot(name: str, label: str, value: Any) -> Slot:
+    if isinstance(value, unmapped):
+        return Slot(label, False, value.value)
+    if isinstance(value, Node):
+        return Slot(label, True, value)
+    if isinstance(value, (str, bytes, bytearray)):
+        return Slot(label, False, value)
+    if isinstance(value, Mapping):
+        raise TypeError(
+            f"{name}.map(): argument {label!r} is a {type(value).__name__}, which "
+            f"is ambiguous to map over; wrap it in unmapped(...) to pass it to every "
+            f"item, or map over list(....items())"
+        )
+    if isinstance(value, Iterable):
+        return Slot(label, True, tuple(value))
+    return Slot(label, False, value)
+
+
+def by_reference(obj: Any, fn: Callable) -> tuple | None:
+    """``(loader, args)`` to pickle ``obj`` as ``module.qualname`` if that is where it lives."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    qualname = getattr(fn, "__qualname__", "")
+    if module is None or "<locals>" in qualname or module.__name__ == "__main__":
+        return None
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is obj:
+        return _load_attribute, (module.__name__, qualname)
+    return None
+
+
+def _load_attribute(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _positional_labels(sig: inspect.Signature, n: int) -> list[str]:
@@ -339,3 +378,12 @@ def flatten(node: Node) -> FlattenNode:
 
 
 _FLATTEN: Task = Task(_flatten, name="flatten", pure=True)
+
+
+def _item(sequence: Any, i: int) -> Any:
+    """Item ``i`` of a mapped value (the input of a sub-flow run per item)."""
+    return sequence[i]
+
+
+_ITEM: Task = Task(_item, name="item")
+_PICK: Task = Task(pick, name="item")

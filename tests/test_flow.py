@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from distributed import Future
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster
 
 import dynflow as df
 
@@ -114,3 +114,85 @@ async def test_independent_subflows_run_in_parallel(c, s, *workers):
     (fut,) = await df.submit_async(node, client=c)
     assert await fut == ["b0", "b1", "b2", "b3"]
     assert sorted(EVENTS) == ["b0", "b1", "b2", "b3"]
+
+
+# ------------------------------------------------------------------- flow.map
+
+
+@df.task
+def list_services(account):
+    return [f"{account}/s{j}" for j in range(account)]
+
+
+@df.task
+def metric(service):
+    return len(service)
+
+
+@df.task
+def summarize(values, bonus=0):
+    return sum(values) + bonus
+
+
+@df.task
+def accounts(n):
+    return list(range(1, n + 1))
+
+
+@df.flow
+def per_account(account, bonus):
+    return summarize(metric.map(list_services(account)), bonus)
+
+
+def expected(accts, bonus=0):
+    return [sum(len(f"{a}/s{j}") for j in range(a)) + bonus for a in accts]
+
+
+@gen_cluster(client=True)
+async def test_flow_map_runs_a_subflow_per_item(c, s, a, b):
+    m = per_account.map(accounts(3), df.unmapped(inc(99)))
+    assert await m.compute(client=c) == expected([1, 2, 3], 100)
+    await async_poll_for(lambda: not s.tasks, timeout=5)
+
+
+@gen_cluster(client=True)
+async def test_flow_map_items_are_scheduler_tasks_named_after_their_tasks(c, s, a, b):
+    m = per_account.map([1, 2], 0)
+    (fut,) = await df.submit_async(m, client=c)
+    assert await fut == expected([1, 2])
+    prefixes = {ts.prefix.name for ts in s.tasks.values()}
+    assert {"per_account", "list_services", "metric", "summarize"} <= prefixes
+
+
+@gen_cluster(client=True)
+async def test_flow_map_composes_with_maps_and_flatten(c, s, a, b):
+    outs = per_account.map(accounts(3), 0)
+    assert await inc.map(outs).compute(client=c) == [x + 1 for x in expected([1, 2, 3])]
+    assert await summarize(outs).compute(client=c) == sum(expected([1, 2, 3]))
+
+    @df.flow
+    def services_of(account):
+        return list_services(account)
+
+    flat = metric.map(df.flatten(services_of.map(accounts(3))))
+    assert await flat.compute(client=c) == [
+        len(f"{a}/s{j}") for a in (1, 2, 3) for j in range(a)
+    ]
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_flow_map_with_nested_maps_finishes_on_one_thread(c, s, a):
+    assert await per_account.map(accounts(4), 0).compute(client=c) == expected([1, 2, 3, 4])
+
+
+def test_flow_map_in_sync_mode():
+    assert per_account.map([1, 2], df.unmapped(5)).compute(scheduler="sync") == expected(
+        [1, 2], 5
+    )
+
+
+def test_flow_map_checks_arguments_at_build_time():
+    with pytest.raises(TypeError, match=r"per_account.map\(\): .*signature"):
+        per_account.map([1])
+    with pytest.raises(df.MapLengthError, match="account=2, bonus=3"):
+        per_account.map([1, 2], [1, 2, 3])
