@@ -1,0 +1,64 @@
+"""Maps on clusters with worker processes: a worker killed mid-map, LocalCluster."""
+
+from __future__ import annotations
+
+import pytest
+from distributed import Event, LocalCluster, Nanny
+from distributed.utils_test import async_poll_for, gen_cluster
+
+import dynflow as df
+
+
+@df.task
+def generate_list(n):
+    return list(range(n))
+
+
+@df.task
+def slow_double(i, gate_from):
+    """Items from `gate_from` on wait for the test's event (they run after the kill)."""
+    if i >= gate_from:
+        assert Event("dynflow-test-go").wait(timeout=60)
+    return 2 * i
+
+
+@df.task
+def total(xs):
+    return sum(xs)
+
+
+@pytest.mark.slow
+@gen_cluster(client=True, Worker=Nanny, nthreads=[("127.0.0.1", 2)] * 2, timeout=120)
+async def test_a_worker_killed_mid_map_gives_the_exact_result(c, s, a, b):
+    n, gate_from = 40, 20
+    items = generate_list(n)
+    m = slow_double.map(items, gate_from=df.unmapped(gate_from))
+    (fut,) = await df.submit_async(total(m), client=c)
+    done = [(m.key, i) for i in range(gate_from)]
+    await async_poll_for(
+        lambda: all(k in s.tasks and s.tasks[k].state == "memory" for k in done), timeout=60
+    )
+    # kill the worker that holds the generated list (and some finished items)
+    holder = next(iter(s.tasks[items.key].who_has)).address
+    victim = a if a.worker_address == holder else b
+    await victim.kill()
+    await Event("dynflow-test-go", client=c).set()
+    assert await fut == 2 * sum(range(n))
+    # nothing duplicated or lost: each item key exists once and the list is complete
+    assert await m.compute(client=c) == [2 * i for i in range(n)]
+
+
+@pytest.mark.slow
+def test_local_cluster_with_processes():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        from distributed import Client
+
+        with Client(cluster, set_as_default=False) as client:
+            items = generate_list(30)
+            m = slow_double.map(items, gate_from=df.unmapped(10**9))
+            chained = slow_double.map(m, gate_from=df.unmapped(10**9))
+            assert total(chained).compute(client=client) == 4 * sum(range(30))
+            nested = slow_double.map(df.flatten(generate_list.map([1, 2])), 10**9)
+            assert nested.compute(client=client) == [0, 0, 2]
