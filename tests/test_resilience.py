@@ -56,6 +56,7 @@ def test_local_cluster_with_processes():
         from distributed import Client
 
         with Client(cluster, set_as_default=False) as client:
+            assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.validate)
             items = generate_list(30)
             m = slow_double.map(items, gate_from=df.unmapped(10**9))
             chained = slow_double.map(m, gate_from=df.unmapped(10**9))
