@@ -13,11 +13,14 @@ from dynflow.exceptions import (
     ExtensionError,
     LazyValueError,
     MapInputError,
+    MapItemError,
     MapLengthError,
     SerializationError,
+    TaskInterruptedError,
+    TaskTimeoutError,
 )
 from dynflow.flow import Flow, flow
-from dynflow.node import FlattenNode, MapNode, Node, unmapped
+from dynflow.node import FlattenNode, MapNode, Node, allow_failure, unmapped
 from dynflow.runner import compute, get_client, submit, submit_async
 from dynflow.task import Task, flatten, task
 
@@ -28,11 +31,15 @@ __all__ = [
     "Flow",
     "LazyValueError",
     "MapInputError",
+    "MapItemError",
     "MapLengthError",
     "MapNode",
     "Node",
     "SerializationError",
     "Task",
+    "TaskInterruptedError",
+    "TaskTimeoutError",
+    "allow_failure",
     "compute",
     "flatten",
     "flow",

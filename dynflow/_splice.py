@@ -73,6 +73,7 @@ class SpliceExtension(SchedulerPlugin):
         n: int,
         materialized: list,
         shipped: dict[int, list] | None = None,
+        failed: bool = False,
     ) -> dict[str, Any]:
         """Add the ``n`` items of every stage of ``expander``'s expansion."""
         s = self.scheduler
@@ -88,7 +89,7 @@ class SpliceExtension(SchedulerPlugin):
             return {"status": "unwanted"}
 
         expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
-        stages, specs = expansion.build(n, prefix, materialized, shipped or {})
+        stages, specs = expansion.build(n, prefix, materialized, shipped or {}, failed)
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []

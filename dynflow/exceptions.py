@@ -7,7 +7,10 @@
      ├── MapInputError(DynflowError, TypeError)       a mapped value that cannot be mapped over
      ├── MapLengthError(DynflowError, ValueError)     zipped mapped arguments of unequal lengths
      ├── SerializationError(DynflowError, TypeError)  a task or argument that cannot be pickled
-     └── ExtensionError(DynflowError, RuntimeError)   the scheduler extension is missing or refused
+     ├── ExtensionError(DynflowError, RuntimeError)   the scheduler extension is missing or refused
+     ├── MapItemError(DynflowError, RuntimeError)     items of a map failed (original as __cause__)
+     ├── TaskTimeoutError(DynflowError, TimeoutError) a call ran past its task's timeout
+     └── TaskInterruptedError(DynflowError, RuntimeError)  a task raised KeyboardInterrupt/SystemExit
 
 Errors raised by user code inside a task are never wrapped: they reach the caller with their
 original type, message and remote traceback.
@@ -15,13 +18,18 @@ original type, message and remote traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DynflowError",
     "ExtensionError",
     "LazyValueError",
     "MapInputError",
+    "MapItemError",
     "MapLengthError",
     "SerializationError",
+    "TaskInterruptedError",
+    "TaskTimeoutError",
 ]
 
 
@@ -47,3 +55,61 @@ class SerializationError(DynflowError, TypeError):
 
 class ExtensionError(DynflowError, RuntimeError):
     """dynflow's scheduler extension is not installed or could not be installed."""
+
+
+class MapItemError(DynflowError, RuntimeError):
+    """Items of a map failed. The first original exception is ``__cause__``.
+
+    Attributes
+    ----------
+    task_name : str
+        The map whose list was asked for.
+    failed : list[int]
+        Indices of the failed items in that list.
+    total : int
+        Number of items.
+    results : list
+        Every item's result, with the exception object in place of each failed item.
+    """
+
+    def __init__(
+        self,
+        task_name: str,
+        failed: list[int],
+        total: int,
+        origin: str,
+        first: BaseException,
+    ) -> None:
+        self.task_name = task_name
+        self.failed = list(failed)
+        self.total = total
+        self.origin = origin
+        self.results: list = []
+        shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+        where = "" if origin == task_name else f" (failed in task {origin!r})"
+        message = str(first)
+        if len(message) > 1000:
+            message = message[:1000] + f"... [{len(message) - 1000} more characters]"
+        super().__init__(
+            f"{task_name}.map(): {len(failed)} of {total} items failed, at index "
+            f"{shown}{where}; first error: {type(first).__name__}: {message}"
+        )
+        self._args = (task_name, failed, total, origin, first)
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_map_item_error, (self._args, self.results, self.__cause__))
+
+
+def _rebuild_map_item_error(args: tuple, results: list, cause: BaseException | None) -> Any:
+    error = MapItemError(*args)
+    error.results = results
+    error.__cause__ = cause
+    return error
+
+
+class TaskTimeoutError(DynflowError, TimeoutError):
+    """A call of a task ran longer than the task's ``timeout``."""
+
+
+class TaskInterruptedError(DynflowError, RuntimeError):
+    """A task raised ``KeyboardInterrupt`` or ``SystemExit`` on a worker (cause attached)."""

@@ -35,8 +35,12 @@ async def expand(
     from distributed import get_worker
     from distributed.protocol.serialize import ToPickle
 
-    n, materialized = expansion.measure(data, prefix)
-    shipped = expansion.prebuild(n, prefix, materialized)
+    failure = expansion.failed_source(data, prefix)
+    if failure is None:
+        n, materialized = expansion.measure(data, prefix)
+        shipped = expansion.prebuild(n, prefix, materialized)
+    else:  # a failed parent item: no children; the collectors' list is the failure
+        n, materialized, shipped = 0, {}, {}
     worker = get_worker()
     key = at(expansion.expander, prefix)
     ts = worker.state.tasks.get(key)
@@ -47,6 +51,7 @@ async def expand(
         n=n,
         materialized=list(materialized),
         shipped=ToPickle(shipped) if shipped else None,
+        failed=failure is not None,
     )
     if not isinstance(reply, dict):
         raise ExtensionError(
@@ -56,7 +61,7 @@ async def expand(
             "`dask scheduler --preload dynflow.scheduler`."
         )
     logger.debug("%s: %s, %d items", key, reply.get("status"), n)
-    return materialized
+    return failure if failure is not None else materialized
 
 
 def unspliced(_expanded: Any, task_name: str) -> list:
@@ -68,5 +73,9 @@ def unspliced(_expanded: Any, task_name: str) -> list:
 
 
 def run_map(expansion: Expansion, data: dict[str, Any]) -> list:
-    """A whole map, item after item, in this process (local schedulers)."""
+    """A whole map, item after item, in this process (local schedulers).
+
+    Returns the items' raw results, failure records included; collectors apply the
+    map's failure semantics.
+    """
     return expansion.run_locally(data)

@@ -21,7 +21,9 @@ from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from dynflow.failures import gather_list, run_call
 from dynflow.node import (
+    AllowFailureNode,
     FlattenNode,
     KeyNode,
     MapNode,
@@ -44,6 +46,11 @@ from dynflow.plan import (
 )
 
 __all__ = ["lower", "topological"]
+
+
+def _local_source(node: Node) -> Any:
+    """Local schedulers read a mapped map node's raw results, so failures pass on."""
+    return _raw_key(node) if isinstance(node, MapNode) else node.key
 
 EXPANDER_PREFIX = "dynflow-expand"
 
@@ -71,13 +78,15 @@ def _ref(obj: Any) -> Any:
     return parse_input(replace_nodes(obj, lambda n: Alias(n.key)))
 
 
-def _node_task(node: Node) -> Task:
+def _node_task(node: Node, records: bool) -> Task:
     args = [_ref(a) for a in node._args]
     kwargs = {k: _ref(v) for k, v in node._kwargs.items()}
+    policy = node.task.policy(records)
     if node._wait_for:
         waits = parse_input([Alias(n.key) for n in node._wait_for])
-        return Task(node.key, call_after, node.task.graph_fn, waits, *args, **kwargs)
-    return Task(node.key, node.task.graph_fn, *args, **kwargs)
+        args = [node.task.graph_fn, waits, *args]
+        return Task(node.key, run_call, policy, call_after, *args, **kwargs)
+    return Task(node.key, run_call, policy, node.task.graph_fn, *args, **kwargs)
 
 
 def call_after(fn: Any, _waited: list, /, *args: Any, **kwargs: Any) -> Any:
@@ -86,10 +95,9 @@ def call_after(fn: Any, _waited: list, /, *args: Any, **kwargs: Any) -> Any:
 
 
 def _annotations(node: Node) -> dict[str, Any]:
+    # retries are not dask's: run_call retries with delays (dynflow.failures)
     opts = node.task.options
     out: dict[str, Any] = {}
-    if opts["retries"]:
-        out["retries"] = opts["retries"]
     if opts["resources"]:
         out["resources"] = dict(opts["resources"])
     if opts["priority"]:
@@ -216,7 +224,7 @@ class _Families:
         return chain
 
 
-def _stage(node: MapNode, how: dict[tuple[str, int], str]) -> tuple:
+def _stage(node: MapNode, how: dict[tuple[str, int], str], raw: Any = None) -> tuple:
     """The stage of one map: its plan, sources, consts and the keys its items need."""
     sources: dict[Any, tuple[str, str]] = {}
     consts: list[tuple[str, str, int]] = []
@@ -235,7 +243,7 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str]) -> tuple:
         if kind == "nest":
             src: Any = Rel(slot.value.source.key)
         elif isinstance(slot.value, Node):
-            src = slot.value.key
+            src = raw(slot.value) if raw else slot.value.key
         else:
             needs.update(n.key for n in find_nodes(slot.value))
             consts.append((node.name, slot.label, len(slot.value)))
@@ -250,14 +258,28 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str]) -> tuple:
     if subflow:
         stage: Stage = SubflowStage(node.key, node.name, node.flow, args, kwargs, {})
     else:
-        stage = Stage(node.key, node.name, node.task.graph_fn, args, kwargs, _annotations(node))
+        stage = Stage(
+            node.key,
+            node.name,
+            node.task.graph_fn,
+            args,
+            kwargs,
+            _annotations(node),
+            node.task.policy(records=True),
+        )
     return stage, sources, consts, needs
 
 
 def _whole(order: list[Node], outputs: Sequence[Node], how: dict) -> set[str]:
-    """Keys of nodes whose whole value is used (and so need a task of their own)."""
+    """Keys of nodes whose whole value is used (and so need a task of their own).
+
+    An ``allow_failure(m)`` node used whole makes ``m`` need a tolerant list, not its
+    strict one: it is in the set itself, ``m`` is not (unless used otherwise).
+    """
     whole = {n.key for n in outputs}
     for node in reversed(order):
+        if isinstance(node, AllowFailureNode):
+            continue
         if isinstance(node, MapNode):
             for i, s in enumerate(node.slots):
                 if s.mapped and (node.key, i) in how:
@@ -269,8 +291,19 @@ def _whole(order: list[Node], outputs: Sequence[Node], how: dict) -> set[str]:
     return whole
 
 
-def lower(outputs: Sequence[Node], *, distributed: bool) -> HighLevelGraph:
-    """The dask graph computing ``outputs``; their keys are the nodes' keys."""
+def _raw_key(node: Node) -> str:
+    """Local schedulers: the key of a map's raw results (failure records included)."""
+    return f"{node.key}-raw"
+
+
+def lower(
+    outputs: Sequence[Node], *, distributed: bool, records: bool = False
+) -> HighLevelGraph:
+    """The dask graph computing ``outputs``; their keys are the nodes' keys.
+
+    ``records``: failures become values (:class:`~dynflow.failures.Failure`) instead of
+    errors, as inside a sub-flow run per item.
+    """
     from dynflow.expand import expand, run_map, unspliced
 
     order = topological(outputs)
@@ -279,6 +312,12 @@ def lower(outputs: Sequence[Node], *, distributed: bool) -> HighLevelGraph:
         for node in order:
             fams.visit(node)
     whole = _whole(order, outputs, fams.how)
+    top_mode = "record" if records else "strict"
+    # map key -> the allow_failure nodes that need its tolerant list
+    tolerant: dict[str, list[Node]] = {}
+    for node in order:
+        if isinstance(node, AllowFailureNode) and node.key in whole:
+            tolerant.setdefault(node.source.key, []).append(node)
 
     layers: dict[str, Any] = {}
     deps: dict[str, set] = {}
@@ -286,16 +325,23 @@ def lower(outputs: Sequence[Node], *, distributed: bool) -> HighLevelGraph:
     planned: dict[str, tuple] = {}
     for node in order:
         if isinstance(node, MapNode):
-            planned[node.key] = _stage(node, fams.how)
-            if not distributed:
-                stage, sources, consts, needs = planned[node.key]
-                collector = Collector(node.key, node.key, node.name)
-                exp = Expansion(node.key, (stage,), (collector,), sources, tuple(consts), ())
-                data = parse_input({k: Alias(k) for k in sorted(needs)})
-                layers[node.key] = {node.key: Task(node.key, run_map, exp, data)}
-                deps[node.key] = needs
-        elif node.key in whole and not isinstance(node, KeyNode):
-            layers[node.key] = {node.key: _node_task(node)}
+            if distributed:
+                planned[node.key] = _stage(node, fams.how)
+                continue
+            stage, sources, consts, needs = _stage(node, {}, raw=_local_source)
+            raw = _raw_key(node)
+            exp = Expansion(raw, (stage,), (), sources, tuple(consts), ())
+            data = parse_input({k: Alias(k) for k in sorted(needs)})
+            layers[raw] = {raw: Task(raw, run_map, exp, data)}
+            deps[raw] = needs
+            lists = [(node.key, top_mode)] if node.key in whole else []
+            lists += [(af.key, "tolerant") for af in tolerant.get(node.key, [])]
+            for key, mode in lists:
+                args = (node.name, mode, node.min_success_ratio, TaskRef(raw))
+                layers[key] = {key: Task(key, gather_list, *args)}
+                deps[key] = {raw}
+        elif node.key in whole and not isinstance(node, (KeyNode, AllowFailureNode)):
+            layers[node.key] = {node.key: _node_task(node, records)}
             deps[node.key] = {d.key for d in node.dependencies}
             annotations[node.key] = _annotations(node)
 
@@ -303,14 +349,20 @@ def lower(outputs: Sequence[Node], *, distributed: bool) -> HighLevelGraph:
         # the collectors each family makes: a whole-used map's list at its own level,
         # concatenated at every level above it
         collectors: dict[int, list[Collector]] = {f: [] for f in fams.families()}
+        ratios = {n.key: n.min_success_ratio for n in order if isinstance(n, MapNode)}
         for f in fams.families():
             for key in fams.members[f]:
-                if key in whole:
-                    name = planned[key][0].task_name
-                    chain = fams.depth_chain(f)
-                    collectors[chain[0]].append(Collector(key, key, name))
+                lists = [(key, top_mode)] if key in whole else []
+                lists += [(af.key, "tolerant") for af in tolerant.get(key, [])]
+                name = planned[key][0].task_name
+                chain = fams.depth_chain(f)
+                for ckey, mode in lists:
+                    c = Collector(ckey, key, name, mode=mode, ratio=ratios[key])
+                    collectors[chain[0]].append(c)
                     for g in chain[1:]:
-                        collectors[g].append(Collector(key, key, name, concat=True))
+                        collectors[g].append(
+                            Collector(ckey, ckey, name, True, mode, ratios[key])
+                        )
 
         def expansion(f: int) -> Expansion:
             stages: list[Stage | Nested] = []

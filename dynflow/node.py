@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILDING",
+    "AllowFailureNode",
     "FlattenNode",
     "KeyNode",
     "MapNode",
     "Node",
     "SubflowMapNode",
+    "allow_failure",
     "find_nodes", "replace_nodes", "unmapped"]
 
 #: the name of the flow whose body is being run to build a graph, if any
@@ -198,10 +200,15 @@ class MapNode(Node):
     scheduler once the mapped upstream values exist.
     """
 
-    __slots__ = ()
+    __slots__ = ("_ratio",)
 
     _args: tuple[Slot, ...]
     _kwargs: dict[str, Slot]
+
+    @property
+    def min_success_ratio(self) -> float:
+        """Fraction of items that must succeed for the list to be returned (default 1)."""
+        return getattr(self, "_ratio", 1.0)
 
     @property
     def slots(self) -> tuple[Slot, ...]:
@@ -262,6 +269,45 @@ class SubflowMapNode(MapNode):
 
     def __repr__(self) -> str:
         return f"<MapNode {self._key}: {self.name}.map() (flow)>"
+
+
+class AllowFailureNode(Node):
+    """``allow_failure(m)``: ``m``'s list with exception objects in place of failed items."""
+
+    __slots__ = ()
+
+    @property
+    def source(self) -> MapNode:
+        """The map node whose failures are allowed."""
+        return self._args[0]
+
+
+def allow_failure(node: MapNode) -> AllowFailureNode:
+    """Hand a consumer the map's list with the exception object in place of each failed item.
+
+    Without it, a task that receives a map node's list does not run when items failed:
+    it fails with :class:`~dynflow.MapItemError`, naming the map and the indices.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def inv(x):
+    ...     return 1 / x
+    >>> @df.task
+    ... def count_ok(results):
+    ...     return sum(not isinstance(r, Exception) for r in results)
+    >>> count_ok(df.allow_failure(inv.map([1, 0, 2]))).compute(scheduler="sync")
+    2
+    """
+    if not isinstance(node, MapNode):
+        raise TypeError(
+            f"allow_failure() expects a map node (the result of task.map), got "
+            f"{type(node).__name__}"
+        )
+    from dynflow.task import _ALLOW_FAILURE
+
+    return AllowFailureNode(_ALLOW_FAILURE, (node,), {})
 
 
 class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from dask._task_spec import Alias, Task, TaskRef, parse_input
 
 from dynflow.exceptions import MapInputError, MapLengthError
+from dynflow.failures import CallPolicy, Failure, gather, gather_concat, run_call
 
 __all__ = [
     "Collector",
@@ -38,8 +39,6 @@ __all__ = [
     "SubflowStage",
     "Stg",
     "at",
-    "collect",
-    "concat",
     "pick",
 ]
 
@@ -112,12 +111,15 @@ class Stage:
     args: tuple
     kwargs: Mapping[str, Any]
     annotations: Mapping[str, Any]
+    policy: CallPolicy | None = None  # retries, timeout; items return Failure records
 
     def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
-        key, fn, args, kwargs = self.key, self.fn, self.args, self.kwargs
+        key, fn, args, kwargs, policy = self.key, self.fn, self.args, self.kwargs, self.policy
         return [
             Task(
                 (key, *prefix, i),
+                run_call,
+                policy,
                 fn,
                 *(_resolve(a, prefix, i, refs) for a in args),
                 **{k: _resolve(v, prefix, i, refs) for k, v in kwargs.items()},
@@ -165,7 +167,7 @@ class SubflowStage(Stage):
             output = self.fn.build(
                 *(value(a) for a in self.args), **{k: value(v) for k, v in self.kwargs.items()}
             )
-            graph = lower([output], distributed=True)
+            graph = lower([output], distributed=True, records=True)
             for name, layer in graph.layers.items():
                 out.append((layer.annotations or {}, list(layer.values())))
             out.append((self.annotations, [Alias((self.key, *prefix, i), output.key)]))
@@ -188,13 +190,17 @@ class SubflowStage(Stage):
                 return {k: value(v, i) for k, v in obj.items()}
             return obj
 
-        return [
-            self.fn.build(
+        def run(i: int) -> Any:
+            node = self.fn.build(
                 *(value(a, i) for a in self.args),
                 **{k: value(v, i) for k, v in self.kwargs.items()},
-            ).compute(scheduler="sync")
-            for i in range(n)
-        ]
+            )
+            try:
+                return node.compute(scheduler="sync")
+            except Exception as e:
+                return Failure(e, self.task_name)
+
+        return [run(i) for i in range(n)]
 
 
 def key_node(key: Any) -> Any:
@@ -237,16 +243,28 @@ class Nested:
 
 @dataclass(frozen=True, slots=True)
 class Collector:
-    """The list ``key`` (at a prefix) of the items ``(of, *prefix, i)``, or their concatenation."""
+    """The list ``key`` (at a prefix) of the items ``(of, *prefix, i)``, or their concatenation.
+
+    ``mode`` is how failed items are treated in the top-level list (see
+    :func:`dynflow.failures.gather`); lists at nested levels keep the records as they are.
+    """
 
     key: str
     of: str
     task_name: str
     concat: bool = False
+    mode: str = "strict"
+    ratio: float = 1.0
 
-    def task(self, prefix: Prefix, n: int) -> Task:
-        refs = (TaskRef((self.of, *prefix, i)) for i in range(n))
-        return Task(at(self.key, prefix), concat if self.concat else collect, *refs)
+    def task(self, prefix: Prefix, n: int, failed: Any = None) -> Task:
+        """The collector's spec; ``failed``: the expander's key, whose value is a Failure."""
+        if failed is not None:
+            refs: Any = [TaskRef(failed)]
+        else:
+            refs = (TaskRef((self.of, *prefix, i)) for i in range(n))
+        fn = gather_concat if self.concat else gather
+        mode = self.mode if not prefix else "raw"
+        return Task(at(self.key, prefix), fn, self.task_name, mode, self.ratio, *refs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +293,14 @@ class Expansion:
 
     def needs_at(self, prefix: Prefix) -> list:
         return [at(k, prefix) for k in self.needs]
+
+    def failed_source(self, data: Mapping[Any, Any], prefix: Prefix) -> Failure | None:
+        """The failure record a mapped source holds, if one does (a failed parent item)."""
+        for tkey in self.sources:
+            value = data[at(tkey, prefix)]
+            if type(value) is Failure:
+                return value
+        return None
 
     # ------------------------------------------------------------ on a worker
     def measure(self, data: Mapping[Any, Any], prefix: Prefix = ()) -> tuple[int, dict]:
@@ -334,14 +360,23 @@ class Expansion:
         }
 
     def build(
-        self, n: int, prefix: Prefix, materialized: list, shipped: Mapping[int, list]
+        self,
+        n: int,
+        prefix: Prefix,
+        materialized: list,
+        shipped: Mapping[int, list],
+        failed: bool = False,
     ) -> tuple[list[tuple[Mapping[str, Any], list[Task]]], dict[Any, Task]]:
         """Per-item tasks of every stage (in order), and the collectors' task specs.
 
         ``shipped`` holds the sub-flow stages' tasks, built by :meth:`prebuild`.
+        ``failed``: a mapped source was a failure record (the expander's value): no
+        items, and each collector's list is that failure.
         """
         from_expander = set(materialized)
         ekey = at(self.expander, prefix)
+        if failed:
+            return [], {at(c.key, prefix): c.task(prefix, 0, ekey) for c in self.collectors}
 
         def refs(key: Any, i: int) -> Task:
             if key in from_expander:
@@ -361,6 +396,8 @@ class Expansion:
         """Evaluate a single-stage, top-level expansion in this process."""
         (stage,) = self.stages
         assert isinstance(stage, Stage)
+        if (failure := self.failed_source(data, ())) is not None:
+            return [failure]
         n, materialized = self.measure(data)
         data = {**data, **materialized}
         if isinstance(stage, SubflowStage):
@@ -370,19 +407,6 @@ class Expansion:
             return Task(None, operator.getitem, TaskRef(key), i)
 
         return [task(data) for task in stage.items((), n, refs)]
-
-
-def collect(*items: Any) -> list:
-    """A map's value: the list of its items' results, in item order."""
-    return list(items)
-
-
-def concat(*lists: Any) -> list:
-    """A flattened map's value: its per-parent lists, concatenated in order."""
-    out: list = []
-    for lst in lists:
-        out += lst
-    return out
 
 
 def pick(materialized: Mapping[Any, list], key: Any, i: int) -> Any:

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from dask.utils import funcname
+from dask.utils import funcname, parse_timedelta
 
 from dynflow.exceptions import MapLengthError
+from dynflow.failures import CallPolicy
 from dynflow.plan import pick
 from dynflow.node import FlattenNode, MapNode, Node, Slot, unmapped
 
@@ -24,13 +25,53 @@ __all__ = ["Task", "flatten", "task"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: option name -> (default, accepted types, what it means in an error message)
-OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
-    "name": (None, (str,), "a non-empty string"),
-    "retries": (0, (int,), "an int >= 0"),
-    "pure": (False, (bool,), "a bool"),
-    "resources": (None, (dict,), "a dict such as {'GPU': 1}"),
-    "priority": (0, (int,), "an int"),
+def _duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError
+    seconds = parse_timedelta(value, default="seconds")
+    if seconds < 0:
+        raise ValueError
+    return float(seconds)
+
+
+def _exception_types(value: Any) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise TypeError
+    return types
+
+
+def _check(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not predicate(value):
+            raise TypeError
+        return value
+
+    return check
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+#: option name -> (default, validator returning the stored value, what is expected)
+OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
+    "name": (None, _check(lambda v: v is None or (isinstance(v, str) and bool(v))), "a non-empty string"),
+    "retries": (0, _check(lambda v: _is_int(v) and v >= 0), "an int >= 0"),
+    "retry_delay": (0.0, _duration, "a duration: seconds or a string such as '2s'"),
+    "retry_backoff": (1.0, _check(lambda v: _is_number(v) and v >= 1), "a number >= 1"),
+    "retry_jitter": (0.0, _check(lambda v: _is_number(v) and 0 <= v <= 1), "a number in [0, 1]"),
+    "retry_on": ((Exception,), _exception_types, "an exception class or a tuple of them"),
+    "timeout": (None, _duration, "None or a duration: seconds or a string such as '30s'"),
+    "pure": (False, _check(lambda v: isinstance(v, bool)), "a bool"),
+    "resources": (None, _check(lambda v: v is None or isinstance(v, dict)), "a dict such as {'GPU': 1}"),
+    "priority": (0, _check(_is_int), "an int"),
 }
 
 
@@ -42,15 +83,11 @@ def _check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
                 f"task {fn_name!r}: unknown option {key!r}; expected one of "
                 f"{', '.join(sorted(OPTIONS))}"
             )
-        default, types, what = OPTIONS[key]
-        ok = value is None and default is None or (
-            isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        )
-        if ok and key == "retries" and value < 0 or ok and key == "name" and not value:
-            ok = False
-        if not ok:
-            raise TypeError(f"task {fn_name!r}: option {key}={value!r}; expected {what}")
-        out[key] = value
+        _, validate, what = OPTIONS[key]
+        try:
+            out[key] = validate(value)
+        except (TypeError, ValueError, KeyError):
+            raise TypeError(f"task {fn_name!r}: option {key}={value!r}; expected {what}") from None
     return out
 
 
@@ -79,6 +116,20 @@ class Task(Generic[P, R]):
     def fn(self) -> Callable[P, R]:
         """The plain, undecorated function."""
         return self._fn
+
+    def policy(self, records: bool) -> CallPolicy:
+        """How this task's calls run (retries, delays, timeout); see :mod:`dynflow.failures`."""
+        o = self._options
+        return CallPolicy(
+            self.name,
+            o["retries"],
+            o["retry_delay"],
+            o["retry_backoff"],
+            o["retry_jitter"],
+            o["retry_on"],
+            o["timeout"],
+            records,
+        )
 
     @property
     def graph_fn(self) -> Callable[P, R]:
@@ -164,7 +215,11 @@ class Task(Generic[P, R]):
         return Node(self, bound.args, bound.kwargs, self._wait_for(self.name, wait_for))
 
     def map(
-        self, *args: Any, wait_for: Iterable[Node] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        wait_for: Iterable[Node] | None = None,
+        min_success_ratio: float = 1.0,
+        **kwargs: Any,
     ) -> MapNode:
         """Return a lazy :class:`~dynflow.MapNode`: ``fn`` called once per item.
 
@@ -172,6 +227,11 @@ class Task(Generic[P, R]):
         several mapped arguments are zipped and must have equal lengths. Wrap an
         argument in :class:`~dynflow.unmapped` to pass it unchanged to every item;
         strings, bytes and non-iterable values are passed unchanged too.
+
+        One item failing never stops the others. By default a consumer of the list
+        fails with :class:`~dynflow.MapItemError` if any item failed; with
+        ``min_success_ratio=r`` the list is handed on when at least that fraction of
+        the items succeeded, with ``None`` in place of each failed item.
 
         Examples
         --------
@@ -184,7 +244,14 @@ class Task(Generic[P, R]):
         """
         bound = self._bind(".map()", args, kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
-        return MapNode(self, slots, kwslots, self._wait_for(self.name, wait_for))
+        if not (_is_number(min_success_ratio) and 0 <= min_success_ratio <= 1):
+            raise TypeError(
+                f"{self.name}.map(): min_success_ratio={min_success_ratio!r}; expected a "
+                "number in [0, 1]"
+            )
+        node = MapNode(self, slots, kwslots, self._wait_for(self.name, wait_for))
+        object.__setattr__(node, "_ratio", float(min_success_ratio))
+        return node
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
@@ -387,3 +454,10 @@ def _item(sequence: Any, i: int) -> Any:
 
 _ITEM: Task = Task(_item, name="item")
 _PICK: Task = Task(pick, name="item")
+
+
+def _allow_failure_marker(results: list) -> list:  # pragma: no cover - never a task
+    return results
+
+
+_ALLOW_FAILURE: Task = Task(_allow_failure_marker, name="allow_failure", pure=True)

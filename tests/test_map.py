@@ -282,8 +282,10 @@ async def test_scheduler_state_is_cleaned_after_a_failed_run(c, s, a, b):
             raise ZeroDivisionError("item 2")
         return x
 
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(df.MapItemError) as info:
         await reducer(maybe_fail.map(generate_list(5))).compute(client=c)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    del info
     await no_tasks_left(s)
 
 

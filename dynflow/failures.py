@@ -1,0 +1,195 @@
+"""How calls fail, retry and time out, and how a map's list treats failed items.
+
+Every task call runs inside :func:`run_call`, which applies the task's retry policy
+(delay, backoff, jitter, which exceptions) and timeout. What happens on final failure
+depends on where the call is:
+
+- a **map item** (and any task of a sub-flow run per item) never errs in dask: it returns
+  a :class:`Failure` record. Its siblings therefore keep running to completion, and a
+  later item of a chained map that receives a record passes it on without running.
+- a **plain task** raises, as any dask task: the caller gets the original exception.
+
+A map's collector (:func:`gather`) turns the records into the user's semantics: raise a
+:class:`~dynflow.MapItemError` naming the map and the failed indices (the original
+exception as ``__cause__``), hand exception objects to an ``allow_failure`` consumer, or
+accept up to ``1 - min_success_ratio`` failed items (which become ``None``).
+
+A retry delay does not hold a worker slot: the waiting thread secedes from the worker's
+pool (distributed's ``secede``/``rejoin``), so other tasks run meanwhile.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pickle
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tblib import Traceback
+
+from dynflow.exceptions import MapItemError, TaskInterruptedError, TaskTimeoutError
+
+__all__ = ["CallPolicy", "Failure", "gather", "gather_concat", "gather_list", "run_call"]
+
+
+class Failure:
+    """A failed call's exception, with its remote traceback, as a picklable value."""
+
+    __slots__ = ("exception", "task_name")
+
+    def __init__(self, exception: BaseException, task_name: str) -> None:
+        self.exception = exception
+        self.task_name = task_name
+
+    def __reduce__(self) -> tuple:
+        exc = self.exception
+        tb = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ else None
+        try:
+            pickle.dumps(exc)
+        except Exception as e:  # an exception that cannot travel: keep what can
+            exc = RuntimeError(
+                f"{type(self.exception).__name__}: {self.exception} (the original "
+                f"exception could not be pickled: {e})"
+            )
+        return _rebuild_failure, (exc, tb, self.task_name)
+
+    def __repr__(self) -> str:
+        return f"<Failure in {self.task_name!r}: {self.exception!r}>"
+
+
+def _rebuild_failure(exc: BaseException, tb: dict | None, task_name: str) -> Failure:
+    if tb is not None:
+        exc = exc.with_traceback(Traceback.from_dict(tb).as_traceback())
+    return Failure(exc, task_name)
+
+
+@dataclass(frozen=True, slots=True)
+class CallPolicy:
+    """How one task's calls are run: retries, their delays, timeout, failure mode."""
+
+    task_name: str
+    retries: int = 0
+    retry_delay: float = 0.0
+    retry_backoff: float = 1.0
+    retry_jitter: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    records: bool = False  # True: return a Failure instead of raising
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        base = self.retry_delay * self.retry_backoff ** (attempt - 1)
+        if self.retry_jitter:
+            base *= 1 + random.uniform(-self.retry_jitter, self.retry_jitter)
+        return max(0.0, base)
+
+
+def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` under ``policy``; see the module docstring."""
+    for value in (*args, *kwargs.values()):
+        if type(value) is Failure:  # an upstream item failed: pass it on, do not run
+            return value
+    attempt = 0
+    while True:
+        try:
+            return _attempt(policy, fn, args, kwargs)
+        except (KeyboardInterrupt, SystemExit) as e:
+            # never let user code shut the worker down
+            error: BaseException = TaskInterruptedError(
+                f"task {policy.task_name!r} raised {type(e).__name__}"
+            )
+            error.__cause__ = e
+        except Exception as e:
+            error = e
+        attempt += 1
+        if attempt > policy.retries or not isinstance(error, policy.retry_on):
+            if policy.records:
+                return Failure(error, policy.task_name)
+            raise error
+        _wait(policy.delay(attempt))
+
+
+def _attempt(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict) -> Any:
+    if policy.timeout is None:
+        return fn(*args, **kwargs)
+    # a thread cannot be stopped: on timeout the call is abandoned and runs on unseen
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynflow-timeout")
+    try:
+        future = pool.submit(fn, *args, **kwargs)
+        try:
+            return future.result(timeout=policy.timeout)
+        except concurrent.futures.TimeoutError:
+            raise TaskTimeoutError(
+                f"task {policy.task_name!r} did not finish within {policy.timeout:g} s"
+            ) from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _wait(seconds: float) -> None:
+    """Sleep ``seconds`` without holding a worker slot (secede, then rejoin)."""
+    if seconds <= 0:
+        return
+    from distributed import rejoin, secede
+    from distributed.worker import thread_state
+
+    if getattr(thread_state, "key", None) is None or threading.current_thread().name.startswith(
+        "dynflow-timeout"
+    ):
+        time.sleep(seconds)
+        return
+    secede()
+    try:
+        time.sleep(seconds)
+    finally:
+        rejoin()
+
+
+# ------------------------------------------------------------------ collectors
+def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
+    failed = [i for i, x in enumerate(items) if type(x) is Failure]
+    if not failed or mode == "raw":
+        return items
+    if mode == "tolerant":
+        return [x.exception if type(x) is Failure else x for x in items]
+    if mode == "strict" and len(items) - len(failed) >= ratio * len(items) and ratio < 1:
+        return [None if type(x) is Failure else x for x in items]
+    first = items[failed[0]]
+    error = MapItemError(task_name, failed, len(items), first.task_name, first.exception)
+    error.__cause__ = first.exception
+    error.results = [x.exception if type(x) is Failure else x for x in items]
+    if mode == "record":
+        return Failure(error, task_name)
+    raise error
+
+
+def gather(task_name: str, mode: str, ratio: float, *items: Any) -> Any:
+    """A map's list from its items, applying its failure ``mode``.
+
+    ``mode``: ``"strict"`` raise :class:`MapItemError` (unless ``min_success_ratio``
+    ``ratio`` is met: failed items become ``None``); ``"tolerant"`` exception objects in
+    place of failed items (``allow_failure``); ``"record"`` a :class:`Failure` of that
+    error (inside a sub-flow run per item); ``"raw"`` the records as they are (a
+    nested map's per-parent list).
+    """
+    return _check(task_name, mode, ratio, list(items))
+
+
+def gather_list(task_name: str, mode: str, ratio: float, items: list) -> Any:
+    """:func:`gather` of a list (local schedulers: a map's raw results)."""
+    return _check(task_name, mode, ratio, list(items))
+
+
+def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
+    """A flattened map's list: the per-parent lists concatenated, then :func:`gather`."""
+    out: list = []
+    for lst in lists:
+        if type(lst) is Failure:  # the parent item failed: its children are unknown
+            out.append(lst)
+        else:
+            out += lst
+    return _check(task_name, mode, ratio, out)

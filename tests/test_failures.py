@@ -1,0 +1,280 @@
+"""Failures: per-item isolation, allow_failure, min_success_ratio, retries, timeouts."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+
+import pytest
+from distributed.utils_test import async_poll_for, gen_cluster
+
+import dynflow as df
+from dynflow.failures import CallPolicy
+
+EVENTS: list = []  # in-process workers share this module with the test
+RELEASE = threading.Event()
+
+
+class Bad(Exception):
+    pass
+
+
+@df.task
+def generate_list(n):
+    return list(range(n))
+
+
+@df.task
+def fail_on(x, bad=(3,)):
+    EVENTS.append(("ran", x))
+    if x in bad:
+        raise Bad(f"item {x} is bad")
+    return 10 * x
+
+
+@df.task
+def total(xs):
+    return sum(xs)
+
+
+@df.task
+def describe(results):
+    return [type(r).__name__ if isinstance(r, Exception) else r for r in results]
+
+
+async def no_tasks_left(s):
+    await async_poll_for(lambda: not s.tasks, timeout=5)
+
+
+@gen_cluster(client=True)
+async def test_one_failing_item_never_stops_its_siblings(c, s, a, b):
+    EVENTS.clear()
+    with pytest.raises(df.MapItemError) as info:
+        await total(fail_on.map(generate_list(8))).compute(client=c)
+    err = info.value
+    assert sorted(x for _, x in EVENTS) == list(range(8))  # every item ran
+    assert "fail_on.map(): 1 of 8 items failed, at index 3" in str(err)
+    assert err.failed == [3] and err.task_name == "fail_on"
+    # the original exception, with its remote traceback, is the cause
+    assert isinstance(err.__cause__, Bad) and str(err.__cause__) == "item 3 is bad"
+    assert any("fail_on" in line for line in traceback.format_tb(err.__cause__.__traceback__))
+    # the siblings' results stay retrievable
+    assert err.results[:3] == [0, 10, 20] and isinstance(err.results[3], Bad)
+    del info, err
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_allow_failure_hands_exceptions_to_the_consumer(c, s, a, b):
+    m = fail_on.map(generate_list(5), df.unmapped((1, 3)))
+    out = await describe(df.allow_failure(m)).compute(client=c)
+    assert out == [0, "Bad", 20, "Bad", 40]
+    await no_tasks_left(s)
+
+
+def test_allow_failure_needs_a_map_node():
+    with pytest.raises(TypeError, match="allow_failure\\(\\) expects a map node"):
+        df.allow_failure(generate_list(3))
+
+
+@gen_cluster(client=True)
+async def test_min_success_ratio(c, s, a, b):
+    ok = fail_on.map(generate_list(4), min_success_ratio=0.75)
+    assert await ok.compute(client=c) == [0, 10, 20, None]
+    not_ok = fail_on.map(generate_list(4), df.unmapped((0, 1)), min_success_ratio=0.75)
+    with pytest.raises(df.MapItemError, match="2 of 4 items failed"):
+        await not_ok.compute(client=c)
+    with pytest.raises(TypeError, match="min_success_ratio=2"):
+        fail_on.map([1], min_success_ratio=2)
+
+
+@gen_cluster(client=True)
+async def test_chained_maps_pass_failures_on_and_name_the_origin(c, s, a, b):
+    EVENTS.clear()
+    first = fail_on.map(generate_list(5), df.unmapped((1,)))
+    second = fail_on.map(first, df.unmapped(()))
+    with pytest.raises(df.MapItemError, match=r"fail_on.map\(\): 1 of 5 .*index 1") as info:
+        await second.compute(client=c)
+    # item 1 of the second map never ran: it received the failure
+    assert ("ran", 10) not in EVENTS and ("ran", 40) in EVENTS
+    assert isinstance(info.value.__cause__, Bad)
+
+
+@df.task
+def children(n):
+    if n == 2:
+        raise Bad("no children for 2")
+    return list(range(n))
+
+
+@gen_cluster(client=True)
+async def test_a_failed_parent_of_a_flattened_map(c, s, a, b):
+    flat = fail_on.map(df.flatten(children.map([1, 2, 3])), df.unmapped(()))
+    with pytest.raises(df.MapItemError, match="failed in task 'children'"):
+        await flat.compute(client=c)
+    # with allow_failure, the failed parent stands for its unknown children
+    assert await describe(df.allow_failure(flat)).compute(client=c) == [0, "Bad", 0, 10, 20]
+    await no_tasks_left(s)
+
+
+@df.flow
+def per_item(x):
+    return total(fail_on.map(generate_list(x), df.unmapped((2,))))
+
+
+@gen_cluster(client=True)
+async def test_a_failing_sub_flow_item_is_isolated(c, s, a, b):
+    m = per_item.map([1, 2, 3])
+    assert await describe(df.allow_failure(m)).compute(client=c) == [0, 10, "MapItemError"]
+    with pytest.raises(df.MapItemError, match=r"per_item.map\(\): 1 of 3 .*index 2"):
+        await m.compute(client=c)
+
+
+ATTEMPTS: list = []
+
+
+@df.task(retries=3, retry_delay=0.05, retry_backoff=2.0, retry_on=(ConnectionError,))
+def flaky(fail_times):
+    ATTEMPTS.append(time.monotonic())
+    if len(ATTEMPTS) <= fail_times:
+        raise ConnectionError(f"attempt {len(ATTEMPTS)}")
+    return len(ATTEMPTS)
+
+
+@gen_cluster(client=True)
+async def test_retries_with_delay_and_backoff(c, s, a, b):
+    ATTEMPTS.clear()
+    assert await flaky(3).compute(client=c) == 4
+    gaps = [t2 - t1 for t1, t2 in zip(ATTEMPTS, ATTEMPTS[1:])]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2
+    ATTEMPTS.clear()
+    with pytest.raises(ConnectionError, match="attempt 4"):
+        await flaky(10).compute(client=c)
+    assert len(ATTEMPTS) == 4
+
+
+@df.task(retries=3, retry_on=(ConnectionError,))
+def wrong_kind():
+    ATTEMPTS.append(1)
+    raise ValueError("not retried")
+
+
+@gen_cluster(client=True)
+async def test_retry_on_limits_which_exceptions_are_retried(c, s, a, b):
+    ATTEMPTS.clear()
+    with pytest.raises(ValueError, match="not retried"):
+        await wrong_kind().compute(client=c)
+    assert ATTEMPTS == [1]
+
+
+def test_retry_delays_grow_with_backoff_and_jitter_stays_in_range():
+    p = CallPolicy("t", retries=5, retry_delay=1.0, retry_backoff=2.0)
+    assert [p.delay(k) for k in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    j = CallPolicy("t", retries=5, retry_delay=1.0, retry_jitter=0.1)
+    assert all(0.9 <= j.delay(1) <= 1.1 for _ in range(100))
+
+
+def test_bad_retry_options_are_rejected():
+    with pytest.raises(TypeError, match="retry_delay='soon'"):
+        flaky.with_options(retry_delay="soon")
+    with pytest.raises(TypeError, match="retry_on=5"):
+        flaky.with_options(retry_on=5)
+    with pytest.raises(TypeError, match="retry_backoff=0.5"):
+        flaky.with_options(retry_backoff=0.5)
+    assert flaky.with_options(retry_delay="2s").options["retry_delay"] == 2.0
+
+
+@df.task(retries=1, retry_delay=0.5)
+def slow_retry(tag):
+    EVENTS.append(("start", tag))
+    if EVENTS.count(("start", tag)) == 1:
+        raise Bad("first attempt")
+    return tag
+
+
+@df.task
+def quick(tag, *_):
+    EVENTS.append(("quick", tag))
+    return tag
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_a_retry_delay_does_not_hold_the_worker_slot(c, s, a):
+    EVENTS.clear()
+    # one thread: `quick` can only run while slow_retry waits if the wait frees the slot
+    outs = await df.compute(slow_retry("r"), quick("q"), client=c)
+    assert outs == ("r", "q")
+    assert EVENTS.index(("quick", "q")) < len(EVENTS) - 1
+    assert EVENTS[-1] == ("start", "r")
+
+
+@df.task(timeout=0.2)
+def hangs(x):
+    RELEASE.wait(timeout=10)
+    return x
+
+
+@gen_cluster(client=True)
+async def test_timeout_names_the_task(c, s, a, b):
+    RELEASE.clear()
+    try:
+        with pytest.raises(df.TaskTimeoutError, match="task 'hangs' did not finish within 0.2 s"):
+            await hangs(1).compute(client=c)
+        with pytest.raises(df.MapItemError, match=r"hangs.map\(\): 2 of 2") as info:
+            await hangs.map([1, 2]).compute(client=c)
+        assert isinstance(info.value.__cause__, TimeoutError)
+    finally:
+        RELEASE.set()  # let the abandoned calls finish before the thread-leak check
+
+
+@df.task
+def interrupts(kind):
+    raise {"kbd": KeyboardInterrupt, "exit": SystemExit, "rec": RecursionError}[kind]("x")
+
+
+@gen_cluster(client=True)
+async def test_keyboard_interrupt_and_system_exit_in_a_task_do_not_kill_the_worker(c, s, a, b):
+    for kind, cause in [("kbd", KeyboardInterrupt), ("exit", SystemExit)]:
+        with pytest.raises(df.TaskInterruptedError, match=cause.__name__):
+            await interrupts(kind).compute(client=c)
+    with pytest.raises(RecursionError):
+        await interrupts("rec").compute(client=c)
+    assert len(s.workers) == 2
+    assert await generate_list(2).compute(client=c) == [0, 1]
+
+
+@df.task
+def huge_error(n):
+    raise Bad("x" * n)
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot pickle this exception")
+
+
+@df.task
+def unpicklable_error(x):
+    raise Unpicklable(f"unpicklable {x}")
+
+
+@gen_cluster(client=True)
+async def test_awkward_exceptions_in_items(c, s, a, b):
+    with pytest.raises(df.MapItemError) as info:
+        await huge_error.map([3_000_000]).compute(client=c)
+    assert len(str(info.value)) < 2000  # the summary stays readable
+    assert len(str(info.value.__cause__)) == 3_000_000  # the original is intact
+    with pytest.raises(df.MapItemError, match="could not be pickled"):
+        await unpicklable_error.map([1]).compute(client=c)
+
+
+def test_sync_scheduler_has_the_same_failure_semantics():
+    with pytest.raises(df.MapItemError, match=r"fail_on.map\(\): 1 of 5 .*index 3") as info:
+        total(fail_on.map(range(5))).compute(scheduler="sync")
+    assert isinstance(info.value.__cause__, Bad)
+    m = fail_on.map(range(5), df.unmapped((1, 3)))
+    assert describe(df.allow_failure(m)).compute(scheduler="sync") == [0, "Bad", 20, "Bad", 40]
+    chained = fail_on.map(fail_on.map(range(3), df.unmapped((1,))), df.unmapped(()))
+    with pytest.raises(df.MapItemError, match="index 1 .failed in task 'fail_on'|index 1;"):
+        chained.compute(scheduler="sync")
