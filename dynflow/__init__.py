@@ -21,7 +21,7 @@ from dynflow.exceptions import (
 )
 from dynflow.flow import Flow, flow
 from dynflow.node import FlattenNode, MapNode, Node, allow_failure, unmapped
-from dynflow.runner import compute, get_client, submit, submit_async
+from dynflow.runner import cancel, compute, get_client, submit, submit_async
 from dynflow.task import Task, flatten, task
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "TaskInterruptedError",
     "TaskTimeoutError",
     "allow_failure",
+    "cancel",
     "compute",
     "flatten",
     "flow",

@@ -52,7 +52,8 @@ class SpliceExtension(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.scheduler: Scheduler | None = None
-        # splices done, for the dashboard and tests: number of tasks added in total
+        # for the dashboard and tests: splices served, and tasks they added in total
+        self.splices = 0
         self.tasks_added = 0
 
     async def start(self, scheduler: Scheduler) -> None:
@@ -139,6 +140,7 @@ class SpliceExtension(SchedulerPlugin):
             spans.observe_tasks(new, code=(), span_metadata={"collections": []})
         self._tell_plugins(new, stimulus_id)
         s.transitions(recommendations, stimulus_id)
+        self.splices += 1
         self.tasks_added += len(new)
         return {"status": "OK", "added": len(new)}
 

@@ -28,7 +28,7 @@ from dynflow.node import MapNode, Node
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["compute", "get_client", "submit"]
+__all__ = ["cancel", "compute", "get_client", "submit", "submit_async"]
 
 #: the local schedulers ``compute(scheduler=...)`` accepts; no cluster is used
 LOCAL_SCHEDULERS = ("sync", "synchronous", "single-threaded", "threads", "threading")
@@ -262,6 +262,21 @@ def compute(
     finally:
         for f in futures:
             f.release()
+
+
+def cancel(*futures: Future, client: Client | None = None) -> Any:
+    """Cancel submitted runs: every item not yet started is dropped from the cluster.
+
+    Equivalent to ``future.cancel()`` for each future; items already running finish
+    and are then released.
+    """
+    for f in futures:
+        if not isinstance(f, Future):
+            raise TypeError(
+                f"cancel() expects the futures returned by submit(), got {type(f).__name__}"
+            )
+    client = client or (futures[0].client if futures else get_client())
+    return client.cancel(list(futures))
 
 
 async def _compute_async(nodes: tuple[Node, ...], client: Client) -> tuple:

@@ -278,3 +278,27 @@ def test_sync_scheduler_has_the_same_failure_semantics():
     chained = fail_on.map(fail_on.map(range(3), df.unmapped((1,))), df.unmapped(()))
     with pytest.raises(df.MapItemError, match="index 1 .failed in task 'fail_on'|index 1;"):
         chained.compute(scheduler="sync")
+
+
+GATE = threading.Event()
+
+
+@df.task
+def gated(x):
+    EVENTS.append(("gated", x))
+    assert GATE.wait(timeout=30)
+    return x
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_cancel_stops_every_item_not_yet_started(c, s, a):
+    EVENTS.clear()
+    GATE.clear()
+    m = gated.map(generate_list(20))
+    (fut,) = await df.submit_async(total(m), client=c)
+    await async_poll_for(lambda: len(EVENTS) == 1, timeout=10)  # item 0 is running
+    await df.cancel(fut)
+    GATE.set()
+    await no_tasks_left(s)
+    assert EVENTS == [("gated", 0)]  # nothing else ever started
+    assert fut.cancelled()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from distributed import Event, LocalCluster, Nanny
 from distributed.utils_test import async_poll_for, gen_cluster
@@ -63,3 +66,46 @@ def test_local_cluster_with_processes():
             assert total(chained).compute(client=client) == 4 * sum(range(30))
             nested = slow_double.map(df.flatten(generate_list.map([1, 2])), 10**9)
             assert nested.compute(client=client) == [0, 0, 2]
+
+
+class KillDuringSplice:
+    """Scheduler plugin: SIGKILLs the expander's worker right after its first splice.
+
+    The worker dies before the expander's result reaches the scheduler, so the
+    expander runs again elsewhere and splices a second time.
+    """
+
+    def __init__(self, pids):
+        self.pids = pids  # worker address -> process id
+        self.killed = []
+
+    def update_graph(self, scheduler, *, client, tasks, **kwargs):
+        if client != "dynflow" or self.killed:
+            return
+        ext = scheduler.extensions["dynflow"]
+        expanders = [
+            ts for ts in scheduler.tasks.values()
+            if ts.state == "processing" and str(ts.key).startswith("dynflow-expand")
+        ]
+        for ts in expanders:
+            address = ts.processing_on.address
+            self.killed.append((ts.key, address, ext.tasks_added))
+            os.kill(self.pids[address], signal.SIGKILL)
+            return
+
+
+@pytest.mark.slow
+@gen_cluster(client=True, Worker=Nanny, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
+async def test_a_worker_killed_during_expansion_creates_no_duplicates(c, s, a, b):
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    pids = {n.worker_address: n.process.process.pid for n in (a, b)}
+    plugin = type("Kill", (KillDuringSplice, SchedulerPlugin), {})(pids)
+    s.add_plugin(plugin, name="kill-during-splice")
+    n = 50
+    m = slow_double.map(generate_list(n), gate_from=df.unmapped(10**9))
+    assert await total(m).compute(client=c) == 2 * sum(range(n))
+    assert plugin.killed, "the expander's worker was not killed"
+    # the expander ran and spliced again, and found every item already there
+    ext = s.extensions["dynflow"]
+    assert ext.splices == 2 and ext.tasks_added == n
