@@ -39,6 +39,7 @@ __all__ = [
     "SubflowStage",
     "Stg",
     "at",
+    "resolve",
     "pick",
 ]
 
@@ -52,10 +53,13 @@ class Rel(NamedTuple):
 
 
 def at(key: Any, prefix: Prefix) -> Any:
-    """The concrete key of template ``key`` at ``prefix``."""
-    if isinstance(key, Rel):
-        return (key.key, *prefix)
+    """The concrete key of a made key (expander, collector) ``key`` at ``prefix``."""
     return (key, *prefix) if prefix else key
+
+
+def resolve(key: Any, prefix: Prefix) -> Any:
+    """The concrete key of an upstream key: ``Rel`` keys are per parent, others absolute."""
+    return (key.key, *prefix) if isinstance(key, Rel) else key
 
 
 class Src(NamedTuple):
@@ -88,7 +92,7 @@ def _resolve(
     """Argument ``obj`` of item ``i``: markers replaced by task-spec references."""
     t = type(obj)
     if t is Src:
-        return refs(at(obj.key, prefix), i)
+        return refs(resolve(obj.key, prefix), i)
     if t is Stg:
         key = (obj.key, *prefix, i)
         return TaskRef(key) if top else Alias(key)
@@ -151,7 +155,7 @@ class SubflowStage(Stage):
             def value(obj: Any) -> Any:
                 t = type(obj)
                 if t is Src:
-                    return item(at(obj.key, prefix), i)
+                    return item(resolve(obj.key, prefix), i)
                 if t is Stg:
                     return key_node((obj.key, *prefix, i))
                 if t is Const:
@@ -292,12 +296,12 @@ class Expansion:
         return ", ".join(names) or "map"
 
     def needs_at(self, prefix: Prefix) -> list:
-        return [at(k, prefix) for k in self.needs]
+        return [resolve(k, prefix) for k in self.needs]
 
     def failed_source(self, data: Mapping[Any, Any], prefix: Prefix) -> Failure | None:
         """The failure record a mapped source holds, if one does (a failed parent item)."""
         for tkey in self.sources:
-            value = data[at(tkey, prefix)]
+            value = data[resolve(tkey, prefix)]
             if type(value) is Failure:
                 return value
         return None
@@ -312,7 +316,7 @@ class Expansion:
         lengths: dict[str, int] = {}
         materialized: dict[Any, list] = {}
         for tkey, (task_name, label) in self.sources.items():
-            key = at(tkey, prefix)
+            key = resolve(tkey, prefix)
             value = data[key]
             if isinstance(value, (str, bytes, bytearray, Mapping)) or not _iterable(value):
                 raise MapInputError(

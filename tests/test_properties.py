@@ -1,0 +1,144 @@
+"""Property test: random pipelines give the same result on dynflow and in plain Python."""
+
+from __future__ import annotations
+
+import pytest
+from distributed import Client, LocalCluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dynflow as df
+
+
+class ItemFailed(Exception):
+    pass
+
+
+@df.task
+def make(xs):
+    return list(xs)
+
+
+@df.task
+def affine(x, a, b, bad):
+    if x % 7 == bad:
+        raise ItemFailed(f"{x} is bad")
+    return a * x + b
+
+
+@df.task
+def add(x, y):
+    return x + y
+
+
+@df.task
+def spread(x):
+    return list(range(x % 4))
+
+
+@df.task
+def total(xs):
+    return sum(xs)
+
+
+@df.task
+def describe(xs):
+    return [type(x).__name__ if isinstance(x, Exception) else x for x in xs]
+
+
+# --- the same operations in plain Python; an item is a value or an exception
+
+
+def py_affine(x, a, b, bad):
+    if isinstance(x, Exception):
+        return x
+    return ItemFailed(f"{x} is bad") if x % 7 == bad else a * x + b
+
+
+def py_add(x, y):
+    for v in (x, y):
+        if isinstance(v, Exception):
+            return v
+    return x + y
+
+
+def py_flatten_spread(items):
+    out = []
+    for x in items:
+        if isinstance(x, Exception):
+            out.append(x)  # a failed parent stands for its unknown children
+        else:
+            out += list(range(x % 4))
+    return out
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("affine"), st.integers(-3, 3), st.integers(-5, 5), st.integers(-1, 6)
+        ),
+        st.tuples(st.just("zip")),
+        st.tuples(st.just("flatten")),
+        st.tuples(st.just("unmapped"), st.integers(0, 9)),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def build(base, program, concrete):
+    """(dynflow map node, plain-Python items) for a program over `base`."""
+    node = affine.map(base if concrete else make(base), 1, 0, -1)
+    items = list(base)
+    for op in program:
+        if op[0] == "affine":
+            _, a, b, bad = op
+            node = affine.map(node, a, b, bad)
+            items = [py_affine(x, a, b, bad) for x in items]
+        elif op[0] == "zip":
+            node = add.map(node, affine.map(node, 2, 1, -1))
+            items = [py_add(x, py_affine(x, 2, 1, -1)) for x in items]
+        elif op[0] == "flatten":
+            node = affine.map(df.flatten(spread.map(node)), 1, 0, -1)
+            items = py_flatten_spread(items)
+        else:
+            static = total(make([op[1], 1]))
+            node = add.map(node, df.unmapped(static))
+            items = [py_add(x, op[1] + 1) for x in items]
+    return node, items
+
+
+@pytest.fixture(scope="module")
+def shared_client():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    base=st.lists(st.integers(0, 20), max_size=6),
+    program=ops,
+    concrete=st.booleans(),
+    tolerant=st.booleans(),
+)
+def test_random_pipelines_match_plain_python(shared_client, base, program, concrete, tolerant):
+    node, items = build(base, program, concrete)
+    failed = [i for i, x in enumerate(items) if isinstance(x, Exception)]
+    if tolerant:
+        expected = [type(x).__name__ if isinstance(x, Exception) else x for x in items]
+        assert describe(df.allow_failure(node)).compute(client=shared_client) == expected
+        return
+    if failed:
+        with pytest.raises(df.MapItemError) as info:
+            total(node).compute(client=shared_client)
+        assert info.value.failed == failed
+        assert isinstance(info.value.__cause__, ItemFailed)
+    else:
+        assert total(node).compute(client=shared_client) == sum(items)
+        assert node.compute(scheduler="sync") == items
