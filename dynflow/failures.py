@@ -31,7 +31,14 @@ from typing import Any
 
 from tblib import Traceback
 
-from dynflow.exceptions import MapItemError, TaskInterruptedError, TaskTimeoutError
+from distributed.protocol.pickle import dumps
+
+from dynflow.exceptions import (
+    MapItemError,
+    SerializationError,
+    TaskInterruptedError,
+    TaskTimeoutError,
+)
 
 __all__ = ["CallPolicy", "Failure", "gather", "gather_concat", "gather_list", "run_call"]
 
@@ -96,7 +103,7 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
     attempt = 0
     while True:
         try:
-            return _attempt(policy, fn, args, kwargs)
+            return _picklable(policy, _attempt(policy, fn, args, kwargs))
         except (KeyboardInterrupt, SystemExit) as e:
             # never let user code shut the worker down
             error: BaseException = TaskInterruptedError(
@@ -111,6 +118,29 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
                 return Failure(error, policy.task_name)
             raise error
         _wait(policy.delay(attempt))
+
+
+def _picklable(policy: CallPolicy, result: Any) -> Any:
+    """``result``, checked to be picklable (else it could never leave this worker).
+
+    A result that cannot be serialized would make every worker that needs it wait
+    forever; failing here names the task instead. Large buffers (NumPy arrays, bytes)
+    are passed out of band, so the check does not copy them.
+    """
+    if type(result) in _PLAIN:
+        return result
+    buffers: list = []
+    try:
+        dumps(result, buffer_callback=buffers.append)
+    except Exception as e:
+        raise SerializationError(
+            f"task {policy.task_name!r} returned a {type(result).__name__} that cannot be "
+            f"pickled, so it could not be sent to another worker or the client: {e}"
+        ) from e
+    return result
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 def _attempt(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict) -> Any:

@@ -11,6 +11,7 @@ import atexit
 import logging
 import pickle
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,9 @@ LOCAL_SCHEDULERS = ("sync", "synchronous", "single-threaded", "threads", "thread
 _lock = threading.Lock()
 _embedded: dict[str, Any] = {}  # "cluster", "client": the embedded LocalCluster, once made
 _address_clients: dict[str, Client] = {}  # address from config -> the client made for it
-_installed: set[tuple[int, str]] = set()  # (id(client), scheduler address) with the extension
+# client -> id of the scheduler it installed the extension on (a restarted scheduler at
+# the same address has a new id and needs it again)
+_installed: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
 
 
 def get_client(client: Client | None = None) -> Client:
@@ -98,24 +101,25 @@ def _close_address_clients() -> None:
         _address_clients.popitem()[1].close()
 
 
+def _scheduler_id(client: Client) -> str | None:
+    return client.scheduler_info().get("id")
+
+
+def _is_installed(client: Client) -> bool:
+    return _installed.get(client) == _scheduler_id(client)
+
+
 def _install(client: Client) -> None:
-    """Install the scheduler extension once per client and scheduler."""
-    token = (id(client), client.scheduler.address)
-    if token in _installed:
-        return
-    if client.asynchronous:
-        raise RuntimeError(  # pragma: no cover - guarded by submit()
-            "internal error: _install() called with an asynchronous client"
-        )
-    client.register_plugin(SpliceExtension(), name=NAME)
-    _installed.add(token)
+    """Install the scheduler extension once per client and scheduler (idempotent)."""
+    if not _is_installed(client):
+        client.register_plugin(SpliceExtension(), name=NAME)
+        _installed[client] = _scheduler_id(client)
 
 
 async def _install_async(client: Client) -> None:
-    token = (id(client), client.scheduler.address)
-    if token not in _installed:
+    if not _is_installed(client):
         await client.register_plugin(SpliceExtension(), name=NAME)
-        _installed.add(token)
+        _installed[client] = _scheduler_id(client)
 
 
 def _check_nodes(nodes: Sequence[Any]) -> tuple[Node, ...]:
@@ -189,7 +193,7 @@ def submit(*nodes: Node, client: Client | None = None) -> list[Future]:
     client = get_client(client)
     if not client.asynchronous:
         _install(client)
-    elif (id(client), client.scheduler.address) not in _installed:
+    elif not _is_installed(client):
         raise RuntimeError(
             "with an asynchronous client, call `await dynflow.submit_async(...)` or "
             "`await node.compute(client=...)`"

@@ -141,16 +141,10 @@ class Task(Generic[P, R]):
         function) under the function's name, a reference to it is used instead.
         """
         fn = self._fn
-        module = sys.modules.get(getattr(fn, "__module__", None) or "")
-        qualname = getattr(fn, "__qualname__", "")
-        if module is None or "<locals>" in qualname or inspect.iscoroutinefunction(fn):
-            return fn
-        obj: Any = module
-        for part in qualname.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, Task) and obj._fn is fn:
+        found = _lookup(fn)
+        if isinstance(found, Task) and found._fn is fn and not inspect.iscoroutinefunction(fn):
             return TaskFunction(fn)
-        return fn
+        return fn  # not reachable by name (a local function, __main__, ...): cloudpickle it
 
     @property
     def name(self) -> str:
@@ -276,15 +270,13 @@ class TaskFunction:
     def __reduce__(self) -> tuple:
         return _load_task_function, (self.fn.__module__, self.fn.__qualname__)
 
+
     def __repr__(self) -> str:
         return f"<function {self.fn.__qualname__}>"
 
 
 def _load_task_function(module: str, qualname: str) -> TaskFunction:
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return TaskFunction(obj.fn)
+    return TaskFunction(_load_attribute(module, qualname).fn)
 
 
 def map_slots(
@@ -327,8 +319,11 @@ def _slot(name: str, label: str, value: Any) -> Slot:
     return Slot(label, False, value)
 
 
-def by_reference(obj: Any, fn: Callable) -> tuple | None:
-    """``(loader, args)`` to pickle ``obj`` as ``module.qualname`` if that is where it lives."""
+def _lookup(fn: Callable) -> Any:
+    """What ``fn``'s module holds under ``fn``'s name; None for ``__main__`` and locals.
+
+    ``__main__`` is excluded: a remote scheduler or worker has another ``__main__``.
+    """
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     qualname = getattr(fn, "__qualname__", "")
     if module is None or "<locals>" in qualname or module.__name__ == "__main__":
@@ -336,8 +331,13 @@ def by_reference(obj: Any, fn: Callable) -> tuple | None:
     found: Any = module
     for part in qualname.split("."):
         found = getattr(found, part, None)
-    if found is obj:
-        return _load_attribute, (module.__name__, qualname)
+    return found
+
+
+def by_reference(obj: Any, fn: Callable) -> tuple | None:
+    """``(loader, args)`` to pickle ``obj`` as ``module.qualname`` if that is where it lives."""
+    if _lookup(fn) is obj:
+        return _load_attribute, (fn.__module__, fn.__qualname__)
     return None
 
 

@@ -298,7 +298,46 @@ async def test_cancel_stops_every_item_not_yet_started(c, s, a):
     (fut,) = await df.submit_async(total(m), client=c)
     await async_poll_for(lambda: len(EVENTS) == 1, timeout=10)  # item 0 is running
     await df.cancel(fut)
-    GATE.set()
     await no_tasks_left(s)
+    # the worker has dropped every item but the one it is running
+    running = (m.key, 0)
+    await async_poll_for(
+        lambda: {k for k in a.state.tasks if isinstance(k, tuple)} <= {running}, timeout=10
+    )
+    GATE.set()
+    await async_poll_for(lambda: running not in a.state.tasks, timeout=10)
     assert EVENTS == [("gated", 0)]  # nothing else ever started
     assert fut.cancelled()
+
+
+@df.task
+def gives_generator():
+    return (i for i in range(3))
+
+
+@df.task
+def gives_locks(n):
+    return [threading.Lock() for _ in range(n)]
+
+
+@df.task
+def gives_lock(x):
+    return threading.Lock()
+
+
+@df.task
+def ident(x):
+    return x
+
+
+@gen_cluster(client=True)
+async def test_unshippable_values_fail_naming_the_task_instead_of_hanging(c, s, a, b):
+    with pytest.raises(df.SerializationError, match="task 'gives_generator' returned a generator"):
+        await ident.map(gives_generator()).compute(client=c)
+    with pytest.raises(df.SerializationError, match="task 'gives_locks' returned a list"):
+        await total(ident.map(gives_locks(4))).compute(client=c)
+    with pytest.raises(df.MapItemError, match="4 of 4 items failed.*'gives_lock' returned a lock"):
+        await total(gives_lock.map(generate_list(4))).compute(client=c)
+    with pytest.raises(TypeError, match="got NoneType from task 'ident'"):
+        await ident.map(ident(None)).compute(client=c)
+    await no_tasks_left(s)

@@ -1,4 +1,4 @@
-"""dynflow against real processes started from the CLI: ``dask scheduler`` + ``dask worker``.
+"""dynflow against real processes started from the CLI: `dask scheduler`, `dask worker`.
 
 The task functions live in ``tests/remote_tasks.py`` so that the scheduler and the
 workers (which get this directory on their PYTHONPATH) can unpickle them.
@@ -55,6 +55,7 @@ class CLICluster:
 
     directory: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    extension_at_start: bool | None = None
     logs: list[Path] = field(default_factory=list)
 
     @property
@@ -80,22 +81,45 @@ class CLICluster:
         sf = str(self.scheduler_file)
         self._spawn(
             "scheduler",
-            ["scheduler", "--scheduler-file", sf, "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", *scheduler_args],
+            [
+                "scheduler",
+                "--scheduler-file",
+                sf,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                *scheduler_args,
+            ],
         )
         # workers wait for the scheduler file themselves: start them all at once
         for i in range(n_workers):
             self._spawn(
                 f"worker-{i}",
-                ["worker", "--scheduler-file", sf, "--host", "127.0.0.1", "--nthreads", "1",
-                 "--no-dashboard", "--no-nanny", "--name", f"w{i}"],
+                [
+                    "worker",
+                    "--scheduler-file",
+                    sf,
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--no-nanny",
+                    "--name",
+                    f"w{i}",
+                ],
             )
 
     def client(self, n_workers: int) -> Client:
         try:
             wait_until(self._file_ready, STARTUP_TIMEOUT, "the scheduler file")
-            c = Client(scheduler_file=str(self.scheduler_file), timeout=STARTUP_TIMEOUT,
-                       set_as_default=False)
+            c = Client(
+                scheduler_file=str(self.scheduler_file),
+                timeout=STARTUP_TIMEOUT,
+                set_as_default=False,
+            )
             c.wait_for_workers(n_workers, timeout=STARTUP_TIMEOUT)
         except BaseException:
             self.dump_logs()
@@ -136,6 +160,7 @@ def cluster(tmp_path_factory) -> Iterator[tuple[CLICluster, Client]]:
     try:
         c.start(n_workers=2)
         client = c.client(n_workers=2)
+        c.extension_at_start = has_extension(client)
         yield c, client
     finally:
         if client is not None:
@@ -152,22 +177,48 @@ def scheduler_task_count(client: Client) -> int:
     return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
 
 
-def test_seed_pattern_on_a_plain_cli_scheduler(client):
+def has_extension(client: Client) -> bool:
+    return client.run_on_scheduler(
+        lambda dask_scheduler: (
+            "dynflow" in dask_scheduler.plugins
+            and "dynflow_splice" in dask_scheduler.handlers
+        )
+    )
+
+
+def test_seed_pattern_on_a_plain_cli_scheduler(cluster, client):
+    assert not cluster[0].extension_at_start  # a plain scheduler: no dynflow yet
     assert rt.seed.build(50, 3).compute(client=client) == 3 * sum(range(50))
 
 
 def test_the_extension_is_installed_by_the_client_on_first_use(client):
     rt.seed.build(3, 1).compute(client=client)
-    assert client.run_on_scheduler(lambda dask_scheduler: "dynflow" in dask_scheduler.plugins)
+    assert has_extension(client)
+
+
+def tasks_added(client: Client) -> int:
+    """How many per-item tasks the scheduler extension has spliced in so far."""
+    return client.run_on_scheduler(
+        lambda dask_scheduler: dask_scheduler.extensions["dynflow"].tasks_added
+    )
 
 
 def test_scheduler_holds_no_tasks_after_the_run(client):
     node = rt.reducer(rt.process.map(rt.generate_list(20), factor=df.unmapped(2)))
+    node.compute(client=client)  # installs the extension, if no test did before
+    before = tasks_added(client)
+    node = rt.reducer(rt.process.map(rt.generate_list(20), factor=df.unmapped(2)))
     assert node.compute(client=client) == 2 * sum(range(20))
+    assert tasks_added(client) - before == 20  # spliced into the live scheduler
     wait_until(lambda: scheduler_task_count(client) == 0, 5, "the scheduler to forget")
 
 
 def test_items_run_on_both_workers(client):
+    # Start from an empty scheduler: distributed spreads the items over the workers
+    # only while it sees them as "root-ish", which needs the upstream task group
+    # ("generate_list", shared by every run) to be small; leftovers of earlier runs
+    # that are not forgotten yet would send all items to the worker holding the list.
+    wait_until(lambda: scheduler_task_count(client) == 0, 5, "the scheduler to forget")
     workers = set(client.scheduler_info()["workers"])
     assert len(workers) == 2
     addresses = rt.collect(rt.where.map(rt.generate_list(40))).compute(client=client)
@@ -175,17 +226,30 @@ def test_items_run_on_both_workers(client):
     assert set(addresses) == workers
 
 
-def test_remote_item_error_keeps_its_type_and_traceback(client):
-    node = rt.collect(rt.fail_on.map(rt.generate_list(5), bad=df.unmapped(3)))
+def test_remote_task_error_keeps_its_type_and_traceback(client):
     with pytest.raises(rt.RemoteItemError, match="item 3 is bad") as info:
-        node.compute(client=client)
+        rt.fail_on(3, bad=3).compute(client=client)
     tb = "".join(traceback.format_tb(info.value.__traceback__))
     assert "fail_on" in tb
     assert "remote_tasks.py" in tb
 
 
+def test_remote_item_error_reaches_the_caller_with_its_type_and_traceback(client):
+    node = rt.collect(rt.fail_on.map(rt.generate_list(5), bad=df.unmapped(3)))
+    with pytest.raises(df.MapItemError, match="fail_on") as info:
+        node.compute(client=client)
+    assert info.value.failed == [3] and info.value.total == 5
+    # the item's own exception, unchanged, with the traceback from the worker
+    cause = info.value.__cause__
+    assert type(cause) is rt.RemoteItemError
+    assert str(cause) == "item 3 is bad"
+    tb = "".join(traceback.format_tb(cause.__traceback__))
+    assert "fail_on" in tb
+    assert "remote_tasks.py" in tb
+
+
 def test_a_later_run_after_an_error_still_works(client):
-    with pytest.raises(rt.RemoteItemError):
+    with pytest.raises(df.MapItemError):
         rt.collect(rt.fail_on.map(rt.generate_list(4), bad=df.unmapped(0))).compute(
             client=client
         )
@@ -200,10 +264,7 @@ def test_scheduler_started_with_the_preload(tmp_path):
         c.start(n_workers=1, scheduler_args=("--preload", "dynflow.scheduler"))
         client = c.client(n_workers=1)
         # before any dynflow compute: the preload installed the extension
-        assert client.run_on_scheduler(
-            lambda dask_scheduler: "dynflow" in dask_scheduler.plugins
-            and "dynflow_splice" in dask_scheduler.handlers
-        )
+        assert has_extension(client)
         node = rt.reducer(rt.process.map(rt.generate_list(12), factor=df.unmapped(5)))
         assert node.compute(client=client) == 5 * sum(range(12))
     finally:
@@ -237,8 +298,12 @@ def test_address_from_the_environment_is_used(cluster, tmp_path):
     env = subprocess_env()
     env["DASK_DYNFLOW__ADDRESS"] = address
     proc = subprocess.run(
-        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True,
-        text=True, timeout=90,
+        [sys.executable, str(script)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
@@ -248,7 +313,37 @@ def test_address_from_the_environment_is_used(cluster, tmp_path):
     assert lines["same-client"] == "True"
     assert lines["children"] == "0"  # no LocalCluster worker processes
     assert "LocalCluster" not in proc.stderr and "dashboard" not in proc.stderr
-    # the script's client is gone, and it left no tasks behind
+    # the script's client has disconnected, and it left no tasks behind
+    wait_until(
+        lambda: (
+            set(
+                client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
+            )
+            <= {client.id, "fire-and-forget"}
+        ),
+        5,
+        "the script's client to disconnect",
+    )
     wait_until(lambda: scheduler_task_count(client) == 0, 5, "the scheduler to forget")
     assert len(client.scheduler_info()["workers"]) == 2
     assert psutil.pid_exists(cli.procs[0].pid)
+
+
+def test_fan_out_example_against_the_cli_scheduler(client, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TESTS_DIR.parent / "examples" / "fan_out.py"),
+            "--n",
+            "30",
+            "--address",
+            client.scheduler.address,
+        ],
+        env=subprocess_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "30 items processed" in proc.stdout
