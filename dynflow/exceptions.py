@@ -10,6 +10,7 @@
      ├── ExtensionError(DynflowError, RuntimeError)   the scheduler extension is missing or refused
      ├── MapItemError(DynflowError, RuntimeError)     items of a map failed (original as __cause__)
      ├── TaskTimeoutError(DynflowError, TimeoutError) a call ran past its task's timeout
+     ├── SchedulerLostError(DynflowError, ConnectionError)  the scheduler went away mid-run
      └── TaskInterruptedError(DynflowError, RuntimeError)  a task raised KeyboardInterrupt/SystemExit
 
 Errors raised by user code inside a task are never wrapped: they reach the caller with their
@@ -27,6 +28,7 @@ __all__ = [
     "MapInputError",
     "MapItemError",
     "MapLengthError",
+    "SchedulerLostError",
     "SerializationError",
     "TaskInterruptedError",
     "TaskTimeoutError",
@@ -113,3 +115,7 @@ class TaskTimeoutError(DynflowError, TimeoutError):
 
 class TaskInterruptedError(DynflowError, RuntimeError):
     """A task raised ``KeyboardInterrupt`` or ``SystemExit`` on a worker (cause attached)."""
+
+
+class SchedulerLostError(DynflowError, ConnectionError):
+    """The connection to the scheduler was lost while a run was being computed."""

@@ -20,10 +20,10 @@ import dask
 import dask.config
 from dask.base import get_scheduler
 from distributed import Client, Future, LocalCluster
-from distributed.client import default_client
+from distributed.client import FutureCancelledError, default_client
 
 from dynflow._splice import NAME, SpliceExtension
-from dynflow.exceptions import SerializationError
+from dynflow.exceptions import SchedulerLostError, SerializationError
 from dynflow.graph import lower, topological
 from dynflow.node import MapNode, Node
 
@@ -263,6 +263,14 @@ def compute(
     futures = submit(*nodes, client=client)
     try:
         return tuple(client.gather(futures))
+    except FutureCancelledError as e:
+        if "connection-lost" not in str(e) and client.status == "running":
+            raise  # cancelled on purpose (df.cancel, another client)
+        raise SchedulerLostError(
+            f"lost the connection to the scheduler at {client.scheduler.address} while "
+            f"computing {', '.join(n.name for n in nodes)}; the run is lost (client "
+            f"status: {client.status})"
+        ) from e
     finally:
         for f in futures:
             f.release()

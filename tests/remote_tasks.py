@@ -53,3 +53,12 @@ def fail_on(item, bad):
 @df.flow
 def seed(n, factor):
     return reducer(process.map(generate_list(n), factor=df.unmapped(factor)))
+
+
+@df.task
+def slow_item(item, seconds):
+    """An item that takes a while (stands for real work)."""
+    import time
+
+    time.sleep(seconds)
+    return item

@@ -7,6 +7,7 @@ workers (which get this directory on their PYTHONPATH) can unpickle them.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -347,3 +348,77 @@ def test_fan_out_example_against_the_cli_scheduler(client, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "30 items processed" in proc.stdout
+
+
+LONG_RUN = textwrap.dedent(
+    """
+    import remote_tasks as rt
+    import dynflow as df
+
+    node = rt.reducer(rt.slow_item.map(rt.generate_list(400), df.unmapped(0.1)))
+    print("submitting", flush=True)
+    print(node.compute(), flush=True)
+    """
+)
+
+
+def start_script(address: str, tmp_path: Path) -> subprocess.Popen:
+    script = tmp_path / "long_run.py"
+    script.write_text(LONG_RUN)
+    env = subprocess_env()
+    env["DASK_DYNFLOW__ADDRESS"] = address
+    env["DASK_DYNFLOW__CONNECT_TIMEOUT"] = "5s"
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def items_in_scheduler(client: Client) -> int:
+    return client.run_on_scheduler(
+        lambda dask_scheduler: sum(
+            isinstance(k, tuple) and k[0].startswith("slow_item") for k in dask_scheduler.tasks
+        )
+    )
+
+
+def test_ctrl_c_in_a_script_leaves_no_orphan_tasks(client, tmp_path):
+    wait_until(lambda: scheduler_task_count(client) == 0, 5, "an empty scheduler")
+    proc = start_script(client.scheduler.address, tmp_path)
+    try:
+        wait_until(lambda: items_in_scheduler(client) == 400, 60, "the map to expand")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    # the run's tasks are all dropped: nothing keeps running on the cluster
+    wait_until(lambda: scheduler_task_count(client) == 0, 20, "the scheduler to forget")
+
+
+def test_losing_the_scheduler_gives_a_clear_error_not_a_hang(tmp_path):
+    c = CLICluster(tmp_path)
+    c.start(n_workers=1)
+    watcher = c.client(n_workers=1)
+    try:
+        proc = start_script(watcher.scheduler.address, tmp_path)
+        wait_until(lambda: items_in_scheduler(watcher) == 400, 60, "the map to expand")
+        watcher.close()
+        c.procs[0].kill()  # the scheduler dies mid-run
+        started = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        elapsed = time.monotonic() - started
+    finally:
+        c.stop()
+    assert proc.returncode != 0
+    assert "SchedulerLostError: lost the connection to the scheduler" in err, err[-3000:]
+    assert elapsed < 60, f"the client took {elapsed:.0f} s to report the lost scheduler"
