@@ -13,8 +13,10 @@
      ├── SchedulerLostError(DynflowError, ConnectionError)  the scheduler went away mid-run
      └── TaskInterruptedError(DynflowError, RuntimeError)  a task raised KeyboardInterrupt/SystemExit
 
-Errors raised by user code inside a task are never wrapped: they reach the caller with their
-original type, message and remote traceback.
+An error raised by user code in a plain task reaches the caller unchanged: original type,
+message and remote traceback. Items of a map fail in isolation; a consumer of the map's list
+gets a MapItemError naming the map and the failed indices, whose ``__cause__`` is the
+original exception with its remote traceback.
 """
 
 from __future__ import annotations

@@ -154,10 +154,21 @@ def _attempt(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict) -> Any
             return future.result(timeout=policy.timeout)
         except concurrent.futures.TimeoutError:
             raise TaskTimeoutError(
-                f"task {policy.task_name!r} did not finish within {policy.timeout:g} s"
+                f"task {policy.task_name!r}{_item_of_current_task()} did not finish within "
+                f"{policy.timeout:g} s"
             ) from None
     finally:
         pool.shutdown(wait=False)
+
+
+def _item_of_current_task() -> str:
+    """`` (item 3)`` when a map item runs on a worker (its key is ``(map key, 3)``)."""
+    from distributed.worker import thread_state
+
+    key = getattr(thread_state, "key", None)
+    if isinstance(key, tuple) and len(key) > 1:
+        return f" (item {', '.join(map(str, key[1:]))})"
+    return ""
 
 
 def _wait(seconds: float) -> None:

@@ -224,6 +224,7 @@ async def test_timeout_names_the_task(c, s, a, b):
         with pytest.raises(df.MapItemError, match=r"hangs.map\(\): 2 of 2") as info:
             await hangs.map([1, 2]).compute(client=c)
         assert isinstance(info.value.__cause__, TimeoutError)
+        assert "task 'hangs' (item 0) did not finish" in str(info.value.__cause__)
     finally:
         RELEASE.set()  # let the abandoned calls finish before the thread-leak check
 
