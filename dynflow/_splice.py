@@ -83,9 +83,7 @@ class SpliceExtension(SchedulerPlugin):
         ets = s.tasks.get(expander)
         if ets is None or ets.state != "processing" or ets.run_id != run_id:
             return {"status": "stale"}
-        collectors = [
-            s.tasks[k] for k in (d.key for d in ets.dependents) if k in s.tasks
-        ]
+        collectors = [s.tasks[k] for k in (d.key for d in ets.dependents) if k in s.tasks]
         if not any(c.state == "waiting" for c in collectors):
             return {"status": "unwanted"}
 
@@ -94,7 +92,7 @@ class SpliceExtension(SchedulerPlugin):
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []
-        for stage_index, (annotations, items) in enumerate(stages):
+        for stage_index, (stage_annotations, items) in enumerate(stages):
             created: list[TaskState] = []
             for i, spec in enumerate(items):
                 if spec.key in s.tasks:
@@ -102,7 +100,7 @@ class SpliceExtension(SchedulerPlugin):
                 ts = s.new_task(spec.key, spec, "released", computation)
                 ts.priority = (*ets.priority, i, stage_index)
                 created.append(ts)
-            ann = dict(annotations)
+            ann = dict(stage_annotations)
             if span:
                 ann["span"] = span
             s._apply_annotations(tasks=created, annotations_by_type={}, global_annotations=ann)

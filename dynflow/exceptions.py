@@ -11,7 +11,7 @@
      ├── MapItemError(DynflowError, RuntimeError)     items of a map failed (original as __cause__)
      ├── TaskTimeoutError(DynflowError, TimeoutError) a call ran past its task's timeout
      ├── SchedulerLostError(DynflowError, ConnectionError)  the scheduler went away mid-run
-     └── TaskInterruptedError(DynflowError, RuntimeError)  a task raised KeyboardInterrupt/SystemExit
+     └── TaskInterruptedError(DynflowError, RuntimeError)  KeyboardInterrupt/SystemExit in a task
 
 An error raised by user code in a plain task reaches the caller unchanged: original type,
 message and remote traceback. Items of a map fail in isolation; a consumer of the map's list

@@ -29,9 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tblib import Traceback
-
 from distributed.protocol.pickle import dumps
+from tblib import Traceback
 
 from dynflow.exceptions import (
     MapItemError,

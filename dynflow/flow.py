@@ -160,5 +160,3 @@ def flow(fn: Callable | None = None, /, *, name: str | None = None) -> Any:
     if fn is not None:
         return Flow(fn, name=name)
     return lambda f: Flow(f, name=name)
-
-

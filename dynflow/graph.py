@@ -52,6 +52,7 @@ def _local_source(node: Node) -> Any:
     """Local schedulers read a mapped map node's raw results, so failures pass on."""
     return _raw_key(node) if isinstance(node, MapNode) else node.key
 
+
 EXPANDER_PREFIX = "dynflow-expand"
 
 
@@ -186,7 +187,11 @@ class _Families:
                 m, e = self.closure(root)
                 members |= m
                 ext |= e
-            bad = {i for i in joinable if self.closure(self.root(self._family_of_slot(node, i)))[0] & ext}
+            bad = {
+                i
+                for i in joinable
+                if self.closure(self.root(self._family_of_slot(node, i)))[0] & ext
+            }
             if not bad:
                 break
             for i in bad:
@@ -296,9 +301,7 @@ def _raw_key(node: Node) -> str:
     return f"{node.key}-raw"
 
 
-def lower(
-    outputs: Sequence[Node], *, distributed: bool, records: bool = False
-) -> HighLevelGraph:
+def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> HighLevelGraph:
     """The dask graph computing ``outputs``; their keys are the nodes' keys.
 
     ``records``: failures become values (:class:`~dynflow.failures.Failure`) instead of
@@ -360,9 +363,7 @@ def lower(
                     c = Collector(ckey, key, name, mode=mode, ratio=ratios[key])
                     collectors[chain[0]].append(c)
                     for g in chain[1:]:
-                        collectors[g].append(
-                            Collector(ckey, ckey, name, True, mode, ratios[key])
-                        )
+                        collectors[g].append(Collector(ckey, ckey, name, True, mode, ratios[key]))
 
         def expansion(f: int) -> Expansion:
             stages: list[Stage | Nested] = []
@@ -408,7 +409,6 @@ def lower(
                 deps[c.key] = {ekey}
 
     hlg_layers = {
-        k: MaterializedLayer(v, annotations=annotations.get(k) or None)
-        for k, v in layers.items()
+        k: MaterializedLayer(v, annotations=annotations.get(k) or None) for k, v in layers.items()
     }
     return HighLevelGraph(hlg_layers, {k: deps[k] & layers.keys() for k in layers})

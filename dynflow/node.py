@@ -11,9 +11,8 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
-
 from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dask.base import tokenize
 
@@ -33,7 +32,10 @@ __all__ = [
     "Node",
     "SubflowMapNode",
     "allow_failure",
-    "find_nodes", "replace_nodes", "unmapped"]
+    "find_nodes",
+    "replace_nodes",
+    "unmapped",
+]
 
 #: the name of the flow whose body is being run to build a graph, if any
 BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
@@ -74,9 +76,7 @@ class Node:
         object.__setattr__(self, "_kwargs", kwargs)
         object.__setattr__(self, "_wait_for", wait_for)
         if task.options["pure"]:
-            token = tokenize(
-                type(self).__name__, task.fn, task.options, args, kwargs, wait_for
-            )
+            token = tokenize(type(self).__name__, task.fn, task.options, args, kwargs, wait_for)
         else:
             token = uuid.uuid4().hex
         object.__setattr__(self, "_key", f"{task.name}-{token}")

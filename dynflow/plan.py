@@ -118,7 +118,13 @@ class Stage:
     policy: CallPolicy | None = None  # retries, timeout; items return Failure records
 
     def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
-        key, fn, args, kwargs, policy = self.key, self.fn, self.args, self.kwargs, self.policy
+        key, fn, args, kwargs, policy = (
+            self.key,
+            self.fn,
+            self.args,
+            self.kwargs,
+            self.policy,
+        )
         return [
             Task(
                 (key, *prefix, i),
@@ -143,6 +149,33 @@ class SubflowStage(Stage):
     def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
         raise RuntimeError("internal error: sub-flow stages are built on the worker")
 
+    def build_item(self, i: int, src: Callable, stg: Callable, ext: Callable) -> Any:
+        """Build item ``i``'s sub-flow; return its output node.
+
+        ``src(key, i)``, ``stg(key, i)`` and ``ext(key)`` give the values that stand for
+        the markers ``Src``, ``Stg`` and ``Ext`` in the flow's arguments.
+        """
+
+        def value(obj: Any) -> Any:
+            t = type(obj)
+            if t is Src:
+                return src(obj.key, i)
+            if t is Stg:
+                return stg(obj.key, i)
+            if t is Const:
+                return value(obj.values[i])
+            if t is Ext:
+                return ext(obj.key)
+            if t in (list, tuple, set, frozenset):
+                return t(value(o) for o in obj)
+            if t is dict:
+                return {k: value(v) for k, v in obj.items()}
+            return obj
+
+        return self.fn.build(
+            *(value(a) for a in self.args), **{k: value(v) for k, v in self.kwargs.items()}
+        )
+
     def prebuild(
         self, prefix: Prefix, n: int, item: Callable[[Any, int], Any]
     ) -> list[tuple[Mapping[str, Any], list[Task]]]:
@@ -151,28 +184,14 @@ class SubflowStage(Stage):
 
         out: list[tuple[Mapping[str, Any], list[Task]]] = []
         for i in range(n):
-
-            def value(obj: Any) -> Any:
-                t = type(obj)
-                if t is Src:
-                    return item(resolve(obj.key, prefix), i)
-                if t is Stg:
-                    return key_node((obj.key, *prefix, i))
-                if t is Const:
-                    return value(obj.values[i])
-                if t is Ext:
-                    return key_node(obj.key)
-                if t in (list, tuple, set, frozenset):
-                    return t(value(o) for o in obj)
-                if t is dict:
-                    return {k: value(v) for k, v in obj.items()}
-                return obj
-
-            output = self.fn.build(
-                *(value(a) for a in self.args), **{k: value(v) for k, v in self.kwargs.items()}
+            output = self.build_item(
+                i,
+                src=lambda key, j: item(resolve(key, prefix), j),
+                stg=lambda key, j: key_node((key, *prefix, j)),
+                ext=key_node,
             )
             graph = lower([output], distributed=True, records=True)
-            for name, layer in graph.layers.items():
+            for layer in graph.layers.values():
                 out.append((layer.annotations or {}, list(layer.values())))
             out.append((self.annotations, [Alias((self.key, *prefix, i), output.key)]))
         return out
@@ -180,24 +199,9 @@ class SubflowStage(Stage):
     def run_locally(self, data: Mapping[Any, Any], n: int) -> list:
         """Each item's sub-flow computed in this process, in order."""
 
-        def value(obj: Any, i: int) -> Any:
-            t = type(obj)
-            if t is Src:
-                return data[obj.key][i]
-            if t is Const:
-                return value(obj.values[i], i)
-            if t is Ext:
-                return data[obj.key]
-            if t in (list, tuple, set, frozenset):
-                return t(value(o, i) for o in obj)
-            if t is dict:
-                return {k: value(v, i) for k, v in obj.items()}
-            return obj
-
         def run(i: int) -> Any:
-            node = self.fn.build(
-                *(value(a, i) for a in self.args),
-                **{k: value(v, i) for k, v in self.kwargs.items()},
+            node = self.build_item(
+                i, src=lambda key, j: data[key][j], stg=_no_stage, ext=data.__getitem__
             )
             try:
                 return node.compute(scheduler="sync")
@@ -205,6 +209,10 @@ class SubflowStage(Stage):
                 return Failure(e, self.task_name)
 
         return [run(i) for i in range(n)]
+
+
+def _no_stage(key: Any, i: int) -> Any:  # pragma: no cover - local maps have no stages
+    raise RuntimeError("internal error: a local sub-flow map reads no other stage")
 
 
 def key_node(key: Any) -> Any:
@@ -290,9 +298,7 @@ class Expansion:
 
     @property
     def names(self) -> str:
-        names = dict.fromkeys(
-            f"{s.task_name}.map()" for s in self.stages if isinstance(s, Stage)
-        )
+        names = dict.fromkeys(f"{s.task_name}.map()" for s in self.stages if isinstance(s, Stage))
         return ", ".join(names) or "map"
 
     def needs_at(self, prefix: Prefix) -> list:
@@ -332,19 +338,16 @@ class Expansion:
             if not (hasattr(value, "__getitem__") and hasattr(value, "__len__")):
                 value = materialized[key] = list(value)
             lengths.setdefault(f"{label}={len(value)} (from {_describe(key)})", len(value))
-        for task_name, label, n in self.consts:
+        for _task_name, label, n in self.consts:
             lengths.setdefault(f"{label}={n}", n)
         if len(set(lengths.values())) > 1:
             raise MapLengthError(
-                f"{self.names}: mapped arguments must have equal lengths, got "
-                + ", ".join(lengths)
+                f"{self.names}: mapped arguments must have equal lengths, got " + ", ".join(lengths)
             )
         return next(iter(lengths.values())), materialized
 
     # --------------------------------------------------------- on the scheduler
-    def prebuild(
-        self, n: int, prefix: Prefix, materialized: Mapping[Any, list]
-    ) -> dict[int, list]:
+    def prebuild(self, n: int, prefix: Prefix, materialized: Mapping[Any, list]) -> dict[int, list]:
         """On the worker: the tasks of the sub-flow stages, ``{stage index: [...]}``."""
         if not any(isinstance(s, SubflowStage) for s in self.stages):
             return {}

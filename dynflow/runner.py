@@ -145,10 +145,9 @@ def _diagnose_pickling(nodes: Sequence[Node], error: BaseException) -> Serializa
     for node in topological(nodes):
         if (e := fails(node.task.fn)) is not None:
             return SerializationError(
-                f"task {node.name!r}: its function cannot be pickled to send it to the "
-                f"cluster: {e}"
+                f"task {node.name!r}: its function cannot be pickled to send it to the cluster: {e}"
             )
-        named = list(zip(_labels(node), (*node._args, *node._kwargs.values())))
+        named = list(zip(_labels(node), (*node._args, *node._kwargs.values()), strict=True))
         for label, value in named:
             if isinstance(node, MapNode):
                 value = value.value
@@ -214,9 +213,7 @@ async def submit_async(*nodes: Node, client: Client) -> list[Future]:
     return submit(*nodes, client=client)
 
 
-def compute(
-    *nodes: Node, client: Client | None = None, scheduler: str | None = None
-) -> Any:
+def compute(*nodes: Node, client: Client | None = None, scheduler: str | None = None) -> Any:
     """Compute several nodes in one graph, sharing upstream work; return their values.
 
     Parameters

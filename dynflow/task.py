@@ -14,8 +14,8 @@ from dask.utils import funcname, parse_timedelta
 
 from dynflow.exceptions import MapLengthError
 from dynflow.failures import CallPolicy
-from dynflow.plan import pick
 from dynflow.node import FlattenNode, MapNode, Node, Slot, unmapped
+from dynflow.plan import pick
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -24,6 +24,7 @@ __all__ = ["Task", "flatten", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
 
 def _duration(value: Any) -> float | None:
     if value is None:
@@ -62,15 +63,27 @@ def _is_number(v: Any) -> bool:
 
 #: option name -> (default, validator returning the stored value, what is expected)
 OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
-    "name": (None, _check(lambda v: v is None or (isinstance(v, str) and bool(v))), "a non-empty string"),
+    "name": (
+        None,
+        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
+        "a non-empty string",
+    ),
     "retries": (0, _check(lambda v: _is_int(v) and v >= 0), "an int >= 0"),
     "retry_delay": (0.0, _duration, "a duration: seconds or a string such as '2s'"),
     "retry_backoff": (1.0, _check(lambda v: _is_number(v) and v >= 1), "a number >= 1"),
-    "retry_jitter": (0.0, _check(lambda v: _is_number(v) and 0 <= v <= 1), "a number in [0, 1]"),
+    "retry_jitter": (
+        0.0,
+        _check(lambda v: _is_number(v) and 0 <= v <= 1),
+        "a number in [0, 1]",
+    ),
     "retry_on": ((Exception,), _exception_types, "an exception class or a tuple of them"),
     "timeout": (None, _duration, "None or a duration: seconds or a string such as '30s'"),
     "pure": (False, _check(lambda v: isinstance(v, bool)), "a bool"),
-    "resources": (None, _check(lambda v: v is None or isinstance(v, dict)), "a dict such as {'GPU': 1}"),
+    "resources": (
+        None,
+        _check(lambda v: v is None or isinstance(v, dict)),
+        "a dict such as {'GPU': 1}",
+    ),
     "priority": (0, _check(_is_int), "an int"),
 }
 
@@ -196,9 +209,7 @@ class Task(Generic[P, R]):
         nodes = tuple(wait_for)
         for n in nodes:
             if not isinstance(n, Node):
-                raise TypeError(
-                    f"{name}(): wait_for must hold nodes, got {type(n).__name__} {n!r}"
-                )
+                raise TypeError(f"{name}(): wait_for must hold nodes, got {type(n).__name__} {n!r}")
         return nodes
 
     def __call__(  # type: ignore[valid-type]
@@ -270,7 +281,6 @@ class TaskFunction:
     def __reduce__(self) -> tuple:
         return _load_task_function, (self.fn.__module__, self.fn.__qualname__)
 
-
     def __repr__(self) -> str:
         return f"<function {self.fn.__qualname__}>"
 
@@ -284,7 +294,7 @@ def map_slots(
 ) -> tuple[tuple[Slot, ...], dict[str, Slot]]:
     """Classify the arguments of ``name.map(...)`` as mapped or static (build-time checks)."""
     labels = _positional_labels(signature, len(bound.args))
-    slots = tuple(_slot(name, lbl, v) for lbl, v in zip(labels, bound.args))
+    slots = tuple(_slot(name, lbl, v) for lbl, v in zip(labels, bound.args, strict=True))
     kwslots = {k: _slot(name, k, v) for k, v in bound.kwargs.items()}
     mapped = [s for s in (*slots, *kwslots.values()) if s.mapped]
     if not mapped:
@@ -295,9 +305,7 @@ def map_slots(
     concrete = {s.label: len(s.value) for s in mapped if isinstance(s.value, tuple)}
     if len(set(concrete.values())) > 1:
         found = ", ".join(f"{k}={n}" for k, n in concrete.items())
-        raise MapLengthError(
-            f"{name}.map(): mapped arguments must have equal lengths, got {found}"
-        )
+        raise MapLengthError(f"{name}.map(): mapped arguments must have equal lengths, got {found}")
     return slots, kwslots
 
 
@@ -411,9 +419,7 @@ def _flatten(lists: Iterable[Iterable[Any]]) -> list:
     out: list = []
     for i, lst in enumerate(lists):
         if isinstance(lst, (str, bytes, bytearray)) or not isinstance(lst, Iterable):
-            raise TypeError(
-                f"flatten(): item {i} is a {type(lst).__name__}, not a list to flatten"
-            )
+            raise TypeError(f"flatten(): item {i} is a {type(lst).__name__}, not a list to flatten")
         out += lst
     return out
 
@@ -438,9 +444,7 @@ def flatten(node: Node) -> FlattenNode:
     ['X/A', 'X/B', 'Y/A', 'Y/B']
     """
     if not isinstance(node, Node):
-        raise TypeError(
-            f"flatten() expects a node (usually a map node), got {type(node).__name__}"
-        )
+        raise TypeError(f"flatten() expects a node (usually a map node), got {type(node).__name__}")
     return FlattenNode(_FLATTEN, (node,), {})
 
 

@@ -24,9 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds for one child interpreter, under pytest's 120 s per test
 
 
-def run_python(
-    args: list[str], cwd: Path, timeout: float = TIMEOUT
-) -> subprocess.CompletedProcess:
+def run_python(args: list[str], cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``python *args``; on timeout kill its whole process group and fail."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_DYNFLOW__")}
     proc = subprocess.Popen(

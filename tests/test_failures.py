@@ -146,7 +146,7 @@ def flaky(fail_times):
 async def test_retries_with_delay_and_backoff(c, s, a, b):
     ATTEMPTS.clear()
     assert await flaky(3).compute(client=c) == 4
-    gaps = [t2 - t1 for t1, t2 in zip(ATTEMPTS, ATTEMPTS[1:])]
+    gaps = [t2 - t1 for t1, t2 in zip(ATTEMPTS, ATTEMPTS[1:], strict=False)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2
     ATTEMPTS.clear()
     with pytest.raises(ConnectionError, match="attempt 4"):
@@ -275,7 +275,13 @@ def test_sync_scheduler_has_the_same_failure_semantics():
         total(fail_on.map(range(5))).compute(scheduler="sync")
     assert isinstance(info.value.__cause__, Bad)
     m = fail_on.map(range(5), df.unmapped((1, 3)))
-    assert describe(df.allow_failure(m)).compute(scheduler="sync") == [0, "Bad", 20, "Bad", 40]
+    assert describe(df.allow_failure(m)).compute(scheduler="sync") == [
+        0,
+        "Bad",
+        20,
+        "Bad",
+        40,
+    ]
     chained = fail_on.map(fail_on.map(range(3), df.unmapped((1,))), df.unmapped(()))
     with pytest.raises(df.MapItemError, match="index 1 .failed in task 'fail_on'|index 1;"):
         chained.compute(scheduler="sync")

@@ -175,9 +175,7 @@ async def test_flow_map_composes_with_maps_and_flatten(c, s, a, b):
         return list_services(account)
 
     flat = metric.map(df.flatten(services_of.map(accounts(3))))
-    assert await flat.compute(client=c) == [
-        len(f"{a}/s{j}") for a in (1, 2, 3) for j in range(a)
-    ]
+    assert await flat.compute(client=c) == [len(f"{a}/s{j}") for a in (1, 2, 3) for j in range(a)]
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
@@ -186,9 +184,7 @@ async def test_flow_map_with_nested_maps_finishes_on_one_thread(c, s, a):
 
 
 def test_flow_map_in_sync_mode():
-    assert per_account.map([1, 2], df.unmapped(5)).compute(scheduler="sync") == expected(
-        [1, 2], 5
-    )
+    assert per_account.map([1, 2], df.unmapped(5)).compute(scheduler="sync") == expected([1, 2], 5)
 
 
 def test_flow_map_checks_arguments_at_build_time():

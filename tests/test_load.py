@@ -106,8 +106,10 @@ async def test_chaos_three_clients_while_workers_are_killed(c, s, *nannies):
         for cl in clients[1:]:
             await cl.close()
     oracle = [
-        [sum((x * x) ** 2 for x in range(1000 * k + 100 * r, 1000 * k + 100 * r + 150))
-         for r in range(3)]
+        [
+            sum((x * x) ** 2 for x in range(1000 * k + 100 * r, 1000 * k + 100 * r + 150))
+            for r in range(3)
+        ]
         for k in range(3)
     ]
     assert results == oracle

@@ -72,7 +72,7 @@ async def test_map_value_is_the_list_of_results_in_order(c, s, a, b):
 @gen_cluster(client=True)
 async def test_concrete_iterables_are_mapped(c, s, a, b):
     assert await process.map(range(4)).compute(client=c) == [0, 1, 2, 3]
-    assert await process.map((x for x in [5, 6])).compute(client=c) == [5, 6]
+    assert await process.map(x for x in [5, 6]).compute(client=c) == [5, 6]
     assert await process.map([1, 2], "ab").compute(client=c) == ["ab", "abab"]
 
 
@@ -229,7 +229,10 @@ async def test_not_iterable_upstream_fails_naming_task_and_argument(c, s, a, b):
 @gen_cluster(client=True)
 async def test_unequal_lengths_fail_naming_arguments_and_lengths(c, s, a, b):
     m = process.map(generate_list(3), generate_list(2))
-    with pytest.raises(ValueError, match=r"process.map\(\): .*item=3 \(from task 'generate_list'\), factor=2"):
+    with pytest.raises(
+        ValueError,
+        match=r"process.map\(\): .*item=3 \(from task 'generate_list'\), factor=2",
+    ):
         await m.compute(client=c)
     # other work on the cluster is unaffected
     assert await seed(3).compute(client=c) == 6

@@ -74,9 +74,7 @@ def py_flatten_spread(items):
 
 ops = st.lists(
     st.one_of(
-        st.tuples(
-            st.just("affine"), st.integers(-3, 3), st.integers(-5, 5), st.integers(-1, 6)
-        ),
+        st.tuples(st.just("affine"), st.integers(-3, 3), st.integers(-5, 5), st.integers(-1, 6)),
         st.tuples(st.just("zip")),
         st.tuples(st.just("flatten")),
         st.tuples(st.just("unmapped"), st.integers(0, 9)),
@@ -110,9 +108,12 @@ def build(base, program, concrete):
 
 @pytest.fixture(scope="module")
 def shared_client():
-    with LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0"
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 

@@ -35,9 +35,7 @@ def subprocess_env() -> dict[str, str]:
     """The environment of every child: this tests dir importable, no dynflow address."""
     env = dict(os.environ)
     env.pop("DASK_DYNFLOW__ADDRESS", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -181,8 +179,7 @@ def scheduler_task_count(client: Client) -> int:
 def has_extension(client: Client) -> bool:
     return client.run_on_scheduler(
         lambda dask_scheduler: (
-            "dynflow" in dask_scheduler.plugins
-            and "dynflow_splice" in dask_scheduler.handlers
+            "dynflow" in dask_scheduler.plugins and "dynflow_splice" in dask_scheduler.handlers
         )
     )
 
@@ -251,9 +248,7 @@ def test_remote_item_error_reaches_the_caller_with_its_type_and_traceback(client
 
 def test_a_later_run_after_an_error_still_works(client):
     with pytest.raises(df.MapItemError):
-        rt.collect(rt.fail_on.map(rt.generate_list(4), bad=df.unmapped(0))).compute(
-            client=client
-        )
+        rt.collect(rt.fail_on.map(rt.generate_list(4), bad=df.unmapped(0))).compute(client=client)
     assert rt.seed.build(10, 3).compute(client=client) == 3 * sum(range(10))
     wait_until(lambda: scheduler_task_count(client) == 0, 5, "the scheduler to forget")
 
@@ -317,9 +312,7 @@ def test_address_from_the_environment_is_used(cluster, tmp_path):
     # the script's client has disconnected, and it left no tasks behind
     wait_until(
         lambda: (
-            set(
-                client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
-            )
+            set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients)))
             <= {client.id, "fire-and-forget"}
         ),
         5,

@@ -84,7 +84,8 @@ class KillDuringSplice:
             return
         ext = scheduler.extensions["dynflow"]
         expanders = [
-            ts for ts in scheduler.tasks.values()
+            ts
+            for ts in scheduler.tasks.values()
             if ts.state == "processing" and str(ts.key).startswith("dynflow-expand")
         ]
         for ts in expanders:
