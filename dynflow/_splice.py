@@ -6,6 +6,8 @@ pinned to the distributed versions in ``pyproject.toml`` and tested with
 ``distributed.scheduler.validate`` on. It imports nothing from the client side: the
 expansion plan arrives inside the expander's own task spec.
 
+The worker half, :func:`request_splice`, is what an expander task awaits.
+
 The splice, in one synchronous pass (it must not interleave with other transitions):
 
 1. check that the calling expander ``E`` is processing with the caller's run id (a
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NAME", "SpliceExtension"]
+__all__ = ["NAME", "SpliceExtension", "request_splice"]
 
 #: the name the extension is registered under, on the scheduler and as a plugin
 NAME = "dynflow"
@@ -165,3 +167,26 @@ class SpliceExtension(SchedulerPlugin):
                 )
             except Exception:  # as update_graph does: a plugin must not break the splice
                 logger.exception("plugin %r failed in update_graph after a splice", plugin)
+
+
+async def request_splice(
+    expander: Any, n: int, materialized: list, shipped: dict[int, list], failed: bool
+) -> Any:
+    """From the expander task running on this worker: ask the scheduler to splice.
+
+    Returns the extension's reply (a dict), or None when the scheduler has no
+    extension. Awaiting it holds no worker thread: expanders run on the event loop.
+    """
+    from distributed import get_worker
+    from distributed.protocol.serialize import ToPickle
+
+    worker = get_worker()
+    ts = worker.state.tasks.get(expander)
+    return await worker.scheduler.dynflow_splice(
+        expander=expander,
+        run_id=ts.run_id if ts is not None else -1,
+        n=n,
+        materialized=materialized,
+        shipped=ToPickle(shipped) if shipped else None,
+        failed=failed,
+    )

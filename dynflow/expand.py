@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from dynflow._splice import request_splice
 from dynflow.exceptions import ExtensionError
 from dynflow.plan import Expansion, at
 
@@ -32,27 +33,14 @@ async def expand(
     top level. Returns the sources that had to be turned into lists (usually none);
     items that read such a source read it from this task's result.
     """
-    from distributed import get_worker
-    from distributed.protocol.serialize import ToPickle
-
     failure = expansion.failed_source(data, prefix)
     if failure is None:
         n, materialized = expansion.measure(data, prefix)
         shipped = expansion.prebuild(n, prefix, materialized)
     else:  # a failed parent item: no children; the collectors' list is the failure
         n, materialized, shipped = 0, {}, {}
-    worker = get_worker()
     key = at(expansion.expander, prefix)
-    ts = worker.state.tasks.get(key)
-    run_id = ts.run_id if ts is not None else -1
-    reply = await worker.scheduler.dynflow_splice(
-        expander=key,
-        run_id=run_id,
-        n=n,
-        materialized=list(materialized),
-        shipped=ToPickle(shipped) if shipped else None,
-        failed=failure is not None,
-    )
+    reply = await request_splice(key, n, list(materialized), shipped, failure is not None)
     if not isinstance(reply, dict):
         raise ExtensionError(
             f"{expansion.names}: the scheduler has no dynflow extension (it answered "
