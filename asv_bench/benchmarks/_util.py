@@ -1,0 +1,375 @@
+"""Shared pieces of the dynflow benchmarks: the seed pattern, clusters, and the probe.
+
+Used by the asv suites in this package and by ``asv_bench/compare.py``, so that every
+number is measured the same way.
+
+- The seed pattern, ``generate_list -> process.map -> reducer``, with dynflow
+  (:func:`seed_dynflow`) and with plain Dask on the same cluster, the list pulled to the
+  client in between (:func:`seed_plain`). The per-item function is trivial on purpose:
+  what is measured is the scheduling overhead, not the work.
+- :class:`ExpansionProbe`, a scheduler plugin that measures, on the scheduler's own
+  clock, the expansion of a map: from the mapped upstream task (the generator)
+  transitioning to memory until dynflow's ``dynflow_splice`` handler returns, i.e. until
+  every per-item task exists in the scheduler and has been transitioned to waiting.
+
+The task functions live in this module (not in ``__main__``) and workers unpickle them
+by reference, so workers must be able to import ``benchmarks._util``. asv imports the
+suite through a private import hook that spawned worker processes do not have;
+:func:`start_cluster` therefore puts ``asv_bench/`` on ``sys.path`` first, which spawned
+workers inherit.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import functools
+import gc
+import io
+import os
+import pstats
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+import dynflow as df
+
+#: the splice handler dynflow's scheduler extension registers (dynflow/_splice.py)
+SPLICE_HANDLER = "dynflow_splice"
+#: the keys of dynflow's top-level expander tasks start with this (dynflow/graph.py)
+EXPANDER_PREFIX = "dynflow-expand-"
+
+
+# ----------------------------------------------------------------- the seed pattern
+@df.task
+def generate_list(n: int) -> list[int]:
+    """``n`` distinct items; their number is known only when this has run."""
+    return list(range(n))
+
+
+@df.task
+def process(item: int, factor: int) -> int:
+    """The per-item work: trivial, so that the scheduling overhead dominates."""
+    return item * factor
+
+
+@df.task
+def reducer(results: list[int]) -> int:
+    return sum(results)
+
+
+def plain_generate(n: int) -> list[int]:
+    return list(range(n))
+
+
+def plain_process(item: int, factor: int) -> int:
+    return item * factor
+
+
+def expected(n: int, factor: int = 2) -> int:
+    return factor * n * (n - 1) // 2
+
+
+def seed_graph(n: int, factor: int = 2) -> df.Node:
+    """The dynflow seed pipeline's output node (fresh keys on every call)."""
+    items = generate_list(n)
+    return reducer(process.map(items, factor=df.unmapped(factor)))
+
+
+def seed_dynflow(client: Client, n: int, factor: int = 2) -> int:
+    """generate_list -> process.map -> reducer, expanded inside the scheduler."""
+    return seed_graph(n, factor).compute(client=client)
+
+
+def seed_plain(client: Client, n: int, factor: int = 2) -> int:
+    """The same pipeline in plain Dask: the list travels to the client and back.
+
+    ``pure=False`` everywhere, as dynflow's default: every call is a fresh task (with
+    ``pure=True`` equal items would share one task, and repeated runs could reuse
+    results still held by the scheduler).
+    """
+    lst = client.submit(plain_generate, n, pure=False).result()
+    futures = client.map(plain_process, lst, factor=factor, pure=False)
+    total = client.submit(sum, futures, pure=False)
+    return total.result()
+
+
+def run_seed(system: str, client: Client, n: int) -> int:
+    fn = {"dynflow": seed_dynflow, "dask": seed_plain}[system]
+    out = fn(client, n)
+    if out != expected(n):
+        raise AssertionError(f"{system} seed pipeline, n={n}: got {out}, want {expected(n)}")
+    return out
+
+
+# ----------------------------------------------------------------------- clusters
+#: asv_bench/, the directory holding this ``benchmarks`` package
+ASV_BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_cluster(processes: bool = True) -> tuple[LocalCluster, Client]:
+    """2 workers x 1 thread; the scheduler runs in this process either way."""
+    if ASV_BENCH not in sys.path:
+        sys.path.insert(0, ASV_BENCH)  # spawned workers inherit it: see the module doc
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=processes,
+        dashboard_address=":0",
+    )
+    client = Client(cluster, set_as_default=False)
+    return cluster, client
+
+
+def warm_up(client: Client) -> None:
+    """Install dynflow's extension and import everything on the workers: run both once."""
+    run_seed("dynflow", client, 100)
+    run_seed("dask", client, 100)
+    wait_idle(client)
+
+
+def stop_cluster(cluster: LocalCluster | None, client: Client | None) -> None:
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _scheduler_task_count(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
+def wait_idle(client: Client, timeout: float = 60.0) -> None:
+    """Wait until the scheduler has forgotten every task of earlier runs."""
+    deadline = time.monotonic() + timeout
+    while client.run_on_scheduler(_scheduler_task_count):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the scheduler still holds tasks of an earlier run")
+        time.sleep(0.02)
+
+
+# -------------------------------------------------------------- expansion probe
+@dataclass
+class ExpansionRecord:
+    """One splice as seen by the scheduler; times in seconds on its perf_counter."""
+
+    expander: str
+    n: int
+    added: int
+    upstream_done: float  # the expander's last dependency transitioned to memory
+    splice_start: float  # the dynflow_splice handler was called
+    splice_end: float  # ... and returned: every per-item task exists and is waiting
+    gc_time: float = 0.0  # spent in Python's garbage collector during the splice
+    gc_collections: tuple[int, int, int] = (0, 0, 0)  # collections per generation
+
+    @property
+    def latency(self) -> float:
+        """Generator finished -> every per-item task known to the scheduler."""
+        return self.splice_end - self.upstream_done
+
+    @property
+    def splice(self) -> float:
+        """The scheduler-side splice alone (one synchronous pass on the event loop)."""
+        return self.splice_end - self.splice_start
+
+    @property
+    def hop(self) -> float:
+        """Generator finished -> splice called: expander dispatched, run, RPC received."""
+        return self.splice_start - self.upstream_done
+
+
+class ExpansionProbe(SchedulerPlugin):
+    """Times dynflow's expansions on the scheduler.
+
+    Register it after dynflow's extension is installed (run any dynflow graph first):
+    it wraps the ``dynflow_splice`` handler. It watches the dependencies of every
+    expander task a client submits (in ``update_graph``) and records when they
+    transition to memory, so the ``transition`` hook costs one set lookup per
+    transition to memory and nothing else.
+
+    With ``profile=True`` every splice runs under :mod:`cProfile`; read the stats
+    with :func:`probe_profile`.
+    """
+
+    name = "dynflow-bench-probe"
+    idempotent = False
+
+    def __init__(self, profile: bool = False) -> None:
+        self.profile = profile
+        self.watch: dict[Any, float | None] = {}  # expander dependency -> memory time
+        self.records: list[dict[str, Any]] = []
+        self.profiler: cProfile.Profile | None = None
+        self.scheduler: Any = None
+        self._wrapped: Any = None
+        self._in_splice = False
+        self._gc_start = 0.0
+        self._gc_time = 0.0
+        self._gc_counts = [0, 0, 0]
+
+    def _gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        if not self._in_splice:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self._gc_time += time.perf_counter() - self._gc_start
+            self._gc_counts[info["generation"]] += 1
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        handler = scheduler.handlers.get(SPLICE_HANDLER)
+        if handler is None:
+            raise RuntimeError(
+                "dynflow's scheduler extension is not installed yet; compute a dynflow "
+                "graph before registering the probe"
+            )
+        self._wrapped = handler
+        if self.profile:
+            self.profiler = cProfile.Profile()
+
+        @functools.wraps(handler)  # keeps its signature: distributed passes comm= if asked
+        def timed_splice(**kwargs: Any) -> Any:
+            self._gc_time, self._gc_counts = 0.0, [0, 0, 0]
+            self._in_splice = True
+            t0 = time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.enable()
+            try:
+                reply = handler(**kwargs)
+            finally:
+                if self.profiler is not None:
+                    self.profiler.disable()
+                t1 = time.perf_counter()
+                self._in_splice = False
+            self._record(kwargs.get("expander"), kwargs.get("n", 0), reply, t0, t1)
+            return reply
+
+        scheduler.handlers[SPLICE_HANDLER] = timed_splice
+        gc.callbacks.append(self._gc_callback)
+
+    async def close(self) -> None:
+        if self.scheduler is not None and self._wrapped is not None:
+            self.scheduler.handlers[SPLICE_HANDLER] = self._wrapped
+        if self._gc_callback in gc.callbacks:
+            gc.callbacks.remove(self._gc_callback)
+
+    def update_graph(self, scheduler: Any, *, client: str, tasks: list, **kwargs: Any) -> None:
+        if client == "dynflow":  # dynflow telling plugins about the tasks it spliced
+            return
+        for key in tasks:
+            if isinstance(key, str) and key.startswith(EXPANDER_PREFIX):
+                ts = scheduler.tasks.get(key)
+                if ts is not None:
+                    for dts in ts.dependencies:
+                        self.watch.setdefault(dts.key, None)
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish == "memory" and key in self.watch:
+            self.watch[key] = time.perf_counter()
+
+    def _record(self, expander: Any, n: int, reply: Any, t0: float, t1: float) -> None:
+        ets = self.scheduler.tasks.get(expander)
+        deps = [d.key for d in ets.dependencies] if ets is not None else []
+        done = [self.watch.pop(k, None) for k in deps]
+        done = [t for t in done if t is not None]
+        self.records.append(
+            asdict(
+                ExpansionRecord(
+                    expander=str(expander),
+                    n=n,
+                    added=reply.get("added", 0) if isinstance(reply, dict) else 0,
+                    upstream_done=max(done) if done else float("nan"),
+                    splice_start=t0,
+                    splice_end=t1,
+                    gc_time=self._gc_time,
+                    gc_collections=tuple(self._gc_counts),
+                )
+            )
+        )
+
+
+def _probe_records(dask_scheduler: Any, name: str, clear: bool) -> list[dict]:
+    probe = dask_scheduler.plugins[name]
+    out = list(probe.records)
+    if clear:
+        probe.records.clear()
+    return out
+
+
+def _probe_profile(dask_scheduler: Any, name: str, sorts: list[str], limit: int) -> str:
+    probe = dask_scheduler.plugins[name]
+    if probe.profiler is None:
+        return "(the probe was registered without profile=True)"
+    buf = io.StringIO()
+    try:
+        stats = pstats.Stats(probe.profiler, stream=buf)
+    except TypeError:  # nothing was profiled since the last call
+        return "(no splice was profiled)"
+    for sort in sorts:
+        stats.sort_stats(sort).print_stats(limit)
+    probe.profiler = cProfile.Profile()
+    return buf.getvalue()
+
+
+def install_probe(client: Client, profile: bool = False) -> str:
+    """Register a fresh :class:`ExpansionProbe` on the client's scheduler; its name."""
+    probe = ExpansionProbe(profile=profile)
+    probe.name = f"{ExpansionProbe.name}-{uuid.uuid4().hex[:8]}"
+    client.register_plugin(probe, name=probe.name)
+    return probe.name
+
+
+def remove_probe(client: Client, name: str) -> None:
+    client.unregister_scheduler_plugin(name)
+
+
+def probe_records(client: Client, name: str, clear: bool = True) -> list[ExpansionRecord]:
+    rows = client.run_on_scheduler(_probe_records, name=name, clear=clear)
+    return [ExpansionRecord(**r) for r in rows]
+
+
+def probe_profile(
+    client: Client, name: str, sorts: tuple[str, ...] = ("cumulative", "tottime"), limit: int = 30
+) -> str:
+    """The splices' cProfile stats since the last call, as text (and reset them)."""
+    return client.run_on_scheduler(_probe_profile, name=name, sorts=list(sorts), limit=limit)
+
+
+def measure_expansion(
+    client: Client, probe: str, n: int, complete: bool = False, timeout: float = 600.0
+) -> ExpansionRecord:
+    """Run the seed pipeline with ``n`` items; the probe's record of its expansion.
+
+    By default the run is cancelled as soon as the splice has returned (what is measured
+    ends there, and running 100,000 trivial items on two workers takes minutes);
+    ``complete=True`` runs it to the end and checks the result.
+    """
+    wait_idle(client)
+    probe_records(client, probe)  # drop anything older
+    if complete:
+        run_seed("dynflow", client, n)
+        records = probe_records(client, probe)
+    else:
+        future = seed_graph(n).submit(client=client)
+        deadline = time.monotonic() + timeout
+        while not (records := probe_records(client, probe)):
+            if future.done():
+                future.result()  # raises the task's error, if any
+                raise AssertionError("the run finished without a splice")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no splice within {timeout}s (n={n})")
+            time.sleep(0.01)
+        future.release()
+    wait_idle(client)
+    if len(records) != 1 or records[0].added != n:
+        raise AssertionError(f"expected one splice adding {n} tasks, got {records}")
+    if records[0].upstream_done != records[0].upstream_done:  # NaN
+        raise AssertionError(
+            f"the probe did not see the expander's upstream finish (are expander keys "
+            f"still {EXPANDER_PREFIX!r}...?): {records[0]}"
+        )
+    return records[0]

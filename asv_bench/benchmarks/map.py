@@ -1,0 +1,109 @@
+"""``task.map(upstream)``: scheduler-side expansion, and the seed pattern end to end.
+
+Every cluster here is a ``LocalCluster`` of 2 worker processes x 1 thread, started in
+``setup`` and closed in ``teardown``; its scheduler runs in the benchmark's own process.
+``setup`` also runs the pipeline once with dynflow and once with plain Dask, so that the
+scheduler extension is installed and the workers have imported everything before
+anything is timed. The per-item function is trivial: what is measured is overhead.
+"""
+
+from __future__ import annotations
+
+from ._util import (
+    install_probe,
+    measure_expansion,
+    run_seed,
+    start_cluster,
+    stop_cluster,
+    warm_up,
+)
+
+
+class ExpansionSuite:
+    """From the generator finishing until every per-item task is known to the scheduler.
+
+    Measured on the scheduler by :class:`~benchmarks._util.ExpansionProbe`: from the
+    mapped upstream task (``generate_list``) transitioning to memory until dynflow's
+    ``dynflow_splice`` handler returns, i.e. the expander has been dispatched and run,
+    its RPC received, and the per-item tasks created, wired into the collector and
+    transitioned to waiting. The run is cancelled right after the splice (the measured
+    interval ends there; running 100,000 items on two workers takes minutes).
+
+    These are ``track_*`` benchmarks because the value is not the wall time of the
+    benchmark method itself; each returns the best of ``repeat_runs`` runs.
+    """
+
+    params = [1_000, 10_000, 100_000]
+    param_names = ["n"]
+    timeout = 600
+    repeat_runs = 3
+
+    def setup(self, n: int) -> None:
+        self.cluster, self.client = start_cluster(processes=True)
+        warm_up(self.client)
+        self.probe = install_probe(self.client)
+
+    def teardown(self, n: int) -> None:
+        stop_cluster(self.cluster, self.client)
+
+    def _best(self, n: int, field: str) -> float:
+        runs = [measure_expansion(self.client, self.probe, n) for _ in range(self.repeat_runs)]
+        return min(getattr(r, field) for r in runs)
+
+    def track_latency(self, n: int) -> float:
+        """Seconds from the generator finishing until all n per-item tasks are waiting."""
+        return self._best(n, "latency")
+
+    track_latency.unit = "seconds"
+
+    def track_latency_per_item_us(self, n: int) -> float:
+        """track_latency divided by n, in microseconds per item (flat if linear in n)."""
+        return self._best(n, "latency") / n * 1e6
+
+    track_latency_per_item_us.unit = "us"
+
+    def track_splice_per_item_us(self, n: int) -> float:
+        """The scheduler-side splice alone (no expander round trip), microseconds per item."""
+        return self._best(n, "splice") / n * 1e6
+
+    track_splice_per_item_us.unit = "us"
+
+
+class SeedSuite:
+    """The seed pattern end to end: generate_list -> process.map -> reducer.
+
+    ``time_dynflow`` expands the map inside the scheduler; ``time_plain_dask`` does the
+    same with plain Dask on the same kind of cluster, pulling the list to the client:
+    ``client.submit(gen)`` -> ``.result()`` -> ``client.map(process, lst)`` ->
+    ``client.submit(sum, futures)`` -> ``.result()``. Both check the answer.
+    """
+
+    params = [1_000, 10_000]
+    param_names = ["n"]
+    timeout = 600
+    number = 1
+    repeat = (1, 3, 120.0)
+    warmup_time = 0.0
+
+    def setup(self, n: int) -> None:
+        self.cluster, self.client = start_cluster(processes=True)
+        warm_up(self.client)
+
+    def teardown(self, n: int) -> None:
+        stop_cluster(self.cluster, self.client)
+
+    def time_dynflow(self, n: int) -> None:
+        """Wall time of the dynflow pipeline with n items, from building the graph to the result."""
+        run_seed("dynflow", self.client, n)
+
+    def time_plain_dask(self, n: int) -> None:
+        """Wall time of the same pipeline in plain Dask, the list pulled to the client."""
+        run_seed("dask", self.client, n)
+
+    def peakmem_dynflow(self, n: int) -> None:
+        """Peak RSS of this process (client and scheduler) over a dynflow run with n items."""
+        run_seed("dynflow", self.client, n)
+
+    def peakmem_plain_dask(self, n: int) -> None:
+        """Peak RSS of this process (client and scheduler) over a plain Dask run with n items."""
+        run_seed("dask", self.client, n)
