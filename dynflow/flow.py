@@ -70,14 +70,17 @@ class Flow(Generic[P, R]):
     def __setstate__(self, state: dict) -> None:
         self._name = state["_name"]
 
-    def build(self, *args: P.args, **kwargs: P.kwargs) -> Node:
-        """Run the body to build the graph; return its output node (nothing runs)."""
+    def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
         try:
-            self._signature.bind(*args, **kwargs)
+            return self._signature.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(
-                f"{self.name}(): {e}; the flow's signature is {self.name}{self._signature}"
+                f"{self.name}{how}: {e}; the flow's signature is {self.name}{self._signature}"
             ) from None
+
+    def build(self, *args: P.args, **kwargs: P.kwargs) -> Node:
+        """Run the body to build the graph; return its output node (nothing runs)."""
+        self._bind("()", args, kwargs)
         token = BUILDING.set(self.name)
         try:
             out = self._fn(*args, **kwargs)
@@ -113,12 +116,7 @@ class Flow(Generic[P, R]):
         >>> twice.map([1, 2, 3]).compute(scheduler="sync")
         [3, 4, 5]
         """
-        try:
-            bound = self._signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(
-                f"{self.name}.map(): {e}; the flow's signature is {self.name}{self._signature}"
-            ) from None
+        bound = self._bind(".map()", args, kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
         node = SubflowMapNode(Task(self._fn, name=self.name), slots, kwslots)
         object.__setattr__(node, "_flow", self)
