@@ -21,6 +21,7 @@ from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from dynflow.expand import expand, run_map, unspliced
 from dynflow.failures import gather_list, run_call
 from dynflow.node import (
     AllowFailureNode,
@@ -307,8 +308,6 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
     ``records``: failures become values (:class:`~dynflow.failures.Failure`) instead of
     errors, as inside a sub-flow run per item.
     """
-    from dynflow.expand import expand, run_map, unspliced
-
     order = topological(outputs)
     fams = _Families()
     if distributed:

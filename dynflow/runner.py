@@ -25,7 +25,8 @@ from distributed.client import FutureCancelledError, default_client
 from dynflow._splice import NAME, SpliceExtension
 from dynflow.exceptions import SchedulerLostError, SerializationError
 from dynflow.graph import lower, topological
-from dynflow.node import MapNode, Node
+from dynflow.node import MapNode, Node, replace_nodes
+from dynflow.task import _positional_labels
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +154,6 @@ def _diagnose_pickling(nodes: Sequence[Node], error: BaseException) -> Serializa
                 value = value.value
             if isinstance(value, Node):
                 continue
-            from dynflow.node import replace_nodes
-
             if (e := fails(replace_nodes(value, lambda n: None))) is not None:
                 return SerializationError(
                     f"task {node.name!r}: argument {label!r} ({type(value).__name__}) "
@@ -166,8 +165,6 @@ def _diagnose_pickling(nodes: Sequence[Node], error: BaseException) -> Serializa
 def _labels(node: Node) -> list[str]:
     if isinstance(node, MapNode):
         return [s.label for s in node.slots]
-    from dynflow.task import _positional_labels
-
     pos = _positional_labels(node.task._signature, len(node._args))
     return [*pos, *node._kwargs]
 
