@@ -106,7 +106,9 @@ class SpliceExtension(SchedulerPlugin):
             return {"status": "unwanted"}
 
         expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
-        stages, specs = expansion.build(n, prefix, materialized, shipped or {}, failed)
+        stages, specs = expansion.build(
+            n, prefix, materialized, shipped or {}, failed, s.total_nthreads
+        )
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []

@@ -166,9 +166,13 @@ class _Families:
         for i, s in enumerate(node.slots):
             if not s.mapped:
                 continue
-            if isinstance(s.value, MapNode):
+            if isinstance(s.value, MapNode) and s.value.batch_size is None:
                 cands[i] = ("stage", self.parent_of(self.family[s.value.key]))
-            elif isinstance(s.value, FlattenNode) and isinstance(s.value.source, MapNode):
+            elif (
+                isinstance(s.value, FlattenNode)
+                and isinstance(s.value.source, MapNode)
+                and s.value.source.batch_size is None
+            ):
                 cands[i] = ("nest", self.find(self.family[s.value.source.key]))
         others = [n for i, s in enumerate(node.slots) for n in find_nodes(s) if i not in cands]
         base: set[str] = set()
@@ -272,6 +276,7 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str], raw: Any = None) -> t
             kwargs,
             _annotations(node),
             node.task.policy(records=True),
+            node.batch_size,
         )
     return stage, sources, consts, needs
 
@@ -352,6 +357,7 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
         # concatenated at every level above it
         collectors: dict[int, list[Collector]] = {f: [] for f in fams.families()}
         ratios = {n.key: n.min_success_ratio for n in order if isinstance(n, MapNode)}
+        batches = {n.key: n.batch_size for n in order if isinstance(n, MapNode)}
         for f in fams.families():
             for key in fams.members[f]:
                 lists = [(key, top_mode)] if key in whole else []
@@ -359,7 +365,7 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
                 name = planned[key][0].task_name
                 chain = fams.depth_chain(f)
                 for ckey, mode in lists:
-                    c = Collector(ckey, key, name, mode=mode, ratio=ratios[key])
+                    c = Collector(ckey, key, name, mode=mode, ratio=ratios[key], batch=batches[key])
                     collectors[chain[0]].append(c)
                     for g in chain[1:]:
                         collectors[g].append(Collector(ckey, ckey, name, True, mode, ratios[key]))

@@ -17,6 +17,7 @@ upstream value ``v`` is ``v[i]``, evaluated on the worker that runs the item.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -116,26 +117,52 @@ class Stage:
     kwargs: Mapping[str, Any]
     annotations: Mapping[str, Any]
     policy: CallPolicy | None = None  # retries, timeout; items return Failure records
+    batch: int | str | None = None  # items per scheduler task: None, an int or "auto"
 
-    def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
-        key, fn, args, kwargs, policy = (
-            self.key,
-            self.fn,
-            self.args,
-            self.kwargs,
-            self.policy,
-        )
-        return [
-            Task(
-                (key, *prefix, i),
+    def items(
+        self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
+    ) -> list[Task]:
+        """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists."""
+        key, fn, args, kwargs, policy = self.key, self.fn, self.args, self.kwargs, self.policy
+
+        def call(k: Any, i: int) -> Task:
+            return Task(
+                k,
                 run_call,
                 policy,
                 fn,
                 *(_resolve(a, prefix, i, refs) for a in args),
-                **{k: _resolve(v, prefix, i, refs) for k, v in kwargs.items()},
+                **{name: _resolve(v, prefix, i, refs) for name, v in kwargs.items()},
             )
-            for i in range(n)
+
+        if self.batch is None:
+            return [call((key, *prefix, i), i) for i in range(n)]
+        size = batch_size(self.batch, n, nthreads)
+        return [
+            Task((key, *prefix, b), collect_batch, *(call(None, i) for i in range(start, stop)))
+            for b, (start, stop) in enumerate(_ranges(n, size))
         ]
+
+
+def batch_size(batch: int | str, n: int, nthreads: int) -> int:
+    """Items per task: ``batch`` itself, or for ``"auto"`` about 8 tasks per worker thread.
+
+    ``"auto"``: ``ceil(n / (8 * nthreads))``, so each thread of the cluster gets about
+    eight tasks (enough to balance uneven items and to survive a lost worker cheaply),
+    and never fewer than one item per task.
+    """
+    if batch == "auto":
+        return max(1, -(-n // (8 * max(1, nthreads))))
+    return int(batch)
+
+
+def _ranges(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def collect_batch(*results: Any) -> list:
+    """A batch task's value: its items' results (or failure records), in order."""
+    return list(results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +173,9 @@ class SubflowStage(Stage):
     (:meth:`prebuild`); the scheduler only adds the tasks it is sent.
     """
 
-    def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
+    def items(
+        self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
+    ) -> list[Task]:
         raise RuntimeError("internal error: sub-flow stages are built on the worker")
 
     def build_item(self, i: int, src: Callable, stg: Callable, ext: Callable) -> Any:
@@ -236,7 +265,9 @@ class Nested:
     expansion: Expansion
     annotations: Mapping[str, Any]
 
-    def items(self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any]) -> list[Task]:
+    def items(
+        self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
+    ) -> list[Task]:
         from dynflow.expand import expand, unspliced
 
         child = self.expansion
@@ -267,14 +298,18 @@ class Collector:
     concat: bool = False
     mode: str = "strict"
     ratio: float = 1.0
+    batch: int | str | None = None  # the batching of the stage it gathers
 
-    def task(self, prefix: Prefix, n: int, failed: Any = None) -> Task:
+    def task(self, prefix: Prefix, n: int, failed: Any = None, nthreads: int = 1) -> Task:
         """The collector's spec; ``failed``: the expander's key, whose value is a Failure."""
         if failed is not None:
             refs: Any = [TaskRef(failed)]
+        elif self.batch is not None:
+            n = len(_ranges(n, batch_size(self.batch, n, nthreads)))
+            refs = (TaskRef((self.of, *prefix, b)) for b in range(n))
         else:
             refs = (TaskRef((self.of, *prefix, i)) for i in range(n))
-        fn = gather_concat if self.concat else gather
+        fn = gather_concat if self.concat or self.batch is not None else gather
         mode = self.mode if not prefix else "raw"
         return Task(at(self.key, prefix), fn, self.task_name, mode, self.ratio, *refs)
 
@@ -373,12 +408,14 @@ class Expansion:
         materialized: list,
         shipped: Mapping[int, list],
         failed: bool = False,
+        nthreads: int = 1,
     ) -> tuple[list[tuple[Mapping[str, Any], list[Task]]], dict[Any, Task]]:
         """Per-item tasks of every stage (in order), and the collectors' task specs.
 
         ``shipped`` holds the sub-flow stages' tasks, built by :meth:`prebuild`.
         ``failed``: a mapped source was a failure record (the expander's value): no
-        items, and each collector's list is that failure.
+        items, and each collector's list is that failure. ``nthreads``: the cluster's
+        worker threads, for ``batch_size="auto"``.
         """
         from_expander = set(materialized)
         ekey = at(self.expander, prefix)
@@ -395,8 +432,10 @@ class Expansion:
             if s_index in shipped:
                 stages += shipped[s_index]
             else:
-                stages.append((s.annotations, s.items(prefix, n, refs)))
-        collectors = {at(c.key, prefix): c.task(prefix, n) for c in self.collectors}
+                stages.append((s.annotations, s.items(prefix, n, refs, nthreads)))
+        collectors = {
+            at(c.key, prefix): c.task(prefix, n, nthreads=nthreads) for c in self.collectors
+        }
         return stages, collectors
 
     def run_locally(self, data: dict[Any, Any]) -> list:
@@ -413,7 +452,8 @@ class Expansion:
         def refs(key: Any, i: int) -> Task:
             return Task(None, operator.getitem, TaskRef(key), i)
 
-        return [task(data) for task in stage.items((), n, refs)]
+        unbatched = dataclasses.replace(stage, batch=None)  # same list, in order
+        return [task(data) for task in unbatched.items((), n, refs)]
 
 
 def pick(materialized: Mapping[Any, list], key: Any, i: int) -> Any:

@@ -224,6 +224,7 @@ class Task(Generic[P, R]):
         *args: Any,
         wait_for: Iterable[Node] | None = None,
         min_success_ratio: float = 1.0,
+        batch_size: int | str | None = None,
         **kwargs: Any,
     ) -> MapNode:
         """Return a lazy :class:`~dynflow.MapNode`: ``fn`` called once per item.
@@ -237,6 +238,11 @@ class Task(Generic[P, R]):
         fails with :class:`~dynflow.MapItemError` if any item failed; with
         ``min_success_ratio=r`` the list is handed on when at least that fraction of
         the items succeeded, with ``None`` in place of each failed item.
+
+        ``batch_size=k`` runs ``k`` items per scheduler task (``"auto"``: about eight
+        tasks per worker thread); results, failures and retries stay per item, and the
+        list is the same as unbatched. A batched map's list is read whole by maps
+        chained on it.
 
         Examples
         --------
@@ -254,8 +260,16 @@ class Task(Generic[P, R]):
                 f"{self.name}.map(): min_success_ratio={min_success_ratio!r}; expected a "
                 "number in [0, 1]"
             )
+        if not (
+            batch_size is None or batch_size == "auto" or (_is_int(batch_size) and batch_size >= 1)
+        ):
+            raise TypeError(
+                f"{self.name}.map(): batch_size={batch_size!r}; expected None, an int >= 1 "
+                "or 'auto'"
+            )
         node = MapNode(self, slots, kwslots, self._wait_for(self.name, wait_for))
         object.__setattr__(node, "_ratio", float(min_success_ratio))
+        object.__setattr__(node, "_batch", batch_size)
         return node
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:

@@ -84,9 +84,9 @@ ops = st.lists(
 )
 
 
-def build(base, program, concrete):
+def build(base, program, concrete, batch=None):
     """(dynflow map node, plain-Python items) for a program over `base`."""
-    node = affine.map(base if concrete else make(base), 1, 0, -1)
+    node = affine.map(base if concrete else make(base), 1, 0, -1, batch_size=batch)
     items = list(base)
     for op in program:
         if op[0] == "affine":
@@ -127,9 +127,12 @@ def shared_client():
     program=ops,
     concrete=st.booleans(),
     tolerant=st.booleans(),
+    batch=st.sampled_from([None, None, 2, "auto"]),
 )
-def test_random_pipelines_match_plain_python(shared_client, base, program, concrete, tolerant):
-    node, items = build(base, program, concrete)
+def test_random_pipelines_match_plain_python(
+    shared_client, base, program, concrete, tolerant, batch
+):
+    node, items = build(base, program, concrete, batch)
     failed = [i for i, x in enumerate(items) if isinstance(x, Exception)]
     if tolerant:
         expected = [type(x).__name__ if isinstance(x, Exception) else x for x in items]

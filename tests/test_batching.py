@@ -1,0 +1,109 @@
+"""task.map(..., batch_size=k): k items per scheduler task, results still per item."""
+
+from __future__ import annotations
+
+import pytest
+from distributed.utils_test import async_poll_for, gen_cluster
+
+import dynflow as df
+from dynflow.plan import batch_size
+
+ATTEMPTS: dict = {}
+
+
+@df.task
+def generate_list(n):
+    return list(range(n))
+
+
+@df.task
+def double(x, bad=()):
+    if x in bad:
+        raise ValueError(f"item {x}")
+    return 2 * x
+
+
+@df.task(retries=2)
+def flaky(x):
+    ATTEMPTS[x] = ATTEMPTS.get(x, 0) + 1
+    if x % 3 == 0 and ATTEMPTS[x] < 2:
+        raise ConnectionError(f"first attempt of {x}")
+    return x
+
+
+@df.task
+def total(xs):
+    return sum(xs)
+
+
+@gen_cluster(client=True)
+async def test_batched_results_equal_unbatched(c, s, a, b):
+    for k in (1, 3, 7, 10, 50, "auto"):
+        m = double.map(generate_list(23), batch_size=k)
+        assert await m.compute(client=c) == [2 * i for i in range(23)]
+    assert await double.map(generate_list(0), batch_size=4).compute(client=c) == []
+
+
+@gen_cluster(client=True)
+async def test_a_batch_is_one_scheduler_task(c, s, a, b):
+    await double.map([1]).compute(client=c)  # install the extension
+    before = s.extensions["dynflow"].tasks_added
+    assert await total(double.map(generate_list(100), batch_size=10)).compute(client=c) == 9900
+    assert s.extensions["dynflow"].tasks_added - before == 10
+    await async_poll_for(lambda: not s.tasks, timeout=5)
+
+
+@gen_cluster(client=True)
+async def test_failures_stay_per_item_inside_a_batch(c, s, a, b):
+    m = double.map(generate_list(10), df.unmapped((3, 4)), batch_size=5)
+    with pytest.raises(df.MapItemError, match="2 of 10 items failed, at index 3, 4"):
+        await m.compute(client=c)
+
+    @df.task
+    def kinds(xs):
+        return [type(x).__name__ if isinstance(x, Exception) else x for x in xs]
+
+    assert await kinds(df.allow_failure(m)).compute(client=c) == [
+        0,
+        2,
+        4,
+        "ValueError",
+        "ValueError",
+        10,
+        12,
+        14,
+        16,
+        18,
+    ]
+
+
+@gen_cluster(client=True)
+async def test_retries_are_per_item_inside_a_batch(c, s, a, b):
+    ATTEMPTS.clear()
+    assert await flaky.map(generate_list(9), batch_size=9).compute(client=c) == list(range(9))
+    assert ATTEMPTS == {i: 2 if i % 3 == 0 else 1 for i in range(9)}
+
+
+@gen_cluster(client=True)
+async def test_batched_maps_compose(c, s, a, b):
+    first = double.map(generate_list(6), batch_size=4)
+    assert await double.map(first).compute(client=c) == [4 * i for i in range(6)]
+    flat = double.map(df.flatten(generate_list.map([1, 2])), batch_size=2)
+    assert await flat.compute(client=c) == [0, 0, 2]
+
+
+def test_auto_batch_size_rule():
+    assert batch_size("auto", 10_000, 2) == 625  # about 8 tasks per thread
+    assert batch_size("auto", 5, 16) == 1
+    assert batch_size(7, 100, 2) == 7
+
+
+def test_bad_batch_size_is_rejected_at_build_time():
+    with pytest.raises(TypeError, match=r"double.map\(\): batch_size=0"):
+        double.map([1], batch_size=0)
+    with pytest.raises(TypeError, match="batch_size='big'"):
+        double.map([1], batch_size="big")
+
+
+def test_batching_in_sync_mode_gives_the_same_list():
+    assert double.map(range(5), batch_size=2).compute(scheduler="sync") == [0, 2, 4, 6, 8]
