@@ -64,8 +64,12 @@ def header() -> None:
     print("cluster: LocalCluster(n_workers=2, threads_per_worker=1, processes=True)\n")
 
 
+#: the seed pattern's contenders: plain Dask, dynflow, dynflow with batch_size="auto"
+SYSTEMS = ("dask", "dynflow", "dynflow-auto")
+
+
 def seed_table(client, ns: list[int], repeat: int) -> None:
-    systems = ("dask", "dynflow")
+    systems = SYSTEMS
     best: dict[tuple[int, str], float] = {}
     runs: dict[tuple[int, str], list[float]] = {}
     for n in ns:
@@ -79,19 +83,19 @@ def seed_table(client, ns: list[int], repeat: int) -> None:
             best[n, system] = min(runs[n, system])
 
     print(f"Seed pattern, best of {repeat} runs")
-    print(f"{'N':>8}  {'system':<8} {'best s':>8} {'median s':>9} {'ms/item':>8} {'vs dask':>8}")
+    print(f"{'N':>8}  {'system':<12} {'best s':>8} {'median s':>9} {'ms/item':>8} {'vs dask':>8}")
     for n in ns:
-        for system in ("dynflow", "dask"):
+        for system in SYSTEMS:
             b = best[n, system]
             med = statistics.median(runs[n, system])
             ratio = b / best[n, "dask"]
-            print(f"{n:>8}  {system:<8} {b:>8.3f} {med:>9.3f} {b / n * 1e3:>8.3f} {ratio:>7.2f}x")
+            print(f"{n:>8}  {system:<12} {b:>8.3f} {med:>9.3f} {b / n * 1e3:>8.3f} {ratio:>7.2f}x")
     if len(ns) > 1:
         lo, hi = min(ns), max(ns)
         print(f"\nmarginal cost per item between N={lo} and N={hi} (slope of best times):")
-        for system in ("dynflow", "dask"):
+        for system in SYSTEMS:
             slope = (best[hi, system] - best[lo, system]) / (hi - lo)
-            print(f"  {system:<8} {slope * 1e3:.3f} ms/item")
+            print(f"  {system:<12} {slope * 1e3:.3f} ms/item")
     print()
 
 

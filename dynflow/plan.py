@@ -119,29 +119,81 @@ class Stage:
     policy: CallPolicy | None = None  # retries, timeout; items return Failure records
     batch: int | str | None = None  # items per scheduler task: None, an int or "auto"
 
+    def call(self, key: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any]) -> Task:
+        """The task spec of item ``i`` (``key``: its key, or None inside a batch)."""
+        return Task(
+            key,
+            run_call,
+            self.policy,
+            self.fn,
+            *(_resolve(a, prefix, i, refs) for a in self.args),
+            **{name: _resolve(v, prefix, i, refs) for name, v in self.kwargs.items()},
+        )
+
     def items(
         self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
     ) -> list[Task]:
         """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists."""
-        key, fn, args, kwargs, policy = self.key, self.fn, self.args, self.kwargs, self.policy
-
-        def call(k: Any, i: int) -> Task:
-            return Task(
-                k,
-                run_call,
-                policy,
-                fn,
-                *(_resolve(a, prefix, i, refs) for a in args),
-                **{name: _resolve(v, prefix, i, refs) for name, v in kwargs.items()},
-            )
-
         if self.batch is None:
-            return [call((key, *prefix, i), i) for i in range(n)]
+            return [self.call((self.key, *prefix, i), prefix, i, refs) for i in range(n)]
         size = batch_size(self.batch, n, nthreads)
         return [
-            Task((key, *prefix, b), collect_batch, *(call(None, i) for i in range(start, stop)))
+            self._batch((self.key, *prefix, b), prefix, start, stop, refs)
             for b, (start, stop) in enumerate(_ranges(n, size))
         ]
+
+    def _batch(
+        self, key: Any, prefix: Prefix, start: int, stop: int, refs: Callable[[Any, int], Any]
+    ) -> Task:
+        """One task for items ``start:stop``.
+
+        Its spec is small whatever its size: the items' own specs are made where it runs
+        (:func:`run_batch`); only its dependencies are listed here. Concrete mapped
+        tuples would be copied into every batch, so those batches list their items.
+        """
+        markers = list(_markers((self.args, self.kwargs)))
+        if any(type(m) is Const for m in markers) or not isinstance(refs, ItemRefs):
+            calls = (self.call(None, prefix, i, refs) for i in range(start, stop))
+            return Task(key, collect_batch, *calls)
+        deps = set(self.call(None, prefix, start, refs).dependencies)
+        for m in markers:
+            if type(m) is Stg:
+                deps.update((m.key, *prefix, i) for i in range(start, stop))
+        data = parse_input({d: Alias(d) for d in deps})
+        return Task(key, run_batch, self, prefix, start, stop, refs, data)
+
+
+def run_batch(
+    stage: Stage, prefix: Prefix, start: int, stop: int, refs: ItemRefs, data: dict
+) -> list:
+    """A batch, on the worker: each item's spec made and run in turn (results per item)."""
+    return [stage.call(None, prefix, i, refs)(data) for i in range(start, stop)]
+
+
+class ItemRefs(NamedTuple):
+    """How an item reads item ``i`` of a mapped value: ``value[i]``, or from the expander's
+    result when the expander had to turn the value into a list."""
+
+    expander: Any
+    from_expander: frozenset
+
+    def __call__(self, key: Any, i: int) -> Task:
+        if key in self.from_expander:
+            return Task(None, pick, TaskRef(self.expander), key, i)
+        return Task(None, operator.getitem, TaskRef(key), i)
+
+
+def _markers(obj: Any) -> Any:
+    """The item markers (``Src``, ``Stg``, ``Const``) anywhere in ``obj``."""
+    t = type(obj)
+    if t in (Src, Stg, Const):
+        yield obj
+    elif t in (list, tuple, set, frozenset):
+        for o in obj:
+            yield from _markers(o)
+    elif t is dict:
+        for o in obj.values():
+            yield from _markers(o)
 
 
 def batch_size(batch: int | str, n: int, nthreads: int) -> int:
@@ -417,15 +469,10 @@ class Expansion:
         items, and each collector's list is that failure. ``nthreads``: the cluster's
         worker threads, for ``batch_size="auto"``.
         """
-        from_expander = set(materialized)
         ekey = at(self.expander, prefix)
         if failed:
             return [], {at(c.key, prefix): c.task(prefix, 0, ekey) for c in self.collectors}
-
-        def refs(key: Any, i: int) -> Task:
-            if key in from_expander:
-                return Task(None, pick, TaskRef(ekey), key, i)
-            return Task(None, operator.getitem, TaskRef(key), i)
+        refs = ItemRefs(ekey, frozenset(materialized))
 
         stages: list[tuple[Mapping[str, Any], list[Task]]] = []
         for s_index, s in enumerate(self.stages):
@@ -448,9 +495,7 @@ class Expansion:
         data = {**data, **materialized}
         if isinstance(stage, SubflowStage):
             return stage.run_locally(data, n)
-
-        def refs(key: Any, i: int) -> Task:
-            return Task(None, operator.getitem, TaskRef(key), i)
+        refs = ItemRefs(None, frozenset())
 
         unbatched = dataclasses.replace(stage, batch=None)  # same list, in order
         return [task(data) for task in unbatched.items((), n, refs)]

@@ -74,15 +74,20 @@ def expected(n: int, factor: int = 2) -> int:
     return factor * n * (n - 1) // 2
 
 
-def seed_graph(n: int, factor: int = 2) -> df.Node:
+def seed_graph(n: int, factor: int = 2, batch_size: int | str | None = None) -> df.Node:
     """The dynflow seed pipeline's output node (fresh keys on every call)."""
     items = generate_list(n)
-    return reducer(process.map(items, factor=df.unmapped(factor)))
+    return reducer(process.map(items, factor=df.unmapped(factor), batch_size=batch_size))
 
 
 def seed_dynflow(client: Client, n: int, factor: int = 2) -> int:
     """generate_list -> process.map -> reducer, expanded inside the scheduler."""
     return seed_graph(n, factor).compute(client=client)
+
+
+def seed_dynflow_auto(client: Client, n: int, factor: int = 2) -> int:
+    """:func:`seed_dynflow` with ``batch_size="auto"`` (about 8 tasks per worker thread)."""
+    return seed_graph(n, factor, batch_size="auto").compute(client=client)
 
 
 def seed_plain(client: Client, n: int, factor: int = 2) -> int:
@@ -99,7 +104,7 @@ def seed_plain(client: Client, n: int, factor: int = 2) -> int:
 
 
 def run_seed(system: str, client: Client, n: int) -> int:
-    fn = {"dynflow": seed_dynflow, "dask": seed_plain}[system]
+    fn = {"dynflow": seed_dynflow, "dynflow-auto": seed_dynflow_auto, "dask": seed_plain}[system]
     out = fn(client, n)
     if out != expected(n):
         raise AssertionError(f"{system} seed pipeline, n={n}: got {out}, want {expected(n)}")

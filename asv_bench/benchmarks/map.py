@@ -96,6 +96,10 @@ class SeedSuite:
         """Wall time of the dynflow pipeline with n items, from building the graph to the result."""
         run_seed("dynflow", self.client, n)
 
+    def time_dynflow_batched_auto(self, n: int) -> None:
+        """Wall time of the dynflow pipeline with batch_size="auto" (8 tasks per thread)."""
+        run_seed("dynflow-auto", self.client, n)
+
     def time_plain_dask(self, n: int) -> None:
         """Wall time of the same pipeline in plain Dask, the list pulled to the client."""
         run_seed("dask", self.client, n)
