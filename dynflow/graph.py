@@ -44,6 +44,7 @@ from dynflow.plan import (
     Stage,
     Stg,
     SubflowStage,
+    call_after,
 )
 
 __all__ = ["lower", "topological"]
@@ -89,11 +90,6 @@ def _node_task(node: Node, records: bool) -> Task:
         args = [node.task.graph_fn, waits, *args]
         return Task(node.key, run_call, policy, call_after, *args, **kwargs)
     return Task(node.key, run_call, policy, node.task.graph_fn, *args, **kwargs)
-
-
-def call_after(fn: Any, _waited: list, /, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; ``_waited`` holds the ``wait_for`` results, used only for ordering."""
-    return fn(*args, **kwargs)
 
 
 def _annotations(node: Node) -> dict[str, Any]:
@@ -277,6 +273,7 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str], raw: Any = None) -> t
             _annotations(node),
             node.task.policy(records=True),
             node.batch_size,
+            node.max_concurrency,
         )
     return stage, sources, consts, needs
 

@@ -200,7 +200,7 @@ class MapNode(Node):
     scheduler once the mapped upstream values exist.
     """
 
-    __slots__ = ("_batch", "_ratio")
+    __slots__ = ("_batch", "_concurrency", "_ratio")
 
     _args: tuple[Slot, ...]
     _kwargs: dict[str, Slot]
@@ -209,6 +209,11 @@ class MapNode(Node):
     def min_success_ratio(self) -> float:
         """Fraction of items that must succeed for the list to be returned (default 1)."""
         return getattr(self, "_ratio", 1.0)
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """At most this many items of the map run at once, cluster-wide (None: no limit)."""
+        return getattr(self, "_concurrency", None)
 
     @property
     def batch_size(self) -> int | str | None:

@@ -118,14 +118,22 @@ class Stage:
     annotations: Mapping[str, Any]
     policy: CallPolicy | None = None  # retries, timeout; items return Failure records
     batch: int | str | None = None  # items per scheduler task: None, an int or "auto"
+    max_concurrency: int | None = None  # at most this many items running at once
 
-    def call(self, key: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any]) -> Task:
-        """The task spec of item ``i`` (``key``: its key, or None inside a batch)."""
+    def call(
+        self, key: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any], after: Any = None
+    ) -> Task:
+        """The task spec of item ``i`` (``key``: its key, or None inside a batch).
+
+        ``after``: a key this item must wait for without reading its value.
+        """
+        fn, extra = (self.fn, ()) if after is None else (call_after, (self.fn, TaskRef(after)))
         return Task(
             key,
             run_call,
             self.policy,
-            self.fn,
+            fn,
+            *extra,
             *(_resolve(a, prefix, i, refs) for a in self.args),
             **{name: _resolve(v, prefix, i, refs) for name, v in self.kwargs.items()},
         )
@@ -133,7 +141,21 @@ class Stage:
     def items(
         self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
     ) -> list[Task]:
-        """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists."""
+        """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists.
+
+        With ``max_concurrency=k`` the items run in ``k`` lanes: item ``i`` waits for a
+        tiny "done" task of item ``i - k``, so at most ``k`` run at once, cluster-wide,
+        and a waiting item is only a scheduler task (no worker thread is held).
+        """
+        if self.batch is None and self.max_concurrency:
+            k, lane = self.max_concurrency, f"{self.key}-lane"
+            out = []
+            for i in range(n):
+                after = (lane, *prefix, i - k) if i >= k else None
+                out.append(self.call((self.key, *prefix, i), prefix, i, refs, after))
+                if i + k < n:
+                    out.append(Task((lane, *prefix, i), done, TaskRef((self.key, *prefix, i))))
+            return out
         if self.batch is None:
             return [self.call((self.key, *prefix, i), prefix, i, refs) for i in range(n)]
         size = batch_size(self.batch, n, nthreads)
@@ -161,6 +183,16 @@ class Stage:
                 deps.update((m.key, *prefix, i) for i in range(start, stop))
         data = parse_input({d: Alias(d) for d in deps})
         return Task(key, run_batch, self, prefix, start, stop, refs, data)
+
+
+def done(_result: Any) -> None:
+    """A lane's token that an item finished (its result is not passed on)."""
+    return None
+
+
+def call_after(fn: Callable, _waited: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; ``_waited`` is a value waited for only to order the calls."""
+    return fn(*args, **kwargs)
 
 
 def run_batch(

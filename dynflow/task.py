@@ -225,6 +225,7 @@ class Task(Generic[P, R]):
         wait_for: Iterable[Node] | None = None,
         min_success_ratio: float = 1.0,
         batch_size: int | str | None = None,
+        max_concurrency: int | None = None,
         **kwargs: Any,
     ) -> MapNode:
         """Return a lazy :class:`~dynflow.MapNode`: ``fn`` called once per item.
@@ -243,6 +244,9 @@ class Task(Generic[P, R]):
         tasks per worker thread); results, failures and retries stay per item, and the
         list is the same as unbatched. A batched map's list is read whole by maps
         chained on it.
+
+        ``max_concurrency=k``: at most ``k`` items of this map run at once, cluster-wide
+        (items wait as scheduler tasks, holding no worker thread).
 
         Examples
         --------
@@ -267,7 +271,18 @@ class Task(Generic[P, R]):
                 f"{self.name}.map(): batch_size={batch_size!r}; expected None, an int >= 1 "
                 "or 'auto'"
             )
+        if max_concurrency is not None and not (_is_int(max_concurrency) and max_concurrency >= 1):
+            raise TypeError(
+                f"{self.name}.map(): max_concurrency={max_concurrency!r}; expected None or "
+                "an int >= 1"
+            )
+        if max_concurrency is not None and batch_size is not None:
+            raise TypeError(
+                f"{self.name}.map(): max_concurrency and batch_size together are not "
+                "supported yet; limit the batches with batch_size alone"
+            )
         node = MapNode(self, slots, kwslots, self._wait_for(self.name, wait_for))
+        object.__setattr__(node, "_concurrency", max_concurrency)
         object.__setattr__(node, "_ratio", float(min_success_ratio))
         object.__setattr__(node, "_batch", batch_size)
         return node

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from distributed.utils_test import async_poll_for, gen_cluster
 
@@ -107,3 +110,54 @@ def test_bad_batch_size_is_rejected_at_build_time():
 
 def test_batching_in_sync_mode_gives_the_same_list():
     assert double.map(range(5), batch_size=2).compute(scheduler="sync") == [0, 2, 4, 6, 8]
+
+
+# --------------------------------------------------------------- max_concurrency
+LOCK = threading.Lock()
+RUNNING = {"now": 0, "max": 0}
+BARRIER = threading.Barrier(4)
+
+
+@df.task
+def counted(x):
+    with LOCK:
+        RUNNING["now"] += 1
+        RUNNING["max"] = max(RUNNING["max"], RUNNING["now"])
+    time.sleep(0.02)  # stands for work, so that items overlap when they may
+    with LOCK:
+        RUNNING["now"] -= 1
+    return x
+
+
+@df.task
+def together(x):
+    BARRIER.wait(timeout=20)  # passes only when four items run at the same time
+    return x
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 4)])
+async def test_max_concurrency_is_never_exceeded(c, s, a):
+    # without a limit this cluster runs four items at once
+    BARRIER.reset()
+    assert await together.map(generate_list(4)).compute(client=c) == [0, 1, 2, 3]
+    RUNNING.update(now=0, max=0)
+    m = counted.map(generate_list(24), max_concurrency=2)
+    assert await total(m).compute(client=c) == sum(range(24))
+    assert 1 <= RUNNING["max"] <= 2
+    await async_poll_for(lambda: not s.tasks, timeout=5)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_max_concurrency_with_failures_and_chains(c, s, a):
+    m = double.map(generate_list(7), df.unmapped((2,)), max_concurrency=3)
+    with pytest.raises(df.MapItemError, match="1 of 7 items failed, at index 2"):
+        await m.compute(client=c)
+    chained = double.map(double.map(generate_list(5), max_concurrency=1))
+    assert await chained.compute(client=c) == [4 * i for i in range(5)]
+
+
+def test_bad_max_concurrency_is_rejected():
+    with pytest.raises(TypeError, match="max_concurrency=0"):
+        double.map([1], max_concurrency=0)
+    with pytest.raises(TypeError, match="not supported yet"):
+        double.map([1], max_concurrency=2, batch_size=2)
