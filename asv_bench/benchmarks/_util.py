@@ -103,6 +103,30 @@ def seed_plain(client: Client, n: int, factor: int = 2) -> int:
     return total.result()
 
 
+@df.task
+def children(item: int, m: int) -> list[int]:
+    """``m`` children of a parent item (the nested benchmarks' middle level)."""
+    return [item * m + j for j in range(m)]
+
+
+def chained(client: Client, n: int) -> int:
+    """generate_list -> process.map -> process.map -> reducer: pipelined per item."""
+    first = process.map(generate_list(n), factor=df.unmapped(1))
+    out = reducer(process.map(first, factor=df.unmapped(2))).compute(client=client)
+    if out != expected(n):
+        raise AssertionError(f"chained maps, n={n}: got {out}, want {expected(n)}")
+    return out
+
+
+def nested(client: Client, parents: int, m: int) -> int:
+    """parents -> children.map (m each) -> process.map(flatten(...)) -> reducer."""
+    kids = children.map(generate_list(parents), m=df.unmapped(m))
+    out = reducer(process.map(df.flatten(kids), factor=df.unmapped(2))).compute(client=client)
+    if out != expected(parents * m):
+        raise AssertionError(f"nested maps, {parents}x{m}: got {out}")
+    return out
+
+
 def run_seed(system: str, client: Client, n: int) -> int:
     fn = {"dynflow": seed_dynflow, "dynflow-auto": seed_dynflow_auto, "dask": seed_plain}[system]
     out = fn(client, n)

@@ -10,8 +10,10 @@ anything is timed. The per-item function is trivial: what is measured is overhea
 from __future__ import annotations
 
 from ._util import (
+    chained,
     install_probe,
     measure_expansion,
+    nested,
     run_seed,
     start_cluster,
     stop_cluster,
@@ -111,3 +113,78 @@ class SeedSuite:
     def peakmem_plain_dask(self, n: int) -> None:
         """Peak RSS of this process (client and scheduler) over a plain Dask run with n items."""
         run_seed("dask", self.client, n)
+
+
+class BatchedSeedSuite:
+    """The seed pattern with ``batch_size="auto"`` up to a million items.
+
+    ``peakmem_*`` is the peak RSS of this process, which runs the client and the
+    scheduler (the workers are other processes): it stays flat as N grows because
+    neither holds anything per item.
+    """
+
+    params = [1_000, 10_000, 100_000, 1_000_000]
+    param_names = ["n"]
+    timeout = 600
+    number = 1
+    repeat = (1, 3, 120.0)
+    warmup_time = 0.0
+
+    def setup(self, n: int) -> None:
+        self.cluster, self.client = start_cluster(processes=True)
+        warm_up(self.client)
+
+    def teardown(self, n: int) -> None:
+        stop_cluster(self.cluster, self.client)
+
+    def time_dynflow_auto(self, n: int) -> None:
+        """Wall time of the batched pipeline with n items, graph building to result."""
+        run_seed("dynflow-auto", self.client, n)
+
+    def peakmem_dynflow_auto(self, n: int) -> None:
+        """Peak RSS of the client-and-scheduler process over a batched run with n items."""
+        run_seed("dynflow-auto", self.client, n)
+
+
+class ChainedSuite:
+    """Two chained maps ``g.map(f.map(items))``, expanded together and run item by item."""
+
+    params = [1_000, 10_000]
+    param_names = ["n"]
+    timeout = 600
+    number = 1
+    repeat = (1, 3, 120.0)
+    warmup_time = 0.0
+
+    def setup(self, n: int) -> None:
+        self.cluster, self.client = start_cluster(processes=True)
+        warm_up(self.client)
+
+    def teardown(self, n: int) -> None:
+        stop_cluster(self.cluster, self.client)
+
+    def time_chained(self, n: int) -> None:
+        """Wall time of generate_list -> f.map -> g.map -> reducer with n items."""
+        chained(self.client, n)
+
+
+class NestedSuite:
+    """A map over ``flatten`` of a map: the children expand per parent, on the cluster."""
+
+    params = [(10, 100), (100, 100)]
+    param_names = ["parents_children"]
+    timeout = 600
+    number = 1
+    repeat = (1, 3, 120.0)
+    warmup_time = 0.0
+
+    def setup(self, shape: tuple[int, int]) -> None:
+        self.cluster, self.client = start_cluster(processes=True)
+        warm_up(self.client)
+
+    def teardown(self, shape: tuple[int, int]) -> None:
+        stop_cluster(self.cluster, self.client)
+
+    def time_nested(self, shape: tuple[int, int]) -> None:
+        """Wall time of parents -> children.map -> process.map(flatten(...)) -> reducer."""
+        nested(self.client, *shape)
