@@ -1,8 +1,9 @@
-"""dynflow against plain Dask on the seed pattern, and dynflow's expansion latency.
+"""dynflow against plain Dask and peer systems on the seed pattern, and dynflow's expansion latency.
 
-    python asv_bench/compare.py                       # N = 1000 10000, 3 runs each
+    python asv_bench/compare.py                       # N = 1000 10000 (peers: 1000), 3 runs each
     python asv_bench/compare.py --n 1000 10000 --repeat 5 --expansion-n 1000 100000
     python asv_bench/compare.py --profile             # + cProfile of the largest splice
+    python asv_bench/compare.py --systems dask dynflow ray --n 10000 --expansion-n
 
 One LocalCluster (2 worker processes x 1 thread, the scheduler in this process) serves
 every measurement. The seed pattern is generate_list -> process.map -> reducer with a
@@ -12,11 +13,21 @@ dynflow and plain Dask runs alternate, the scheduler is idle before each, and th
 of ``--repeat`` runs is reported. The expansion latency (generator in memory -> every
 per-item task waiting in the scheduler) is measured on the scheduler exactly as the asv
 ``ExpansionSuite`` does it, by ``benchmarks/_util.py``.
+
+The peer systems (``peers.py``): Ray (``ray.init(num_cpus=2)``), Prefect 3 with its
+ThreadPoolTaskRunner (capped: ``--prefect-threads``) and Prefect 3 with prefect-dask's
+DaskTaskRunner on a LocalCluster of the same shape, both Prefect flavours talking to one
+``prefect server`` started for the purpose. They run after the Dask cluster above is
+closed, one system after the other, at ``--peer-n`` items (default: ``--n`` if given,
+else 1000; Prefect costs tens of ms per item). A peer whose package is not installed is
+skipped with a ``skipped: <reason>`` line. For every system the table gives the client
+(driver) process's peak RSS during its runs, sampled by a psutil thread every 5 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -27,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import peers  # noqa: E402
 from benchmarks import _util as u  # noqa: E402
 
 
@@ -61,41 +73,204 @@ def header() -> None:
         f"distributed {distributed.__version__}, python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs, load average {load}"
     )
+    from importlib import metadata
+
+    versions = []
+    for dist in ("ray", "prefect", "prefect-dask"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} not installed")
+    print(f"peers: {', '.join(versions)}")
     print("cluster: LocalCluster(n_workers=2, threads_per_worker=1, processes=True)\n")
 
 
 #: the seed pattern's contenders: plain Dask, dynflow, dynflow with batch_size="auto"
 SYSTEMS = ("dask", "dynflow", "dynflow-auto")
+#: the peer systems, in the order they run (peers.py)
+PEERS = ("ray", "prefect-threads", "prefect-dask")
+
+MB = 2**20
 
 
-def seed_table(client, ns: list[int], repeat: int) -> None:
-    systems = SYSTEMS
-    best: dict[tuple[int, str], float] = {}
-    runs: dict[tuple[int, str], list[float]] = {}
+class Results:
+    """Wall times and driver peak RSS per (N, system)."""
+
+    def __init__(self, sampler: peers.RssSampler) -> None:
+        self.sampler = sampler
+        self.runs: dict[tuple[int, str], list[float]] = {}
+        self.base: dict[tuple[int, str], int] = {}  # driver RSS before the first run
+        self.notes: dict[str, str] = {}
+
+    def measure(self, n: int, system: str, run) -> float:
+        key = (n, system)
+        self.base.setdefault(key, self.sampler.rss())
+        with self.sampler.measuring(key):
+            t0 = time.perf_counter()
+            out = run(n)
+            dt = time.perf_counter() - t0
+        if out != u.expected(n):
+            raise AssertionError(f"{system}, n={n}: got {out}, want {u.expected(n)}")
+        self.runs.setdefault(key, []).append(dt)
+        return dt
+
+    def best(self, n: int, system: str) -> float | None:
+        r = self.runs.get((n, system))
+        return min(r) if r else None
+
+    def ratio(self, n: int, system: str, ref: str) -> str:
+        r = self.best(n, ref)
+        return f"{self.best(n, system) / r:.2f}x" if r else "-"
+
+    def print_table(self, repeat: int) -> None:
+        keys = sorted(self.runs, key=lambda k: (k[0], (SYSTEMS + PEERS).index(k[1])))
+        if not keys:
+            return
+        print(f"Seed pattern (generate_list -> per-item process -> reduce), best of {repeat} runs")
+        print(
+            f"{'N':>7}  {'system':<16}{'best s':>9}{'median s':>10}{'ms/item':>9}"
+            f"{'vs dynflow':>11}{'vs dask':>8}{'peak RSS MB':>12}{'+MB':>6}"
+        )
+        for n, system in keys:
+            b = self.best(n, system)
+            med = statistics.median(self.runs[n, system])
+            peak = self.sampler.peak.get((n, system), 0)
+            print(
+                f"{n:>7}  {system:<16}{b:>9.3f}{med:>10.3f}{b / n * 1e3:>9.3f}"
+                f"{self.ratio(n, system, 'dynflow'):>11}{self.ratio(n, system, 'dask'):>8}"
+                f"{peak / MB:>12.0f}"
+                f"{(peak - self.base[n, system]) / MB:>6.0f}"
+            )
+        print(
+            "ms/item: best wall time / N (the per-item work is trivial: this is the "
+            "per-item overhead).\npeak RSS: the client (driver) process only, sampled with "
+            "psutil every 5 ms during that system's runs; +MB: over its RSS before the "
+            "first of them. dask/dynflow's driver also hosts the LocalCluster's scheduler; "
+            "Ray's GCS/raylet/workers, Prefect's server and all Dask workers are other "
+            "processes and not counted."
+        )
+        for system, note in self.notes.items():
+            print(f"  {system}: {note}")
+        ns_by_system: dict[str, list[int]] = {}
+        for n, system in keys:
+            ns_by_system.setdefault(system, []).append(n)
+        slopes = {s: ns for s, ns in ns_by_system.items() if len(ns) > 1}
+        if slopes:
+            print("\nmarginal cost per item (slope of the best times, smallest to largest N):")
+            for system, ns in slopes.items():
+                lo, hi = min(ns), max(ns)
+                slope = (self.best(hi, system) - self.best(lo, system)) / (hi - lo)
+                print(f"  {system:<16} N={lo}..{hi}: {slope * 1e3:.3f} ms/item")
+        print()
+
+
+def seed_table(client, ns: list[int], repeat: int, systems: list[str], res: Results) -> None:
+    """dask / dynflow / dynflow-auto on the shared cluster, runs alternating."""
     for n in ns:
         for _ in range(repeat):
-            for system in systems:  # alternate, so that drift hits both alike
+            for system in systems:  # alternate, so that drift hits all alike
                 u.wait_idle(client)
-                t0 = time.perf_counter()
-                u.run_seed(system, client, n)
-                runs.setdefault((n, system), []).append(time.perf_counter() - t0)
-        for system in systems:
-            best[n, system] = min(runs[n, system])
+                res.measure(n, system, lambda n, s=system: u.run_seed(s, client, n))
 
-    print(f"Seed pattern, best of {repeat} runs")
-    print(f"{'N':>8}  {'system':<12} {'best s':>8} {'median s':>9} {'ms/item':>8} {'vs dask':>8}")
-    for n in ns:
-        for system in SYSTEMS:
-            b = best[n, system]
-            med = statistics.median(runs[n, system])
-            ratio = b / best[n, "dask"]
-            print(f"{n:>8}  {system:<12} {b:>8.3f} {med:>9.3f} {b / n * 1e3:>8.3f} {ratio:>7.2f}x")
-    if len(ns) > 1:
-        lo, hi = min(ns), max(ns)
-        print(f"\nmarginal cost per item between N={lo} and N={hi} (slope of best times):")
-        for system in SYSTEMS:
-            slope = (best[hi, system] - best[lo, system]) / (hi - lo)
-            print(f"  {system:<12} {slope * 1e3:.3f} ms/item")
+
+def start_prefect_server(stack: contextlib.ExitStack) -> peers.PrefectServer | None:
+    """One prefect server for both Prefect flavours, stopped when ``stack`` closes."""
+    t0 = time.perf_counter()
+    try:
+        server = stack.enter_context(peers.prefect_server())
+    except Exception as e:  # noqa: BLE001 - report it, go on with the others
+        print(f"prefect server: failed to start: {type(e).__name__}: {str(e)[:1000]}")
+        return None
+    print(
+        f"prefect server: {server.env['PREFECT_API_URL']} up in "
+        f"{time.perf_counter() - t0:.1f} s (its own PREFECT_HOME, telemetry off, "
+        "logging at WARNING)"
+    )
+    return server
+
+
+def peer_table(systems: list[str], ns: list[int], repeat: int, res: Results, threads: int) -> None:
+    """The peers, one after the other, each set up and torn down around its runs."""
+    rss = res.sampler.rss
+    wanted = [s for s in PEERS if s in systems]
+    runnable = []
+    for system in wanted:
+        lacking = peers.missing(system)
+        if lacking:
+            print(
+                f"{system}: skipped: {', '.join(lacking)} not installed ({peers.INSTALL[system]})"
+            )
+        else:
+            runnable.append(system)
+    if not runnable:
+        return
+    with contextlib.ExitStack() as stack:
+        server: peers.PrefectServer | None = None
+        server_tried = False
+        for system in runnable:
+            prefect = system.startswith("prefect")
+            if prefect and not server_tried:
+                # started only now, so that its background services do not run beside Ray
+                server, server_tried = start_prefect_server(stack), True
+            if prefect and server is None:
+                print(f"{system}: skipped: no prefect server")
+                continue
+            before = rss()
+            try:
+                if system == "ray":
+                    session = peers.ray_seed(num_cpus=2)
+                    res.notes[system] = "ray.init(num_cpus=2), dashboard off"
+                elif system == "prefect-threads":
+                    session = peers.prefect_threads(max_workers=threads)
+                    res.notes[system] = (
+                        f"ThreadPoolTaskRunner(max_workers={threads}) (Prefect's default is "
+                        "unbounded: one thread per task), tasks run in the driver"
+                    )
+                else:
+                    session = peers.prefect_dask(server.env)
+                    res.notes[system] = (
+                        "DaskTaskRunner(address=) on LocalCluster(2 workers x 1 thread, "
+                        "processes); workers share the one prefect server"
+                    )
+                t0 = time.perf_counter()
+                with session as run:
+                    run(10)  # warm-up: imports, worker processes, the server's first rows
+                    print(
+                        f"{system}: set up and warmed up in {time.perf_counter() - t0:.1f} s; "
+                        f"driver RSS {before / MB:.0f} MB before, {rss() / MB:.0f} MB after"
+                    )
+                    server_cpu: list[tuple[float, float, float]] = []
+                    for n in ns:
+                        for i in range(repeat):
+                            if server is None or not prefect:
+                                dt = res.measure(n, system, run)
+                                print(f"  {system} N={n} run {i + 1}/{repeat}: {dt:.3f} s")
+                                continue
+                            server.wait_quiet()  # the server idle before each run
+                            c0 = server.cpu()
+                            dt = res.measure(n, system, run)
+                            c1 = server.cpu()
+                            drain = server.wait_quiet()
+                            c2 = server.cpu()
+                            server_cpu.append((c1 - c0, c2 - c1, drain))
+                            print(
+                                f"  {system} N={n} run {i + 1}/{repeat}: {dt:.3f} s; prefect "
+                                f"server CPU {c1 - c0:.1f} s during the run, then busy "
+                                f"{drain:.1f} s more ({c2 - c1:.1f} s CPU) after the flow "
+                                "returned",
+                                flush=True,
+                            )
+                    if server_cpu:
+                        during, after, drain = (
+                            statistics.median(x[i] for x in server_cpu) for i in range(3)
+                        )
+                        res.notes[system] += (
+                            f"; prefect server (idle before each run): median {during:.1f} s "
+                            f"CPU during a run, {after:.1f} s more in the {drain:.1f} s after "
+                            "the flow returned (not in the wall time)"
+                        )
+            except Exception as e:  # noqa: BLE001 - report it, go on with the others
+                print(f"{system}: failed: {type(e).__name__}: {str(e)[:500]}")
     print()
 
 
@@ -143,8 +318,30 @@ def main(argv: list[str] | None = None) -> None:
         "--n",
         type=int,
         nargs="+",
-        default=[1000, 10000],
+        default=None,
         help="item counts for the seed pattern (default: 1000 10000)",
+    )
+    parser.add_argument(
+        "--peer-n",
+        type=int,
+        nargs="+",
+        default=None,
+        help="item counts for the peer systems (default: --n if given, else 1000)",
+    )
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        choices=SYSTEMS + PEERS,
+        default=list(SYSTEMS + PEERS),
+        metavar="SYSTEM",
+        help=f"systems to run (default: all of {' '.join(SYSTEMS + PEERS)})",
+    )
+    parser.add_argument(
+        "--prefect-threads",
+        type=int,
+        default=peers.PREFECT_THREADS,
+        help="max_workers of Prefect's ThreadPoolTaskRunner "
+        f"(default {peers.PREFECT_THREADS}; Prefect's own default is unbounded)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement")
     parser.add_argument(
@@ -160,17 +357,25 @@ def main(argv: list[str] | None = None) -> None:
         help="also print a cProfile of the splice at the largest --expansion-n",
     )
     args = parser.parse_args(argv)
+    ns = sorted(args.n) if args.n else [1000, 10000]
+    peer_ns = sorted(args.peer_n or args.n or [1000])
+    core = [s for s in SYSTEMS if s in args.systems]
 
     header()
-    cluster, client = u.start_cluster(processes=True)
-    try:
-        u.warm_up(client)
-        if args.n:
-            seed_table(client, sorted(args.n), args.repeat)
-        if args.expansion_n:
-            expansion_table(client, sorted(args.expansion_n), args.repeat, args.profile)
-    finally:
-        u.stop_cluster(cluster, client)
+    with peers.RssSampler() as sampler:
+        res = Results(sampler)
+        if core or args.expansion_n:
+            cluster, client = u.start_cluster(processes=True)
+            try:
+                u.warm_up(client)
+                if core:
+                    seed_table(client, ns, args.repeat, core, res)
+                if args.expansion_n:
+                    expansion_table(client, sorted(args.expansion_n), args.repeat, args.profile)
+            finally:
+                u.stop_cluster(cluster, client)
+        peer_table(args.systems, peer_ns, args.repeat, res, args.prefect_threads)
+        res.print_table(args.repeat)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average at the end: {load}")
 
