@@ -21,6 +21,22 @@ from ._util import (
 )
 
 
+class _WallTimeSuite:
+    """Shared shape of the wall-time suites: one run per sample, a fresh cluster per param."""
+
+    timeout = 600
+    number = 1
+    repeat = (1, 3, 120.0)
+    warmup_time = 0.0
+
+    def setup(self, *params: object) -> None:
+        self.cluster, self.client = start_cluster(processes=True)
+        warm_up(self.client)
+
+    def teardown(self, *params: object) -> None:
+        stop_cluster(self.cluster, self.client)
+
+
 class ExpansionSuite:
     """From the generator finishing until every per-item task is known to the scheduler.
 
@@ -71,7 +87,7 @@ class ExpansionSuite:
     track_splice_per_item_us.unit = "us"
 
 
-class SeedSuite:
+class SeedSuite(_WallTimeSuite):
     """The seed pattern end to end: generate_list -> process.map -> reducer.
 
     ``time_dynflow`` expands the map inside the scheduler; ``time_plain_dask`` does the
@@ -82,17 +98,6 @@ class SeedSuite:
 
     params = [1_000, 10_000]
     param_names = ["n"]
-    timeout = 600
-    number = 1
-    repeat = (1, 3, 120.0)
-    warmup_time = 0.0
-
-    def setup(self, n: int) -> None:
-        self.cluster, self.client = start_cluster(processes=True)
-        warm_up(self.client)
-
-    def teardown(self, n: int) -> None:
-        stop_cluster(self.cluster, self.client)
 
     def time_dynflow(self, n: int) -> None:
         """Wall time of the dynflow pipeline with n items, from building the graph to the result."""
@@ -115,7 +120,7 @@ class SeedSuite:
         run_seed("dask", self.client, n)
 
 
-class BatchedSeedSuite:
+class BatchedSeedSuite(_WallTimeSuite):
     """The seed pattern with ``batch_size="auto"`` up to a million items.
 
     ``peakmem_*`` is the peak RSS of this process, which runs the client and the
@@ -125,17 +130,6 @@ class BatchedSeedSuite:
 
     params = [1_000, 10_000, 100_000, 1_000_000]
     param_names = ["n"]
-    timeout = 600
-    number = 1
-    repeat = (1, 3, 120.0)
-    warmup_time = 0.0
-
-    def setup(self, n: int) -> None:
-        self.cluster, self.client = start_cluster(processes=True)
-        warm_up(self.client)
-
-    def teardown(self, n: int) -> None:
-        stop_cluster(self.cluster, self.client)
 
     def time_dynflow_auto(self, n: int) -> None:
         """Wall time of the batched pipeline with n items, graph building to result."""
@@ -146,45 +140,23 @@ class BatchedSeedSuite:
         run_seed("dynflow-auto", self.client, n)
 
 
-class ChainedSuite:
+class ChainedSuite(_WallTimeSuite):
     """Two chained maps ``g.map(f.map(items))``, expanded together and run item by item."""
 
     params = [1_000, 10_000]
     param_names = ["n"]
-    timeout = 600
-    number = 1
-    repeat = (1, 3, 120.0)
-    warmup_time = 0.0
-
-    def setup(self, n: int) -> None:
-        self.cluster, self.client = start_cluster(processes=True)
-        warm_up(self.client)
-
-    def teardown(self, n: int) -> None:
-        stop_cluster(self.cluster, self.client)
 
     def time_chained(self, n: int) -> None:
         """Wall time of generate_list -> f.map -> g.map -> reducer with n items."""
         chained(self.client, n)
 
 
-class NestedSuite:
+class NestedSuite(_WallTimeSuite):
     """A map over ``flatten`` of a map: the children expand per parent, on the cluster."""
 
-    params = [(10, 100), (100, 100)]
-    param_names = ["parents_children"]
-    timeout = 600
-    number = 1
-    repeat = (1, 3, 120.0)
-    warmup_time = 0.0
+    params = [[10, 100], [100]]
+    param_names = ["parents", "children"]
 
-    def setup(self, shape: tuple[int, int]) -> None:
-        self.cluster, self.client = start_cluster(processes=True)
-        warm_up(self.client)
-
-    def teardown(self, shape: tuple[int, int]) -> None:
-        stop_cluster(self.cluster, self.client)
-
-    def time_nested(self, shape: tuple[int, int]) -> None:
+    def time_nested(self, parents: int, children: int) -> None:
         """Wall time of parents -> children.map -> process.map(flatten(...)) -> reducer."""
-        nested(self.client, *shape)
+        nested(self.client, parents, children)
