@@ -185,7 +185,7 @@ def test_bad_retry_options_are_rejected():
     assert flaky.with_options(retry_delay="2s").options["retry_delay"] == 2.0
 
 
-@df.task(retries=1, retry_delay=0.5)
+@df.task(retries=1, retry_delay=0.5, priority=10)  # runs before `quick`
 def slow_retry(tag):
     EVENTS.append(("start", tag))
     if EVENTS.count(("start", tag)) == 1:
@@ -205,8 +205,9 @@ async def test_a_retry_delay_does_not_hold_the_worker_slot(c, s, a):
     # one thread: `quick` can only run while slow_retry waits if the wait frees the slot
     outs = await df.compute(slow_retry("r"), quick("q"), client=c)
     assert outs == ("r", "q")
-    assert EVENTS.index(("quick", "q")) < len(EVENTS) - 1
-    assert EVENTS[-1] == ("start", "r")
+    # first attempt, then `quick` during the delay, then the retry; a held slot would
+    # have made `quick` wait until after the retry
+    assert EVENTS == [("start", "r"), ("quick", "q"), ("start", "r")]
 
 
 @df.task(timeout=0.2)
