@@ -101,7 +101,7 @@ class SpliceExtension(SchedulerPlugin):
         ets = s.tasks.get(expander)
         if ets is None or ets.state != "processing" or ets.run_id != run_id:
             return {"status": "stale"}
-        collectors = [s.tasks[k] for k in (d.key for d in ets.dependents) if k in s.tasks]
+        collectors = list(ets.dependents)  # the collectors (placeholders) of this expansion
         if not any(c.state == "waiting" for c in collectors):
             return {"status": "unwanted"}
 

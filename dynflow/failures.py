@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import pickle
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,9 +176,7 @@ def _wait(seconds: float) -> None:
     from distributed import rejoin, secede
     from distributed.worker import thread_state
 
-    if getattr(thread_state, "key", None) is None or threading.current_thread().name.startswith(
-        "dynflow-timeout"
-    ):
+    if getattr(thread_state, "key", None) is None:  # not on a worker (local schedulers)
         time.sleep(seconds)
         return
     secede()

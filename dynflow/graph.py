@@ -49,12 +49,6 @@ from dynflow.plan import (
 
 __all__ = ["lower", "topological"]
 
-
-def _local_source(node: Node) -> Any:
-    """Local schedulers read a mapped map node's raw results, so failures pass on."""
-    return _raw_key(node) if isinstance(node, MapNode) else node.key
-
-
 EXPANDER_PREFIX = "dynflow-expand"
 
 
@@ -302,6 +296,11 @@ def _whole(order: list[Node], outputs: Sequence[Node], how: dict) -> set[str]:
 def _raw_key(node: Node) -> str:
     """Local schedulers: the key of a map's raw results (failure records included)."""
     return f"{node.key}-raw"
+
+
+def _local_source(node: Node) -> Any:
+    """Local schedulers read a mapped map node's raw results, so failures pass on."""
+    return _raw_key(node) if isinstance(node, MapNode) else node.key
 
 
 def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> HighLevelGraph:

@@ -354,7 +354,7 @@ def replace_nodes(obj: Any, fn: Callable[[Node], Any]) -> Any:
         return fn(obj)
     if isinstance(obj, unmapped):
         return unmapped(replace_nodes(obj.value, fn))
-    if type(obj) in _CONTAINERS or isinstance(obj, _CONTAINERS):
+    if isinstance(obj, _CONTAINERS):
         if isinstance(obj, dict):
             return type(obj)((k, replace_nodes(v, fn)) for k, v in obj.items())
         if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple

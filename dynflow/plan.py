@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dask._task_spec import Alias, Task, TaskRef, parse_input
+from dask.utils import key_split
 
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.failures import CallPolicy, Failure, gather, gather_concat, run_call
@@ -330,8 +331,6 @@ def _no_stage(key: Any, i: int) -> Any:  # pragma: no cover - local maps have no
 
 def key_node(key: Any) -> Any:
     """A node standing for existing key ``key`` (inside a sub-flow built per item)."""
-    from dask.utils import key_split
-
     from dynflow.node import KeyNode
     from dynflow.task import Task as DynflowTask
 
@@ -547,6 +546,4 @@ def _iterable(value: Any) -> bool:
 
 
 def _describe(key: Any) -> str:
-    from dask.utils import key_split
-
     return f"task {key_split(key)!r}"
