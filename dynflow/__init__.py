@@ -22,6 +22,9 @@ from dynflow.exceptions import (
 )
 from dynflow.flow import Flow, flow
 from dynflow.node import FlattenNode, MapNode, Node, allow_failure, unmapped
+from dynflow.progress import progress
+from dynflow.render import visualize
+from dynflow.run import Run, RunFuture
 from dynflow.runner import cancel, compute, get_client, submit, submit_async
 from dynflow.task import Task, flatten, task
 
@@ -36,6 +39,8 @@ __all__ = [
     "MapLengthError",
     "MapNode",
     "Node",
+    "Run",
+    "RunFuture",
     "SchedulerLostError",
     "SerializationError",
     "Task",
@@ -47,10 +52,12 @@ __all__ = [
     "flatten",
     "flow",
     "get_client",
+    "progress",
     "submit",
     "submit_async",
     "task",
     "unmapped",
+    "visualize",
 ]
 
 __version__ = "0.1.0"

@@ -156,13 +156,19 @@ class SpliceExtension(SchedulerPlugin):
         spans = s.extensions.get("spans")
         if spans is not None and new:
             spans.observe_tasks(new, code=(), span_metadata={"collections": []})
-        self._tell_plugins(new, stimulus_id)
+        lengths = expansion.lengths(0 if failed else n, prefix, s.total_nthreads)
+        self._tell_plugins(new, stimulus_id, lengths)
         s.transitions(recommendations, stimulus_id)
         self.splices += 1
         self.tasks_added += len(new)
         return {"status": "OK", "added": len(new)}
 
-    def _tell_plugins(self, new: list[TaskState], stimulus_id: str) -> None:
+    def _tell_plugins(self, new: list[TaskState], stimulus_id: str, lengths: dict) -> None:
+        """``update_graph`` for the other plugins, as if a client had sent the items.
+
+        ``dynflow_stages`` (``{map key: (prefix, n, batch size)}``) tells dynflow's run
+        tracker the maps' lengths.
+        """
         s = self.scheduler
         assert s is not None
         keys = [ts.key for ts in new]
@@ -182,6 +188,7 @@ class SpliceExtension(SchedulerPlugin):
                     annotations=annotations,
                     priority={ts.key: ts.priority for ts in new},
                     stimulus_id=stimulus_id,
+                    dynflow_stages=lengths,
                 )
             except Exception:  # as update_graph does: a plugin must not break the splice
                 logger.exception("plugin %r failed in update_graph after a splice", plugin)

@@ -21,6 +21,7 @@ original exception with its remote traceback.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -74,6 +75,8 @@ class MapItemError(DynflowError, RuntimeError):
         Number of items.
     results : list
         Every item's result, with the exception object in place of each failed item.
+    labels : dict[int, str]
+        The failed items' labels (the task's ``task_run_name``), where it has one.
     """
 
     def __init__(
@@ -83,13 +86,17 @@ class MapItemError(DynflowError, RuntimeError):
         total: int,
         origin: str,
         first: BaseException,
+        labels: Mapping[int, str] | None = None,
     ) -> None:
         self.task_name = task_name
         self.failed = list(failed)
         self.total = total
         self.origin = origin
+        self.labels = dict(labels or {})
         self.results: list = []
-        shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+        shown = ", ".join(
+            f"{i} ({self.labels[i]})" if i in self.labels else str(i) for i in failed[:20]
+        ) + (", ..." if len(failed) > 20 else "")
         where = "" if origin == task_name else f" (failed in task {origin!r})"
         message = str(first)
         if len(message) > 1000:
@@ -98,7 +105,7 @@ class MapItemError(DynflowError, RuntimeError):
             f"{task_name}.map(): {len(failed)} of {total} items failed, at index "
             f"{shown}{where}; first error: {type(first).__name__}: {message}"
         )
-        self._args = (task_name, failed, total, origin, first)
+        self._args = (task_name, failed, total, origin, first, self.labels)
 
     def __reduce__(self) -> tuple:
         return (_rebuild_map_item_error, (self._args, self.results, self.__cause__))

@@ -21,6 +21,7 @@ pool (distributed's ``secede``/``rejoin``), so other tasks run meanwhile.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import pickle
 import random
 import time
@@ -31,6 +32,7 @@ from typing import Any
 from distributed.protocol.pickle import dumps
 from tblib import Traceback
 
+from dynflow import items
 from dynflow.exceptions import (
     MapItemError,
     SerializationError,
@@ -38,17 +40,26 @@ from dynflow.exceptions import (
     TaskTimeoutError,
 )
 
-__all__ = ["CallPolicy", "Failure", "gather", "gather_concat", "gather_list", "run_call"]
+__all__ = [
+    "CallPolicy",
+    "Failure",
+    "call_after",
+    "gather",
+    "gather_concat",
+    "gather_list",
+    "run_call",
+]
 
 
 class Failure:
     """A failed call's exception, with its remote traceback, as a picklable value."""
 
-    __slots__ = ("exception", "task_name")
+    __slots__ = ("exception", "label", "task_name")
 
-    def __init__(self, exception: BaseException, task_name: str) -> None:
+    def __init__(self, exception: BaseException, task_name: str, label: str | None = None) -> None:
         self.exception = exception
         self.task_name = task_name
+        self.label = label  # the item's task_run_name, if the task has one
 
     def __reduce__(self) -> tuple:
         exc = self.exception
@@ -60,16 +71,18 @@ class Failure:
                 f"{type(self.exception).__name__}: {self.exception} (the original "
                 f"exception could not be pickled: {e})"
             )
-        return _rebuild_failure, (exc, tb, self.task_name)
+        return _rebuild_failure, (exc, tb, self.task_name, self.label)
 
     def __repr__(self) -> str:
         return f"<Failure in {self.task_name!r}: {self.exception!r}>"
 
 
-def _rebuild_failure(exc: BaseException, tb: dict | None, task_name: str) -> Failure:
+def _rebuild_failure(
+    exc: BaseException, tb: dict | None, task_name: str, label: str | None = None
+) -> Failure:
     if tb is not None:
         exc = exc.with_traceback(Traceback.from_dict(tb).as_traceback())
-    return Failure(exc, task_name)
+    return Failure(exc, task_name, label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,9 @@ class CallPolicy:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     timeout: float | None = None
     records: bool = False  # True: return a Failure instead of raising
+    run_name: str | Callable[..., str] | None = None  # items' label template
+    log_prints: bool = False  # forward prints and log records to the client
+    params: tuple[str, ...] = ()  # the function's positional parameter names (labels)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
@@ -93,11 +109,24 @@ class CallPolicy:
         return max(0.0, base)
 
 
+def call_after(fn: Callable, _waited: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; ``_waited`` is a value waited for only to order the calls."""
+    return fn(*args, **kwargs)
+
+
 def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn`` under ``policy``; see the module docstring."""
     for value in (*args, *kwargs.values()):
         if type(value) is Failure:  # an upstream item failed: pass it on, do not run
+            if policy.records:
+                items.report_failure(value, upstream=True)
             return value
+    user_args = args[2:] if fn is call_after else args
+    with items.forwarding(policy, user_args, kwargs):
+        return _run(policy, fn, args, kwargs, user_args)
+
+
+def _run(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict, user_args: tuple) -> Any:
     attempt = 0
     while True:
         try:
@@ -113,7 +142,9 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
         attempt += 1
         if attempt > policy.retries or not isinstance(error, policy.retry_on):
             if policy.records:
-                return Failure(error, policy.task_name)
+                failure = Failure(error, policy.task_name, items.label(policy, user_args, kwargs))
+                items.report_failure(failure, upstream=False)
+                return failure
             raise error
         _wait(policy.delay(attempt))
 
@@ -147,7 +178,8 @@ def _attempt(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict) -> Any
     # a thread cannot be stopped: on timeout the call is abandoned and runs on unseen
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynflow-timeout")
     try:
-        future = pool.submit(fn, *args, **kwargs)
+        # the call's context (its output forwarding) goes with it into the thread
+        future = pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
         try:
             return future.result(timeout=policy.timeout)
         except concurrent.futures.TimeoutError:
@@ -196,7 +228,8 @@ def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
     if mode == "strict" and len(items) - len(failed) >= ratio * len(items) and ratio < 1:
         return [None if type(x) is Failure else x for x in items]
     first = items[failed[0]]
-    error = MapItemError(task_name, failed, len(items), first.task_name, first.exception)
+    labels = {i: items[i].label for i in failed if items[i].label is not None}
+    error = MapItemError(task_name, failed, len(items), first.task_name, first.exception, labels)
     error.__cause__ = first.exception
     error.results = [x.exception if type(x) is Failure else x for x in items]
     if mode == "record":

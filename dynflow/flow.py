@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from dask.utils import funcname
 
-from dynflow.node import BUILDING, MapNode, Node, SubflowMapNode
+from dynflow.node import BUILDING, FLOW_OPTIONS, MapNode, Node, SubflowMapNode
 from dynflow.task import Task, by_reference, map_slots
 
 if TYPE_CHECKING:
@@ -19,6 +19,15 @@ __all__ = ["Flow", "flow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _compute(node: Node, name: str) -> Any:
+    """``node.compute()`` as a run named ``name`` (awaitable with an asynchronous client)."""
+    from dynflow.node import _first
+    from dynflow.runner import compute
+
+    out = compute(node, name=name)
+    return _first(out) if inspect.isawaitable(out) else out[0]
 
 
 def _output(value: Any) -> Any:
@@ -34,15 +43,22 @@ class Flow(Generic[P, R]):
     run in parallel on the cluster.
     """
 
-    __slots__ = ("__dict__", "_fn", "_name", "_signature")
+    __slots__ = ("__dict__", "_fn", "_log_prints", "_name", "_signature")
 
-    def __init__(self, fn: Callable[P, R], *, name: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[P, R], *, name: str | None = None, log_prints: bool | None = None
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"@flow expects a function, got {type(fn).__name__}")
         if name is not None and not (isinstance(name, str) and name):
             raise TypeError(f"flow {funcname(fn)!r}: option name={name!r}; expected a string")
+        if log_prints is not None and not isinstance(log_prints, bool):
+            raise TypeError(
+                f"flow {funcname(fn)!r}: option log_prints={log_prints!r}; expected None or a bool"
+            )
         self._fn = fn
         self._name = name or funcname(fn)
+        self._log_prints = log_prints
         self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
@@ -56,19 +72,43 @@ class Flow(Generic[P, R]):
         """The flow's name; the key prefix of its output node."""
         return self._name
 
-    def with_options(self, *, name: str | None = None) -> Flow[P, R]:
-        """Return a copy of the flow with a different name."""
-        return Flow(self._fn, name=name or self._name)
+    @property
+    def log_prints(self) -> bool | None:
+        """Whether its tasks forward prints and logs to the client (None: the config's)."""
+        return self._log_prints
+
+    def with_options(
+        self, *, name: str | None = None, log_prints: bool | None = None
+    ) -> Flow[P, R]:
+        """Return a copy of the flow with a different name or ``log_prints``."""
+        return Flow(
+            self._fn,
+            name=name or self._name,
+            log_prints=self._log_prints if log_prints is None else log_prints,
+        )
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}{self._signature}>"
 
+    def _repr_html_(self) -> str:
+        from dynflow.render import flow_html
+
+        return flow_html(self)
+
+    def visualize(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Build the graph for these arguments and draw it (see :func:`dynflow.visualize`)."""
+        from dynflow.render import visualize
+
+        return visualize(self.build(*args, **kwargs))
+
     def __reduce__(self) -> tuple:
         # a module-level flow travels as a reference, like a plain function
-        return by_reference(self, self._fn) or (Flow, (self._fn,), {"_name": self._name})
+        state = {"_name": self._name, "_log_prints": self._log_prints}
+        return by_reference(self, self._fn) or (Flow, (self._fn,), state)
 
     def __setstate__(self, state: dict) -> None:
         self._name = state["_name"]
+        self._log_prints = state.get("_log_prints")
 
     def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
         try:
@@ -82,9 +122,14 @@ class Flow(Generic[P, R]):
         """Run the body to build the graph; return its output node (nothing runs)."""
         self._bind("()", args, kwargs)
         token = BUILDING.set(self.name)
+        options = FLOW_OPTIONS.get()
+        if self._log_prints is not None:
+            options = {**options, "log_prints": self._log_prints}
+        options_token = FLOW_OPTIONS.set(options)
         try:
             out = self._fn(*args, **kwargs)
         finally:
+            FLOW_OPTIONS.reset(options_token)
             BUILDING.reset(token)
         if isinstance(out, Node):
             return out
@@ -95,7 +140,7 @@ class Flow(Generic[P, R]):
         node = self.build(*args, **kwargs)
         if BUILDING.get() is not None:
             return node
-        return node.compute()
+        return _compute(node, self.name)
 
     def map(self, *args: Any, **kwargs: Any) -> MapNode:
         """Run the whole flow once per item; a map node of the flow's outputs.
@@ -123,8 +168,11 @@ class Flow(Generic[P, R]):
         return node
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:
-        """Build the graph and start it; return a ``distributed.Future`` of its value."""
-        return self.build(*args, **kwargs).submit()
+        """Build the graph and start it as a run named after the flow; return its future."""
+        from dynflow.runner import submit
+
+        (future,) = submit(self.build(*args, **kwargs), name=self.name)
+        return future
 
     def compute(
         self,
@@ -132,16 +180,22 @@ class Flow(Generic[P, R]):
         **kwargs: P.kwargs,
     ) -> Any:
         """Same as calling the flow at top level."""
-        return self.build(*args, **kwargs).compute()
+        return _compute(self.build(*args, **kwargs), self.name)
 
 
-def flow(fn: Callable | None = None, /, *, name: str | None = None) -> Any:
+def flow(
+    fn: Callable | None = None, /, *, name: str | None = None, log_prints: bool | None = None
+) -> Any:
     """Turn a function into a :class:`Flow` that composes tasks into one graph.
 
     Parameters
     ----------
     name : str, optional
         Name of the flow; default: the function's name.
+    log_prints : bool, optional
+        Forward what its tasks print or log to the client, tagged with each call's
+        label (tasks that set their own ``log_prints`` keep it). Default: the config
+        key ``dynflow.log-prints``.
 
     Examples
     --------
@@ -156,5 +210,5 @@ def flow(fn: Callable | None = None, /, *, name: str | None = None) -> Any:
     3
     """
     if fn is not None:
-        return Flow(fn, name=name)
-    return lambda f: Flow(f, name=name)
+        return Flow(fn, name=name, log_prints=log_prints)
+    return lambda f: Flow(f, name=name, log_prints=log_prints)

@@ -22,7 +22,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from dynflow.expand import expand, run_map, unspliced
-from dynflow.failures import gather_list, run_call
+from dynflow.failures import call_after, gather_list, run_call
 from dynflow.node import (
     AllowFailureNode,
     FlattenNode,
@@ -44,7 +44,6 @@ from dynflow.plan import (
     Stage,
     Stg,
     SubflowStage,
-    call_after,
 )
 
 __all__ = ["lower", "topological"]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILDING",
+    "FLOW_OPTIONS",
     "AllowFailureNode",
     "FlattenNode",
     "KeyNode",
@@ -39,6 +40,8 @@ __all__ = [
 
 #: the name of the flow whose body is being run to build a graph, if any
 BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
+#: options of the flow being built that its tasks inherit (``{"log_prints": True}``)
+FLOW_OPTIONS: ContextVar[dict[str, Any]] = ContextVar("dynflow_flow_options", default={})  # noqa: B039
 
 
 class Node:
@@ -125,6 +128,22 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._key}>"
+
+    # ---------------------------------------------------------------- display
+    def _repr_html_(self) -> str:
+        from dynflow.render import node_html
+
+        return node_html(self)
+
+    def visualize(self, filename: str | None = None, engine: str = "auto") -> Any:
+        """The flow-level graph that ends at this node: one box per node, a map one box.
+
+        Graphviz where installed (``engine="auto"``), else an inline SVG; see
+        :func:`dynflow.visualize`.
+        """
+        from dynflow.render import visualize
+
+        return visualize(self, filename=filename, engine=engine)
 
     # -------------------------------------------------------- no concrete value
     def _lazy_what(self) -> str:

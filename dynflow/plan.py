@@ -27,7 +27,8 @@ from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.utils import key_split
 
 from dynflow.exceptions import MapInputError, MapLengthError
-from dynflow.failures import CallPolicy, Failure, gather, gather_concat, run_call
+from dynflow.failures import CallPolicy, Failure, call_after, gather, gather_concat, run_call
+from dynflow.items import BATCH_INDEX
 
 __all__ = [
     "Collector",
@@ -191,16 +192,18 @@ def done(_result: Any) -> None:
     return None
 
 
-def call_after(fn: Callable, _waited: Any, /, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; ``_waited`` is a value waited for only to order the calls."""
-    return fn(*args, **kwargs)
-
-
 def run_batch(
     stage: Stage, prefix: Prefix, start: int, stop: int, refs: ItemRefs, data: dict
 ) -> list:
     """A batch, on the worker: each item's spec made and run in turn (results per item)."""
-    return [stage.call(None, prefix, i, refs)(data) for i in range(start, stop)]
+    out = []
+    for i in range(start, stop):
+        token = BATCH_INDEX.set((*prefix, i))
+        try:
+            out.append(stage.call(None, prefix, i, refs)(data))
+        finally:
+            BATCH_INDEX.reset(token)
+    return out
 
 
 class ItemRefs(NamedTuple):
@@ -516,6 +519,14 @@ class Expansion:
         }
         return stages, collectors
 
+    def lengths(self, n: int, prefix: Prefix, nthreads: int = 1) -> dict[str, tuple]:
+        """``{stage key: (prefix, n, items per task or None)}`` for progress tracking."""
+        return {
+            s.key: (prefix, n, None if s.batch is None else batch_size(s.batch, n, nthreads))
+            for s in self.stages
+            if isinstance(s, Stage)
+        }
+
     def run_locally(self, data: dict[Any, Any]) -> list:
         """Evaluate a single-stage, top-level expansion in this process."""
         (stage,) = self.stages
@@ -529,7 +540,14 @@ class Expansion:
         refs = ItemRefs(None, frozenset())
 
         unbatched = dataclasses.replace(stage, batch=None)  # same list, in order
-        return [task(data) for task in unbatched.items((), n, refs)]
+        out = []
+        for i, task in enumerate(unbatched.items((), n, refs)):
+            token = BATCH_INDEX.set((i,))  # the item's index, for its label
+            try:
+                out.append(task(data))
+            finally:
+                BATCH_INDEX.reset(token)
+        return out
 
 
 def pick(materialized: Mapping[Any, list], key: Any, i: int) -> Any:

@@ -23,10 +23,14 @@ from distributed import Client, Future, LocalCluster
 from distributed.client import FutureCancelledError, default_client
 
 from dynflow._splice import NAME, SpliceExtension
+from dynflow.dashboard import register_page
 from dynflow.exceptions import SchedulerLostError, SerializationError
 from dynflow.graph import lower, topological
+from dynflow.items import print_forwarded
 from dynflow.node import MapNode, Node, replace_nodes
+from dynflow.run import Run, RunFuture
 from dynflow.task import _positional_labels
+from dynflow.tracker import TRACKER, RunTracker, forward_topic
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +82,16 @@ def get_client(client: Client | None = None) -> Client:
 
 
 def _start_embedded() -> None:
-    cfg = dask.config.get("dynflow.local-cluster")
-    kwargs: dict[str, Any] = {"processes": cfg["processes"]}
-    if cfg["n-workers"] is not None:
-        kwargs["n_workers"] = cfg["n-workers"]
-    if cfg["threads-per-worker"] is not None:
-        kwargs["threads_per_worker"] = cfg["threads-per-worker"]
-    cluster = LocalCluster(dashboard_address=cfg["dashboard-address"], **kwargs)
+    def cfg(key: str) -> Any:  # one key at a time: dask normalises "_" and "-" in those
+        return dask.config.get(f"dynflow.local-cluster.{key}")
+
+    kwargs: dict[str, Any] = {"processes": cfg("processes")}
+    if cfg("n-workers") is not None:
+        kwargs["n_workers"] = cfg("n-workers")
+    if cfg("threads-per-worker") is not None:
+        kwargs["threads_per_worker"] = cfg("threads-per-worker")
+    register_page()  # the dashboard reads its pages when the scheduler starts
+    cluster = LocalCluster(dashboard_address=cfg("dashboard-address"), **kwargs)
     client = Client(cluster, set_as_default=False)
     _embedded.update(cluster=cluster, client=client)
     atexit.register(_close_embedded)
@@ -111,15 +118,22 @@ def _is_installed(client: Client) -> bool:
 
 
 def _install(client: Client) -> None:
-    """Install the scheduler extension once per client and scheduler (idempotent)."""
+    """Install the scheduler extensions once per client and scheduler (idempotent).
+
+    Also subscribes the client to its runs' forwarded output (``log_prints``).
+    """
     if not _is_installed(client):
         client.register_plugin(SpliceExtension(), name=NAME)
+        client.register_plugin(RunTracker(), name=TRACKER)
+        client.subscribe_topic(forward_topic(), print_forwarded)
         _installed[client] = _scheduler_id(client)
 
 
 async def _install_async(client: Client) -> None:
     if not _is_installed(client):
         await client.register_plugin(SpliceExtension(), name=NAME)
+        await client.register_plugin(RunTracker(), name=TRACKER)
+        client.subscribe_topic(forward_topic(), print_forwarded)
         _installed[client] = _scheduler_id(client)
 
 
@@ -169,11 +183,22 @@ def _labels(node: Node) -> list[str]:
     return [*pos, *node._kwargs]
 
 
-def submit(*nodes: Node, client: Client | None = None) -> list[Future]:
-    """Start computing ``nodes`` in one graph; return one ``distributed.Future`` each.
+def submit(*nodes: Node, client: Client | None = None, name: str | None = None) -> list[RunFuture]:
+    """Start computing ``nodes`` in one graph (one run); return a future for each.
 
-    The futures work with distributed's own tools: ``wait``, ``as_completed``,
-    ``progress``, ``client.gather``.
+    The futures are ``distributed.Future`` objects (:class:`~dynflow.RunFuture`) and work
+    with distributed's own tools: ``wait``, ``as_completed``, ``client.gather``. Each
+    knows its run (``future.run``): pass it to :func:`dynflow.progress`, display it in a
+    notebook, or ask ``future.run.info()`` for the per-node counts.
+
+    Parameters
+    ----------
+    *nodes : Node
+        The nodes to compute.
+    client : distributed.Client, optional
+        The cluster to use (see :func:`get_client`).
+    name : str, optional
+        The run's name in progress bars and the dashboard; default: the nodes' names.
 
     Examples
     --------
@@ -187,30 +212,48 @@ def submit(*nodes: Node, client: Client | None = None) -> list[Future]:
     """
     nodes = _check_nodes(nodes)
     client = get_client(client)
-    if not client.asynchronous:
-        _install(client)
-    elif not _is_installed(client):
+    if client.asynchronous:
         raise RuntimeError(
             "with an asynchronous client, call `await dynflow.submit_async(...)` or "
             "`await node.compute(client=...)`"
         )
+    _install(client)
+    run = Run.of(nodes, client, name)
     graph = lower(nodes, distributed=True)
-    keys = [n.key for n in nodes]
+    client.sync(run.register)
+    return _send(nodes, graph, run)
+
+
+async def submit_async(*nodes: Node, client: Client, name: str | None = None) -> list[RunFuture]:
+    """:func:`submit` for an asynchronous client (``Client(asynchronous=True)``)."""
+    nodes = _check_nodes(nodes)
+    await _install_async(client)
+    run = Run.of(nodes, client, name)
+    graph = lower(nodes, distributed=True)
+    await run.register()
+    return _send(nodes, graph, run)
+
+
+def _send(nodes: tuple[Node, ...], graph: Any, run: Run) -> list[RunFuture]:
+    client = run.client
     try:
-        return client.get(graph, keys, sync=False)
+        futures = client.get(graph, [n.key for n in nodes], sync=False)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         if "pickle" not in str(e).lower() and "serializ" not in str(e).lower():
             raise
         raise _diagnose_pickling(nodes, e) from e
+    out = [RunFuture(f.key, client, run) for f in futures]
+    for f in futures:
+        f.release()
+    return out
 
 
-async def submit_async(*nodes: Node, client: Client) -> list[Future]:
-    """:func:`submit` for an asynchronous client (``Client(asynchronous=True)``)."""
-    await _install_async(client)
-    return submit(*nodes, client=client)
-
-
-def compute(*nodes: Node, client: Client | None = None, scheduler: str | None = None) -> Any:
+def compute(
+    *nodes: Node,
+    client: Client | None = None,
+    scheduler: str | None = None,
+    name: str | None = None,
+) -> Any:
     """Compute several nodes in one graph, sharing upstream work; return their values.
 
     Parameters
@@ -223,6 +266,8 @@ def compute(*nodes: Node, client: Client | None = None, scheduler: str | None = 
     scheduler : str, optional
         ``"sync"`` runs everything in this process, in order, without a cluster (for
         debugging with ``pdb``); ``"threads"`` uses a local thread pool.
+    name : str, optional
+        The run's name in progress bars and the dashboard.
 
     Returns
     -------
@@ -253,8 +298,8 @@ def compute(*nodes: Node, client: Client | None = None, scheduler: str | None = 
         return tuple(get(dict(graph), [n.key for n in nodes]))
     client = get_client(client)
     if client.asynchronous:
-        return _compute_async(nodes, client)
-    futures = submit(*nodes, client=client)
+        return _compute_async(nodes, client, name)
+    futures = submit(*nodes, client=client, name=name)
     try:
         return tuple(client.gather(futures))
     except FutureCancelledError as e:
@@ -285,8 +330,8 @@ def cancel(*futures: Future, client: Client | None = None) -> Any:
     return client.cancel(list(futures))
 
 
-async def _compute_async(nodes: tuple[Node, ...], client: Client) -> tuple:
-    futures = await submit_async(*nodes, client=client)
+async def _compute_async(nodes: tuple[Node, ...], client: Client, name: str | None) -> tuple:
+    futures = await submit_async(*nodes, client=client, name=name)
     try:
         return tuple(await client.gather(futures))
     finally:

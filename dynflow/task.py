@@ -10,11 +10,12 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+import dask.config
 from dask.utils import funcname, parse_timedelta
 
 from dynflow.exceptions import MapLengthError
 from dynflow.failures import CallPolicy
-from dynflow.node import FlattenNode, MapNode, Node, Slot, unmapped
+from dynflow.node import FLOW_OPTIONS, FlattenNode, MapNode, Node, Slot, unmapped
 from dynflow.plan import pick
 
 if TYPE_CHECKING:
@@ -85,6 +86,12 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
         "a dict such as {'GPU': 1}",
     ),
     "priority": (0, _check(_is_int), "an int"),
+    "task_run_name": (
+        None,
+        _check(lambda v: v is None or (isinstance(v, str) and bool(v)) or callable(v)),
+        "None, a template such as 'fetch-{account}' or a callable returning a string",
+    ),
+    "log_prints": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
 }
 
 
@@ -133,6 +140,9 @@ class Task(Generic[P, R]):
     def policy(self, records: bool) -> CallPolicy:
         """How this task's calls run (retries, delays, timeout); see :mod:`dynflow.failures`."""
         o = self._options
+        log_prints = o["log_prints"]
+        if log_prints is None:
+            log_prints = bool(dask.config.get("dynflow.log-prints"))
         return CallPolicy(
             self.name,
             o["retries"],
@@ -142,7 +152,22 @@ class Task(Generic[P, R]):
             o["retry_on"],
             o["timeout"],
             records,
+            o["task_run_name"],
+            log_prints,
+            self._params() if o["task_run_name"] is not None else (),
         )
+
+    def _params(self) -> tuple[str, ...]:
+        """Names of the positional parameters, in order (to label calls by argument)."""
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return tuple(p.name for p in self._signature.parameters.values() if p.kind in kinds)
+
+    def _in_flow(self) -> Task[P, R]:
+        """This task, or a copy with the options of the flow being built (``log_prints``)."""
+        log_prints = FLOW_OPTIONS.get().get("log_prints")
+        if log_prints is None or self._options["log_prints"] is not None:
+            return self
+        return self.with_options(log_prints=log_prints)
 
     @property
     def graph_fn(self) -> Callable[P, R]:
@@ -187,6 +212,11 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}{self._signature}>"
 
+    def _repr_html_(self) -> str:
+        from dynflow.render import task_html
+
+        return task_html(self)
+
     def __reduce__(self) -> tuple:
         # a module-level task travels as a reference, like a plain function
         return by_reference(self, self._fn) or (_make_task, (self._fn, dict(self._options)))
@@ -217,7 +247,7 @@ class Task(Generic[P, R]):
     ) -> Node:
         """Return a lazy node for ``fn(*args, **kwargs)``; nothing runs."""
         bound = self._bind("()", args, kwargs)
-        return Node(self, bound.args, bound.kwargs, self._wait_for(self.name, wait_for))
+        return Node(self._in_flow(), bound.args, bound.kwargs, self._wait_for(self.name, wait_for))
 
     def map(
         self,
@@ -281,7 +311,7 @@ class Task(Generic[P, R]):
                 f"{self.name}.map(): max_concurrency and batch_size together are not "
                 "supported yet; limit the batches with batch_size alone"
             )
-        node = MapNode(self, slots, kwslots, self._wait_for(self.name, wait_for))
+        node = MapNode(self._in_flow(), slots, kwslots, self._wait_for(self.name, wait_for))
         object.__setattr__(node, "_concurrency", max_concurrency)
         object.__setattr__(node, "_ratio", float(min_success_ratio))
         object.__setattr__(node, "_batch", batch_size)
@@ -427,6 +457,13 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
         Abstract worker resources each call needs, e.g. ``{"GPU": 1}``.
     priority : int
         Scheduling priority; higher runs first.
+    task_run_name : str or callable, optional
+        Label of each call in dynflow's views, forwarded output and error messages:
+        a template filled with the call's arguments by name and ``map_index``
+        (``"fetch-{account}"``), or a callable taking them as keyword arguments.
+    log_prints : bool, optional
+        Forward what the call prints or logs to the client, tagged with its label.
+        Default: the enclosing flow's ``log_prints``, else ``dynflow.log-prints``.
 
     Examples
     --------

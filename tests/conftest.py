@@ -10,6 +10,8 @@ os.environ["DASK_DISTRIBUTED__WORKER__VALIDATE"] = "True"
 
 import dask.config  # noqa: E402
 
+import dynflow  # noqa: E402, F401  (its config defaults, before utils_test snapshots the config)
+
 dask.config.refresh()
 
 pytest_plugins = ["distributed.utils_test"]

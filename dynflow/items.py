@@ -1,0 +1,222 @@
+"""What a running call knows about itself, and what it tells the scheduler.
+
+On a worker, a task call can find its map index (from its key, or inside a batch from
+:data:`BATCH_INDEX`) and its label (the task's ``task_run_name`` template filled with the
+call's arguments). It reports to dynflow's run tracker with distributed's events:
+
+- a failed map item (a :class:`~dynflow.failures.Failure` record, which dask sees as a
+  finished task) on topic ``dynflow-item``, so progress counts it as failed;
+- with ``log_prints``, every line the call prints to stdout/stderr and every log record it
+  emits, on topic ``dynflow-log``; the tracker forwards them to the client that submitted
+  the run, which prints them tagged with the label (``[fetch-acct1] ...``).
+
+Outside a worker (local schedulers) nothing is reported and prints go to the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from dynflow.tracker import ITEM_TOPIC, LOG_TOPIC
+
+if TYPE_CHECKING:
+    from dynflow.failures import CallPolicy, Failure
+
+__all__ = [
+    "BATCH_INDEX",
+    "forwarding",
+    "item_index",
+    "label",
+    "print_forwarded",
+    "report_failure",
+]
+
+#: the index of the item a batch task is running (a batch runs several items in turn)
+BATCH_INDEX: ContextVar[tuple[int, ...] | None] = ContextVar("dynflow_batch_index", default=None)
+
+# (worker key, tag, buffers) of the call whose output is forwarded, per thread/context
+_FORWARD: ContextVar[_Sink | None] = ContextVar("dynflow_forward", default=None)
+_install_lock = threading.Lock()
+
+
+def _current_key() -> Any:
+    from distributed.worker import thread_state
+
+    return getattr(thread_state, "key", None)
+
+
+def item_index() -> tuple[int, ...] | None:
+    """The running map item's index (``(i,)``, or ``(i, j)`` nested); None otherwise."""
+    index = BATCH_INDEX.get()
+    if index is not None:
+        return index
+    key = _current_key()
+    if type(key) is tuple and len(key) > 1 and all(type(k) is int for k in key[1:]):
+        return key[1:]
+    return None
+
+
+def label(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> str | None:
+    """The call's ``task_run_name``, filled in; None when the task has none.
+
+    A template is formatted with the call's arguments by name, plus ``map_index``; a
+    callable is called with the same keyword arguments. A template naming an unknown
+    field gives a label that says so rather than failing the call.
+    """
+    if policy.run_name is None:
+        return None
+    fields = dict(zip(policy.params, args, strict=False))
+    fields.update(kwargs)
+    index = item_index()
+    fields.setdefault("map_index", (index[-1] if len(index) == 1 else index) if index else None)
+    try:
+        if callable(policy.run_name):
+            return str(policy.run_name(**fields))
+        return policy.run_name.format(**fields)
+    except Exception as e:  # a label must never fail the task it labels
+        return f"{policy.task_name} (task_run_name failed: {type(e).__name__}: {e})"
+
+
+def tag(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> str:
+    """How the call's output is tagged: its label, else ``task[i]``, else the task name."""
+    name = label(policy, args, kwargs)
+    if name is not None:
+        return name
+    index = item_index()
+    if index is None:
+        return policy.task_name
+    return f"{policy.task_name}[{', '.join(map(str, index))}]"
+
+
+def _worker() -> Any:
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def report_failure(failure: Failure, upstream: bool) -> None:
+    """Tell the run tracker that the running item holds a failure record."""
+    worker, key = _worker(), _current_key()
+    if worker is None or key is None:
+        return
+    index = item_index()
+    error = failure.exception
+    worker.log_event(
+        ITEM_TOPIC,
+        {
+            "key": _plain(key if BATCH_INDEX.get() is None else (key[0], *index)),
+            "index": list(index) if index is not None else None,
+            "label": failure.label,
+            "error": f"{type(error).__name__}: {error}"[:500],
+            "upstream": upstream,
+        },
+    )
+
+
+def _plain(key: Any) -> Any:
+    return list(key) if type(key) is tuple else key
+
+
+# ------------------------------------------------------------------ forwarding
+class _Sink:
+    """Where one call's printed lines go: buffered to whole lines, sent as events."""
+
+    __slots__ = ("buffers", "key", "tag", "worker")
+
+    def __init__(self, worker: Any, key: Any, tag: str) -> None:
+        self.worker, self.key, self.tag = worker, key, tag
+        self.buffers: dict[str, str] = {}
+
+    def write(self, stream: str, text: str) -> None:
+        buf = self.buffers.get(stream, "") + text
+        *lines, rest = buf.split("\n")
+        self.buffers[stream] = rest
+        for line in lines:
+            self.send(stream, line)
+
+    def send(self, stream: str, text: str) -> None:
+        self.worker.log_event(
+            LOG_TOPIC, {"key": _plain(self.key), "tag": self.tag, "stream": stream, "text": text}
+        )
+
+    def flush(self) -> None:
+        for stream, rest in self.buffers.items():
+            if rest:
+                self.send(stream, rest)
+        self.buffers.clear()
+
+
+class _Tee(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` on a worker: the real stream, plus the current call's sink."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self.stream, self.name = stream, name
+
+    def write(self, text: str) -> int:
+        sink = _FORWARD.get()
+        if sink is not None:
+            sink.write(self.name, text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.stream, attr)
+
+
+class _LogHandler(logging.Handler):
+    """Root logging handler on a worker: the current call's records go to its sink."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = _FORWARD.get()
+        if sink is not None and not record.name.startswith("distributed"):
+            sink.send("log", f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+def _install_tees() -> None:
+    with _install_lock:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if not isinstance(stream, _Tee):
+                setattr(sys, name, _Tee(stream, name))
+        root = logging.getLogger()
+        if not any(isinstance(h, _LogHandler) for h in root.handlers):
+            root.addHandler(_LogHandler())
+
+
+@contextlib.contextmanager
+def forwarding(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> Iterator[None]:
+    """Forward what the call prints or logs to the client (``log_prints``), on a worker."""
+    worker, key = _worker(), _current_key()
+    if not policy.log_prints or worker is None or key is None:
+        yield
+        return
+    _install_tees()
+    sink = _Sink(worker, key, tag(policy, args, kwargs))
+    token = _FORWARD.set(sink)
+    try:
+        yield
+    finally:
+        _FORWARD.reset(token)
+        sink.flush()
+
+
+def print_forwarded(event: tuple[float, dict], out: Callable[[str], Any] | None = None) -> None:
+    """Client side: print one forwarded line, tagged (the ``dynflow-log-forward`` handler)."""
+    _, msg = event
+    text = f"[{msg['tag']}] {msg['text']}"
+    if out is not None:
+        out(text)
+    else:
+        print(text, file=sys.stderr if msg.get("stream") == "stderr" else sys.stdout)

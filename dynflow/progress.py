@@ -1,0 +1,213 @@
+"""``df.progress``: a bar per node of a run, whose totals grow as its maps expand.
+
+distributed's own progress bars follow a fixed set of keys given up front (its
+``Progress`` scheduler plugin); a dynflow map's items do not exist until it expands, so
+these bars read dynflow's run tracker instead (:mod:`dynflow.tracker`), polled every
+``dynflow.dashboard.refresh-ms``. Like distributed's, they are ipywidgets in a notebook
+(shown at once; the cell does not block) and a line of text in a terminal (blocks until
+the runs end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+import dask.config
+from distributed.utils import is_kernel
+
+from dynflow.render import short_repr_counts
+from dynflow.run import FINAL_STATES, Run, RunFuture
+
+__all__ = ["TextProgress", "WidgetProgress", "progress"]
+
+
+def _runs(objs: Sequence[Any]) -> list[Run]:
+    runs: dict[str, Run] = {}
+    for obj in objs:
+        if isinstance(obj, (list, tuple)):
+            for r in _runs(obj):
+                runs.setdefault(r.id, r)
+            continue
+        run = obj.run if isinstance(obj, RunFuture) else obj
+        if not isinstance(run, Run):
+            raise TypeError(
+                f"progress() expects the futures returned by dynflow's submit() (or their "
+                f"runs), got {type(obj).__name__} {obj!r}"
+            )
+        runs.setdefault(run.id, run)
+    return list(runs.values())
+
+
+class _Progress:
+    """Polls the runs' counts and hands them to :meth:`update` until every run has ended."""
+
+    def __init__(self, runs: list[Run], interval: float | None = None) -> None:
+        self.runs = runs
+        ms = dask.config.get("dynflow.dashboard.refresh-ms")
+        self.interval = interval if interval is not None else ms / 1000
+        self.infos: dict[str, dict[str, Any]] = {}
+
+    async def listen(self) -> None:
+        """Poll until every run has finished, failed or been cancelled."""
+        while True:
+            for run in self.runs:
+                info = await run.client.scheduler.dynflow_run_status(run_id=run.id)
+                if info is not None:
+                    self.infos[run.id] = info
+            self.update()
+            if all(self.infos.get(r.id, {}).get("state") in FINAL_STATES for r in self.runs):
+                self.finish()
+                return
+            await asyncio.sleep(self.interval)
+
+    def nodes(self, run: Run) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(key, label, counts)`` of the run's nodes that have work, in graph order."""
+        info = self.infos.get(run.id)
+        if info is None:
+            return []
+        out = []
+        for node in run.graph.nodes:
+            counts = info["nodes"].get(node.key)
+            if counts is not None and counts.get("total") != 0:
+                out.append((node.key, node.label, counts))
+        return out
+
+    def update(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        pass
+
+
+class TextProgress(_Progress):
+    """One line per update in a terminal: each run's done/total and each node's counts."""
+
+    def __init__(
+        self, runs: list[Run], interval: float | None = None, file: IO[str] | None = None
+    ) -> None:
+        super().__init__(runs, interval)
+        self.file = file if file is not None else sys.stdout
+        self.last = ""
+
+    def line(self) -> str:
+        """The current state of every run, on one line."""
+        parts = []
+        for run in self.runs:
+            info = self.infos.get(run.id, {})
+            nodes = self.nodes(run)
+            done = sum((c["done"] or 0) + (c["failed"] or 0) for _, _, c in nodes)
+            known = all(c["total"] is not None for _, _, c in nodes)
+            total = sum(c["total"] or 0 for _, _, c in nodes)
+            frac = done / total if total and known else 0.0
+            bar = "#" * int(frac * 20)
+            of = f"{total}" if known else f"{total}+"
+            each = " | ".join(f"{label} {short_repr_counts(c)}" for _, label, c in nodes)
+            parts.append(
+                f"[{bar:<20}] {run.name} {info.get('state', 'pending')} "
+                f"{done}/{of} | {each} | {info.get('elapsed', 0.0):.1f}s"
+            )
+        return "  ".join(parts)
+
+    def update(self) -> None:
+        line = self.line()
+        if line != self.last:
+            self.file.write("\r" + line)
+            self.file.flush()
+            self.last = line
+
+    def finish(self) -> None:
+        self.file.write("\n")
+        self.file.flush()
+
+
+class WidgetProgress(_Progress):
+    """ipywidgets: per run a title, per node a bar whose maximum grows as maps expand."""
+
+    def __init__(self, runs: list[Run], interval: float | None = None) -> None:
+        import ipywidgets
+
+        super().__init__(runs, interval)
+        self._w = ipywidgets
+        self.title: dict[str, Any] = {}
+        self.bars: dict[tuple[str, str], Any] = {}  # (run id, node key) -> IntProgress
+        self.texts: dict[tuple[str, str], Any] = {}
+        self.box = ipywidgets.VBox([])
+        self._rows: list[Any] = []
+
+    def _row(self, run: Run, key: str, label: str) -> None:
+        w = self._w
+        bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="40%"))
+        text = w.HTML("")
+        self.bars[run.id, key], self.texts[run.id, key] = bar, text
+        self._rows.append(w.HBox([w.Label(label, layout=w.Layout(width="25%")), bar, text]))
+
+    def update(self) -> None:
+        changed = False
+        for run in self.runs:
+            info = self.infos.get(run.id, {})
+            if run.id not in self.title:
+                self.title[run.id] = self._w.HTML()
+                self._rows.append(self.title[run.id])
+                changed = True
+            state, elapsed = info.get("state", "pending"), info.get("elapsed", 0.0)
+            self.title[run.id].value = f"<b>{run.name}</b>: {state}, {elapsed:.1f} s"
+            for key, label, c in self.nodes(run):
+                if (run.id, key) not in self.bars:
+                    self._row(run, key, label)
+                    changed = True
+                bar = self.bars[run.id, key]
+                total = c["total"]
+                bar.max = max(1, total or 0)
+                bar.value = min(bar.max, (c["done"] or 0) + (c["failed"] or 0))
+                finished = total is not None and c["done"] == total
+                bar.bar_style = "danger" if c["failed"] else ("success" if finished else "")
+                items = "? items" if total is None else f"{total:,}"
+                self.texts[run.id, key].value = f"{short_repr_counts(c)} ({items})"
+        if changed:
+            self.box.children = tuple(self._rows)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.box)
+
+
+def progress(*futures: Any, notebook: bool | None = None, interval: float | None = None) -> Any:
+    """Show the progress of submitted runs: a bar per node, growing as maps expand.
+
+    Parameters
+    ----------
+    *futures : RunFuture or Run
+        Futures returned by ``df.submit``/``flow.submit`` (or their ``.run``).
+    notebook : bool, optional
+        ipywidgets (default in a Jupyter kernel; shown at once, the cell does not
+        block) or a line of text (default elsewhere; blocks until the runs end).
+    interval : float, optional
+        Seconds between updates; default ``dynflow.dashboard.refresh-ms``.
+
+    Returns
+    -------
+    WidgetProgress or TextProgress
+        The progress display; its ``infos`` hold the last counts of each run.
+    """
+    runs = _runs(futures)
+    if not runs:
+        raise TypeError("progress() needs at least one future from dynflow's submit()")
+    client = runs[0].client
+    if notebook is None:
+        notebook = is_kernel()
+    if notebook:
+        bar = WidgetProgress(runs, interval)
+        from IPython.display import display
+
+        display(bar)
+        client.loop.add_callback(bar.listen)
+        return bar
+    text = TextProgress(runs, interval)
+    if client.asynchronous:
+        return text.listen()
+    client.sync(text.listen)
+    return text

@@ -1,0 +1,116 @@
+"""Submitted runs: :class:`Run` (one ``submit``) and :class:`RunFuture` (one output of it).
+
+``df.submit`` registers each run with dynflow's run tracker on the scheduler
+(:mod:`dynflow.tracker`) before its graph is sent, with the flow-level graph, so that the
+run's live state (per node: pending, running, done and failed counts, and a map's item
+count once it expanded) can be asked for from anywhere: :meth:`Run.info`, the notebook
+display of a future, :func:`dynflow.progress` and the dashboard page.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from distributed import Future
+
+from dynflow.flowgraph import FlowGraph
+from dynflow.node import Node
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["Run", "RunFuture"]
+
+#: run states after which nothing changes
+FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
+
+
+class Run:
+    """One submitted graph: its id, name and flow-level graph, and its live state.
+
+    Parameters
+    ----------
+    name : str
+        Shown in progress bars and the dashboard (a flow's name, or the outputs' names).
+    graph : FlowGraph
+        The flow-level graph of the outputs.
+    client : distributed.Client
+        The client it was submitted with.
+    """
+
+    def __init__(self, name: str, graph: FlowGraph, client: Client) -> None:
+        self.id = uuid.uuid4().hex
+        self.name = name
+        self.graph = graph
+        self.client = client
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node], client: Client, name: str | None = None) -> Run:
+        """A new run of ``nodes`` (named after them unless ``name`` is given)."""
+        graph = FlowGraph.from_outputs(nodes)
+        return cls(name or ", ".join(dict.fromkeys(n.name for n in nodes)), graph, client)
+
+    def register(self) -> Any:
+        """Tell the scheduler's run tracker about the run (a coroutine)."""
+        return self.client.scheduler.dynflow_run_start(
+            run_id=self.id,
+            name=self.name,
+            graph=self.graph.to_dict(),
+            outputs=list(self.graph.outputs),
+            client=self.client.id,
+        )
+
+    def info(self) -> dict[str, Any] | None:
+        """The run's live state, from the scheduler (awaitable with an asynchronous client).
+
+        ``{"state", "name", "elapsed", "nodes": {node key: counts}, "failures": ...}``;
+        counts are ``total`` (None while a map has not expanded), ``pending``,
+        ``running``, ``done`` and ``failed``. None when the scheduler no longer knows the
+        run (older than ``dynflow.dashboard.history`` finished runs).
+        """
+        return self.client.sync(self.client.scheduler.dynflow_run_status, run_id=self.id)
+
+    def progress(self, **kwargs: Any) -> Any:
+        """:func:`dynflow.progress` of this run."""
+        from dynflow.progress import progress
+
+        return progress(self, **kwargs)
+
+    def visualize(self, **kwargs: Any) -> Any:
+        """The flow-level graph, coloured by the run's current counts."""
+        from dynflow.render import FlowSVG, to_svg
+
+        info = self.info()
+        return FlowSVG(to_svg(self.graph, info["nodes"] if info else None))
+
+    def _repr_html_(self) -> str:
+        from dynflow.render import run_html
+
+        info = self.info()
+        if info is None:
+            info = {"name": self.name, "state": "unknown", "nodes": {}, "elapsed": 0.0}
+        return run_html(self.graph, info)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name!r} id={self.id[:8]}>"
+
+
+class RunFuture(Future):
+    """A ``distributed.Future`` of one output of a submitted run, knowing its :class:`Run`.
+
+    It is a plain Future for distributed's tools (``wait``, ``as_completed``,
+    ``client.gather``; pickled, it becomes a plain Future); in a notebook it displays the
+    run's live per-node state, and :func:`dynflow.progress` accepts it.
+    """
+
+    def __init__(self, key: Any, client: Client, run: Run) -> None:
+        super().__init__(key, client)
+        self.run = run
+
+    def _repr_html_(self) -> str:
+        return self.run._repr_html_()
+
+    def __repr__(self) -> str:
+        return f"<RunFuture {self.run.name!r}: {self.status}, key: {self.key}>"

@@ -1,0 +1,302 @@
+"""Run tracking on the scheduler: per-node progress of every submitted run.
+
+:class:`RunTracker` is a scheduler plugin that uses the plugin API only (``transition``,
+``update_graph``, ``log_event``). A client registers each run it submits with the flow-level
+graph (:class:`dynflow.flowgraph.FlowGraph`); from then on the tracker counts, per node,
+the tasks that are pending, running, done and failed:
+
+- a plain task is one unit;
+- a map's units are its items ``(map key, *prefix, i)``; its total is unknown until the
+  splice adds them, which tells the tracker each stage's length through the ``update_graph``
+  call it makes (``dynflow_stages``); a batch task counts as the items it holds;
+- an item that fails inside dynflow's retry loop is a finished dask task holding a
+  failure record: the worker reports it with an event (``dynflow-item``), and the tracker
+  moves it from done to failed.
+
+The same data serves ``RunFuture.status()``, ``df.progress``, the HTML reprs and the
+dashboard page. The tracker also forwards task output (``log_prints``) to the client that
+submitted the run: workers log ``dynflow-log`` events; only the run's own client gets them.
+Finished runs are kept, frozen, up to ``dynflow.dashboard.history`` of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from time import time
+from typing import TYPE_CHECKING, Any
+
+import dask.config
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ITEM_TOPIC", "LOG_TOPIC", "TRACKER", "RunTracker", "forward_topic"]
+
+#: the name the tracker is registered under (plugin and scheduler extension)
+TRACKER = "dynflow-runs"
+#: worker -> scheduler: an item's failure record (``{"key", "label", "error", "upstream"}``)
+ITEM_TOPIC = "dynflow-item"
+#: worker -> scheduler: a line a task printed or logged (``{"key", "tag", "text"}``)
+LOG_TOPIC = "dynflow-log"
+
+
+def forward_topic() -> str:
+    """The topic a client subscribes to for its runs' forwarded output."""
+    return "dynflow-log-forward"
+
+
+@dataclass(slots=True)
+class NodeState:
+    """Counts of one node of one run (units: tasks, or items for a map)."""
+
+    run: RunState
+    key: str
+    kind: str
+    total: int | None  # None: a map not expanded yet
+    depth: int | None = None  # maps: length of the item prefix (nested maps: 1, ...)
+    batches: dict[tuple, tuple[int, int]] = field(default_factory=dict)  # prefix -> (n, size)
+    running: int = 0
+    memory: int = 0  # units that finished in dask (failure records included)
+    erred: int = 0
+    records: int = 0  # items that finished holding a failure record
+    limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
+    failures: deque = field(default_factory=lambda: deque(maxlen=20))
+
+    def weight(self, key: Any) -> int:
+        """How many units ``key`` stands for (0: not one of this node's units)."""
+        if self.kind in ("task", "flatten", "key"):
+            return 1 if key == self.key else 0
+        if type(key) is not tuple or self.depth is None or len(key) != self.depth + 2:
+            return 0  # a collector or a per-parent list
+        if not self.batches:
+            return 1
+        batch = self.batches.get(key[1:-1])
+        if batch is None:
+            return 1
+        n, size = batch
+        return max(0, min(size, n - key[-1] * size))
+
+    def counts(self) -> dict[str, int | None]:
+        failed = self.erred + self.records
+        done = max(0, self.memory - self.records)
+        total = self.total
+        known = total if total is not None else done + failed + self.running
+        pending = max(0, known - done - failed - self.running)
+        return {
+            "total": total,
+            "pending": pending,
+            "running": self.running,
+            "done": done,
+            "failed": failed,
+        }
+
+
+@dataclass(slots=True)
+class RunState:
+    """One submitted run: its graph, its client, its nodes' counts."""
+
+    id: str
+    name: str
+    client: str
+    graph: dict
+    outputs: tuple
+    started: float = field(default_factory=time)
+    finished: float | None = None
+    state: str = "pending"
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    outputs_done: set = field(default_factory=set)
+
+    def summary(self, with_graph: bool = False) -> dict[str, Any]:
+        end = self.finished if self.finished is not None else time()
+        out = {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "started": self.started,
+            "elapsed": end - self.started,
+            "nodes": {k: ns.counts() for k, ns in self.nodes.items()},
+            "failures": {k: list(ns.failures) for k, ns in self.nodes.items() if ns.failures},
+        }
+        if with_graph:
+            out["graph"] = self.graph
+        return out
+
+
+class RunTracker(SchedulerPlugin):
+    """Scheduler plugin counting each run's per-node progress; see the module docstring."""
+
+    name = TRACKER
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.scheduler: Scheduler | None = None
+        self.runs: OrderedDict[str, RunState] = OrderedDict()
+        self.index: dict[str, NodeState] = {}  # node key (a map: its items' key[0]) -> state
+        self.outputs: dict[Any, list[RunState]] = {}  # output key -> live runs waiting on it
+
+    async def start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        scheduler.handlers["dynflow_run_start"] = self.run_start
+        scheduler.handlers["dynflow_run_status"] = self.run_status
+        scheduler.handlers["dynflow_runs"] = self.list_runs
+        scheduler.extensions[TRACKER] = self
+        from dynflow.dashboard import add_routes
+
+        add_routes(scheduler, self)
+
+    async def close(self) -> None:
+        if self.scheduler is not None:
+            for h in ("dynflow_run_start", "dynflow_run_status", "dynflow_runs"):
+                self.scheduler.handlers.pop(h, None)
+            self.scheduler.extensions.pop(TRACKER, None)
+
+    # ------------------------------------------------------------------ handlers
+    def run_start(
+        self, run_id: str, name: str, graph: dict, outputs: list, client: str
+    ) -> dict[str, str]:
+        """Register a run before its graph is sent (``dynflow_run_start``)."""
+        run = RunState(run_id, name, client, graph, tuple(_key(k) for k in outputs))
+        for node in graph["nodes"]:
+            kind = node["kind"]
+            total = None if kind in ("map", "subflow-map") else 1
+            ns = NodeState(run, node["key"], kind, total)
+            run.nodes[node["key"]] = ns
+            self.index[node["key"]] = ns
+        for k in run.outputs:
+            self.outputs.setdefault(k, []).append(run)
+        self.runs[run_id] = run
+        self._trim()
+        return {"status": "OK"}
+
+    def run_status(self, run_id: str, graph: bool = False) -> dict[str, Any] | None:
+        """The counts of one run (``dynflow_run_status``); None if unknown."""
+        run = self.runs.get(run_id)
+        return None if run is None else run.summary(with_graph=graph)
+
+    def list_runs(self, graph: bool = False) -> list[dict[str, Any]]:
+        """Every known run, newest first (``dynflow_runs``)."""
+        return [r.summary(with_graph=graph) for r in reversed(self.runs.values())]
+
+    # ------------------------------------------------------------- plugin hooks
+    def update_graph(self, scheduler: Scheduler, *, tasks: Any = (), **kwargs: Any) -> None:
+        stages = kwargs.get("dynflow_stages")
+        if stages:  # a splice: the maps' lengths are known now
+            for key, (prefix, n, size) in stages.items():
+                ns = self.index.get(key)
+                if ns is None:
+                    continue
+                ns.total = (ns.total or 0) + n
+                ns.depth = len(prefix)
+                if size is not None:
+                    ns.batches[tuple(prefix)] = (n, size)
+            return
+        present = set(tasks)
+        for run in self.runs.values():
+            if run.state != "pending" or not any(k in present for k in run.outputs):
+                continue
+            run.state = "running"
+            for ns in run.nodes.values():
+                if ns.total == 1 and ns.key not in present and ns.key not in scheduler.tasks:
+                    ns.total = 0  # built but not needed (a flatten only mapped over)
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        runs = self.outputs.get(key)
+        ns = self.index.get(key[0] if type(key) is tuple else key)
+        if ns is not None and ns.run.finished is None:
+            self._count(ns, key, start, finish)
+        if runs:
+            self._output(key, finish, runs)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic == ITEM_TOPIC:
+            key = _key(msg["key"])
+            ns = self.index.get(key[0] if type(key) is tuple else key)
+            if ns is not None and ns.run.finished is None:
+                ns.records += 1
+                if not msg.get("upstream"):
+                    index = msg.get("index")
+                    ns.failures.append(
+                        {
+                            "index": None if index is None else list(index),
+                            "label": msg.get("label"),
+                            "error": msg.get("error"),
+                        }
+                    )
+        elif topic == LOG_TOPIC:
+            key = _key(msg["key"])
+            ns = self.index.get(key[0] if type(key) is tuple else key)
+            if ns is not None and self.scheduler is not None:
+                event = {"op": "event", "topic": forward_topic(), "event": (time(), msg)}
+                self.scheduler.send_all({ns.run.client: [event]}, worker_msgs={})
+
+    def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        for run in list(self.runs.values()):
+            if run.client == client and run.finished is None:
+                self._finish(run, "cancelled")
+
+    # ------------------------------------------------------------------ counting
+    def _count(self, ns: NodeState, key: Any, start: str, finish: str) -> None:
+        w = ns.weight(key)
+        if not w:
+            return
+        if start == "processing":
+            ns.running -= w
+        if finish == "processing":
+            ns.running += w
+        if finish == "memory":
+            ns.memory += w
+        elif finish == "erred":
+            ns.erred += w
+        elif start in ("memory", "erred") and finish == "released":
+            # released: forgotten next (the result was used: still counts) or
+            # recomputed (a lost worker: counts again when it finishes)
+            setattr(ns, start, getattr(ns, start) - w)
+            ns.limbo[key] = (start, w)
+        elif start == "released" and key in ns.limbo:
+            was, w = ns.limbo.pop(key)
+            if finish == "forgotten":
+                setattr(ns, was, getattr(ns, was) + w)
+
+    def _output(self, key: Any, finish: str, runs: list[RunState]) -> None:
+        for run in list(runs):
+            if finish == "memory":
+                run.outputs_done.add(key)
+                if len(run.outputs_done) == len(run.outputs):
+                    self._finish(run, "finished")
+            elif finish == "erred":
+                self._finish(run, "failed")
+            elif finish == "forgotten":
+                self._finish(run, "cancelled")
+
+    def _finish(self, run: RunState, state: str) -> None:
+        run.state = state
+        run.finished = time()
+        for ns in run.nodes.values():
+            ns.running = 0
+            for was, w in ns.limbo.values():
+                setattr(ns, was, getattr(ns, was) + w)
+            ns.limbo.clear()
+            if self.index.get(ns.key) is ns:
+                del self.index[ns.key]
+        for k in run.outputs:
+            waiting = self.outputs.get(k)
+            if waiting and run in waiting:
+                waiting.remove(run)
+                if not waiting:
+                    del self.outputs[k]
+
+    def _trim(self) -> None:
+        keep = dask.config.get("dynflow.dashboard.history")
+        finished = [r for r in self.runs.values() if r.finished is not None]
+        for run in finished[: max(0, len(finished) - keep)]:
+            del self.runs[run.id]
+
+
+def _key(k: Any) -> Any:
+    """A key as it was before msgpack turned its tuples into lists."""
+    return tuple(_key(x) for x in k) if isinstance(k, list) else k

@@ -1,0 +1,218 @@
+"""The dynflow page in the Dask dashboard and its JSON data, over real HTTP.
+
+The page is a bokeh document: its HTML holds no run data (the browser fetches that over
+a websocket), so the data is checked through the JSON routes and the page once in
+headless Chromium, whose screenshot must show the run. Chromium is Debian's ``chromium``
+package (``.ci/run`` installs it and sets ``DYNFLOW_REQUIRE_CHROMIUM=1``, so CI cannot skip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from distributed import Client
+from distributed.utils_test import gen_cluster
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
+
+import dynflow as df
+import dynflow.scheduler  # noqa: F401  (registers the page before any scheduler starts)
+from dynflow.dashboard import PAGE
+
+DASHBOARD = {"dashboard": True, "dashboard_address": "127.0.0.1:0"}
+
+
+@df.task
+def numbers(n):
+    return list(range(n))
+
+
+@df.task
+def square(x):
+    if x == 3:
+        raise ValueError("three")
+    return x * x
+
+
+@df.task
+def total(xs):
+    return sum(x for x in xs if not isinstance(x, BaseException))
+
+
+async def fetch(s, path):
+    url = f"http://127.0.0.1:{s.http_server.port}{path}"
+    return await AsyncHTTPClient().fetch(url, raise_error=False)
+
+
+@gen_cluster(client=True, scheduler_kwargs=DASHBOARD)
+async def test_the_page_and_the_json_answer(c, s, a, b):
+    (fut,) = await df.submit_async(
+        total(df.allow_failure(square.map(numbers(5)))), client=c, name="squares"
+    )
+    assert await fut == 0 + 1 + 4 + 16
+
+    page = await fetch(s, PAGE)
+    assert page.code == 200
+    assert b"bokeh" in page.body.lower()
+
+    listing = await fetch(s, "/dynflow/runs.json")
+    assert listing.code == 200
+    (run,) = json.loads(listing.body)
+    assert (run["id"], run["name"], run["state"]) == (fut.run.id, "squares", "finished")
+
+    one = await fetch(s, f"/dynflow/runs/{fut.run.id}.json")
+    data = json.loads(one.body)
+    map_key = next(n.key for n in fut.run.graph.nodes if n.label == "square.map()")
+    assert data["nodes"][map_key] == {
+        "total": 5,
+        "pending": 0,
+        "running": 0,
+        "done": 4,
+        "failed": 1,
+    }
+    assert {n["key"] for n in data["graph"]["nodes"]} == {n.key for n in fut.run.graph.nodes}
+    assert (await fetch(s, "/dynflow/runs/0123abcd.json")).code == 404
+
+
+@gen_cluster(client=True, scheduler_kwargs=DASHBOARD)
+async def test_the_page_is_in_the_dashboard_menu(c, s, a, b):
+    status = await fetch(s, "/status")
+    assert status.code == 200
+    assert b"individual-dynflow" in status.body
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("DYNFLOW_REQUIRE_CHROMIUM"):
+        pytest.fail("DYNFLOW_REQUIRE_CHROMIUM is set but chromium is not installed")
+    return found
+
+
+@pytest.mark.slow
+def test_chromium_screenshot_shows_the_run(tmp_path):
+    from test_remote import CLICluster
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from PIL import Image
+
+    cluster = CLICluster(tmp_path)
+    client = None
+    try:
+        cluster.start(
+            n_workers=1,
+            scheduler_args=(
+                "--dashboard",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--preload",
+                "dynflow.scheduler",
+            ),
+        )
+        client = cluster.client(n_workers=1)
+        assert total(df.allow_failure(square.map(numbers(6)))).compute(client=client) == 46
+        shot = tmp_path / "dynflow-page.png"
+        boxes = asyncio.run(screenshot(chromium, _dashboard(client) + PAGE, shot, tmp_path))
+        assert boxes == 3  # numbers, square.map(), total
+        keep = os.environ.get("DYNFLOW_SCREENSHOT_DIR")
+        if keep:
+            shutil.copy(shot, Path(keep) / shot.name)
+        image = Image.open(shot).convert("RGB")
+        colours = image.getcolors(maxcolors=1 << 20) or []
+        assert len(colours) > 50, "the screenshot is blank"
+        # the map's box is drawn with its progress: done (green) and failed (red) parts
+        greens = sum(n for n, (r, g, b_) in colours if g > r + 40 and g > b_ + 40)
+        reds = sum(n for n, (r, g, b_) in colours if r > g + 80 and r > b_ + 80)
+        assert greens > 100 and reds > 20, "the run's progress is not on the page"
+    finally:
+        if client is not None:
+            client.close()
+        cluster.stop()
+
+
+# counts the flow graph's boxes, inside bokeh's shadow DOM too
+COUNT_BOXES = """(function count(root) {
+  let n = root.querySelectorAll('.dynflow-node').length;
+  for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) n += count(el.shadowRoot); }
+  return n;
+})(document)"""
+
+
+async def screenshot(chromium: str, url: str, path: Path, tmp: Path) -> int:
+    """Open ``url`` in headless Chromium, wait until the graph is drawn, save a PNG.
+
+    Driven over the DevTools protocol: the page draws itself after bokeh's websocket
+    delivers the document, which a one-shot ``--screenshot`` does not wait for.
+    Returns the number of graph boxes on the page.
+    """
+    proc = subprocess.Popen(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp / 'profile'}",
+            "--window-size=1200,900",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = None
+        for line in proc.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/..."
+            if "DevTools listening on" in line:
+                port = int(line.split("ws://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+                break
+        assert port is not None, "chromium did not start its DevTools server"
+        listing = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/json/list")
+        target = next(t for t in json.loads(listing.body) if t["type"] == "page")
+        ws = await websocket_connect(target["webSocketDebuggerUrl"])
+        ids = iter(range(1, 1_000_000))
+
+        async def call(method: str, **params: object) -> dict:
+            i = next(ids)
+            await ws.write_message(json.dumps({"id": i, "method": method, "params": params}))
+            while True:
+                reply = json.loads(await ws.read_message())
+                if reply.get("id") == i:
+                    return reply["result"]
+
+        await call("Page.navigate", url=url)
+        deadline = time.monotonic() + 60
+        boxes = 0
+        while boxes == 0:  # the page has no event to wait for: poll the DOM
+            assert time.monotonic() < deadline, "the flow graph never appeared on the page"
+            found = await call("Runtime.evaluate", expression=COUNT_BOXES, returnByValue=True)
+            boxes = found["result"]["value"]
+            if boxes == 0:
+                await asyncio.sleep(0.2)
+        shot = await call("Page.captureScreenshot", format="png")
+        path.write_bytes(base64.b64decode(shot["data"]))
+        ws.close()
+        return boxes
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def _dashboard(client: Client) -> str:
+    link = client.dashboard_link  # http://host:port/status
+    return link.rsplit("/", 1)[0]

@@ -1,0 +1,159 @@
+"""Run tracking: per-node counts on the scheduler, RunFuture, progress bars, labels."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from distributed import Event
+from distributed.utils_test import gen_cluster
+
+import dynflow as df
+from dynflow.progress import TextProgress, WidgetProgress
+from dynflow.tracker import TRACKER
+
+
+@df.task
+def numbers(n):
+    return list(range(n))
+
+
+@df.task(task_run_name="inv-{x}")
+def inv(x):
+    return 1 / x
+
+
+@df.task
+def total(xs):
+    return sum(x for x in xs if not isinstance(x, BaseException))
+
+
+@df.task
+def pair(x):
+    return [x, x]
+
+
+@df.task
+def ident(x):
+    return x
+
+
+@df.task
+def held(name, n):
+    Event(name).wait()
+    return list(range(n))
+
+
+@df.task
+def inc(x):
+    return x + 1
+
+
+def by_label(run, info):
+    return {node.label: info["nodes"][node.key] for node in run.graph.nodes}
+
+
+@gen_cluster(client=True)
+async def test_counts_of_a_finished_run_per_node(c, s, a, b):
+    m = inv.map(numbers(5))  # item 0 fails (1 / 0)
+    (fut,) = await df.submit_async(total(df.allow_failure(m)), client=c, name="inverse")
+    assert isinstance(fut, df.RunFuture)
+    assert await fut == pytest.approx(1 + 1 / 2 + 1 / 3 + 1 / 4)
+    info = await fut.run.info()
+    assert info["name"] == "inverse"
+    assert info["state"] == "finished"
+    counts = by_label(fut.run, info)
+    assert counts["numbers"] == {"total": 1, "pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert counts["inv.map()"] == {"total": 5, "pending": 0, "running": 0, "done": 4, "failed": 1}
+    assert counts["total"]["done"] == 1
+    (failure,) = info["failures"][m.key]
+    assert failure["label"] == "inv-0"
+    assert list(failure["index"]) == [0]
+    assert failure["error"].startswith("ZeroDivisionError")
+
+
+@gen_cluster(client=True)
+async def test_batched_and_nested_maps_count_items(c, s, a, b):
+    batched = inv.map(numbers(10), batch_size=3)  # 4 tasks, item 0 fails
+    nested = ident.map(df.flatten(pair.map(numbers(4))))  # 4 parents x 2
+    futs = await df.submit_async(
+        total(df.allow_failure(batched)), total(nested), client=c, name="two"
+    )
+    await c.gather(futs)
+    info = await futs[0].run.info()
+    counts = by_label(futs[0].run, info)
+    assert counts["inv.map()"]["total"] == 10
+    assert (counts["inv.map()"]["done"], counts["inv.map()"]["failed"]) == (9, 1)
+    assert counts["pair.map()"]["total"] == 4
+    assert counts["ident.map()"] == {"total": 8, "pending": 0, "running": 0, "done": 8, "failed": 0}
+
+
+@gen_cluster(client=True)
+async def test_chained_items_after_a_failure_count_as_failed(c, s, a, b):
+    m = inc.map(inv.map(numbers(3)))
+    (fut,) = await df.submit_async(total(df.allow_failure(m)), client=c)
+    await fut
+    counts = by_label(fut.run, await fut.run.info())
+    assert counts["inc.map()"]["failed"] == 1  # item 0 never ran: its input failed
+    assert counts["inc.map()"]["done"] == 2
+
+
+@gen_cluster(client=True)
+async def test_totals_grow_when_the_map_expands(c, s, a, b):
+    release = Event("release-expansion", client=c)
+    (fut,) = await df.submit_async(total(inc.map(held("release-expansion", 6))), client=c)
+    text = TextProgress([fut.run], interval=0.01, file=io.StringIO())
+    widgets = WidgetProgress([fut.run], interval=0.01)
+    listening = asyncio.gather(text.listen(), widgets.listen())
+    while fut.run.id not in text.infos or fut.run.id not in widgets.infos:
+        await asyncio.sleep(0.01)
+    before = by_label(fut.run, text.infos[fut.run.id])
+    assert before["inc.map()"]["total"] is None  # not expanded: the list does not exist
+    map_key = next(n.key for n in fut.run.graph.nodes if n.label == "inc.map()")
+    assert widgets.bars[fut.run.id, map_key].max == 1
+    await release.set()
+    await listening
+    assert await fut == sum(range(1, 7))
+    after = by_label(fut.run, text.infos[fut.run.id])
+    assert after["inc.map()"]["total"] == 6
+    assert (widgets.bars[fut.run.id, map_key].max, widgets.bars[fut.run.id, map_key].value) == (
+        6,
+        6,
+    )
+    assert "6/6" in text.last or "6 done" in text.last
+    assert text.file.getvalue().endswith("\n")
+
+
+@gen_cluster(client=True)
+async def test_a_released_unfinished_run_is_cancelled(c, s, a, b):
+    (fut,) = await df.submit_async(total(inc.map(held("never-set", 3))), client=c)
+    run = fut.run
+    tracker = s.extensions[TRACKER]
+    while tracker.runs[run.id].state == "pending":
+        await asyncio.sleep(0.01)
+    fut.release()
+    del fut
+    while tracker.runs[run.id].state != "cancelled":
+        await asyncio.sleep(0.01)
+    assert tracker.index == {} or all(ns.run.id != run.id for ns in tracker.index.values())
+    await Event("never-set", client=c).set()
+
+
+@gen_cluster(client=True)
+async def test_history_keeps_the_newest_finished_runs(c, s, a, b):
+    import dask.config
+
+    with dask.config.set({"dynflow.dashboard.history": 2}):
+        for i in range(4):
+            (fut,) = await df.submit_async(inc(i), client=c, name=f"run-{i}")
+            await fut
+        (last,) = await df.submit_async(inc(9), client=c, name="last")
+        await last
+    names = [r["name"] for r in s.extensions[TRACKER].list_runs()]
+    assert names == ["last", "run-3", "run-2"]  # two finished runs kept, then the new one
+
+
+def test_progress_rejects_plain_values():
+    with pytest.raises(TypeError, match="futures returned by dynflow's submit"):
+        df.progress(42)
