@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -61,8 +62,9 @@ def _commit() -> str:
         return "unknown"
 
 
-def header() -> None:
+def header(saturation: Any) -> None:
     import dask
+    import dask.config
     import distributed
 
     import dynflow
@@ -82,7 +84,11 @@ def header() -> None:
         except metadata.PackageNotFoundError:
             versions.append(f"{dist} not installed")
     print(f"peers: {', '.join(versions)}")
-    print("cluster: LocalCluster(n_workers=2, threads_per_worker=1, processes=True)\n")
+    print(
+        "cluster: LocalCluster(n_workers=2, threads_per_worker=1, processes=True), "
+        f"worker-saturation {saturation} (dynflow's embedded default: "
+        f"{dask.config.get('dynflow.local-cluster.worker-saturation')})\n"
+    )
 
 
 #: the seed pattern's contenders: plain Dask, dynflow, dynflow with batch_size="auto"
@@ -352,6 +358,12 @@ def main(argv: list[str] | None = None) -> None:
         help="item counts for the expansion latency (none: skip it)",
     )
     parser.add_argument(
+        "--worker-saturation",
+        default="default",
+        help="the Dask cluster's distributed.scheduler.worker-saturation: 'default' is "
+        "dynflow's embedded-cluster setting (inf), 'none' distributed's own (1.1), or a number",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also print a cProfile of the splice at the largest --expansion-n",
@@ -361,11 +373,16 @@ def main(argv: list[str] | None = None) -> None:
     peer_ns = sorted(args.peer_n or args.n or [1000])
     core = [s for s in SYSTEMS if s in args.systems]
 
-    header()
+    saturation: Any = args.worker_saturation
+    if saturation == "none":
+        saturation = None
+    elif saturation not in ("default", "inf"):
+        saturation = float(saturation)
+    header(saturation if saturation != "default" else "default")
     with peers.RssSampler() as sampler:
         res = Results(sampler)
         if core or args.expansion_n:
-            cluster, client = u.start_cluster(processes=True)
+            cluster, client = u.start_cluster(processes=True, worker_saturation=saturation)
             try:
                 u.warm_up(client)
                 if core:

@@ -16,6 +16,7 @@ Outside a worker (local schedulers) nothing is reported and prints go to the ter
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import logging
 import sys
@@ -218,5 +219,9 @@ def print_forwarded(event: tuple[float, dict], out: Callable[[str], Any] | None 
     text = f"[{msg['tag']}] {msg['text']}"
     if out is not None:
         out(text)
-    else:
-        print(text, file=sys.stderr if msg.get("stream") == "stderr" else sys.stdout)
+        return
+    # printed in an empty context: this runs on the client's event loop, whose context
+    # is the one it started in; ipykernel would send the line to the cell that started
+    # the client instead of the one running now
+    stream = sys.stderr if msg.get("stream") == "stderr" else sys.stdout
+    contextvars.Context().run(print, text, file=stream)

@@ -136,6 +136,7 @@ class WidgetProgress(_Progress):
         self.texts: dict[tuple[str, str], Any] = {}
         self.box = ipywidgets.VBox([])
         self._rows: list[Any] = []
+        self._shown = False
 
     def _row(self, run: Run, key: str, label: str) -> None:
         w = self._w
@@ -170,9 +171,13 @@ class WidgetProgress(_Progress):
             self.box.children = tuple(self._rows)
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
+        # shown once: progress() displays it, and a cell ending in `df.progress(fut)`
+        # would display the returned bar again (`display(bar.box)` shows it anew)
+        if not self._shown:
+            from IPython.display import display
 
-        display(self.box)
+            self._shown = True
+            display(self.box)
 
 
 def progress(*futures: Any, notebook: bool | None = None, interval: float | None = None) -> Any:

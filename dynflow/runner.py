@@ -91,7 +91,11 @@ def _start_embedded() -> None:
     if cfg("threads-per-worker") is not None:
         kwargs["threads_per_worker"] = cfg("threads-per-worker")
     register_page()  # the dashboard reads its pages when the scheduler starts
-    cluster = LocalCluster(dashboard_address=cfg("dashboard-address"), **kwargs)
+    scheduler_config = {}
+    if cfg("worker-saturation") is not None:  # read when the (in-process) scheduler starts
+        scheduler_config["distributed.scheduler.worker-saturation"] = cfg("worker-saturation")
+    with dask.config.set(scheduler_config):
+        cluster = LocalCluster(dashboard_address=cfg("dashboard-address"), **kwargs)
     client = Client(cluster, set_as_default=False)
     _embedded.update(cluster=cluster, client=client)
     atexit.register(_close_embedded)

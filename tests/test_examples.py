@@ -69,9 +69,8 @@ def example_env() -> dict[str, str]:
     """This checkout's dynflow first on the path; a small embedded cluster; no address."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_DYNFLOW__")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    # one dict: dask reads DASK_DYNFLOW__LOCAL_CLUSTER__N_WORKERS as the key "n_workers",
-    # which dynflow's lookup of "n-workers" in the section's dict does not find
-    env["DASK_DYNFLOW__LOCAL_CLUSTER"] = '{"n-workers": 2, "threads-per-worker": 1}'
+    env["DASK_DYNFLOW__LOCAL_CLUSTER__N_WORKERS"] = "2"
+    env["DASK_DYNFLOW__LOCAL_CLUSTER__THREADS_PER_WORKER"] = "1"
     return env
 
 

@@ -33,6 +33,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import dask.config
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -140,16 +141,29 @@ def run_seed(system: str, client: Client, n: int) -> int:
 ASV_BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_cluster(processes: bool = True) -> tuple[LocalCluster, Client]:
-    """2 workers x 1 thread; the scheduler runs in this process either way."""
+def start_cluster(
+    processes: bool = True, worker_saturation: Any = "default"
+) -> tuple[LocalCluster, Client]:
+    """2 workers x 1 thread; the scheduler runs in this process either way.
+
+    ``worker_saturation``: the scheduler's setting; ``"default"`` is what dynflow's
+    embedded cluster uses (``dynflow.local-cluster.worker-saturation``), None is
+    distributed's own default.
+    """
     if ASV_BENCH not in sys.path:
         sys.path.insert(0, ASV_BENCH)  # spawned workers inherit it: see the module doc
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=processes,
-        dashboard_address=":0",
-    )
+    if worker_saturation == "default":
+        worker_saturation = dask.config.get("dynflow.local-cluster.worker-saturation")
+    config = {}
+    if worker_saturation is not None:
+        config["distributed.scheduler.worker-saturation"] = worker_saturation
+    with dask.config.set(config):
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=processes,
+            dashboard_address=":0",
+        )
     client = Client(cluster, set_as_default=False)
     return cluster, client
 
