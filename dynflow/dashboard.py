@@ -22,7 +22,8 @@ import dask.config
 from tornado import web
 
 from dynflow.flowgraph import FlowGraph
-from dynflow.render import run_html, short_repr_counts
+from dynflow.render import short_repr_counts
+from dynflow.reprs import run_html
 
 if TYPE_CHECKING:
     from distributed import Scheduler

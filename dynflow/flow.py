@@ -91,7 +91,7 @@ class Flow(Generic[P, R]):
         return f"<Flow {self.name}{self._signature}>"
 
     def _repr_html_(self) -> str:
-        from dynflow.render import flow_html
+        from dynflow.reprs import flow_html
 
         return flow_html(self)
 

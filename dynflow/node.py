@@ -131,7 +131,7 @@ class Node:
 
     # ---------------------------------------------------------------- display
     def _repr_html_(self) -> str:
-        from dynflow.render import node_html
+        from dynflow.reprs import node_html
 
         return node_html(self)
 

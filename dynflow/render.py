@@ -5,8 +5,9 @@
   per-node progress bars when counts are given;
 - :func:`to_graphviz`: the same as a ``graphviz.Digraph`` (the optional ``graphviz``
   package);
-- :func:`visualize`: the public entry, ``df.visualize(node, ...)``;
-- ``*_html``: the bodies of the ``_repr_html_`` of tasks, nodes, flows and runs.
+- :func:`visualize`: the public entry, ``df.visualize(node, ...)``.
+
+The HTML views of tasks, nodes, flows and runs are in :mod:`dynflow.reprs`.
 
 Everything shown is escaped; nothing needs JavaScript or a network connection.
 """
@@ -15,33 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import html
-import inspect
 import reprlib
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dynflow.flowgraph import FlowGraph, GraphNode, NodeCounts, node_kind, node_label
-from dynflow.node import MapNode, Node, find_nodes
+from dynflow.flowgraph import FlowGraph, GraphNode, NodeCounts
+from dynflow.node import Node
 
 if TYPE_CHECKING:
     import graphviz
 
-    from dynflow.flow import Flow
-    from dynflow.task import Task
 
-__all__ = [
-    "FlowSVG",
-    "flow_html",
-    "node_html",
-    "run_html",
-    "short_repr_counts",
-    "task_html",
-    "to_graphviz",
-    "to_svg",
-    "visualize",
-]
+__all__ = ["FlowSVG", "short_repr_counts", "to_graphviz", "to_svg", "visualize"]
 
 FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 #: box fill by kind
@@ -71,9 +59,9 @@ STATE_COLOURS = {
 }
 MAX_LABEL = 48
 _E = html.escape
-_repr = reprlib.Repr()  # keyword arguments only from Python 3.12
-_repr.maxstring = _repr.maxother = 40
-_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict = 2, 4, 4, 4
+SHORT_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+SHORT_REPR.maxstring = SHORT_REPR.maxother = 40
+SHORT_REPR.maxlevel, SHORT_REPR.maxlist, SHORT_REPR.maxtuple, SHORT_REPR.maxdict = 2, 4, 4, 4
 
 
 # --------------------------------------------------------------------------- text
@@ -119,7 +107,7 @@ def _box_title(node: GraphNode, counts: Mapping[str, Any] | None) -> str:
     return f"{label} ? items" if total is None else f"{label} ×{total:,}"
 
 
-def _elapsed(seconds: float) -> str:
+def format_elapsed(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, s = divmod(int(seconds), 60)
@@ -443,179 +431,4 @@ def _what(obj: Any) -> str:
         return f"the task {obj.name!r} itself; call it (or its .map) to build a node"
     if isinstance(obj, Flow):
         return f"the flow {obj.name!r} itself; use {obj.name}.build(...) to get its output node"
-    return f"{type(obj).__name__} {_repr.repr(obj)}"
-
-
-# --------------------------------------------------------------------------- HTML
-_BOX = (
-    'class="dynflow-repr" style="font-family:system-ui,sans-serif;font-size:13px;line-height:1.4"'
-)
-_TABLE = 'style="border-collapse:collapse;margin:4px 0;text-align:left"'
-_CELL = 'style="padding:1px 10px 1px 0;text-align:left;vertical-align:top"'
-
-
-def _doc_line(fn: Any) -> str:
-    doc = inspect.getdoc(fn) or ""
-    return next((line.strip() for line in doc.splitlines() if line.strip()), "")
-
-
-def _signature(fn: Any) -> str:
-    try:
-        return str(inspect.signature(fn))
-    except (TypeError, ValueError):
-        return "(...)"
-
-
-def _rows(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
-    """A small table; cells are HTML already (escape before)."""
-    head = "".join(f"<th {_CELL}>{h}</th>" for h in header) if header else ""
-    body = "".join("<tr>" + "".join(f"<td {_CELL}>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table {_TABLE}>" + (f"<tr>{head}</tr>" if head else "") + body + "</table>"
-
-
-def _option(name: str, value: Any) -> str:
-    if name == "retry_on":
-        return ", ".join(t.__name__ for t in value)
-    if name in ("retry_delay", "timeout") and value is not None:
-        return f"{value:g} s"
-    if callable(value):
-        return getattr(value, "__qualname__", type(value).__name__)
-    return _repr.repr(value)
-
-
-def task_html(task: Task) -> str:
-    """``task._repr_html_()``: name, signature, options that differ from the defaults, doc."""
-    from dynflow.task import OPTIONS
-
-    parts = [
-        f"<div {_BOX}><div><strong>Task</strong> <code>{_E(task.name)}"
-        f"{_E(_signature(task.fn))}</code></div>"
-    ]
-    rows = [
-        (f"<code>{_E(k)}</code>", _E(_option(k, v)))
-        for k, v in task.options.items()
-        if k != "name" and k in OPTIONS and v != OPTIONS[k][0]
-    ]
-    if rows:
-        parts.append(_rows(rows))
-    if doc := _doc_line(task.fn):
-        parts.append(f"<div><em>{_E(doc)}</em></div>")
-    return "".join(parts) + "</div>"
-
-
-def flow_html(flow: Flow) -> str:
-    """``flow._repr_html_()``: name, signature, docstring's first line."""
-    parts = [
-        f"<div {_BOX}><div><strong>Flow</strong> <code>{_E(flow.name)}"
-        f"{_E(_signature(flow.fn))}</code></div>"
-    ]
-    if flow.log_prints is not None:
-        parts.append(_rows([("<code>log_prints</code>", _E(repr(flow.log_prints)))]))
-    if doc := _doc_line(flow.fn):
-        parts.append(f"<div><em>{_E(doc)}</em></div>")
-    return "".join(parts) + "</div>"
-
-
-def _value(value: Any) -> str:
-    """An argument in a node's summary (escaped HTML)."""
-    if isinstance(value, Node):
-        return f"<code>{_E(node_label(value))}</code>"
-    nodes = find_nodes(value)
-    if nodes:
-        labels = ", ".join(dict.fromkeys(node_label(n) for n in nodes))
-        return f"{_E(type(value).__name__)} holding {len(nodes)} node(s): <code>{_E(labels)}</code>"
-    return f"{_E(type(value).__name__)} <code>{_E(_repr.repr(value))}</code>"
-
-
-def _arguments(node: Node) -> list[tuple[str, str, str]]:
-    """(argument, how it is passed, what) for each argument of ``node``."""
-    if isinstance(node, MapNode):
-        out = []
-        for s in node.slots:
-            if s.mapped and isinstance(s.value, Node):
-                out.append((s.label, "mapped", _value(s.value)))
-            elif s.mapped:
-                what = f"{len(s.value):,} values <code>{_E(_repr.repr(list(s.value)))}</code>"
-                out.append((s.label, "mapped", what))
-            else:
-                out.append((s.label, "unmapped", _value(s.value)))
-        return out
-    try:
-        bound = inspect.signature(node.task.fn).bind(*node._args, **node._kwargs).arguments
-    except (TypeError, ValueError):
-        bound = {f"args[{i}]": a for i, a in enumerate(node._args)} | dict(node._kwargs)
-    return [
-        (name, "upstream" if find_nodes(v) else "value", _value(v)) for name, v in bound.items()
-    ]
-
-
-def node_html(node: Node) -> str:
-    """``node._repr_html_()``: label, kind, key, arguments, and the graph it ends."""
-    kind = node_kind(node)
-    parts = [
-        f"<div {_BOX}><div><strong>{_E(node_label(node))}</strong> "
-        f'<span style="color:#666">{_E(kind)}, lazy (nothing has run)</span></div>',
-        f"<div>key <code>{_E(str(node.key))}</code></div>",
-    ]
-    rows = [(f"<code>{_E(a)}</code>", _E(how), what) for a, how, what in _arguments(node)]
-    rows += [("<code>wait_for</code>", "ordering", _value(n)) for n in node._wait_for]
-    if isinstance(node, MapNode):
-        opts = {
-            "batch_size": node.batch_size,
-            "max_concurrency": node.max_concurrency,
-            "min_success_ratio": None if node.min_success_ratio == 1 else node.min_success_ratio,
-        }
-        rows += [(f"<code>{k}</code>", "option", _E(repr(v))) for k, v in opts.items() if v]
-    if rows:
-        parts.append(_rows(rows, ("argument", "passed", "value")))
-    graph = FlowGraph.from_outputs([node])
-    if len(graph.nodes) > 1:
-        parts.append(f'<div style="overflow:auto">{to_svg(graph)}</div>')
-    return "".join(parts) + "</div>"
-
-
-def run_html(graph: FlowGraph, status: Mapping[str, Any]) -> str:
-    """A run's live state: header, a table of per-node counts, recent failures, the graph.
-
-    ``status`` is ``{"state", "name", "nodes": {key: NodeCounts}, "elapsed"}`` as the
-    run tracker reports it (``"failures": {key: [{"index", "label", "error"}]}``
-    optional).
-    """
-    state = str(status.get("state", "unknown"))
-    counts: Mapping[str, Any] = status.get("nodes") or {}
-    colour = STATE_COLOURS.get(state, "#888888")
-    overall = {k: sum(c.get(k) or 0 for c in counts.values()) for k in BAR}
-    parts = [
-        f"<div {_BOX}><div><strong>{_E(str(status.get('name', 'run')))}</strong> "
-        f'<span style="color:#fff;background:{colour};border-radius:3px;padding:0 5px">'
-        f"{_E(state)}</span> {_E(_elapsed(float(status.get('elapsed') or 0.0)))}, "
-        f"{_E(short_repr_counts(overall))}</div>"
-    ]
-    rows = []
-    for n in graph.nodes:
-        c = counts.get(n.key, {})
-        total = c.get("total")
-        failed = c.get("failed") or 0
-        rows.append(
-            (
-                f"<code>{_E(n.label)}</code>",
-                "?" if total is None else f"{total:,}",
-                *(f"{c.get(k) or 0:,}" for k in ("pending", "running", "done")),
-                f'<span style="color:{BAR["failed"]}">{failed:,}</span>' if failed else "0",
-            )
-        )
-    parts.append(_rows(rows, ("node", "total", "pending", "running", "done", "failed")))
-    labels = {n.key: n.label for n in graph.nodes}
-    listed = []
-    for k, fs in (status.get("failures") or {}).items():
-        for f in list(fs)[:5]:  # the tracker keeps up to 20 per node
-            index = f.get("index")
-            where = f.get("label") or ("" if index is None else f"item {index}")
-            listed.append(
-                f"<li><code>{_E(labels.get(k, str(k)))}</code> {_E(str(where))}: "
-                f"{_E(str(f.get('error', '')))}</li>"
-            )
-    if listed:
-        parts.append(f'<div>Failures</div><ul style="margin:2px 0">{"".join(listed)}</ul>')
-    parts.append(f'<div style="overflow:auto">{to_svg(graph, counts or None)}</div>')
-    return "".join(parts) + "</div>"
+    return f"{type(obj).__name__} {SHORT_REPR.repr(obj)}"

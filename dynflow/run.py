@@ -86,7 +86,7 @@ class Run:
         return FlowSVG(to_svg(self.graph, info["nodes"] if info else None))
 
     def _repr_html_(self) -> str:
-        from dynflow.render import run_html
+        from dynflow.reprs import run_html
 
         info = self.info()
         if info is None:

@@ -213,7 +213,7 @@ class Task(Generic[P, R]):
         return f"<Task {self.name}{self._signature}>"
 
     def _repr_html_(self) -> str:
-        from dynflow.render import task_html
+        from dynflow.reprs import task_html
 
         return task_html(self)
 

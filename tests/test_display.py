@@ -15,17 +15,8 @@ import pytest
 
 import dynflow as df
 from dynflow.flowgraph import FlowGraph, GraphNode
-from dynflow.render import (
-    FlowSVG,
-    flow_html,
-    node_html,
-    run_html,
-    short_repr_counts,
-    task_html,
-    to_graphviz,
-    to_svg,
-    visualize,
-)
+from dynflow.render import FlowSVG, short_repr_counts, to_graphviz, to_svg, visualize
+from dynflow.reprs import flow_html, node_html, run_html, task_html
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
