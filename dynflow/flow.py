@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from dask.utils import funcname
 
 from dynflow.node import BUILDING, FLOW_OPTIONS, MapNode, Node, SubflowMapNode
-from dynflow.task import Task, by_reference, map_slots
+from dynflow.task import Task, by_reference, check_map_options, map_slots
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -142,12 +142,20 @@ class Flow(Generic[P, R]):
             return node
         return _compute(node, self.name)
 
-    def map(self, *args: Any, **kwargs: Any) -> MapNode:
+    def map(
+        self,
+        *args: Any,
+        wait_for: Iterable[Node] | None = None,
+        min_success_ratio: float = 1.0,
+        **kwargs: Any,
+    ) -> MapNode:
         """Run the whole flow once per item; a map node of the flow's outputs.
 
-        Arguments are mapped as in ``task.map``. On a cluster, each item's sub-flow is
+        Arguments are mapped as in ``task.map``, and ``wait_for`` and
+        ``min_success_ratio`` mean the same. On a cluster, each item's sub-flow is
         built on a worker once the mapped values exist and added to the scheduler:
-        its tasks, and any maps inside it, expand per item.
+        its tasks, and any maps inside it, expand per item. (``batch_size`` and
+        ``max_concurrency`` are for ``task.map``: a sub-flow is not one task.)
 
         Examples
         --------
@@ -161,10 +169,19 @@ class Flow(Generic[P, R]):
         >>> twice.map([1, 2, 3]).compute(scheduler="sync")
         [3, 4, 5]
         """
+        for option in ("batch_size", "max_concurrency"):
+            if option in kwargs and option not in self._signature.parameters:
+                raise TypeError(
+                    f"{self.name}.map(): {option} is not supported for a flow run per item "
+                    "(a sub-flow is several tasks); set it on the maps inside the flow"
+                )
         bound = self._bind(".map()", args, kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
-        node = SubflowMapNode(Task(self._fn, name=self.name), slots, kwslots)
+        check_map_options(self.name, min_success_ratio, None, None)
+        waits = Task._wait_for(self.name, wait_for)
+        node = SubflowMapNode(Task(self._fn, name=self.name), slots, kwslots, waits)
         object.__setattr__(node, "_flow", self)
+        object.__setattr__(node, "_ratio", float(min_success_ratio))
         return node
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:

@@ -289,28 +289,7 @@ class Task(Generic[P, R]):
         """
         bound = self._bind(".map()", args, kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
-        if not (_is_number(min_success_ratio) and 0 <= min_success_ratio <= 1):
-            raise TypeError(
-                f"{self.name}.map(): min_success_ratio={min_success_ratio!r}; expected a "
-                "number in [0, 1]"
-            )
-        if not (
-            batch_size is None or batch_size == "auto" or (_is_int(batch_size) and batch_size >= 1)
-        ):
-            raise TypeError(
-                f"{self.name}.map(): batch_size={batch_size!r}; expected None, an int >= 1 "
-                "or 'auto'"
-            )
-        if max_concurrency is not None and not (_is_int(max_concurrency) and max_concurrency >= 1):
-            raise TypeError(
-                f"{self.name}.map(): max_concurrency={max_concurrency!r}; expected None or "
-                "an int >= 1"
-            )
-        if max_concurrency is not None and batch_size is not None:
-            raise TypeError(
-                f"{self.name}.map(): max_concurrency and batch_size together are not "
-                "supported yet; limit the batches with batch_size alone"
-            )
+        check_map_options(self.name, min_success_ratio, batch_size, max_concurrency)
         node = MapNode(self._in_flow(), slots, kwslots, self._wait_for(self.name, wait_for))
         object.__setattr__(node, "_concurrency", max_concurrency)
         object.__setattr__(node, "_ratio", float(min_success_ratio))
@@ -320,6 +299,31 @@ class Task(Generic[P, R]):
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
         return self(*args, **kwargs).submit()
+
+
+def check_map_options(
+    name: str, min_success_ratio: Any, batch_size: Any, max_concurrency: Any
+) -> None:
+    """Raise a ``TypeError`` naming ``name.map()`` for a bad map option."""
+    if not (_is_number(min_success_ratio) and 0 <= min_success_ratio <= 1):
+        raise TypeError(
+            f"{name}.map(): min_success_ratio={min_success_ratio!r}; expected a number in [0, 1]"
+        )
+    if not (
+        batch_size is None or batch_size == "auto" or (_is_int(batch_size) and batch_size >= 1)
+    ):
+        raise TypeError(
+            f"{name}.map(): batch_size={batch_size!r}; expected None, an int >= 1 or 'auto'"
+        )
+    if max_concurrency is not None and not (_is_int(max_concurrency) and max_concurrency >= 1):
+        raise TypeError(
+            f"{name}.map(): max_concurrency={max_concurrency!r}; expected None or an int >= 1"
+        )
+    if max_concurrency is not None and batch_size is not None:
+        raise TypeError(
+            f"{name}.map(): max_concurrency and batch_size together are not supported yet; "
+            "limit the batches with batch_size alone"
+        )
 
 
 def _make_task(fn: Callable, options: dict[str, Any]) -> Task:
@@ -435,9 +439,16 @@ def task(
     *,
     name: str | None = ...,
     retries: int = ...,
+    retry_delay: float | str = ...,
+    retry_backoff: float = ...,
+    retry_jitter: float = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    timeout: float | str | None = ...,
     pure: bool = ...,
     resources: dict | None = ...,
     priority: int = ...,
+    task_run_name: str | Callable[..., str] | None = ...,
+    log_prints: bool | None = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(fn: Callable | None = None, /, **options: Any) -> Any:
     """Turn a function into a :class:`Task`: calling it builds a lazy node.
@@ -449,7 +460,14 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
     name : str, optional
         Name shown in keys and the dashboard; default: the function's name.
     retries : int
-        How often the scheduler reruns a failed call (per item in a map).
+        How often a failed call is retried (per item in a map).
+    retry_delay, retry_backoff, retry_jitter : float
+        Seconds before the first retry (or a string such as ``"2s"``), the factor by
+        which each further delay grows, and a random +/- fraction of each delay.
+    retry_on : exception class or tuple of them
+        Retry only these exceptions (default: any ``Exception``).
+    timeout : float or str, optional
+        An attempt running longer raises :class:`~dynflow.TaskTimeoutError`.
     pure : bool
         Deterministic keys from the function and arguments, so equal calls share
         one result. Default False: every call gets a fresh key.

@@ -192,3 +192,40 @@ def test_flow_map_checks_arguments_at_build_time():
         per_account.map([1])
     with pytest.raises(df.MapLengthError, match="account=2, bonus=3"):
         per_account.map([1, 2], [1, 2, 3])
+
+
+@df.task
+def check_positive(x):
+    if x < 0:
+        raise ValueError(f"{x} is negative")
+    return x
+
+
+@df.flow
+def checked(x):
+    return check_positive(x)
+
+
+@df.task
+def marker():
+    return "ready"
+
+
+def test_flow_map_takes_min_success_ratio_and_wait_for():
+    m = checked.map([1, -2, 3, 4], min_success_ratio=0.75, wait_for=[marker()])
+    assert m.compute(scheduler="sync") == [1, None, 3, 4]
+    with pytest.raises(df.MapItemError, match="1 of 4 items failed"):
+        checked.map([1, -2, 3, 4], min_success_ratio=0.9).compute(scheduler="sync")
+
+
+@gen_cluster(client=True)
+async def test_flow_map_options_on_a_cluster(c, s, a, b):
+    m = checked.map([1, -2, 3, 4], min_success_ratio=0.75, wait_for=[marker()])
+    assert await m.compute(client=c) == [1, None, 3, 4]
+
+
+def test_flow_map_rejects_task_map_only_options():
+    with pytest.raises(TypeError, match="batch_size is not supported for a flow run per item"):
+        checked.map([1, 2], batch_size=10)
+    with pytest.raises(TypeError, match="min_success_ratio=2"):
+        checked.map([1, 2], min_success_ratio=2)
