@@ -131,9 +131,10 @@ class Flow(Generic[P, R]):
         finally:
             FLOW_OPTIONS.reset(options_token)
             BUILDING.reset(token)
-        if isinstance(out, Node):
-            return out
-        return Task(_output, name=self.name)(out)
+        if not isinstance(out, Node):
+            out = Task(_output, name=self.name)(out)
+        object.__setattr__(out, "_flow_name", self.name)  # runs of it are named after the flow
+        return out
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """At top level: build and compute, return the value. In a flow: the output node."""

@@ -59,7 +59,7 @@ class Node:
     3
     """
 
-    __slots__ = ("_args", "_key", "_kwargs", "_task", "_wait_for")
+    __slots__ = ("_args", "_flow_name", "_key", "_kwargs", "_task", "_wait_for")
 
     _key: str
     _task: Task
@@ -99,6 +99,11 @@ class Node:
     def name(self) -> str:
         """The task's name."""
         return self._task.name
+
+    @property
+    def flow_name(self) -> str | None:
+        """The flow whose output this node is, if it was built by ``flow.build``."""
+        return getattr(self, "_flow_name", None)
 
     @property
     def dependencies(self) -> tuple[Node, ...]:

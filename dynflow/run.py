@@ -48,9 +48,10 @@ class Run:
 
     @classmethod
     def of(cls, nodes: Sequence[Node], client: Client, name: str | None = None) -> Run:
-        """A new run of ``nodes`` (named after them unless ``name`` is given)."""
+        """A new run of ``nodes``, named ``name``, else after their flows or tasks."""
         graph = FlowGraph.from_outputs(nodes)
-        return cls(name or ", ".join(dict.fromkeys(n.name for n in nodes)), graph, client)
+        names = dict.fromkeys(n.flow_name or n.name for n in nodes)
+        return cls(name or ", ".join(names), graph, client)
 
     def register(self) -> Any:
         """Tell the scheduler's run tracker about the run (a coroutine)."""

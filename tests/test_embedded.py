@@ -124,6 +124,7 @@ def test_import_starts_nothing(tmp_path):
 EMBEDDED_SCRIPT = """
     import json
     import logging
+    import urllib.request
 
     import psutil
     from distributed import LocalCluster
@@ -164,7 +165,12 @@ EMBEDDED_SCRIPT = """
         )
         second = df.get_client()
         r2 = seed.build(10, 2).compute()
+        base = first.dashboard_link.rsplit("/", 1)[0]
+        page = urllib.request.urlopen(base + "/individual-dynflow")
+        runs = json.load(urllib.request.urlopen(base + "/dynflow/runs.json"))
         print(json.dumps({
+            "page": page.status,
+            "runs": [r["name"] for r in runs],
             "same_client": first is second,
             "local_cluster": isinstance(first.cluster, LocalCluster),
             "same_cluster": first.cluster is second.cluster,
@@ -185,6 +191,9 @@ def test_embedded_cluster_is_started_once_reused_and_closed_at_exit(tmp_path):
     assert info["r1"] == 3 * sum(range(20))
     assert info["r2"] == 2 * sum(range(10))
     assert info["same_client"] and info["same_cluster"]
+    # the dynflow dashboard page is there, and its data holds both runs, newest first
+    assert info["page"] == 200
+    assert info["runs"] == ["seed", "seed"]
     assert info["local_cluster"]
     # one LocalCluster: its worker processes were there after the first use, and the
     # second use started no more
