@@ -6,8 +6,8 @@ call's arguments). It reports to dynflow's run tracker with distributed's events
 
 - a failed map item (a :class:`~dynflow.failures.Failure` record, which dask sees as a
   finished task) on topic ``dynflow-item``, so progress counts it as failed;
-- with ``log_prints``, every line the call prints to stdout/stderr and every log record it
-  emits, on topic ``dynflow-log``; the tracker forwards them to the client that submitted
+- with ``log_prints``, every line the call prints to stdout/stderr (instead of the
+  worker's own output) and every log record it emits, on topic ``dynflow-log``; the tracker forwards them to the client that submitted
   the run, which prints them tagged with the label (``[fetch-acct1] ...``).
 
 Outside a worker (local schedulers) nothing is reported and prints go to the terminal.
@@ -158,7 +158,9 @@ class _Sink:
 
 
 class _Tee(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr`` on a worker: the real stream, plus the current call's sink."""
+    """``sys.stdout``/``sys.stderr`` on a worker: a forwarding call's output goes to its
+    sink (and so to the client) instead of the worker's own stream, where it would show
+    a second time wherever the worker's output is collected (a notebook's kernel)."""
 
     def __init__(self, stream: Any, name: str) -> None:
         self.stream, self.name = stream, name
@@ -167,6 +169,7 @@ class _Tee(io.TextIOBase):
         sink = _FORWARD.get()
         if sink is not None:
             sink.write(self.name, text)
+            return len(text)
         return self.stream.write(text)
 
     def flush(self) -> None:
