@@ -122,6 +122,8 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
                 items.report_failure(value, upstream=True)
             return value
     user_args = args[2:] if fn is call_after else args
+    if not policy.log_prints:
+        return _run(policy, fn, args, kwargs, user_args)
     with items.forwarding(policy, user_args, kwargs):
         return _run(policy, fn, args, kwargs, user_args)
 
