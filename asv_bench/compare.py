@@ -43,7 +43,7 @@ import peers  # noqa: E402
 from benchmarks import _util as u  # noqa: E402
 
 
-def _commit() -> str:
+def git_commit() -> str:
     try:
         out = subprocess.run(
             ["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
@@ -71,7 +71,7 @@ def header(saturation: Any) -> None:
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"dynflow {dynflow.__version__} @ {_commit()}, dask {dask.__version__}, "
+        f"dynflow {dynflow.__version__} @ {git_commit()}, dask {dask.__version__}, "
         f"distributed {distributed.__version__}, python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs, load average {load}"
     )
