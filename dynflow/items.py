@@ -7,8 +7,9 @@ call's arguments). It reports to dynflow's run tracker with distributed's events
 - a failed map item (a :class:`~dynflow.failures.Failure` record, which dask sees as a
   finished task) on topic ``dynflow-item``, so progress counts it as failed;
 - with ``log_prints``, every line the call prints to stdout/stderr (instead of the
-  worker's own output) and every log record it emits, on topic ``dynflow-log``; the tracker forwards them to the client that submitted
-  the run, which prints them tagged with the label (``[fetch-acct1] ...``).
+  worker's own output) and every log record it emits, on topic ``dynflow-log``; the
+  tracker forwards them to the client that submitted the run, which prints them tagged
+  with the label (``[fetch-acct1] ...``).
 
 Outside a worker (local schedulers) nothing is reported and prints go to the terminal.
 """

@@ -57,9 +57,11 @@ class NodeState:
     run: RunState
     key: str
     kind: str
-    total: int | None  # None: a map not expanded yet
+    fixed_total: int | None  # plain tasks: 1 (0: not needed); None: a map
     depth: int | None = None  # maps: length of the item prefix (nested maps: 1, ...)
-    batches: dict[tuple, tuple[int, int]] = field(default_factory=dict)  # prefix -> (n, size)
+    # maps: item prefix -> (items, items per task or None); a repeated splice of the same
+    # prefix (an expander rerun after a lost worker) overwrites, never adds
+    lengths: dict[tuple, tuple[int, int | None]] = field(default_factory=dict)
     running: int = 0
     memory: int = 0  # units that finished in dask (failure records included)
     erred: int = 0
@@ -73,13 +75,19 @@ class NodeState:
             return 1 if key == self.key else 0
         if type(key) is not tuple or self.depth is None or len(key) != self.depth + 2:
             return 0  # a collector or a per-parent list
-        if not self.batches:
+        n, size = self.lengths.get(key[1:-1], (0, None))
+        if size is None:
             return 1
-        batch = self.batches.get(key[1:-1])
-        if batch is None:
-            return 1
-        n, size = batch
         return max(0, min(size, n - key[-1] * size))
+
+    @property
+    def total(self) -> int | None:
+        """Units in all: 1 for a task, a map's items once known (None before)."""
+        if self.fixed_total is not None:
+            return self.fixed_total
+        if not self.lengths:
+            return None
+        return sum(n for n, _ in self.lengths.values())
 
     def counts(self) -> dict[str, int | None]:
         failed = self.erred + self.records
@@ -190,10 +198,8 @@ class RunTracker(SchedulerPlugin):
                 ns = self.index.get(key)
                 if ns is None:
                     continue
-                ns.total = (ns.total or 0) + n
                 ns.depth = len(prefix)
-                if size is not None:
-                    ns.batches[tuple(prefix)] = (n, size)
+                ns.lengths[tuple(prefix)] = (n, size)
             return
         present = set(tasks)
         for run in self.runs.values():
@@ -201,8 +207,8 @@ class RunTracker(SchedulerPlugin):
                 continue
             run.state = "running"
             for ns in run.nodes.values():
-                if ns.total == 1 and ns.key not in present and ns.key not in scheduler.tasks:
-                    ns.total = 0  # built but not needed (a flatten only mapped over)
+                if ns.fixed_total == 1 and ns.key not in present and ns.key not in scheduler.tasks:
+                    ns.fixed_total = 0  # built but not needed (a flatten only mapped over)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         runs = self.outputs.get(key)
