@@ -191,7 +191,7 @@ class RunTracker(SchedulerPlugin):
         return [r.summary(with_graph=graph) for r in reversed(self.runs.values())]
 
     # ------------------------------------------------------------- plugin hooks
-    def update_graph(self, scheduler: Scheduler, *, tasks: Any = (), **kwargs: Any) -> None:
+    def update_graph(self, scheduler: Scheduler, **kwargs: Any) -> None:
         stages = kwargs.get("dynflow_stages")
         if stages:  # a splice: the maps' lengths are known now
             for key, (prefix, n, size) in stages.items():
@@ -201,13 +201,13 @@ class RunTracker(SchedulerPlugin):
                 ns.depth = len(prefix)
                 ns.lengths[tuple(prefix)] = (n, size)
             return
-        present = set(tasks)
+        # a client's graph: its tasks are in the scheduler now
         for run in self.runs.values():
-            if run.state != "pending" or not any(k in present for k in run.outputs):
+            if run.state != "pending" or not all(k in scheduler.tasks for k in run.outputs):
                 continue
             run.state = "running"
             for ns in run.nodes.values():
-                if ns.fixed_total == 1 and ns.key not in present and ns.key not in scheduler.tasks:
+                if ns.fixed_total == 1 and ns.key not in scheduler.tasks:
                     ns.fixed_total = 0  # built but not needed (a flatten only mapped over)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:

@@ -86,6 +86,7 @@ async def test_batched_and_nested_maps_count_items(c, s, a, b):
     assert counts["inv.map()"]["total"] == 10
     assert (counts["inv.map()"]["done"], counts["inv.map()"]["failed"]) == (9, 1)
     assert counts["pair.map()"]["total"] == 4
+    assert counts["flatten(pair.map())"]["total"] == 0  # only mapped over: never a task
     assert counts["ident.map()"] == {"total": 8, "pending": 0, "running": 0, "done": 8, "failed": 0}
 
 
