@@ -3,7 +3,8 @@
 :class:`RunTracker` is a scheduler plugin that uses the plugin API only (``transition``,
 ``update_graph``, ``log_event``). A client registers each run it submits with the flow-level
 graph (:class:`dynflow.flowgraph.FlowGraph`); from then on the tracker counts, per node,
-the tasks that are pending, running, done and failed:
+the tasks that are pending, running (dask's *processing*: assigned to a worker, perhaps
+still queued there), done and failed:
 
 - a plain task is one unit;
 - a map's units are its items ``(map key, *prefix, i)``; its total is unknown until the
