@@ -196,7 +196,8 @@ def progress(*futures: Any, notebook: bool | None = None, interval: float | None
     Returns
     -------
     WidgetProgress or TextProgress
-        The progress display; its ``infos`` hold the last counts of each run.
+        The progress display; its ``infos`` hold the last counts of each run. With an
+        asynchronous client, an awaitable of it (text) that ends with the runs.
     """
     runs = _runs(futures)
     if not runs:
@@ -213,6 +214,11 @@ def progress(*futures: Any, notebook: bool | None = None, interval: float | None
         return bar
     text = TextProgress(runs, interval)
     if client.asynchronous:
-        return text.listen()
+        return _listened(text)
     client.sync(text.listen)
     return text
+
+
+async def _listened(bar: _Progress) -> _Progress:
+    await bar.listen()
+    return bar

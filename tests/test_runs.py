@@ -158,3 +158,13 @@ async def test_history_keeps_the_newest_finished_runs(c, s, a, b):
 def test_progress_rejects_plain_values():
     with pytest.raises(TypeError, match="futures returned by dynflow's submit"):
         df.progress(42)
+
+
+@gen_cluster(client=True)
+async def test_progress_in_a_terminal_with_an_asynchronous_client(c, s, a, b, capsys):
+    (fut,) = await df.submit_async(total(inc.map(numbers(4))), client=c, name="four")
+    bar = await df.progress(fut, notebook=False, interval=0.01)
+    assert isinstance(bar, TextProgress)
+    assert bar.infos[fut.run.id]["state"] == "finished"
+    out = capsys.readouterr().out
+    assert "four finished 6/6" in out and "inc.map() 4/4 done" in out
