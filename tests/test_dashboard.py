@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 from distributed.utils_test import gen_cluster
+from processes import CLICluster
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
@@ -98,8 +99,6 @@ def _chromium() -> str | None:
 
 @pytest.mark.slow
 def test_chromium_screenshot_shows_the_run(tmp_path):
-    from test_remote import CLICluster
-
     chromium = _chromium()
     if chromium is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")

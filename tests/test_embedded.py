@@ -7,47 +7,19 @@ timeout the whole process group (the LocalCluster's worker processes included) i
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from processes import run_python
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds for one child interpreter, under pytest's 120 s per test
-
-
-def run_python(args: list[str], cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``python *args``; on timeout kill its whole process group and fail."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_DYNFLOW__")}
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"python {args} did not finish in {timeout}s\n{out}\n{err}")
-    finally:
-        if proc.poll() is None:  # an exception other than the timeout: leave nothing behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run_script(source: str, tmp_path: Path) -> subprocess.CompletedProcess:

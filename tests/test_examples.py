@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from distributed import Client
-from test_remote import CLICluster
+from processes import CLICluster, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -75,28 +73,7 @@ def example_env() -> dict[str, str]:
 
 
 def run_example(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run the example in its own session; on timeout kill its whole process group."""
-    proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
-        cwd=cwd,
-        env=example_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{name} {args} did not finish in {TIMEOUT}s\n{out}\n{err}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_python([str(EXAMPLES / f"{name}.py"), *args], cwd, TIMEOUT, example_env())
 
 
 def check(proc: subprocess.CompletedProcess, pattern: str) -> None:
