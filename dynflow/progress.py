@@ -21,7 +21,7 @@ from distributed.utils import is_kernel
 from dynflow.render import short_repr_counts
 from dynflow.run import FINAL_STATES, Run, RunFuture
 
-__all__ = ["TextProgress", "WidgetProgress", "progress"]
+__all__ = ["RunView", "TextProgress", "WidgetProgress", "progress", "show_live"]
 
 
 def _runs(objs: Sequence[Any]) -> list[Run]:
@@ -178,6 +178,42 @@ class WidgetProgress(_Progress):
 
             self._shown = True
             display(self.box)
+
+
+class RunView(_Progress):
+    """A run's HTML view (counts, failures, graph) in an ipywidget, updated until it ends.
+
+    What a ``RunFuture`` displays in a notebook; :func:`dynflow.reprs.run_html` renders it.
+    """
+
+    def __init__(self, run: Run, interval: float | None = None) -> None:
+        import ipywidgets
+
+        super().__init__([run], interval)
+        self.widget = ipywidgets.HTML(run._repr_html_() if not run.client.asynchronous else "")
+
+    def update(self) -> None:
+        from dynflow.reprs import run_html
+
+        (run,) = self.runs
+        info = self.infos.get(run.id)
+        if info is not None:
+            self.widget.value = run_html(run.graph, info)
+
+
+def show_live(run: Run) -> bool:
+    """Display ``run``'s live view in a notebook; False where widgets are unavailable."""
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython.display import display
+    except ImportError:
+        return False
+    if not is_kernel():
+        return False
+    view = RunView(run)
+    display(view.widget)
+    run.client.loop.add_callback(view.listen)
+    return True
 
 
 def progress(*futures: Any, notebook: bool | None = None, interval: float | None = None) -> Any:

@@ -94,6 +94,15 @@ class Run:
             info = {"name": self.name, "state": "unknown", "nodes": {}, "elapsed": 0.0}
         return run_html(self.graph, info)
 
+    def _ipython_display_(self) -> None:
+        """In a notebook: the HTML view, kept up to date until the run ends."""
+        from IPython.display import HTML, display
+
+        from dynflow.progress import show_live
+
+        if not show_live(self):
+            display(HTML(self._repr_html_()))
+
     def __repr__(self) -> str:
         return f"<Run {self.name!r} id={self.id[:8]}>"
 
@@ -103,7 +112,8 @@ class RunFuture(Future):
 
     It is a plain Future for distributed's tools (``wait``, ``as_completed``,
     ``client.gather``; pickled, it becomes a plain Future); in a notebook it displays the
-    run's live per-node state, and :func:`dynflow.progress` accepts it.
+    run's per-node state, updated live until the run ends (an ipywidget; static HTML in
+    other front ends), and :func:`dynflow.progress` accepts it.
     """
 
     def __init__(self, key: Any, client: Client, run: Run) -> None:
@@ -112,6 +122,9 @@ class RunFuture(Future):
 
     def _repr_html_(self) -> str:
         return self.run._repr_html_()
+
+    def _ipython_display_(self) -> None:
+        self.run._ipython_display_()
 
     def __repr__(self) -> str:
         return f"<RunFuture {self.run.name!r}: {self.status}, key: {self.key}>"

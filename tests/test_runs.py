@@ -168,3 +168,15 @@ async def test_progress_in_a_terminal_with_an_asynchronous_client(c, s, a, b, ca
     assert bar.infos[fut.run.id]["state"] == "finished"
     out = capsys.readouterr().out
     assert "four finished 6/6" in out and "inc.map() 4/4 done" in out
+
+
+@gen_cluster(client=True)
+async def test_the_live_view_of_a_run_follows_it_to_the_end(c, s, a, b):
+    from dynflow.progress import RunView
+
+    (fut,) = await df.submit_async(total(inc.map(numbers(3))), client=c, name="live")
+    view = RunView(fut.run, interval=0.01)
+    await view.listen()
+    html = view.widget.value
+    assert "live" in html and "finished" in html
+    assert "inc.map() ×3" in html  # the map's box shows its item count
