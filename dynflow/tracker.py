@@ -66,7 +66,9 @@ class NodeState:
     running: int = 0
     memory: int = 0  # units that finished in dask (failure records included)
     erred: int = 0
-    records: int = 0  # items that finished holding a failure record
+    # items that finished holding a failure record (a set: an item recomputed after a
+    # lost worker reports again)
+    records: set = field(default_factory=set)
     limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
 
@@ -91,8 +93,8 @@ class NodeState:
         return sum(n for n, _ in self.lengths.values())
 
     def counts(self) -> dict[str, int | None]:
-        failed = self.erred + self.records
-        done = max(0, self.memory - self.records)
+        failed = self.erred + len(self.records)
+        done = max(0, self.memory - len(self.records))
         total = self.total
         known = total if total is not None else done + failed + self.running
         pending = max(0, known - done - failed - self.running)
@@ -224,7 +226,7 @@ class RunTracker(SchedulerPlugin):
             key = _key(msg["key"])
             ns = self.index.get(key[0] if type(key) is tuple else key)
             if ns is not None and ns.run.finished is None:
-                ns.records += 1
+                ns.records.add(key)
                 if not msg.get("upstream"):
                     index = msg.get("index")
                     ns.failures.append(
