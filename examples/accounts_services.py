@@ -158,12 +158,12 @@ def list_accounts(api: str) -> list[str]:
     return get_json(f"{api}/accounts")
 
 
-@df.task(**RETRIES)
+@df.task(**RETRIES, task_run_name="services-{account}")  # labels items in errors and logs
 def list_services(account: str, api: str) -> list[dict[str, str]]:
     return get_json(f"{api}/accounts/{account}/services")
 
 
-@df.task(**RETRIES)
+@df.task(**RETRIES, task_run_name=lambda service, **_: f"metrics-{service['id']}")
 def fetch_metrics(service: dict[str, str], api: str) -> dict[str, Any]:
     metrics = get_json(f"{api}/services/{service['id']}/metrics")
     return {**metrics, "account": service["account"]}
