@@ -32,13 +32,13 @@ from typing import Any
 from distributed.protocol.pickle import dumps
 from tblib import Traceback
 
-from dynflow import items
 from dynflow.exceptions import (
     MapItemError,
     SerializationError,
     TaskInterruptedError,
     TaskTimeoutError,
 )
+from dynflow.items import forwarding, label, report_failure
 
 __all__ = [
     "CallPolicy",
@@ -119,12 +119,12 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
     for value in (*args, *kwargs.values()):
         if type(value) is Failure:  # an upstream item failed: pass it on, do not run
             if policy.records:
-                items.report_failure(value, upstream=True)
+                report_failure(value, upstream=True)
             return value
     user_args = args[2:] if fn is call_after else args
     if not policy.log_prints:
         return _run(policy, fn, args, kwargs, user_args)
-    with items.forwarding(policy, user_args, kwargs):
+    with forwarding(policy, user_args, kwargs):
         return _run(policy, fn, args, kwargs, user_args)
 
 
@@ -144,8 +144,8 @@ def _run(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict, user_args:
         attempt += 1
         if attempt > policy.retries or not isinstance(error, policy.retry_on):
             if policy.records:
-                failure = Failure(error, policy.task_name, items.label(policy, user_args, kwargs))
-                items.report_failure(failure, upstream=False)
+                failure = Failure(error, policy.task_name, label(policy, user_args, kwargs))
+                report_failure(failure, upstream=False)
                 return failure
             raise error
         _wait(policy.delay(attempt))
