@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_INDEX",
+    "at_index",
     "forwarding",
     "item_index",
     "label",
@@ -46,6 +47,16 @@ BATCH_INDEX: ContextVar[tuple[int, ...] | None] = ContextVar("dynflow_batch_inde
 # (worker key, tag, buffers) of the call whose output is forwarded, per thread/context
 _FORWARD: ContextVar[_Sink | None] = ContextVar("dynflow_forward", default=None)
 _install_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def at_index(index: tuple[int, ...]) -> Iterator[None]:
+    """Calls made inside run as map item ``index`` (several items run in one task)."""
+    token = BATCH_INDEX.set(index)
+    try:
+        yield
+    finally:
+        BATCH_INDEX.reset(token)
 
 
 def _current_key() -> Any:

@@ -28,7 +28,7 @@ from dask.utils import key_split
 
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.failures import CallPolicy, Failure, call_after, gather, gather_concat, run_call
-from dynflow.items import BATCH_INDEX
+from dynflow.items import at_index
 
 __all__ = [
     "Collector",
@@ -198,11 +198,8 @@ def run_batch(
     """A batch, on the worker: each item's spec made and run in turn (results per item)."""
     out = []
     for i in range(start, stop):
-        token = BATCH_INDEX.set((*prefix, i))
-        try:
+        with at_index((*prefix, i)):
             out.append(stage.call(None, prefix, i, refs)(data))
-        finally:
-            BATCH_INDEX.reset(token)
     return out
 
 
@@ -542,11 +539,8 @@ class Expansion:
         unbatched = dataclasses.replace(stage, batch=None)  # same list, in order
         out = []
         for i, task in enumerate(unbatched.items((), n, refs)):
-            token = BATCH_INDEX.set((i,))  # the item's index, for its label
-            try:
+            with at_index((i,)):  # the item's index, for its label
                 out.append(task(data))
-            finally:
-                BATCH_INDEX.reset(token)
         return out
 
 
