@@ -145,31 +145,45 @@ class Stage:
     ) -> list[Task]:
         """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists.
 
-        With ``max_concurrency=k`` the items run in ``k`` lanes: item ``i`` waits for a
-        tiny "done" task of item ``i - k``, so at most ``k`` run at once, cluster-wide,
-        and a waiting item is only a scheduler task (no worker thread is held).
+        With ``max_concurrency=k`` the tasks run in ``k`` lanes: task ``t`` waits for a
+        tiny "done" task of task ``t - k``, so at most ``k`` run at once, cluster-wide,
+        and a waiting task is only a scheduler task (no worker thread is held). A batch
+        runs its items one after another, so ``k`` batches also mean ``k`` items.
         """
-        if self.batch is None and self.max_concurrency:
-            k, lane = self.max_concurrency, f"{self.key}-lane"
-            out = []
-            for i in range(n):
-                after = (lane, *prefix, i - k) if i >= k else None
-                out.append(self.call((self.key, *prefix, i), prefix, i, refs, after))
-                if i + k < n:
-                    out.append(Task((lane, *prefix, i), done, TaskRef((self.key, *prefix, i))))
-            return out
         if self.batch is None:
-            return [self.call((self.key, *prefix, i), prefix, i, refs) for i in range(n)]
-        size = batch_size(self.batch, n, nthreads)
-        return [
-            self._batch((self.key, *prefix, b), prefix, start, stop, refs)
-            for b, (start, stop) in enumerate(_ranges(n, size))
-        ]
+
+            def make(t: int, after: Any) -> Task:
+                return self.call((self.key, *prefix, t), prefix, t, refs, after)
+
+            count = n
+        else:
+            ranges = _ranges(n, batch_size(self.batch, n, nthreads))
+
+            def make(t: int, after: Any) -> Task:
+                start, stop = ranges[t]
+                return self._batch((self.key, *prefix, t), prefix, start, stop, refs, after)
+
+            count = len(ranges)
+        if not self.max_concurrency:
+            return [make(t, None) for t in range(count)]
+        k, lane = self.max_concurrency, f"{self.key}-lane"
+        out = []
+        for t in range(count):
+            out.append(make(t, (lane, *prefix, t - k) if t >= k else None))
+            if t + k < count:
+                out.append(Task((lane, *prefix, t), done, TaskRef((self.key, *prefix, t))))
+        return out
 
     def _batch(
-        self, key: Any, prefix: Prefix, start: int, stop: int, refs: Callable[[Any, int], Any]
+        self,
+        key: Any,
+        prefix: Prefix,
+        start: int,
+        stop: int,
+        refs: Callable[[Any, int], Any],
+        after: Any = None,
     ) -> Task:
-        """One task for items ``start:stop``.
+        """One task for items ``start:stop`` (``after``: a key it waits for, unread).
 
         Its spec is small whatever its size: the items' own specs are made where it runs
         (:func:`run_batch`); only its dependencies are listed here. Concrete mapped
@@ -178,13 +192,19 @@ class Stage:
         markers = list(_markers((self.args, self.kwargs)))
         if any(type(m) is Const for m in markers) or not isinstance(refs, ItemRefs):
             calls = (self.call(None, prefix, i, refs) for i in range(start, stop))
-            return Task(key, collect_batch, *calls)
+            if after is None:
+                return Task(key, collect_batch, *calls)
+            return Task(key, call_after, collect_batch, TaskRef(after), *calls)
         deps = set(self.call(None, prefix, start, refs).dependencies)
         for m in markers:
             if type(m) is Stg:
                 deps.update((m.key, *prefix, i) for i in range(start, stop))
         data = parse_input({d: Alias(d) for d in deps})
-        return Task(key, run_batch, self, prefix, start, stop, refs, data)
+        if after is None:
+            return Task(key, run_batch, self, prefix, start, stop, refs, data)
+        return Task(
+            key, call_after, run_batch, TaskRef(after), self, prefix, start, stop, refs, data
+        )
 
 
 def done(_result: Any) -> None:
@@ -536,7 +556,8 @@ class Expansion:
             return stage.run_locally(data, n)
         refs = ItemRefs(None, frozenset())
 
-        unbatched = dataclasses.replace(stage, batch=None)  # same list, in order
+        # one call per item, in order: the same list; one at a time, so no lanes either
+        unbatched = dataclasses.replace(stage, batch=None, max_concurrency=None)
         out = []
         for i, task in enumerate(unbatched.items((), n, refs)):
             with at_index((i,)):  # the item's index, for its label

@@ -276,7 +276,8 @@ class Task(Generic[P, R]):
         chained on it.
 
         ``max_concurrency=k``: at most ``k`` items of this map run at once, cluster-wide
-        (items wait as scheduler tasks, holding no worker thread).
+        (items wait as scheduler tasks, holding no worker thread); batched, at most ``k``
+        batches, each running its items in turn.
 
         Examples
         --------
@@ -318,11 +319,6 @@ def check_map_options(
     if max_concurrency is not None and not (_is_int(max_concurrency) and max_concurrency >= 1):
         raise TypeError(
             f"{name}.map(): max_concurrency={max_concurrency!r}; expected None or an int >= 1"
-        )
-    if max_concurrency is not None and batch_size is not None:
-        raise TypeError(
-            f"{name}.map(): max_concurrency and batch_size together are not supported yet; "
-            "limit the batches with batch_size alone"
         )
 
 

@@ -135,13 +135,14 @@ def together(x):
     return x
 
 
+@pytest.mark.parametrize("batch", [None, 3])
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 4)])
-async def test_max_concurrency_is_never_exceeded(c, s, a):
+async def test_max_concurrency_is_never_exceeded(c, s, a, batch):
     # without a limit this cluster runs four items at once
     BARRIER.reset()
     assert await together.map(generate_list(4)).compute(client=c) == [0, 1, 2, 3]
     RUNNING.update(now=0, max=0)
-    m = counted.map(generate_list(24), max_concurrency=2)
+    m = counted.map(generate_list(24), max_concurrency=2, batch_size=batch)
     assert await total(m).compute(client=c) == sum(range(24))
     assert 1 <= RUNNING["max"] <= 2
     await async_poll_for(lambda: not s.tasks, timeout=5)
@@ -156,8 +157,21 @@ async def test_max_concurrency_with_failures_and_chains(c, s, a):
     assert await chained.compute(client=c) == [4 * i for i in range(5)]
 
 
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)])
+async def test_max_concurrency_with_batches_keeps_failures_per_item(c, s, a):
+    m = double.map(generate_list(10), df.unmapped((2, 7)), max_concurrency=2, batch_size=3)
+    with pytest.raises(df.MapItemError, match="2 of 10 items failed, at index 2, 7"):
+        await m.compute(client=c)
+    ok = double.map(generate_list(10), max_concurrency=2, batch_size="auto")
+    assert await ok.compute(client=c) == [2 * i for i in range(10)]
+
+
+def test_max_concurrency_with_local_schedulers():
+    assert double.map(range(5), max_concurrency=2).compute(scheduler="sync") == [0, 2, 4, 6, 8]
+    m = double.map(range(5), max_concurrency=2, batch_size=2)
+    assert m.compute(scheduler="sync") == [0, 2, 4, 6, 8]
+
+
 def test_bad_max_concurrency_is_rejected():
     with pytest.raises(TypeError, match="max_concurrency=0"):
         double.map([1], max_concurrency=0)
-    with pytest.raises(TypeError, match="not supported yet"):
-        double.map([1], max_concurrency=2, batch_size=2)
