@@ -37,6 +37,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import dask.config
+
 import dynflow as df
 
 # ----------------------------------------------------------------- the fake API
@@ -235,14 +237,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    client = None
-    if args.address:
-        from distributed import Client
-
-        client = Client(args.address)
+    if args.address:  # dynflow's own discovery: DASK_DYNFLOW__ADDRESS does the same
+        dask.config.set({"dynflow.address": args.address})
     # at most 2 failures per URL, 4 retries per call: every call succeeds in the end
     with FakeAPI(args.n, args.seed, args.failure_rate, 2, host=args.api_host) as api:
-        result = pipeline.build(api.url).compute(client=client)
+        result = pipeline.build(api.url).compute()
 
     want = expected(api)
     assert result == want, (result, want)

@@ -14,6 +14,8 @@ import argparse
 import logging
 import random
 
+import dask.config
+
 import dynflow as df
 
 
@@ -51,13 +53,10 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    client = None
-    if args.address:
-        from distributed import Client
-
-        client = Client(args.address)
+    if args.address:  # dynflow's own discovery: DASK_DYNFLOW__ADDRESS does the same
+        dask.config.set({"dynflow.address": args.address})
     node = pipeline.build(args.n, seed=args.seed)
-    result = node.compute(client=client)
+    result = node.compute()
     # the same computation in plain Python, to check the answer
     expected = sum(2 * x for x in generate_list.fn(args.n, args.seed))
     assert result == {"items": args.n, "total": expected}, (result, expected)

@@ -18,6 +18,7 @@ import logging
 import math
 from typing import Any
 
+import dask.config
 import numpy as np
 
 import dynflow as df
@@ -94,13 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    client = None
-    if args.address:
-        from distributed import Client
-
-        client = Client(args.address)
+    if args.address:  # dynflow's own discovery: DASK_DYNFLOW__ADDRESS does the same
+        dask.config.set({"dynflow.address": args.address})
     grid = make_grid(args.n)
-    result = sweep.build(grid, args.samples, seed=args.seed).compute(client=client)
+    result = sweep.build(grid, args.samples, seed=args.seed).compute()
 
     # the same sweep in plain Python, one run after another
     data = make_dataset.fn(args.samples, args.seed)

@@ -18,6 +18,7 @@ import logging
 import math
 from typing import Any
 
+import dask.config
 import numpy as np
 
 import dynflow as df
@@ -87,13 +88,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    client = None
-    if args.address:
-        from distributed import Client
-
-        client = Client(args.address)
+    if args.address:  # dynflow's own discovery: DASK_DYNFLOW__ADDRESS does the same
+        dask.config.set({"dynflow.address": args.address})
     node = estimate_pi.build(args.n, args.samples, seed=args.seed, batch_size=args.batch_size)
-    result = node.compute(client=client)
+    result = node.compute()
 
     # the same simulations in plain Python, one after another
     hits = [simulate.fn(s, args.samples) for s in make_seeds.fn(args.n, args.seed)]

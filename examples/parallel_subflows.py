@@ -20,6 +20,7 @@ import logging
 import math
 from typing import Any
 
+import dask.config
 import numpy as np
 
 import dynflow as df
@@ -135,12 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     bad = args.n // 2 if args.bad is None else args.bad
 
-    client = None
-    if args.address:
-        from distributed import Client
-
-        client = Client(args.address)
-    result = pipeline.build(args.n, seed=args.seed, bad=bad).compute(client=client)
+    if args.address:  # dynflow's own discovery: DASK_DYNFLOW__ADDRESS does the same
+        dask.config.set({"dynflow.address": args.address})
+    result = pipeline.build(args.n, seed=args.seed, bad=bad).compute()
 
     good, failed = expected(args.n, args.seed, bad)
     assert [s["name"] for s in result["summaries"]] == [s["name"] for s in good], result

@@ -19,6 +19,7 @@ import logging
 import math
 from typing import Any
 
+import dask.config
 import numpy as np
 
 import dynflow as df
@@ -140,13 +141,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    client = None
-    if args.address:
-        from distributed import Client
-
-        client = Client(args.address)
+    if args.address:  # dynflow's own discovery: DASK_DYNFLOW__ADDRESS does the same
+        dask.config.set({"dynflow.address": args.address})
     node = scene.build(args.n, size=args.tile_size, seed=args.seed)
-    result = node.compute(client=client)
+    result = node.compute()
 
     want = expected(args.n, args.tile_size, args.seed)
     assert np.array_equal(result["mosaic"], want["mosaic"]), "mosaics differ"
