@@ -190,7 +190,7 @@ class RunView(_Progress):
         import ipywidgets
 
         super().__init__([run], interval)
-        self.widget = ipywidgets.HTML(run._repr_html_() if not run.client.asynchronous else "")
+        self.widget = ipywidgets.HTML()  # filled by the first poll, which is at once
 
     def update(self) -> None:
         from dynflow.reprs import run_html

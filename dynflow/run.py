@@ -79,7 +79,7 @@ class Run:
 
         return progress(self, **kwargs)
 
-    def visualize(self, **kwargs: Any) -> Any:
+    def visualize(self) -> Any:
         """The flow-level graph, coloured by the run's current counts."""
         from dynflow.render import FlowSVG, to_svg
 
