@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import json
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import dask.config
@@ -139,4 +138,4 @@ def register_page() -> None:
     """Add the page to the dashboard's applications (for schedulers started after this)."""
     from distributed.dashboard.scheduler import applications
 
-    applications.setdefault(PAGE, partial(dynflow_doc))
+    applications.setdefault(PAGE, dynflow_doc)
