@@ -25,6 +25,7 @@ import contextvars
 import pickle
 import random
 import time
+from fractions import Fraction
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -221,13 +222,28 @@ def _wait(seconds: float) -> None:
 
 
 # ------------------------------------------------------------------ collectors
+def ratio_met(succeeded: int, total: int, ratio: float) -> bool:
+    """Whether ``succeeded`` of ``total`` items meet ``min_success_ratio=ratio`` (< 1).
+
+    Compared exactly, with the ratio as written (its shortest decimal form): 55 of 100
+    meet 0.55, although ``0.55 * 100`` is ``55.00000000000001`` in floating point.
+
+    >>> ratio_met(55, 100, 0.55), ratio_met(54, 100, 0.55), ratio_met(1, 3, 1 / 3)
+    (True, False, True)
+    """
+    if ratio >= 1:
+        return False
+    r = Fraction(repr(float(ratio)))
+    return succeeded * r.denominator >= r.numerator * total
+
+
 def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
     failed = [i for i, x in enumerate(items) if type(x) is Failure]
     if not failed or mode == "raw":
         return items
     if mode == "tolerant":
         return [x.exception if type(x) is Failure else x for x in items]
-    if mode == "strict" and len(items) - len(failed) >= ratio * len(items) and ratio < 1:
+    if mode in ("strict", "record") and ratio_met(len(items) - len(failed), len(items), ratio):
         return [None if type(x) is Failure else x for x in items]
     first = items[failed[0]]
     labels = {i: items[i].label for i in failed if items[i].label is not None}
@@ -244,9 +260,9 @@ def gather(task_name: str, mode: str, ratio: float, *items: Any) -> Any:
 
     ``mode``: ``"strict"`` raise :class:`MapItemError` (unless ``min_success_ratio``
     ``ratio`` is met: failed items become ``None``); ``"tolerant"`` exception objects in
-    place of failed items (``allow_failure``); ``"record"`` a :class:`Failure` of that
-    error (inside a sub-flow run per item); ``"raw"`` the records as they are (a
-    nested map's per-parent list).
+    place of failed items (``allow_failure``); ``"record"`` as strict, but a
+    :class:`Failure` of the error instead of raising it (inside a sub-flow run per item);
+    ``"raw"`` the records as they are (a nested map's per-parent list).
     """
     return _check(task_name, mode, ratio, list(items))
 
@@ -263,5 +279,5 @@ def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
         if type(lst) is Failure:  # the parent item failed: its children are unknown
             out.append(lst)
         else:
-            out += lst
+            out.extend(lst)
     return _check(task_name, mode, ratio, out)

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from dask.utils import funcname
 
 from dynflow.node import BUILDING, FLOW_OPTIONS, MapNode, Node, SubflowMapNode
-from dynflow.task import Task, by_reference, check_map_options, map_slots
+from dynflow.task import (
+    Task,
+    by_reference,
+    check_map_options,
+    dynflow_keywords,
+    map_slots,
+    wait_for_nodes,
+)
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -43,10 +50,16 @@ class Flow(Generic[P, R]):
     run in parallel on the cluster.
     """
 
-    __slots__ = ("__dict__", "_fn", "_log_prints", "_name", "_signature")
+    __slots__ = ("__dict__", "_fn", "_log_prints", "_map_options", "_name", "_signature")
 
     def __init__(
-        self, fn: Callable[P, R], *, name: str | None = None, log_prints: bool | None = None
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        log_prints: bool | None = None,
+        wait_for: Node | Iterable[Node] | None = None,
+        min_success_ratio: float = 1.0,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@flow expects a function, got {type(fn).__name__}")
@@ -56,9 +69,19 @@ class Flow(Generic[P, R]):
             raise TypeError(
                 f"flow {funcname(fn)!r}: option log_prints={log_prints!r}; expected None or a bool"
             )
+        try:
+            waits = wait_for_nodes(wait_for)
+        except TypeError:
+            raise TypeError(
+                f"flow {funcname(fn)!r}: option wait_for={wait_for!r}; expected a node or "
+                "an iterable of nodes"
+            ) from None
+        check_map_options(funcname(fn), min_success_ratio, None, None)
         self._fn = fn
         self._name = name or funcname(fn)
         self._log_prints = log_prints
+        # defaults of flow.map() (not pickled: a flow run per item travels without them)
+        self._map_options = {"wait_for": waits, "min_success_ratio": min_success_ratio}
         self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
@@ -78,13 +101,27 @@ class Flow(Generic[P, R]):
         return self._log_prints
 
     def with_options(
-        self, *, name: str | None = None, log_prints: bool | None = None
+        self,
+        *,
+        name: str | None = None,
+        log_prints: bool | None = None,
+        wait_for: Node | Iterable[Node] | None = None,
+        min_success_ratio: float | None = None,
     ) -> Flow[P, R]:
-        """Return a copy of the flow with a different name or ``log_prints``."""
+        """Return a copy of the flow with other options.
+
+        ``wait_for`` and ``min_success_ratio`` are defaults of :meth:`map` (the way to
+        set them when the flow has parameters of those names).
+        """
+        o = self._map_options
         return Flow(
             self._fn,
             name=name or self._name,
             log_prints=self._log_prints if log_prints is None else log_prints,
+            wait_for=o["wait_for"] if wait_for is None else wait_for,
+            min_success_ratio=(
+                o["min_success_ratio"] if min_success_ratio is None else min_success_ratio
+            ),
         )
 
     def __repr__(self) -> str:
@@ -95,11 +132,16 @@ class Flow(Generic[P, R]):
 
         return flow_html(self)
 
-    def visualize(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Build the graph for these arguments and draw it (see :func:`dynflow.visualize`)."""
+    def visualize(self, *args: Any, **kwargs: Any) -> Any:
+        """Build the graph for these arguments and draw it (see :func:`dynflow.visualize`).
+
+        ``filename`` and ``engine`` are :func:`dynflow.visualize`'s, unless the flow has
+        parameters of those names (then use ``df.visualize(flow.build(...), ...)``).
+        """
         from dynflow.render import visualize
 
-        return visualize(self.build(*args, **kwargs))
+        ours = dynflow_keywords(self._signature, kwargs, ("filename", "engine"))
+        return visualize(self.build(*args, **kwargs), **ours)
 
     def __reduce__(self) -> tuple:
         # a module-level flow travels as a reference, like a plain function
@@ -109,6 +151,7 @@ class Flow(Generic[P, R]):
     def __setstate__(self, state: dict) -> None:
         self._name = state["_name"]
         self._log_prints = state.get("_log_prints")
+        self._map_options = {"wait_for": (), "min_success_ratio": 1.0}
 
     def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
         try:
@@ -143,20 +186,28 @@ class Flow(Generic[P, R]):
             return node
         return _compute(node, self.name)
 
-    def map(
-        self,
-        *args: Any,
-        wait_for: Iterable[Node] | None = None,
-        min_success_ratio: float = 1.0,
-        **kwargs: Any,
-    ) -> MapNode:
+    def map(self, *args: Any, **kwargs: Any) -> MapNode:
         """Run the whole flow once per item; a map node of the flow's outputs.
 
-        Arguments are mapped as in ``task.map``, and ``wait_for`` and
-        ``min_success_ratio`` mean the same. On a cluster, each item's sub-flow is
-        built on a worker once the mapped values exist and added to the scheduler:
-        its tasks, and any maps inside it, expand per item. (``batch_size`` and
-        ``max_concurrency`` are for ``task.map``: a sub-flow is not one task.)
+        Arguments are mapped as in :meth:`Task.map`, and ``wait_for`` and
+        ``min_success_ratio`` mean the same (taken from the call unless the flow has
+        parameters of those names; :meth:`with_options` sets them then). On a cluster,
+        each item's sub-flow is built on a worker once the mapped values exist and added
+        to the scheduler: its tasks, and any maps inside it, expand per item.
+        (``batch_size`` and ``max_concurrency`` are for ``task.map``: a sub-flow is not
+        one task.)
+
+        Returns
+        -------
+        MapNode
+            Its value is the list of the flow's outputs, in item order.
+
+        Raises
+        ------
+        TypeError
+            Arguments that do not fit the flow's signature, or a bad option.
+        MapInputError, MapLengthError
+            As for :meth:`Task.map`.
 
         Examples
         --------
@@ -176,14 +227,22 @@ class Flow(Generic[P, R]):
                     f"{self.name}.map(): {option} is not supported for a flow run per item "
                     "(a sub-flow is several tasks); set it on the maps inside the flow"
                 )
+        ours = dynflow_keywords(self._signature, kwargs, ("wait_for", "min_success_ratio"))
         bound = self._bind(".map()", args, kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
-        check_map_options(self.name, min_success_ratio, None, None)
-        waits = Task._wait_for(self.name, wait_for)
-        node = SubflowMapNode(Task(self._fn, name=self.name), slots, kwslots, waits)
-        object.__setattr__(node, "_flow", self)
-        object.__setattr__(node, "_ratio", float(min_success_ratio))
-        return node
+        ratio = ours.get("min_success_ratio", self._map_options["min_success_ratio"])
+        check_map_options(self.name, ratio, None, None)
+        waits = self._map_options["wait_for"]
+        if "wait_for" in ours:
+            try:
+                waits = waits + wait_for_nodes(ours["wait_for"])
+            except TypeError:
+                raise TypeError(
+                    f"{self.name}.map(): wait_for must hold nodes (a node or an iterable "
+                    f"of nodes), got {ours['wait_for']!r}"
+                ) from None
+        task = Task(self._fn, name=self.name)
+        return SubflowMapNode(self, task, slots, kwslots, waits, min_success_ratio=ratio)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:
         """Build the graph and start it as a run named after the flow; return its future."""

@@ -79,10 +79,22 @@ class Node:
         object.__setattr__(self, "_kwargs", kwargs)
         object.__setattr__(self, "_wait_for", wait_for)
         if task.options["pure"]:
-            token = tokenize(type(self).__name__, task.fn, task.options, args, kwargs, wait_for)
+            token = tokenize(
+                type(self).__name__,
+                task.fn,
+                task.options,
+                args,
+                kwargs,
+                wait_for,
+                self._token_options(),
+            )
         else:
             token = uuid.uuid4().hex
         object.__setattr__(self, "_key", f"{task.name}-{token}")
+
+    def _token_options(self) -> tuple:
+        """What else, beyond the call, changes this node's value (part of a pure key)."""
+        return ()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -229,20 +241,40 @@ class MapNode(Node):
     _args: tuple[Slot, ...]
     _kwargs: dict[str, Slot]
 
+    def __init__(
+        self,
+        task: Task,
+        args: tuple[Slot, ...],
+        kwargs: dict[str, Slot],
+        wait_for: tuple[Node, ...] = (),
+        *,
+        min_success_ratio: float = 1.0,
+        batch_size: int | str | None = None,
+        max_concurrency: int | None = None,
+    ) -> None:
+        # set first: they are part of a pure node's key
+        object.__setattr__(self, "_ratio", float(min_success_ratio))
+        object.__setattr__(self, "_batch", batch_size)
+        object.__setattr__(self, "_concurrency", max_concurrency)
+        super().__init__(task, args, kwargs, wait_for)
+
+    def _token_options(self) -> tuple:
+        return (self._ratio, self._batch, self._concurrency)
+
     @property
     def min_success_ratio(self) -> float:
         """Fraction of items that must succeed for the list to be returned (default 1)."""
-        return getattr(self, "_ratio", 1.0)
+        return self._ratio
 
     @property
     def max_concurrency(self) -> int | None:
         """At most this many items of the map run at once, cluster-wide (None: no limit)."""
-        return getattr(self, "_concurrency", None)
+        return self._concurrency
 
     @property
     def batch_size(self) -> int | str | None:
         """Items per scheduler task (None: one task per item; ``"auto"``)."""
-        return getattr(self, "_batch", None)
+        return self._batch
 
     @property
     def slots(self) -> tuple[Slot, ...]:
@@ -295,6 +327,19 @@ class SubflowMapNode(MapNode):
     """``flow.map(...)``: a whole sub-flow per item; its value is the list of their outputs."""
 
     __slots__ = ("_flow",)
+
+    def __init__(
+        self,
+        flow: Any,
+        task: Task,
+        args: tuple[Slot, ...],
+        kwargs: dict[str, Slot],
+        wait_for: tuple[Node, ...] = (),
+        *,
+        min_success_ratio: float = 1.0,
+    ) -> None:
+        object.__setattr__(self, "_flow", flow)
+        super().__init__(task, args, kwargs, wait_for, min_success_ratio=min_success_ratio)
 
     @property
     def flow(self) -> Any:

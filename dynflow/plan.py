@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.utils import key_split
 
+from dynflow._sequences import positional, unmappable
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.failures import CallPolicy, Failure, call_after, gather, gather_concat, run_call
 from dynflow.items import at_index
@@ -462,18 +463,13 @@ class Expansion:
         for tkey, (task_name, label) in self.sources.items():
             key = resolve(tkey, prefix)
             value = data[key]
-            if isinstance(value, (str, bytes, bytearray, Mapping)) or not _iterable(value):
+            why = unmappable(value)
+            if why is not None:
                 raise MapInputError(
                     f"{task_name}.map(): argument {label!r} must be a list-like value to "
-                    f"map over, got {type(value).__name__} from {_describe(key)}"
+                    f"map over, got {type(value).__name__} from {_describe(key)} ({why})"
                 )
-            if isinstance(value, Iterator):
-                raise MapInputError(
-                    f"{task_name}.map(): argument {label!r} got a {type(value).__name__} "
-                    f"(a one-shot iterator) from {_describe(key)}; return a list instead, "
-                    "so the value can be stored, shipped between workers and recomputed"
-                )
-            if not (hasattr(value, "__getitem__") and hasattr(value, "__len__")):
+            if not positional(value):
                 value = materialized[key] = list(value)
             lengths.setdefault(f"{label}={len(value)} (from {_describe(key)})", len(value))
         for _task_name, label, n in self.consts:
@@ -568,14 +564,6 @@ class Expansion:
 def pick(materialized: Mapping[Any, list], key: Any, i: int) -> Any:
     """Item ``i`` of a source that the expander turned into a list."""
     return materialized[key][i]
-
-
-def _iterable(value: Any) -> bool:
-    try:
-        iter(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _describe(key: Any) -> str:

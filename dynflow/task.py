@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import operator
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import dask.config
 from dask.utils import funcname, parse_timedelta
 
-from dynflow.exceptions import MapLengthError
+from dynflow._sequences import concatenate, unmappable
+from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.failures import CallPolicy
 from dynflow.node import FLOW_OPTIONS, FlattenNode, MapNode, Node, Slot, unmapped
 from dynflow.plan import pick
@@ -92,7 +94,61 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
         "None, a template such as 'fetch-{account}' or a callable returning a string",
     ),
     "log_prints": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
+    # dynflow's keywords of a call, also settable here: a call's keyword that names a
+    # parameter of the function goes to the function (see `dynflow_keywords`)
+    "wait_for": ((), lambda v: wait_for_nodes(v), "a node or an iterable of nodes"),
+    "min_success_ratio": (
+        1.0,
+        _check(lambda v: _is_number(v) and 0 <= v <= 1),
+        "a number in [0, 1]",
+    ),
+    "batch_size": (
+        None,
+        _check(lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1)),
+        "None, an int >= 1 or 'auto'",
+    ),
+    "max_concurrency": (
+        None,
+        _check(lambda v: v is None or (_is_int(v) and v >= 1)),
+        "None or an int >= 1",
+    ),
 }
+
+#: dynflow's own keywords of ``task(...)`` and ``task.map(...)`` (also task options)
+CALL_KEYWORDS = ("wait_for",)
+MAP_KEYWORDS = ("wait_for", "min_success_ratio", "batch_size", "max_concurrency")
+
+
+def wait_for_nodes(value: Any) -> tuple[Node, ...]:
+    """``wait_for`` as a tuple of nodes (``None``: none; one node: that one)."""
+    if value is None:
+        return ()
+    if isinstance(value, Node):
+        return (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError
+    nodes = tuple(value)
+    if not all(isinstance(n, Node) for n in nodes):
+        raise TypeError
+    return nodes
+
+
+def dynflow_keywords(
+    signature: inspect.Signature, kwargs: dict[str, Any], names: Iterable[str]
+) -> dict[str, Any]:
+    """Take dynflow's keywords ``names`` out of a call's ``kwargs``; return them.
+
+    A keyword that names a parameter of the function stays in ``kwargs``: the user's
+    value always reaches the function (``def train(cfg, batch_size=64)`` gets
+    ``train.map(grid, batch_size=32)``'s 32). dynflow's option of that name is then set
+    with ``with_options``.
+    """
+    params = {
+        p.name
+        for p in signature.parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return {k: kwargs.pop(k) for k in names if k in kwargs and k not in params}
 
 
 def _check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,34 +286,30 @@ class Task(Generic[P, R]):
                 f"{self.name}{how}: {e}; the task's signature is {self.name}{self._signature}"
             ) from None
 
-    @staticmethod
-    def _wait_for(name: str, wait_for: Iterable[Node] | None) -> tuple[Node, ...]:
-        if wait_for is None:
-            return ()
-        if isinstance(wait_for, Node):
-            wait_for = [wait_for]
-        nodes = tuple(wait_for)
-        for n in nodes:
-            if not isinstance(n, Node):
-                raise TypeError(f"{name}(): wait_for must hold nodes, got {type(n).__name__} {n!r}")
-        return nodes
+    def _waits(self, how: str, ours: Mapping[str, Any]) -> tuple[Node, ...]:
+        """The task's ``wait_for`` option, then the call's."""
+        if "wait_for" not in ours:
+            return self._options["wait_for"]
+        try:
+            return self._options["wait_for"] + wait_for_nodes(ours["wait_for"])
+        except TypeError:
+            raise TypeError(
+                f"{self.name}{how}: wait_for must hold nodes (a node or an iterable of "
+                f"nodes), got {ours['wait_for']!r}"
+            ) from None
 
-    def __call__(  # type: ignore[valid-type]
-        self, *args: P.args, wait_for: Iterable[Node] | None = None, **kwargs: P.kwargs
-    ) -> Node:
-        """Return a lazy node for ``fn(*args, **kwargs)``; nothing runs."""
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Node:
+        """Return a lazy node for ``fn(*args, **kwargs)``; nothing runs.
+
+        ``wait_for=node`` (or nodes): run only after those finished, without receiving
+        their values; unless the function has a parameter named ``wait_for``, which
+        then gets the value (use ``with_options(wait_for=...)`` for dynflow's).
+        """
+        ours = dynflow_keywords(self._signature, kwargs, CALL_KEYWORDS)
         bound = self._bind("()", args, kwargs)
-        return Node(self._in_flow(), bound.args, bound.kwargs, self._wait_for(self.name, wait_for))
+        return Node(self._in_flow(), bound.args, bound.kwargs, self._waits("()", ours))
 
-    def map(
-        self,
-        *args: Any,
-        wait_for: Iterable[Node] | None = None,
-        min_success_ratio: float = 1.0,
-        batch_size: int | str | None = None,
-        max_concurrency: int | None = None,
-        **kwargs: Any,
-    ) -> MapNode:
+    def map(self, *args: Any, **kwargs: Any) -> MapNode:
         """Return a lazy :class:`~dynflow.MapNode`: ``fn`` called once per item.
 
         Every argument that is a node, a map node or a concrete iterable is mapped;
@@ -265,19 +317,48 @@ class Task(Generic[P, R]):
         argument in :class:`~dynflow.unmapped` to pass it unchanged to every item;
         strings, bytes and non-iterable values are passed unchanged too.
 
-        One item failing never stops the others. By default a consumer of the list
-        fails with :class:`~dynflow.MapItemError` if any item failed; with
-        ``min_success_ratio=r`` the list is handed on when at least that fraction of
-        the items succeeded, with ``None`` in place of each failed item.
+        Item ``i`` of a mapped value is what iterating it yields at position ``i``
+        (a pandas Series by position, never by label). A dict or a pandas DataFrame is
+        refused (:class:`~dynflow.MapInputError`) as ambiguous.
 
-        ``batch_size=k`` runs ``k`` items per scheduler task (``"auto"``: about eight
-        tasks per worker thread); results, failures and retries stay per item, and the
-        list is the same as unbatched. A batched map's list is read whole by maps
-        chained on it.
+        dynflow's keywords below are taken from the call unless the function has a
+        parameter of the same name: the function always gets its own arguments, and
+        the option is then set with ``task.with_options(...)`` (which also sets a
+        default for every map of the task).
 
-        ``max_concurrency=k``: at most ``k`` items of this map run at once, cluster-wide
-        (items wait as scheduler tasks, holding no worker thread); batched, at most ``k``
-        batches, each running its items in turn.
+        Parameters
+        ----------
+        *args, **kwargs
+            The function's arguments, mapped or static.
+        wait_for : Node or iterable of Node, optional
+            Start the items only after these nodes finished (their values unused).
+        min_success_ratio : float
+            In ``[0, 1]``. By default (1) a consumer of the list fails with
+            :class:`~dynflow.MapItemError` if any item failed; with ``r < 1`` the list
+            is handed on when at least ``r`` of the items succeeded (compared exactly,
+            as written: 55 of 100 meet 0.55), with ``None`` in place of failed items.
+        batch_size : int or "auto", optional
+            Items per scheduler task (``"auto"``: about eight tasks per worker thread);
+            results, failures and retries stay per item, and the list is the same as
+            unbatched. A batched map's list is read whole by maps chained on it.
+        max_concurrency : int, optional
+            At most this many items of this map run at once, cluster-wide (items wait
+            as scheduler tasks, holding no worker thread); batched, at most this many
+            batches, each running its items in turn.
+
+        Returns
+        -------
+        MapNode
+            Its value is the list of the items' results, in item order.
+
+        Raises
+        ------
+        TypeError
+            Arguments that do not fit the function's signature, or a bad option.
+        MapInputError
+            A concrete mapped argument that cannot be mapped over.
+        MapLengthError
+            Concrete mapped arguments of different lengths.
 
         Examples
         --------
@@ -288,14 +369,23 @@ class Task(Generic[P, R]):
         >>> add.map([1, 2, 3], y=10).compute(scheduler="sync")
         [11, 12, 13]
         """
+        ours = dynflow_keywords(self._signature, kwargs, MAP_KEYWORDS)
         bound = self._bind(".map()", args, kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
-        check_map_options(self.name, min_success_ratio, batch_size, max_concurrency)
-        node = MapNode(self._in_flow(), slots, kwslots, self._wait_for(self.name, wait_for))
-        object.__setattr__(node, "_concurrency", max_concurrency)
-        object.__setattr__(node, "_ratio", float(min_success_ratio))
-        object.__setattr__(node, "_batch", batch_size)
-        return node
+        o = self._options
+        ratio = ours.get("min_success_ratio", o["min_success_ratio"])
+        batch = ours.get("batch_size", o["batch_size"])
+        concurrency = ours.get("max_concurrency", o["max_concurrency"])
+        check_map_options(self.name, ratio, batch, concurrency)
+        return MapNode(
+            self._in_flow(),
+            slots,
+            kwslots,
+            self._waits(".map()", ours),
+            min_success_ratio=ratio,
+            batch_size=batch,
+            max_concurrency=concurrency,
+        )
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
@@ -375,15 +465,16 @@ def _slot(name: str, label: str, value: Any) -> Slot:
         return Slot(label, True, value)
     if isinstance(value, (str, bytes, bytearray)):
         return Slot(label, False, value)
-    if isinstance(value, Mapping):
-        raise TypeError(
-            f"{name}.map(): argument {label!r} is a {type(value).__name__}, which "
-            f"is ambiguous to map over; wrap it in unmapped(...) to pass it to every "
-            f"item, or map over list(....items())"
+    if not isinstance(value, Iterable):
+        return Slot(label, False, value)
+    # a one-shot iterator is fine here: it is read once, now, on the client
+    why = None if isinstance(value, Iterator) else unmappable(value)
+    if why is not None:
+        raise MapInputError(
+            f"{name}.map(): argument {label!r} is a {type(value).__name__}, {why}; or "
+            "wrap it in unmapped(...) to pass it whole to every item"
         )
-    if isinstance(value, Iterable):
-        return Slot(label, True, tuple(value))
-    return Slot(label, False, value)
+    return Slot(label, True, tuple(value))
 
 
 def _lookup(fn: Callable) -> Any:
@@ -445,6 +536,10 @@ def task(
     priority: int = ...,
     task_run_name: str | Callable[..., str] | None = ...,
     log_prints: bool | None = ...,
+    wait_for: Node | Iterable[Node] | None = ...,
+    min_success_ratio: float = ...,
+    batch_size: int | str | None = ...,
+    max_concurrency: int | None = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(fn: Callable | None = None, /, **options: Any) -> Any:
     """Turn a function into a :class:`Task`: calling it builds a lazy node.
@@ -478,6 +573,10 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
     log_prints : bool, optional
         Forward what the call prints or logs to the client, tagged with its label.
         Default: the enclosing flow's ``log_prints``, else ``dynflow.log-prints``.
+    wait_for, min_success_ratio, batch_size, max_concurrency
+        Defaults for every call (``wait_for``) and every map of the task; see
+        :meth:`Task.map`. A call's own keyword of that name adds to ``wait_for`` and
+        overrides the others, unless the function has a parameter of that name.
 
     Examples
     --------
@@ -496,12 +595,7 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
 
 def _flatten(lists: Iterable[Iterable[Any]]) -> list:
     """Concatenate ``lists`` (the value of a whole-used ``flatten`` node)."""
-    out: list = []
-    for i, lst in enumerate(lists):
-        if isinstance(lst, (str, bytes, bytearray)) or not isinstance(lst, Iterable):
-            raise TypeError(f"flatten(): item {i} is a {type(lst).__name__}, not a list to flatten")
-        out += lst
-    return out
+    return concatenate("flatten()", lists)
 
 
 def flatten(node: Node) -> FlattenNode:
@@ -531,12 +625,7 @@ def flatten(node: Node) -> FlattenNode:
 _FLATTEN: Task = Task(_flatten, name="flatten", pure=True)
 
 
-def _item(sequence: Any, i: int) -> Any:
-    """Item ``i`` of a mapped value (the input of a sub-flow run per item)."""
-    return sequence[i]
-
-
-_ITEM: Task = Task(_item, name="item")
+_ITEM: Task = Task(operator.getitem, name="item")
 _PICK: Task = Task(pick, name="item")
 
 

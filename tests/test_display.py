@@ -448,3 +448,23 @@ def test_everything_is_escaped():
     for text in html_texts:
         assert "<b>" not in text and "<i>" not in text and "<script" not in text, text
         assert "&lt;b&gt;" in text
+
+
+@df.flow
+def drawn(n):
+    return reducer(process.map(generate_list(n)))
+
+
+@df.flow
+def drawn_with_filename(n, filename="in.txt"):
+    return reducer(process.map(generate_list(n), df.unmapped(filename)))
+
+
+def test_flow_visualize_takes_filename_and_engine(tmp_path):
+    drawing = drawn.visualize(3, filename=tmp_path / "flow.svg", engine="svg")
+    assert drawing.svg in (tmp_path / "flow.svg").read_text()
+    assert "process.map()" in drawing.svg
+    # a flow parameter of that name gets the value: the drawing's is df.visualize's
+    drawing = drawn_with_filename.visualize(3, filename=str(tmp_path / "data.csv"), engine="svg")
+    assert "process.map()" in drawing.svg
+    assert not (tmp_path / "data.csv").exists()

@@ -349,3 +349,43 @@ async def test_unshippable_values_fail_naming_the_task_instead_of_hanging(c, s, 
     with pytest.raises(TypeError, match="got NoneType from task 'ident'"):
         await ident.map(ident(None)).compute(client=c)
     await no_tasks_left(s)
+
+
+@df.task
+def fail_below(x, limit):
+    if x < limit:
+        raise Bad(f"{x} < {limit}")
+    return x
+
+
+@gen_cluster(client=True)
+async def test_min_success_ratio_is_inclusive_and_exact(c, s, a, b):
+    """55 of 100 meet 0.55 (0.55 * 100 is 55.00000000000001 in floating point)."""
+    ok = fail_below.map(range(100), 45, min_success_ratio=0.55)
+    short = fail_below.map(range(100), 46, min_success_ratio=0.55)
+    assert (await ok.compute(client=c)).count(None) == 45
+    assert ok.compute(scheduler="sync").count(None) == 45
+    with pytest.raises(df.MapItemError, match="46 of 100 items failed"):
+        await short.compute(client=c)
+    with pytest.raises(df.MapItemError, match="46 of 100 items failed"):
+        short.compute(scheduler="sync")
+
+
+@df.task
+def total_ok(xs):
+    return sum(x for x in xs if x is not None)
+
+
+@df.flow
+def tolerant_inner(n):
+    return total_ok(fail_below.map(generate_list(n), 2, min_success_ratio=0.5))
+
+
+@gen_cluster(client=True)
+async def test_min_success_ratio_inside_a_subflow_run_per_item(c, s, a, b):
+    """The maps of a sub-flow run per item honour their ratio on a cluster, as in sync."""
+    m = tolerant_inner.map([4, 5, 2])  # 2 of 4, 3 of 5 succeed; 0 of 2 does not
+    got = await describe(df.allow_failure(m)).compute(client=c)
+    assert got == [2 + 3, 2 + 3 + 4, "MapItemError"]
+    assert describe(df.allow_failure(m)).compute(scheduler="sync") == got
+    await no_tasks_left(s)

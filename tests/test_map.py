@@ -448,3 +448,70 @@ def test_flatten_in_sync_mode():
     ]
     with pytest.raises(TypeError, match="flatten expects|expects a node"):
         df.flatten([1, 2])
+
+
+# ---------------------------------------------------------------- item kinds
+np = pytest.importorskip("numpy")
+pd = pytest.importorskip("pandas")
+
+
+@df.task
+def mixed_sequences():
+    return [[1, 2], np.array([10, 20, 30]), range(3), (7,)]
+
+
+@df.task
+def identity(x):
+    return x
+
+
+@df.task
+def labelled_series():
+    return pd.Series([5, 6, 7], index=[10, 20, 30])
+
+
+@df.task
+def frame():
+    return pd.DataFrame({"a": [1, 2, 3], "b": [4, 5, 6]})
+
+
+FLAT = [1, 2, 10, 20, 30, 0, 1, 2, 7]
+
+
+@gen_cluster(client=True)
+async def test_flatten_concatenates_every_sequence_kind(c, s, a, b):
+    """Arrays are concatenated like lists, never added element-wise (cluster and sync)."""
+    parents = identity.map(mixed_sequences())
+    whole = df.flatten(parents)
+    mapped = identity.map(df.flatten(parents))
+    for node in (whole, mapped):
+        assert await node.compute(client=c) == FLAT
+        assert node.compute(scheduler="sync") == FLAT
+
+
+@gen_cluster(client=True)
+async def test_item_i_is_what_iteration_yields_at_i(c, s, a, b):
+    """A Series with a non-default index is read by position, whatever the path."""
+    series = pd.Series([5, 6, 7], index=[10, 20, 30])
+    nodes = [
+        identity.map(labelled_series()),  # from a node
+        identity.map(series),  # passed directly
+        identity.map(labelled_series(), batch_size=2),  # batched
+        process.map(identity.map(labelled_series())),  # chained
+    ]
+    for node in nodes:
+        assert await node.compute(client=c) == [5, 6, 7]
+        assert node.compute(scheduler="sync") == [5, 6, 7]
+
+
+@gen_cluster(client=True)
+async def test_a_dataframe_is_refused_naming_ways_that_work(c, s, a, b):
+    with pytest.raises(df.MapInputError, match=r"identity.map\(\): argument 'x' is a DataFrame"):
+        identity.map(pd.DataFrame({"a": [1]}))
+    with pytest.raises(df.MapInputError, match=r"got DataFrame from task 'frame'.*to_dict"):
+        await identity.map(frame()).compute(client=c)
+    with pytest.raises(df.MapInputError, match="to_dict"):
+        identity.map(frame()).compute(scheduler="sync")
+    with pytest.raises(df.MapInputError, match=r"item 0 is a DataFrame, not a list to flatten"):
+        df.flatten(identity.map([pd.DataFrame({"a": [1]})])).compute(scheduler="sync")
+    await no_tasks_left(s)

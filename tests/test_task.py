@@ -158,3 +158,59 @@ def test_compute_several_nodes_shares_upstream_work():
     s = source()
     assert df.compute(inc(s), inc(s, 5), s, scheduler="sync") == (11, 15, 10)
     assert calls == [1]
+
+
+# ------------------------------------------------- dynflow keywords vs parameters
+@df.task
+def train(cfg, batch_size=64, max_concurrency=1, min_success_ratio=0.0, wait_for=None):
+    return (cfg, batch_size, max_concurrency, min_success_ratio, wait_for)
+
+
+@df.task
+def plain(cfg):
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "keyword, value",
+    [("batch_size", 32), ("max_concurrency", 3), ("min_success_ratio", 0.5), ("wait_for", 7)],
+)
+def test_a_parameter_named_like_a_dynflow_keyword_gets_the_users_value(keyword, value):
+    """The function's own parameter always wins; the map keeps dynflow's defaults."""
+    m = train.map([1, 2], **{keyword: value})
+    got = m.compute(scheduler="sync")
+    position = ["batch_size", "max_concurrency", "min_success_ratio", "wait_for"].index(keyword)
+    assert [r[1 + position] for r in got] == [value, value]
+    assert (m.batch_size, m.max_concurrency, m.min_success_ratio) == (None, None, 1.0)
+    assert m.dependencies == ()
+    if keyword == "wait_for":  # also on a plain call
+        assert train(1, wait_for=7).compute(scheduler="sync")[4] == 7
+
+
+def test_with_options_sets_dynflow_keywords_when_the_function_has_them():
+    before = plain(0)
+    t = train.with_options(
+        batch_size=2, max_concurrency=1, min_success_ratio=0.5, wait_for=[before]
+    )
+    m = t.map([1, 2, 3], batch_size=32)
+    assert (m.batch_size, m.max_concurrency, m.min_success_ratio) == (2, 1, 0.5)
+    assert before in m.dependencies and before in t(1).dependencies
+    assert [r[1] for r in m.compute(scheduler="sync")] == [32, 32, 32]
+    # the map's keyword overrides the task's default where the function lacks it
+    assert plain.with_options(batch_size=2).map([1], batch_size=3).batch_size == 3
+    with pytest.raises(TypeError, match="option batch_size=0"):
+        plain.with_options(batch_size=0)
+    with pytest.raises(TypeError, match="wait_for must hold nodes"):
+        plain(1, wait_for=[3])
+
+
+def test_pure_map_keys_include_the_map_options():
+    pt = plain.with_options(pure=True)
+    keys = {
+        pt.map([1, 2]).key,
+        pt.map([1, 2], min_success_ratio=0.5).key,
+        pt.map([1, 2], batch_size=2).key,
+        pt.map([1, 2], max_concurrency=1).key,
+    }
+    assert len(keys) == 4
+    assert pt.map([1, 2], batch_size=2).key == pt.map([1, 2], batch_size=2).key
