@@ -32,6 +32,7 @@ import logging
 from time import time
 from typing import TYPE_CHECKING, Any
 
+from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
 
@@ -131,12 +132,15 @@ class SpliceExtension(SchedulerPlugin):
 
         recommendations: dict[Any, str] = {ts.key: "waiting" for ts in reversed(new)}
         fresh = {ts.key for ts in new}
+        rewired: dict[Any, list] = {}  # collector key -> the dependencies the splice adds
         for cts in collectors:
             spec = specs.get(cts.key)
             if spec is None or cts.state != "waiting":
                 continue
             for dep in spec.dependencies:
                 dts = s.tasks[dep]
+                if dts not in cts.dependencies:
+                    rewired.setdefault(cts.key, []).append(dep)
                 cts.add_dependency(dts)
                 if not dts.who_has:
                     cts.waiting_on.add(dts)
@@ -157,25 +161,34 @@ class SpliceExtension(SchedulerPlugin):
         if spans is not None and new:
             spans.observe_tasks(new, code=(), span_metadata={"collections": []})
         lengths = expansion.lengths(0 if failed else n, prefix, s.total_nthreads)
-        self._tell_plugins(new, stimulus_id, lengths)
+        self._tell_plugins(new, rewired, stimulus_id, lengths)
         s.transitions(recommendations, stimulus_id)
         self.splices += 1
         self.tasks_added += len(new)
         return {"status": "OK", "added": len(new)}
 
-    def _tell_plugins(self, new: list[TaskState], stimulus_id: str, lengths: dict) -> None:
+    def _tell_plugins(
+        self, new: list[TaskState], rewired: dict[Any, list], stimulus_id: str, lengths: dict
+    ) -> None:
         """``update_graph`` for the other plugins, as if a client had sent the items.
 
+        ``tasks`` holds the new items and the rewired collectors (keys a client sends
+        again are in ``tasks`` too). No client can change an existing key's
+        dependencies, so plugins that keep edges never hear of the new ``item ->
+        collector`` edges: distributed's ``GraphLayout`` (the dashboard's /graph page)
+        is told directly, else it fails on every collector it forgets.
         ``dynflow_stages`` (``{map key: (prefix, n, batch size)}``) tells dynflow's run
         tracker the maps' lengths.
         """
         s = self.scheduler
         assert s is not None
-        keys = [ts.key for ts in new]
+        touched = new + [s.tasks[k] for k in rewired]
+        keys = [ts.key for ts in touched]
         annotations: dict[str, dict] = {}
         for ts in new:
             for k, v in (ts.annotations or {}).items():
                 annotations.setdefault(k, {})[ts.key] = v
+        priority = {ts.key: ts.priority for ts in touched}
         for plugin in list(s.plugins.values()):
             if plugin is self:
                 continue
@@ -186,12 +199,26 @@ class SpliceExtension(SchedulerPlugin):
                     tasks=keys,
                     keys=set(),
                     annotations=annotations,
-                    priority={ts.key: ts.priority for ts in new},
+                    priority=priority,
                     stimulus_id=stimulus_id,
                     dynflow_stages=lengths,
                 )
+                if isinstance(plugin, GraphLayout):
+                    _add_edges(plugin, rewired)
             except Exception:  # as update_graph does: a plugin must not break the splice
                 logger.exception("plugin %r failed in update_graph after a splice", plugin)
+
+
+def _add_edges(layout: GraphLayout, rewired: dict[Any, list]) -> None:
+    """Give ``GraphLayout`` the splice's new ``dependency -> collector`` edges (private
+    state of distributed's layout plugin, written as its ``update_graph`` writes it)."""
+    for ckey, deps in rewired.items():
+        for dep in deps:
+            edge = (dep, ckey)
+            if edge not in layout.index_edge:
+                layout.index_edge[edge] = layout.next_edge_index
+                layout.next_edge_index += 1
+                layout.new_edges.append(edge)
 
 
 async def request_splice(

@@ -515,3 +515,33 @@ async def test_a_dataframe_is_refused_naming_ways_that_work(c, s, a, b):
     with pytest.raises(df.MapInputError, match=r"item 0 is a DataFrame, not a list to flatten"):
         df.flatten(identity.map([pd.DataFrame({"a": [1]})])).compute(scheduler="sync")
     await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_spliced_items_look_to_other_plugins_like_items_a_client_sent(c, s, a, b):
+    """The dashboard's /graph page (distributed's GraphLayout) lays out every spliced
+    task and edge, and forgets them cleanly: no "Plugin failed" in the scheduler log."""
+    from distributed.diagnostics.graph_layout import GraphLayout
+    from distributed.utils_test import captured_logger
+
+    layout = GraphLayout(s)
+    s.add_plugin(layout)
+    pipelines = [
+        reducer(process.map(process.map(generate_list(20)))),
+        reducer(metric.map(df.flatten(services.map(generate_list(4))))),
+        reducer(process.map(generate_list(20), batch_size=3, max_concurrency=2)),
+    ]
+    with captured_logger("distributed.scheduler") as log:
+        for node in pipelines:
+            (fut,) = await df.submit_async(node, client=c)
+            await async_poll_for(lambda: fut.done(), timeout=10)
+            for key, ts in s.tasks.items():
+                assert key in layout.index
+                for dep in ts.dependencies:
+                    assert (dep.key, key) in layout.index_edge
+            await fut
+            del fut
+            await no_tasks_left(s)
+    assert "Plugin failed" not in log.getvalue()
+    assert not layout.index and not layout.index_edge
+    layout.reset_index()  # what the page does on its next refresh
