@@ -44,7 +44,8 @@ def unmappable(value: Any) -> str | None:
         return "one value, not a list of items"
     if _is_dataframe(value):
         return (
-            "ambiguous to map over (iterating a DataFrame gives its column names); map over frame.to_dict('records'), list(frame.itertuples()) or "
+            "ambiguous to map over (iterating a DataFrame gives its column names); map "
+            "over frame.to_dict('records'), list(frame.itertuples()) or "
             "[row for _, row in frame.iterrows()] for rows, or frame[column] for a column"
         )
     if isinstance(value, Mapping):

@@ -25,9 +25,9 @@ import contextvars
 import pickle
 import random
 import time
-from fractions import Fraction
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from distributed.protocol.pickle import dumps

@@ -60,6 +60,7 @@ class GraphNode:
     name: str
     kind: str
     label: str
+    items: str | None = None  # a map's item name: its items are (items, *prefix, i)
 
 
 def node_kind(node: Node) -> str:
@@ -160,7 +161,8 @@ class FlowGraph:
             if kind == "allow_failure":
                 continue
             key = _key(node)
-            boxes.append(GraphNode(key, node.name, kind, node_label(node)))
+            items = node.item_name if isinstance(node, MapNode) else None
+            boxes.append(GraphNode(key, node.name, kind, node_label(node), items))
             for up, style in _in_edges(node):
                 pair = (_key(up), key)
                 old = edges.get(pair)
@@ -250,7 +252,8 @@ class FlowGraph:
         """The graph as lists, dicts and strings (JSON and msgpack safe)."""
         return {
             "nodes": [
-                {"key": n.key, "name": n.name, "kind": n.kind, "label": n.label} for n in self.nodes
+                {"key": n.key, "name": n.name, "kind": n.kind, "label": n.label, "items": n.items}
+                for n in self.nodes
             ],
             "edges": [list(e) for e in self.edges],
             "outputs": list(self.outputs),
@@ -260,7 +263,10 @@ class FlowGraph:
     def from_dict(cls, d: Mapping[str, Any]) -> FlowGraph:
         """The graph :meth:`to_dict` made (lists may have become tuples, or back)."""
         return cls(
-            tuple(GraphNode(n["key"], n["name"], n["kind"], n["label"]) for n in d["nodes"]),
+            tuple(
+                GraphNode(n["key"], n["name"], n["kind"], n["label"], n.get("items"))
+                for n in d["nodes"]
+            ),
             tuple((u, v, s) for u, v, s in d["edges"]),
             tuple(d.get("outputs", ())),
         )

@@ -238,9 +238,9 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str], raw: Any = None) -> t
             return ref(slot.value)
         kind = how.get((node.key, i))
         if kind == "stage":
-            return Stg(slot.value.key)
+            return Stg(slot.value.item_name)
         if kind == "nest":
-            src: Any = Rel(slot.value.source.key)
+            src: Any = Rel(slot.value.source.item_name)
         elif isinstance(slot.value, Node):
             src = raw(slot.value) if raw else slot.value.key
         else:
@@ -255,10 +255,10 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str], raw: Any = None) -> t
     args = tuple(arg(i, s) for i, s in enumerate(node._args))
     kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node._kwargs.items())}
     if subflow:
-        stage: Stage = SubflowStage(node.key, node.name, node.flow, args, kwargs, {})
+        stage: Stage = SubflowStage(node.item_name, node.name, node.flow, args, kwargs, {})
     else:
         stage = Stage(
-            node.key,
+            node.item_name,
             node.name,
             node.task.graph_fn,
             args,
@@ -357,10 +357,13 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
             for key in fams.members[f]:
                 lists = [(key, top_mode)] if key in whole else []
                 lists += [(af.key, "tolerant") for af in tolerant.get(key, [])]
-                name = planned[key][0].task_name
+                stage = planned[key][0]
+                name = stage.task_name
                 chain = fams.depth_chain(f)
                 for ckey, mode in lists:
-                    c = Collector(ckey, key, name, mode=mode, ratio=ratios[key], batch=batches[key])
+                    c = Collector(
+                        ckey, stage.key, name, mode=mode, ratio=ratios[key], batch=batches[key]
+                    )
                     collectors[chain[0]].append(c)
                     for g in chain[1:]:
                         collectors[g].append(Collector(ckey, ckey, name, True, mode, ratios[key]))

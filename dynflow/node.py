@@ -90,7 +90,10 @@ class Node:
             )
         else:
             token = uuid.uuid4().hex
-        object.__setattr__(self, "_key", f"{task.name}-{token}")
+        self._set_key(task.name, token)
+
+    def _set_key(self, name: str, token: str) -> None:
+        object.__setattr__(self, "_key", f"{name}-{token}")
 
     def _token_options(self) -> tuple:
         """What else, beyond the call, changes this node's value (part of a pure key)."""
@@ -232,11 +235,12 @@ class MapNode(Node):
     """A lazy per-item call of a task over mapped arguments; its value is the list of results.
 
     Created by ``task.map(...)``. Its length is known only when it runs; on a
-    distributed cluster the per-item tasks ``(node.key, i)`` are added to the live
-    scheduler once the mapped upstream values exist.
+    distributed cluster the per-item tasks ``(node.item_name, i)`` (task group
+    ``process``) are added to the live scheduler once the mapped upstream values exist,
+    and the list is ``node.key`` (task group ``process.map``).
     """
 
-    __slots__ = ("_batch", "_concurrency", "_ratio")
+    __slots__ = ("_batch", "_concurrency", "_item_name", "_ratio")
 
     _args: tuple[Slot, ...]
     _kwargs: dict[str, Slot]
@@ -260,6 +264,20 @@ class MapNode(Node):
 
     def _token_options(self) -> tuple:
         return (self._ratio, self._batch, self._concurrency)
+
+    def _set_key(self, name: str, token: str) -> None:
+        # the list and the items are two task groups: "process.map" and "process"
+        object.__setattr__(self, "_key", f"{name}.map-{token}")
+        object.__setattr__(self, "_item_name", f"{name}-{token}")
+
+    @property
+    def item_name(self) -> str:
+        """The name of the per-item tasks: item ``i`` is ``(item_name, i)``.
+
+        Nested under a flatten or a sub-flow per item, items are ``(item_name, i, j)``.
+        The map's own key (:attr:`key`) is the key of its list.
+        """
+        return self._item_name
 
     @property
     def min_success_ratio(self) -> float:

@@ -167,7 +167,7 @@ class Stage:
             count = len(ranges)
         if not self.max_concurrency:
             return [make(t, None) for t in range(count)]
-        k, lane = self.max_concurrency, f"{self.key}-lane"
+        k, lane = self.max_concurrency, f"dynflow-lane-{self.key}"
         out = []
         for t in range(count):
             out.append(make(t, (lane, *prefix, t - k) if t >= k else None))

@@ -625,8 +625,8 @@ def flatten(node: Node) -> FlattenNode:
 _FLATTEN: Task = Task(_flatten, name="flatten", pure=True)
 
 
-_ITEM: Task = Task(operator.getitem, name="item")
-_PICK: Task = Task(pick, name="item")
+_ITEM: Task = Task(operator.getitem, name="dynflow-item")
+_PICK: Task = Task(pick, name="dynflow-item")
 
 
 def _allow_failure_marker(results: list) -> list:  # pragma: no cover - never a task

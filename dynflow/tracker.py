@@ -59,6 +59,7 @@ class NodeState:
     key: str
     kind: str
     fixed_total: int | None  # plain tasks: 1 (0: not needed); None: a map
+    items: str | None = None  # maps: the item name (items are (items, *prefix, i))
     depth: int | None = None  # maps: length of the item prefix (nested maps: 1, ...)
     # maps: item prefix -> (items, items per task or None); a repeated splice of the same
     # prefix (an expander rerun after a lost worker) overwrites, never adds
@@ -76,7 +77,12 @@ class NodeState:
         """How many units ``key`` stands for (0: not one of this node's units)."""
         if self.kind in ("task", "flatten", "key"):
             return 1 if key == self.key else 0
-        if type(key) is not tuple or self.depth is None or len(key) != self.depth + 2:
+        if (
+            type(key) is not tuple
+            or key[0] != self.items
+            or self.depth is None
+            or len(key) != self.depth + 2
+        ):
             return 0  # a collector or a per-parent list
         n, size = self.lengths.get(key[1:-1], (0, None))
         if size is None:
@@ -147,7 +153,8 @@ class RunTracker(SchedulerPlugin):
     def __init__(self) -> None:
         self.scheduler: Scheduler | None = None
         self.runs: OrderedDict[str, RunState] = OrderedDict()
-        self.index: dict[str, NodeState] = {}  # node key (a map: its items' key[0]) -> state
+        # node key, and a map's item name (its items' key[0]) -> state
+        self.index: dict[str, NodeState] = {}
         self.outputs: dict[Any, list[RunState]] = {}  # output key -> live runs waiting on it
 
     async def start(self, scheduler: Scheduler) -> None:
@@ -175,9 +182,11 @@ class RunTracker(SchedulerPlugin):
         for node in graph["nodes"]:
             kind = node["kind"]
             total = None if kind in ("map", "subflow-map") else 1
-            ns = NodeState(run, node["key"], kind, total)
+            ns = NodeState(run, node["key"], kind, total, node.get("items"))
             run.nodes[node["key"]] = ns
             self.index[node["key"]] = ns
+            if ns.items is not None:  # a map's items are (items, *prefix, i)
+                self.index[ns.items] = ns
         for k in run.outputs:
             self.outputs.setdefault(k, []).append(run)
         self.runs[run_id] = run
@@ -290,8 +299,9 @@ class RunTracker(SchedulerPlugin):
             for was, w in ns.limbo.values():
                 setattr(ns, was, getattr(ns, was) + w)
             ns.limbo.clear()
-            if self.index.get(ns.key) is ns:
-                del self.index[ns.key]
+            for k in (ns.key, ns.items):
+                if self.index.get(k) is ns:
+                    del self.index[k]
         for k in run.outputs:
             waiting = self.outputs.get(k)
             if waiting and run in waiting:

@@ -308,7 +308,7 @@ async def test_cancel_stops_every_item_not_yet_started(c, s, a):
     await df.cancel(fut)
     await no_tasks_left(s)
     # the worker has dropped every item but the one it is running
-    running = (m.key, 0)
+    running = (m.item_name, 0)
     await async_poll_for(
         lambda: {k for k in a.state.tasks if isinstance(k, tuple)} <= {running}, timeout=10
     )

@@ -128,11 +128,11 @@ async def test_per_item_keys_form_one_group_per_map_named_after_the_task(c, s, a
     GATE.clear()
     m = gated.map(generate_list(3))
     (fut,) = await df.submit_async(m, client=c)
-    await async_poll_for(lambda: (m.key, 2) in s.tasks, timeout=10)
-    items = [s.tasks[(m.key, i)] for i in range(3)]
+    await async_poll_for(lambda: (m.item_name, 2) in s.tasks, timeout=10)
+    items = [s.tasks[(m.item_name, i)] for i in range(3)]
     assert {ts.prefix.name for ts in items} == {"gated"}
-    assert {ts.group.name for ts in items} == {m.key}
-    assert key_split((m.key, 0)) == "gated"
+    assert {ts.group.name for ts in items} == {m.item_name}
+    assert key_split((m.item_name, 0)) == "gated"
     GATE.set()
     assert await fut == [0, 1, 2]
 
@@ -144,8 +144,8 @@ async def test_dependencies_are_real_scheduler_edges(c, s, a, b):
     m = gated.map(gen)
     red = reducer(m)
     (fut,) = await df.submit_async(red, client=c)
-    await async_poll_for(lambda: (m.key, 3) in s.tasks, timeout=10)
-    item_keys = {(m.key, i) for i in range(4)}
+    await async_poll_for(lambda: (m.item_name, 3) in s.tasks, timeout=10)
+    item_keys = {(m.item_name, i) for i in range(4)}
     for k in item_keys:
         assert gen.key in {d.key for d in s.tasks[k].dependencies}
     collector = s.tasks[m.key]
@@ -177,9 +177,10 @@ async def test_chained_items_depend_on_their_own_upstream_item_only(c, s, a, b):
     first = gated.map(generate_list(3))
     second = process.map(first, 2)
     (fut,) = await df.submit_async(second, client=c)
-    await async_poll_for(lambda: (second.key, 2) in s.tasks, timeout=10)
+    await async_poll_for(lambda: (second.item_name, 2) in s.tasks, timeout=10)
     for i in range(3):
-        assert {d.key for d in s.tasks[(second.key, i)].dependencies} == {(first.key, i)}
+        deps = {d.key for d in s.tasks[(second.item_name, i)].dependencies}
+        assert deps == {(first.item_name, i)}
     # the first map's list is not used whole, so it has no collector
     assert first.key not in s.tasks
     GATE.set()
@@ -299,7 +300,7 @@ async def test_scheduler_state_is_cleaned_when_the_client_disconnects_mid_run(c,
     m = gated.map(generate_list(4))
     futs = await df.submit_async(reducer(m), client=other)
     assert futs
-    await async_poll_for(lambda: (m.key, 3) in s.tasks, timeout=10)
+    await async_poll_for(lambda: (m.item_name, 3) in s.tasks, timeout=10)
     await other.close()
     GATE.set()
     await no_tasks_left(s)
@@ -389,11 +390,11 @@ async def test_nested_expansion_happens_per_parent_item(c, s, a):
     EVENTS.clear()
     (fut,) = await df.submit_async(metrics, client=c)
     await async_poll_for(lambda: len(EVENTS) == 3, timeout=10)  # 1 + 2 children done
-    assert (svc.key, 2) in s.tasks and s.tasks[(svc.key, 2)].state == "processing"
-    assert {(metrics.key, 0, 0), (metrics.key, 1, 1)} <= set(s.tasks)
-    assert (metrics.key, 2, 0) not in s.tasks  # account 3's children are not known yet
+    assert (svc.item_name, 2) in s.tasks and s.tasks[(svc.item_name, 2)].state == "processing"
+    assert {(metrics.item_name, 0, 0), (metrics.item_name, 1, 1)} <= set(s.tasks)
+    assert (metrics.item_name, 2, 0) not in s.tasks  # account 3's children are not known yet
     # item edges: each child depends on its own parent item only
-    assert {d.key for d in s.tasks[(metrics.key, 1, 0)].dependencies} == {(svc.key, 1)}
+    assert {d.key for d in s.tasks[(metrics.item_name, 1, 0)].dependencies} == {(svc.item_name, 1)}
     GATE.set()
     assert await fut == expected_services([1, 2, 3])
     del fut
@@ -534,7 +535,7 @@ async def test_spliced_items_look_to_other_plugins_like_items_a_client_sent(c, s
     with captured_logger("distributed.scheduler") as log:
         for node in pipelines:
             (fut,) = await df.submit_async(node, client=c)
-            await async_poll_for(lambda: fut.done(), timeout=10)
+            await async_poll_for(fut.done, timeout=10)
             for key, ts in s.tasks.items():
                 assert key in layout.index
                 for dep in ts.dependencies:
@@ -545,3 +546,43 @@ async def test_spliced_items_look_to_other_plugins_like_items_a_client_sent(c, s
     assert "Plugin failed" not in log.getvalue()
     assert not layout.index and not layout.index_edge
     layout.reset_index()  # what the page does on its next refresh
+
+
+@df.flow
+def per_account(account):
+    return reducer(metric.map(services(account)))
+
+
+@gen_cluster(client=True)
+async def test_a_maps_task_group_counts_exactly_its_items(c, s, a, b):
+    """Items are group ``gated``; the list is ``gated.map``; dynflow's own tasks are
+    ``dynflow-*``, in every shape: chained, nested, batched, lanes, sub-flows per item."""
+    from collections import Counter
+
+    seen: Counter = Counter()
+
+    class Names:
+        def update_graph(self, scheduler, *, tasks=(), **kwargs):
+            seen.update(key_split(k) for k in tasks)
+
+    s.add_plugin(type("P", (Names, __import__("distributed").SchedulerPlugin), {})())
+    GATE.clear()
+    m = gated.map(generate_list(3))
+    (fut,) = await df.submit_async(m, client=c)
+    await async_poll_for(lambda: (m.item_name, 2) in s.tasks, timeout=10)
+    now = Counter(key_split(k) for k in s.tasks)
+    assert now == {"generate_list": 1, "gated": 3, "gated.map": 1, "dynflow-expand": 1}
+    GATE.set()
+    assert await fut == [0, 1, 2]
+    del fut
+    seen.clear()
+    others = [
+        reducer(process.map(process.map(generate_list(5), max_concurrency=2))),
+        reducer(metric.map(df.flatten(services.map(generate_list(3))))),
+        reducer(per_account.map(generate_list(3))),
+    ]
+    assert await df.compute(*others, client=c) == (10, 12, 12)
+    user = {"generate_list", "process", "process.map", "reducer", "services", "services.map"}
+    user |= {"metric", "metric.map", "per_account", "per_account.map"}
+    assert {n for n in seen if not n.startswith("dynflow-")} <= user
+    assert seen["process"] == 10  # 5 items of each of two chained maps

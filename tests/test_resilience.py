@@ -37,7 +37,7 @@ async def test_a_worker_killed_mid_map_gives_the_exact_result(c, s, a, b):
     items = generate_list(n)
     m = slow_double.map(items, gate_from=df.unmapped(gate_from))
     (fut,) = await df.submit_async(total(m), client=c)
-    done = [(m.key, i) for i in range(gate_from)]
+    done = [(m.item_name, i) for i in range(gate_from)]
     await async_poll_for(
         lambda: all(k in s.tasks and s.tasks[k].state == "memory" for k in done), timeout=60
     )
