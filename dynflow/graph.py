@@ -71,7 +71,7 @@ def topological(outputs: Sequence[Node]) -> list[Node]:
 
 def _ref(obj: Any) -> Any:
     """``obj`` as a task-spec argument: nodes become references to their keys."""
-    return parse_input(replace_nodes(obj, lambda n: Alias(n.key)))
+    return parse_input(replace_nodes(obj, lambda n: Alias(n.key), spec=True))
 
 
 def _node_task(node: Node, records: bool) -> Task:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dask.base import tokenize
 
+from dynflow._containers import find, substitute
 from dynflow.exceptions import LazyValueError
 
 if TYPE_CHECKING:
@@ -432,38 +433,31 @@ class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker 
 
 
 # ------------------------------------------------------------------ traversal
-_CONTAINERS = (list, tuple, set, frozenset, dict)
+def _is_node(obj: Any) -> bool:
+    return isinstance(obj, (Node, unmapped))
 
 
-def replace_nodes(obj: Any, fn: Callable[[Node], Any]) -> Any:
-    """Return ``obj`` with every node in it (also inside containers) replaced by ``fn(node)``."""
-    if isinstance(obj, Node):
-        return fn(obj)
-    if isinstance(obj, unmapped):
-        return unmapped(replace_nodes(obj.value, fn))
-    if isinstance(obj, _CONTAINERS):
-        if isinstance(obj, dict):
-            return type(obj)((k, replace_nodes(v, fn)) for k, v in obj.items())
-        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-            return type(obj)(*(replace_nodes(v, fn) for v in obj))
-        return type(obj)(replace_nodes(v, fn) for v in obj)
-    return obj
+def replace_nodes(obj: Any, fn: Callable[[Node], Any], spec: bool = False) -> Any:
+    """``obj`` with every node in it replaced by ``fn(node)``; containers keep their type.
+
+    ``spec=True``: ``fn`` gives task-spec references, and the containers holding them
+    become task-spec containers (see :func:`dynflow._containers.substitute`).
+    """
+
+    def leaf(o: Any) -> Any:
+        if isinstance(o, unmapped):
+            return unmapped(replace_nodes(o.value, fn))
+        return fn(o)
+
+    return substitute(obj, _is_node, leaf, spec)
 
 
 def find_nodes(obj: Any) -> list[Node]:
     """Every node in ``obj``, in order of appearance (containers are searched)."""
     found: list[Node] = []
-    stack = [obj]
-    while stack:
-        o = stack.pop()
-        if isinstance(o, Node):
-            found.append(o)
-        elif isinstance(o, Slot):
-            stack.append(o.value)
-        elif isinstance(o, unmapped):
-            stack.append(o.value)
-        elif isinstance(o, dict):
-            stack.extend(reversed(list(o.values())))
-        elif isinstance(o, _CONTAINERS):
-            stack.extend(reversed(list(o)))
+    for leaf in find(obj, _is_node):
+        if isinstance(leaf, unmapped):
+            found += find_nodes(leaf.value)
+        else:
+            found.append(leaf)
     return found

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.utils import key_split
 
+from dynflow._containers import find, substitute
 from dynflow._sequences import positional, unmappable
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.failures import CallPolicy, Failure, call_after, gather, gather_concat, run_call
@@ -90,23 +91,27 @@ class Const(NamedTuple):
     values: tuple
 
 
-def _resolve(
-    obj: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any], top: bool = True
-) -> Any:
+_MARKERS = (Src, Stg, Const)
+
+
+def _is_marker(obj: Any) -> bool:
+    return type(obj) in _MARKERS
+
+
+def _resolve(obj: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any]) -> Any:
     """Argument ``obj`` of item ``i``: markers replaced by task-spec references."""
-    t = type(obj)
-    if t is Src:
-        return refs(resolve(obj.key, prefix), i)
-    if t is Stg:
-        key = (obj.key, *prefix, i)
-        return TaskRef(key) if top else Alias(key)
-    if t is Const:
-        return obj.values[i]
-    if t in (list, tuple, set, frozenset):
-        return parse_input(t(_resolve(o, prefix, i, refs, False) for o in obj))
-    if t is dict:
-        return parse_input({k: _resolve(v, prefix, i, refs, False) for k, v in obj.items()})
-    return obj
+
+    def leaf(m: Any) -> Any:
+        t = type(m)
+        if t is Src:
+            return refs(resolve(m.key, prefix), i)
+        if t is Stg:
+            return Alias((m.key, *prefix, i))
+        return m.values[i]  # Const
+
+    if type(obj) is Stg:  # a whole argument: a plain reference
+        return TaskRef((obj.key, *prefix, i))
+    return substitute(obj, _is_marker, leaf, spec=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +195,7 @@ class Stage:
         (:func:`run_batch`); only its dependencies are listed here. Concrete mapped
         tuples would be copied into every batch, so those batches list their items.
         """
-        markers = list(_markers((self.args, self.kwargs)))
+        markers = find((self.args, self.kwargs), _is_marker)
         if any(type(m) is Const for m in markers) or not isinstance(refs, ItemRefs):
             calls = (self.call(None, prefix, i, refs) for i in range(start, stop))
             if after is None:
@@ -237,19 +242,6 @@ class ItemRefs(NamedTuple):
         return Task(None, operator.getitem, TaskRef(key), i)
 
 
-def _markers(obj: Any) -> Any:
-    """The item markers (``Src``, ``Stg``, ``Const``) anywhere in ``obj``."""
-    t = type(obj)
-    if t in (Src, Stg, Const):
-        yield obj
-    elif t in (list, tuple, set, frozenset):
-        for o in obj:
-            yield from _markers(o)
-    elif t is dict:
-        for o in obj.values():
-            yield from _markers(o)
-
-
 def batch_size(batch: int | str, n: int, nthreads: int) -> int:
     """Items per task: ``batch`` itself, or for ``"auto"`` about 8 tasks per worker thread.
 
@@ -291,21 +283,18 @@ class SubflowStage(Stage):
         the markers ``Src``, ``Stg`` and ``Ext`` in the flow's arguments.
         """
 
-        def value(obj: Any) -> Any:
-            t = type(obj)
+        def leaf(m: Any) -> Any:
+            t = type(m)
             if t is Src:
-                return src(obj.key, i)
+                return src(m.key, i)
             if t is Stg:
-                return stg(obj.key, i)
-            if t is Const:
-                return value(obj.values[i])
+                return stg(m.key, i)
             if t is Ext:
-                return ext(obj.key)
-            if t in (list, tuple, set, frozenset):
-                return t(value(o) for o in obj)
-            if t is dict:
-                return {k: value(v) for k, v in obj.items()}
-            return obj
+                return ext(m.key)
+            return value(m.values[i])  # Const
+
+        def value(obj: Any) -> Any:
+            return substitute(obj, _is_flow_marker, leaf)
 
         return self.fn.build(
             *(value(a) for a in self.args), **{k: value(v) for k, v in self.kwargs.items()}
@@ -344,6 +333,10 @@ class SubflowStage(Stage):
                 return Failure(e, self.task_name)
 
         return [run(i) for i in range(n)]
+
+
+def _is_flow_marker(obj: Any) -> bool:
+    return type(obj) in (Src, Stg, Const, Ext)
 
 
 def _no_stage(key: Any, i: int) -> Any:  # pragma: no cover - local maps have no stages

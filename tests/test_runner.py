@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 import traceback
 
@@ -155,3 +156,63 @@ def test_local_schedulers_give_identical_results(scheduler):
 def test_sync_scheduler_surfaces_the_original_exception():
     with pytest.raises(Boom, match="bad item 1"):
         fail(1).compute(scheduler="sync")
+
+
+def structure(value):
+    """The value's structure: container types (a defaultdict's factory), nested."""
+    if isinstance(value, dict):
+        factory = getattr(value, "default_factory", None)
+        return (type(value).__name__, [(k, structure(v)) for k, v in value.items()], factory)
+    if isinstance(value, (set, frozenset)):
+        return (type(value).__name__, sorted(map(repr, value)))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [structure(v) for v in value])
+    return value
+
+
+@df.task
+def shape(value):
+    return structure(value)
+
+
+@df.task
+def shape_of_static(i, value):
+    return structure(value)
+
+
+@df.flow
+def shape_per_item(i, value):
+    return shape(value)
+
+
+Pair = collections.namedtuple("Pair", "left right")
+
+
+def containers(x):
+    return [
+        {x, 2},
+        frozenset([x]),
+        collections.defaultdict(list, {"a": x}),
+        collections.OrderedDict([("b", 1), ("a", x)]),
+        Pair(x, [x, {"x": (x,)}]),
+        [collections.Counter({"n": 1}), (x, {x})],
+    ]
+
+
+@gen_cluster(client=True)
+async def test_nodes_inside_any_container_keep_the_containers_type(c, s, a, b):
+    """Sets, frozensets, defaultdicts (with their factory), OrderedDicts, namedtuples
+    holding nodes arrive as they were built: plain calls, map items (mapped and
+    unmapped), on a cluster and in sync mode."""
+    one = inc(0)
+    expected = structure(containers(1))
+    nodes = [
+        shape(containers(one)),
+        shape.map([containers(one), containers(one)]),
+        shape_of_static.map([0, 1], df.unmapped(containers(one))),
+        shape_per_item.map([0, 1], df.unmapped(containers(one))),
+    ]
+    values = [expected, *[[expected, expected]] * 3]
+    for node, value in zip(nodes, values, strict=True):
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
