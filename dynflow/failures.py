@@ -33,7 +33,9 @@ from typing import Any
 from distributed.protocol.pickle import dumps
 from tblib import Traceback
 
+from dynflow._sequences import unmappable
 from dynflow.exceptions import (
+    MapInputError,
     MapItemError,
     SerializationError,
     TaskInterruptedError,
@@ -45,6 +47,7 @@ __all__ = [
     "CallPolicy",
     "Failure",
     "call_after",
+    "concat_raw",
     "gather",
     "gather_concat",
     "gather_list",
@@ -270,6 +273,27 @@ def gather(task_name: str, mode: str, ratio: float, *items: Any) -> Any:
 def gather_list(task_name: str, mode: str, ratio: float, items: list) -> Any:
     """:func:`gather` of a list (local schedulers: a map's raw results)."""
     return _check(task_name, mode, ratio, list(items))
+
+
+def concat_raw(task_name: str, items: list) -> list:
+    """A flatten's raw list, from its map's raw list: each item's elements, in order.
+
+    A failed item (a record) stands for its unknown elements, as on a cluster, where
+    each item of ``task_name``'s map is expanded on its own.
+    """
+    out: list = []
+    for i, item in enumerate(items):
+        if type(item) is Failure:
+            out.append(item)
+            continue
+        why = unmappable(item)
+        if why is not None:
+            raise MapInputError(
+                f"flatten({task_name}.map()): item {i} must be a list-like value to "
+                f"flatten, got {type(item).__name__} from task {task_name!r} ({why})"
+            )
+        out.extend(item)
+    return out
 
 
 def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:

@@ -22,7 +22,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from dynflow.expand import expand, run_map, unspliced
-from dynflow.failures import call_after, gather_list, run_call
+from dynflow.failures import call_after, concat_raw, gather_list, run_call
 from dynflow.node import (
     AllowFailureNode,
     FlattenNode,
@@ -271,13 +271,22 @@ def _stage(node: MapNode, how: dict[tuple[str, int], str], raw: Any = None) -> t
     return stage, sources, consts, needs
 
 
-def _whole(order: list[Node], outputs: Sequence[Node], how: dict) -> set[str]:
-    """Keys of nodes whose whole value is used (and so need a task of their own).
+def _whole(
+    order: list[Node], outputs: Sequence[Node], how: dict
+) -> tuple[set[str], set[str], dict[str, FlattenNode]]:
+    """What the graph must compute besides the per-item tasks.
+
+    Returns the keys of nodes whose whole value is used (each needs a task of its own),
+    the keys of maps whose *raw* list is read (failure records included: a map over a
+    map it cannot join item by item still passes failures on, as one that joins
+    does), and the ``flatten(m)`` nodes mapped over whole, read raw too.
 
     An ``allow_failure(m)`` node used whole makes ``m`` need a tolerant list, not its
     strict one: it is in the set itself, ``m`` is not (unless used otherwise).
     """
     whole = {n.key for n in outputs}
+    raw: set[str] = set()
+    flat: dict[str, FlattenNode] = {}
     for node in reversed(order):
         if isinstance(node, AllowFailureNode):
             continue
@@ -285,21 +294,33 @@ def _whole(order: list[Node], outputs: Sequence[Node], how: dict) -> set[str]:
             for i, s in enumerate(node.slots):
                 if s.mapped and (node.key, i) in how:
                     continue
-                whole.update(n.key for n in find_nodes(s))
+                v = s.value
+                if s.mapped and isinstance(v, MapNode):
+                    raw.add(v.key)
+                elif s.mapped and isinstance(v, FlattenNode) and isinstance(v.source, MapNode):
+                    flat[v.key] = v
+                    raw.add(v.source.key)
+                else:
+                    whole.update(n.key for n in find_nodes(s))
             whole.update(n.key for n in node._wait_for)
         elif node.key in whole:
             whole.update(d.key for d in node.dependencies)
-    return whole
+    return whole, raw, flat
 
 
-def _raw_key(node: Node) -> str:
-    """Local schedulers: the key of a map's raw results (failure records included)."""
-    return f"{node.key}-raw"
+def _raw_key(key: str) -> str:
+    """The key of a map's raw list (failure records included), or of a flatten's."""
+    return f"dynflow-raw-{key}"
 
 
-def _local_source(node: Node) -> Any:
-    """Local schedulers read a mapped map node's raw results, so failures pass on."""
-    return _raw_key(node) if isinstance(node, MapNode) else node.key
+def _whole_source(node: Node) -> Any:
+    """The key a map reads for a mapped node it does not join item by item: maps and
+    ``flatten(map)`` raw, so that failed items pass on as failure records."""
+    if isinstance(node, MapNode) or (
+        isinstance(node, FlattenNode) and isinstance(node.source, MapNode)
+    ):
+        return _raw_key(node.key)
+    return node.key
 
 
 def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> HighLevelGraph:
@@ -313,7 +334,7 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
     if distributed:
         for node in order:
             fams.visit(node)
-    whole = _whole(order, outputs, fams.how)
+    whole, raw_lists, flat_raws = _whole(order, outputs, fams.how)
     top_mode = "record" if records else "strict"
     # map key -> the allow_failure nodes that need its tolerant list
     tolerant: dict[str, list[Node]] = {}
@@ -328,10 +349,10 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
     for node in order:
         if isinstance(node, MapNode):
             if distributed:
-                planned[node.key] = _stage(node, fams.how)
+                planned[node.key] = _stage(node, fams.how, raw=_whole_source)
                 continue
-            stage, sources, consts, needs = _stage(node, {}, raw=_local_source)
-            raw = _raw_key(node)
+            stage, sources, consts, needs = _stage(node, {}, raw=_whole_source)
+            raw = _raw_key(node.key)
             exp = Expansion(raw, (stage,), (), sources, tuple(consts), ())
             data = parse_input({k: Alias(k) for k in sorted(needs)})
             layers[raw] = {raw: Task(raw, run_map, exp, data)}
@@ -342,7 +363,11 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
                 args = (node.name, mode, node.min_success_ratio, TaskRef(raw))
                 layers[key] = {key: Task(key, gather_list, *args)}
                 deps[key] = {raw}
-        elif node.key in whole and not isinstance(node, (KeyNode, AllowFailureNode)):
+        elif node.key in flat_raws:
+            key, source = _raw_key(node.key), _raw_key(node.source.key)
+            layers[key] = {key: Task(key, concat_raw, node.source.name, TaskRef(source))}
+            deps[key] = {source}
+        if node.key in whole and not isinstance(node, (MapNode, KeyNode, AllowFailureNode)):
             layers[node.key] = {node.key: _node_task(node, records)}
             deps[node.key] = {d.key for d in node.dependencies}
             annotations[node.key] = _annotations(node)
@@ -356,6 +381,8 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
         for f in fams.families():
             for key in fams.members[f]:
                 lists = [(key, top_mode)] if key in whole else []
+                if key in raw_lists:
+                    lists.append((_raw_key(key), "raw"))
                 lists += [(af.key, "tolerant") for af in tolerant.get(key, [])]
                 stage = planned[key][0]
                 name = stage.task_name
