@@ -9,6 +9,7 @@
      ├── SerializationError(DynflowError, TypeError)  a task or argument that cannot be pickled
      ├── ExtensionError(DynflowError, RuntimeError)   the scheduler extension is missing or refused
      ├── MapItemError(DynflowError, RuntimeError)     items of a map failed (original as __cause__)
+     ├── RemoteError(DynflowError, RuntimeError)      a worker's exception not rebuildable here
      ├── TaskTimeoutError(DynflowError, TimeoutError) a call ran past its task's timeout
      ├── SchedulerLostError(DynflowError, ConnectionError)  the scheduler went away mid-run
      └── TaskInterruptedError(DynflowError, RuntimeError)  KeyboardInterrupt/SystemExit in a task
@@ -22,7 +23,6 @@ original exception with its remote traceback.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 __all__ = [
     "DynflowError",
@@ -31,6 +31,7 @@ __all__ = [
     "MapInputError",
     "MapItemError",
     "MapLengthError",
+    "RemoteError",
     "SchedulerLostError",
     "SerializationError",
     "TaskInterruptedError",
@@ -65,6 +66,11 @@ class ExtensionError(DynflowError, RuntimeError):
 class MapItemError(DynflowError, RuntimeError):
     """Items of a map failed. The first original exception is ``__cause__``.
 
+    The error stays small whatever the map's size: it names the failed items and
+    carries their exceptions (the first :data:`MAX_ERRORS`), never the results of the
+    items that succeeded. To receive those, consume ``df.allow_failure(m)`` (each failed
+    item's exception in its place) or set ``min_success_ratio``.
+
     Attributes
     ----------
     task_name : str
@@ -73,11 +79,16 @@ class MapItemError(DynflowError, RuntimeError):
         Indices of the failed items in that list.
     total : int
         Number of items.
-    results : list
-        Every item's result, with the exception object in place of each failed item.
+    origin : str
+        The task the first failure came from (a chained or flattened map's upstream).
     labels : dict[int, str]
         The failed items' labels (the task's ``task_run_name``), where it has one.
+    errors : dict[int, BaseException]
+        The exceptions of the first :data:`MAX_ERRORS` failed items, by index.
     """
+
+    #: how many failed items' exceptions an error carries
+    MAX_ERRORS = 20
 
     def __init__(
         self,
@@ -85,37 +96,66 @@ class MapItemError(DynflowError, RuntimeError):
         failed: list[int],
         total: int,
         origin: str,
-        first: BaseException,
+        first: BaseException | str,
         labels: Mapping[int, str] | None = None,
+        errors: Mapping[int, BaseException] | None = None,
     ) -> None:
         self.task_name = task_name
         self.failed = list(failed)
         self.total = total
         self.origin = origin
         self.labels = dict(labels or {})
-        self.results: list = []
+        self.errors = dict(list((errors or {}).items())[: self.MAX_ERRORS])
+        if isinstance(first, RemoteError):  # its message starts with the original type
+            first = str(first)
+        elif isinstance(first, BaseException):
+            first = f"{type(first).__name__}: {first}"
+        if len(first) > 1000:
+            first = first[:1000] + f"... [{len(first) - 1000} more characters]"
+        self.first_error = first
         shown = ", ".join(
             f"{i} ({self.labels[i]})" if i in self.labels else str(i) for i in failed[:20]
         ) + (", ..." if len(failed) > 20 else "")
         where = "" if origin == task_name else f" (failed in task {origin!r})"
-        message = str(first)
-        if len(message) > 1000:
-            message = message[:1000] + f"... [{len(message) - 1000} more characters]"
         super().__init__(
             f"{task_name}.map(): {len(failed)} of {total} items failed, at index "
-            f"{shown}{where}; first error: {type(first).__name__}: {message}"
+            f"{shown}{where}; first error: {first}"
         )
-        self._args = (task_name, failed, total, origin, first, self.labels)
 
     def __reduce__(self) -> tuple:
-        return (_rebuild_map_item_error, (self._args, self.results, self.__cause__))
+        fields = (self.task_name, self.failed, self.total, self.origin, self.first_error)
+        return (_rebuild_map_item_error, (fields, self.labels, self.errors, self.__cause__))
 
 
-def _rebuild_map_item_error(args: tuple, results: list, cause: BaseException | None) -> Any:
-    error = MapItemError(*args)
-    error.results = results
+def _rebuild_map_item_error(
+    fields: tuple, labels: dict, errors: dict, cause: BaseException | None
+) -> MapItemError:
+    error = MapItemError(*fields, labels, errors)
     error.__cause__ = cause
     return error
+
+
+class RemoteError(DynflowError, RuntimeError):
+    """Stands in for an exception from a worker that cannot be rebuilt here.
+
+    Its class could not be pickled, unpickled or imported in this process. The message
+    is the original's, prefixed with its type.
+
+    Attributes
+    ----------
+    type_name : str
+        The original exception's type, ``module.QualName``.
+    remote_traceback : str
+        The original traceback, as text (possibly trimmed).
+    """
+
+    def __init__(self, message: str = "", type_name: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.type_name, self.remote_traceback))
 
 
 class TaskTimeoutError(DynflowError, TimeoutError):

@@ -20,28 +20,40 @@ pool (distributed's ``secede``/``rejoin``), so other tasks run meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextvars
-import pickle
 import random
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from types import TracebackType
 from typing import Any
 
-from distributed.protocol.pickle import dumps
+from dask._task_spec import Task
+from distributed.protocol.pickle import dumps, loads
 from tblib import Traceback
 
+from dynflow._compat import secede_async
 from dynflow._sequences import unmappable
 from dynflow.exceptions import (
     MapInputError,
     MapItemError,
+    RemoteError,
     SerializationError,
     TaskInterruptedError,
     TaskTimeoutError,
 )
-from dynflow.items import forwarding, label, report_failure
+from dynflow.items import (
+    CURRENT_KEY,
+    current_key,
+    forwarding,
+    item_index,
+    label,
+    report_failure,
+)
 
 __all__ = [
     "CallPolicy",
@@ -51,30 +63,32 @@ __all__ = [
     "gather",
     "gather_concat",
     "gather_list",
+    "portable",
+    "run_blocking",
     "run_call",
+    "run_call_async",
+    "run_coroutine",
 ]
 
 
 class Failure:
-    """A failed call's exception, with its remote traceback, as a picklable value."""
+    """A failed call's exception, with its remote traceback, as a picklable value.
+
+    The exception is made :func:`portable` when the record is made: a record always
+    travels (to the collector, to a chained item, to the client), whatever the
+    exception.
+    """
 
     __slots__ = ("exception", "label", "task_name")
 
     def __init__(self, exception: BaseException, task_name: str, label: str | None = None) -> None:
-        self.exception = exception
+        self.exception = portable(exception)
         self.task_name = task_name
         self.label = label  # the item's task_run_name, if the task has one
 
     def __reduce__(self) -> tuple:
         exc = self.exception
         tb = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ else None
-        try:
-            pickle.dumps(exc)
-        except Exception as e:  # an exception that cannot travel: keep what can
-            exc = RuntimeError(
-                f"{type(self.exception).__name__}: {self.exception} (the original "
-                f"exception could not be pickled: {e})"
-            )
         return _rebuild_failure, (exc, tb, self.task_name, self.label)
 
     def __repr__(self) -> str:
@@ -86,7 +100,51 @@ def _rebuild_failure(
 ) -> Failure:
     if tb is not None:
         exc = exc.with_traceback(Traceback.from_dict(tb).as_traceback())
-    return Failure(exc, task_name, label)
+    failure = object.__new__(Failure)
+    failure.exception, failure.task_name, failure.label = exc, task_name, label
+    return failure
+
+
+#: frames kept of a long traceback: where it entered user code, and where it failed
+TRACEBACK_HEAD, TRACEBACK_TAIL = 10, 40
+
+
+def _trim_traceback(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` with at most ``TRACEBACK_HEAD + TRACEBACK_TAIL`` frames (a RecursionError
+    has a thousand); the middle ones are dropped, in place."""
+    frames = []
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    if len(frames) > TRACEBACK_HEAD + TRACEBACK_TAIL:
+        frames[TRACEBACK_HEAD - 1].tb_next = frames[-TRACEBACK_TAIL]
+    return frames[0] if frames else None
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc``, made sure to travel between processes: a long traceback is trimmed (also
+    on its causes), and an exception that does not survive pickling (its class cannot be
+    pickled, or rebuilt from its pickle) is replaced by a :class:`~dynflow.RemoteError`
+    with its type, message and traceback text.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen and len(seen) < 20:
+        seen.add(id(e))
+        e.__traceback__ = _trim_traceback(e.__traceback__)
+        e = e.__cause__ or e.__context__
+    try:
+        loads(dumps(exc))
+    except Exception as why:
+        text = "".join(traceback.format_exception(exc))
+        stand_in = RemoteError(
+            f"{type(exc).__name__}: {exc} (the original exception could not be pickled "
+            f"to send it between processes: {type(why).__name__}: {why})",
+            f"{type(exc).__module__}.{type(exc).__qualname__}",
+            text,
+        )
+        return stand_in.with_traceback(exc.__traceback__)
+    return exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +162,22 @@ class CallPolicy:
     run_name: str | Callable[..., str] | None = None  # items' label template
     log_prints: bool = False  # forward prints and log records to the client
     params: tuple[str, ...] = ()  # the function's positional parameter names (labels)
+    asynchronous: bool = False  # the function is a coroutine function
+
+    def spec(
+        self, key: Any, fn: Callable, /, *args: Any, blocking: bool = False, **kwargs: Any
+    ) -> Task:
+        """The task spec of one call of ``fn`` under this policy (``key`` None: a call
+        inside another task, a batch).
+
+        A coroutine function runs on the worker's event loop (:func:`run_call_async`),
+        or to completion in the calling thread where nothing would await it
+        (``blocking``: local schedulers; calls inside a batch).
+        """
+        if not self.asynchronous:
+            return Task(key, run_call, self, fn, *args, **kwargs)
+        runner = run_blocking if blocking or key is None else run_call_async
+        return Task(key, runner, self, key, fn, *args, **kwargs)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
@@ -120,39 +194,117 @@ def call_after(fn: Callable, _waited: Any, /, *args: Any, **kwargs: Any) -> Any:
 
 def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn`` under ``policy``; see the module docstring."""
+    passed = _upstream_failure(policy, args, kwargs)
+    if passed is not None:
+        return passed
+    user_args = args[2:] if fn is call_after else args
+    with forwarding(policy, user_args, kwargs):
+        attempt = 0
+        while True:
+            try:
+                return _picklable(policy, _attempt(policy, fn, args, kwargs))
+            except BaseException as e:  # noqa: BLE001 - every error becomes the call's
+                error = _call_error(policy, e)
+            attempt += 1
+            if _final(policy, attempt, error):
+                return _failed(policy, error, user_args, kwargs)
+            _wait(policy.delay(attempt))
+
+
+async def run_call_async(
+    policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any
+) -> Any:
+    """:func:`run_call` of a coroutine function, on the worker's event loop.
+
+    It holds no worker thread and no slot: it secedes, as a sync task waiting for
+    others does, so the worker runs other tasks while it awaits. ``key`` is the task's
+    own key (None inside a batch), which the worker cannot tell an async task.
+    """
+    passed = _upstream_failure(policy, args, kwargs)
+    if passed is not None:
+        return passed
+    token = CURRENT_KEY.set(key) if key is not None else None
+    try:
+        if key is not None:
+            secede_async(key)
+        user_args = args[2:] if fn is call_after else args
+        with forwarding(policy, user_args, kwargs):
+            attempt = 0
+            while True:
+                try:
+                    result = await _attempt_async(policy, fn, args, kwargs)
+                    return _picklable(policy, result)
+                except asyncio.CancelledError as e:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # cancelled from outside (the worker closes): not the call's
+                    error = _call_error(policy, e)
+                except BaseException as e:  # noqa: BLE001 - every error becomes the call's
+                    error = _call_error(policy, e)
+                attempt += 1
+                if _final(policy, attempt, error):
+                    return _failed(policy, error, user_args, kwargs)
+                await asyncio.sleep(policy.delay(attempt))
+    finally:
+        if token is not None:
+            CURRENT_KEY.reset(token)
+
+
+def run_blocking(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+    """:func:`run_call_async` run to completion here (local schedulers, batches)."""
+    return run_coroutine(run_call_async(policy, key, fn, *args, **kwargs))
+
+
+def run_coroutine(coro: Any) -> Any:
+    """Run ``coro`` to completion from synchronous code, with or without a running loop
+    in this thread (a notebook has one): then in a helper thread, with this context."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynflow-async") as pool:
+        return pool.submit(contextvars.copy_context().run, asyncio.run, coro).result()
+
+
+def _upstream_failure(policy: CallPolicy, args: tuple, kwargs: dict) -> Failure | None:
+    """An upstream item's failure among the arguments: passed on, the call does not run."""
     for value in (*args, *kwargs.values()):
-        if type(value) is Failure:  # an upstream item failed: pass it on, do not run
+        if type(value) is Failure:
             if policy.records:
                 report_failure(value, upstream=True)
             return value
-    user_args = args[2:] if fn is call_after else args
-    if not policy.log_prints:
-        return _run(policy, fn, args, kwargs, user_args)
-    with forwarding(policy, user_args, kwargs):
-        return _run(policy, fn, args, kwargs, user_args)
+    return None
 
 
-def _run(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict, user_args: tuple) -> Any:
-    attempt = 0
-    while True:
-        try:
-            return _picklable(policy, _attempt(policy, fn, args, kwargs))
-        except (KeyboardInterrupt, SystemExit) as e:
-            # never let user code shut the worker down
-            error: BaseException = TaskInterruptedError(
-                f"task {policy.task_name!r} raised {type(e).__name__}"
-            )
-            error.__cause__ = e
-        except Exception as e:
-            error = e
-        attempt += 1
-        if attempt > policy.retries or not isinstance(error, policy.retry_on):
-            if policy.records:
-                failure = Failure(error, policy.task_name, label(policy, user_args, kwargs))
-                report_failure(failure, upstream=False)
-                return failure
-            raise error
-        _wait(policy.delay(attempt))
+def _call_error(policy: CallPolicy, e: BaseException) -> BaseException:
+    """What a call's exception becomes: itself, or for a ``BaseException`` that is not an
+    ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, a
+    ``CancelledError`` the call raised itself) a :class:`TaskInterruptedError`, so user
+    code never shuts a worker down or leaves a run waiting forever."""
+    if isinstance(e, Exception):
+        return e
+    error = TaskInterruptedError(f"task {policy.task_name!r}{_item()} raised {type(e).__name__}")
+    error.__cause__ = e
+    return error
+
+
+def _final(policy: CallPolicy, attempt: int, error: BaseException) -> bool:
+    return attempt > policy.retries or not isinstance(error, policy.retry_on)
+
+
+def _failed(policy: CallPolicy, error: BaseException, user_args: tuple, kwargs: dict) -> Any:
+    """A call's final failure: a record (map items) or the error raised, made portable."""
+    if policy.records:
+        failure = Failure(error, policy.task_name, label(policy, user_args, kwargs))
+        report_failure(failure, upstream=False)
+        return failure
+    raise portable(error)
+
+
+def _item() -> str:
+    """`` (item 3)`` while a map item runs (also inside a batch); else empty."""
+    index = item_index()
+    return "" if index is None else f" (item {', '.join(map(str, index))})"
 
 
 def _picklable(policy: CallPolicy, result: Any) -> Any:
@@ -184,27 +336,33 @@ def _attempt(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict) -> Any
     # a thread cannot be stopped: on timeout the call is abandoned and runs on unseen
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynflow-timeout")
     try:
-        # the call's context (its output forwarding) goes with it into the thread
-        future = pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        # the call's context (its key, its output forwarding) goes with it into the thread
+        token = CURRENT_KEY.set(current_key())
+        try:
+            future = pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        finally:
+            CURRENT_KEY.reset(token)
         try:
             return future.result(timeout=policy.timeout)
         except concurrent.futures.TimeoutError:
-            raise TaskTimeoutError(
-                f"task {policy.task_name!r}{_item_of_current_task()} did not finish within "
-                f"{policy.timeout:g} s"
-            ) from None
+            raise _timed_out(policy) from None
     finally:
         pool.shutdown(wait=False)
 
 
-def _item_of_current_task() -> str:
-    """`` (item 3)`` when a map item runs on a worker (its key is ``(map key, 3)``)."""
-    from distributed.worker import thread_state
+async def _attempt_async(policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict) -> Any:
+    if policy.timeout is None:
+        return await fn(*args, **kwargs)
+    try:  # an async call is cancelled at its timeout
+        return await asyncio.wait_for(fn(*args, **kwargs), policy.timeout)
+    except TimeoutError:
+        raise _timed_out(policy) from None
 
-    key = getattr(thread_state, "key", None)
-    if isinstance(key, tuple) and len(key) > 1:
-        return f" (item {', '.join(map(str, key[1:]))})"
-    return ""
+
+def _timed_out(policy: CallPolicy) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"task {policy.task_name!r}{_item()} did not finish within {policy.timeout:g} s"
+    )
 
 
 def _wait(seconds: float) -> None:
@@ -212,10 +370,9 @@ def _wait(seconds: float) -> None:
     if seconds <= 0:
         return
     from distributed import rejoin, secede
-    from distributed.worker import thread_state
 
-    if getattr(thread_state, "key", None) is None:  # not on a worker (local schedulers)
-        time.sleep(seconds)
+    if CURRENT_KEY.get() is not None or current_key() is None:
+        time.sleep(seconds)  # not in a worker's task thread (local schedulers, helpers)
         return
     secede()
     try:
@@ -250,9 +407,11 @@ def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
         return [None if type(x) is Failure else x for x in items]
     first = items[failed[0]]
     labels = {i: items[i].label for i in failed if items[i].label is not None}
-    error = MapItemError(task_name, failed, len(items), first.task_name, first.exception, labels)
+    errors = {i: items[i].exception for i in failed[: MapItemError.MAX_ERRORS]}
+    error = MapItemError(
+        task_name, failed, len(items), first.task_name, first.exception, labels, errors
+    )
     error.__cause__ = first.exception
-    error.results = [x.exception if type(x) is Failure else x for x in items]
     if mode == "record":
         return Failure(error, task_name)
     raise error

@@ -22,7 +22,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from dynflow.expand import expand, run_map, unspliced
-from dynflow.failures import call_after, concat_raw, gather_list, run_call
+from dynflow.failures import call_after, concat_raw, gather_list
 from dynflow.node import (
     AllowFailureNode,
     FlattenNode,
@@ -74,15 +74,15 @@ def _ref(obj: Any) -> Any:
     return parse_input(replace_nodes(obj, lambda n: Alias(n.key), spec=True))
 
 
-def _node_task(node: Node, records: bool) -> Task:
+def _node_task(node: Node, records: bool, distributed: bool) -> Task:
     args = [_ref(a) for a in node._args]
     kwargs = {k: _ref(v) for k, v in node._kwargs.items()}
     policy = node.task.policy(records)
+    fn = node.task.graph_fn
     if node._wait_for:
         waits = parse_input([Alias(n.key) for n in node._wait_for])
-        args = [node.task.graph_fn, waits, *args]
-        return Task(node.key, run_call, policy, call_after, *args, **kwargs)
-    return Task(node.key, run_call, policy, node.task.graph_fn, *args, **kwargs)
+        fn, args = call_after, [fn, waits, *args]
+    return policy.spec(node.key, fn, *args, blocking=not distributed, **kwargs)
 
 
 def _annotations(node: Node) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
             layers[key] = {key: Task(key, concat_raw, node.source.name, TaskRef(source))}
             deps[key] = {source}
         if node.key in whole and not isinstance(node, (MapNode, KeyNode, AllowFailureNode)):
-            layers[node.key] = {node.key: _node_task(node, records)}
+            layers[node.key] = {node.key: _node_task(node, records, distributed)}
             deps[node.key] = {d.key for d in node.dependencies}
             annotations[node.key] = _annotations(node)
 

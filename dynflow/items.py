@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_INDEX",
+    "CURRENT_KEY",
     "at_index",
+    "current_key",
     "forwarding",
     "item_index",
     "label",
@@ -43,6 +45,9 @@ __all__ = [
 
 #: the index of the item a batch task is running (a batch runs several items in turn)
 BATCH_INDEX: ContextVar[tuple[int, ...] | None] = ContextVar("dynflow_batch_index", default=None)
+#: the key of the task a call runs in, where the worker cannot tell (async tasks on the
+#: event loop, the helper thread of a call with a timeout)
+CURRENT_KEY: ContextVar[Any] = ContextVar("dynflow_current_key", default=None)
 
 # (worker key, tag, buffers) of the call whose output is forwarded, per thread/context
 _FORWARD: ContextVar[_Sink | None] = ContextVar("dynflow_forward", default=None)
@@ -59,18 +64,30 @@ def at_index(index: tuple[int, ...]) -> Iterator[None]:
         BATCH_INDEX.reset(token)
 
 
-def _current_key() -> Any:
-    from distributed.worker import thread_state
-
-    return getattr(thread_state, "key", None)
+def current_key() -> Any:
+    """The key of the task this call runs in, on a worker; None elsewhere."""
+    key = CURRENT_KEY.get()
+    if key is not None:
+        return key
+    worker = _worker()
+    if worker is None:
+        return None
+    try:
+        return worker.get_current_task()
+    except KeyError:  # not in a task's own thread
+        return None
 
 
 def item_index() -> tuple[int, ...] | None:
-    """The running map item's index (``(i,)``, or ``(i, j)`` nested); None otherwise."""
+    """The running map item's index (``(i,)``, or ``(i, j)`` nested); None otherwise.
+
+    The one place that knows which item runs: inside a batch, the batch's current
+    item; else the index in the task's key ``(item name, *prefix, i)``.
+    """
     index = BATCH_INDEX.get()
     if index is not None:
         return index
-    key = _current_key()
+    key = current_key()
     if type(key) is tuple and len(key) > 1 and all(type(k) is int for k in key[1:]):
         return key[1:]
     return None
@@ -119,7 +136,7 @@ def _worker() -> Any:
 
 def report_failure(failure: Failure, upstream: bool) -> None:
     """Tell the run tracker that the running item holds a failure record."""
-    worker, key = _worker(), _current_key()
+    worker, key = _worker(), current_key()
     if worker is None or key is None:
         return
     index = item_index()
@@ -214,7 +231,7 @@ def _install_tees() -> None:
 @contextlib.contextmanager
 def forwarding(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> Iterator[None]:
     """Forward what the call prints or logs to the client (``log_prints``), on a worker."""
-    worker, key = _worker(), _current_key()
+    worker, key = _worker(), current_key()
     if not policy.log_prints or worker is None or key is None:
         yield
         return

@@ -29,7 +29,7 @@ from dask.utils import key_split
 from dynflow._containers import find, substitute
 from dynflow._sequences import positional, unmappable
 from dynflow.exceptions import MapInputError, MapLengthError
-from dynflow.failures import CallPolicy, Failure, call_after, gather, gather_concat, run_call
+from dynflow.failures import CallPolicy, Failure, call_after, gather, gather_concat
 from dynflow.items import at_index
 
 __all__ = [
@@ -86,9 +86,11 @@ class Ext(NamedTuple):
 
 
 class Const(NamedTuple):
-    """Marker in a stage argument: item ``i`` of a tuple known when the graph was built."""
+    """Marker in a stage argument: item ``i`` of a tuple known when the graph was built
+    (``values[i - offset]``: a batch carries only its own slice)."""
 
     values: tuple
+    offset: int = 0
 
 
 _MARKERS = (Src, Stg, Const)
@@ -107,7 +109,7 @@ def _resolve(obj: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any]) 
             return refs(resolve(m.key, prefix), i)
         if t is Stg:
             return Alias((m.key, *prefix, i))
-        return m.values[i]  # Const
+        return m.values[i - m.offset]  # Const
 
     if type(obj) is Stg:  # a whole argument: a plain reference
         return TaskRef((obj.key, *prefix, i))
@@ -129,20 +131,27 @@ class Stage:
     max_concurrency: int | None = None  # at most this many items running at once
 
     def call(
-        self, key: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any], after: Any = None
+        self,
+        key: Any,
+        prefix: Prefix,
+        i: int,
+        refs: Callable[[Any, int], Any],
+        after: Any = None,
+        blocking: bool = False,
     ) -> Task:
         """The task spec of item ``i`` (``key``: its key, or None inside a batch).
 
         ``after``: a key this item must wait for without reading its value.
+        ``blocking``: run a coroutine function to completion (local schedulers).
         """
         fn, extra = (self.fn, ()) if after is None else (call_after, (self.fn, TaskRef(after)))
-        return Task(
+        assert self.policy is not None
+        return self.policy.spec(
             key,
-            run_call,
-            self.policy,
             fn,
             *extra,
             *(_resolve(a, prefix, i, refs) for a in self.args),
+            blocking=blocking,
             **{name: _resolve(v, prefix, i, refs) for name, v in self.kwargs.items()},
         )
 
@@ -192,24 +201,30 @@ class Stage:
         """One task for items ``start:stop`` (``after``: a key it waits for, unread).
 
         Its spec is small whatever its size: the items' own specs are made where it runs
-        (:func:`run_batch`); only its dependencies are listed here. Concrete mapped
-        tuples would be copied into every batch, so those batches list their items.
+        (:func:`run_batch`), which sets each item's index as it runs it; only the
+        batch's dependencies, and its slice of concrete mapped values, are listed here.
         """
         markers = find((self.args, self.kwargs), _is_marker)
-        if any(type(m) is Const for m in markers) or not isinstance(refs, ItemRefs):
-            calls = (self.call(None, prefix, i, refs) for i in range(start, stop))
-            if after is None:
-                return Task(key, collect_batch, *calls)
-            return Task(key, call_after, collect_batch, TaskRef(after), *calls)
         deps = set(self.call(None, prefix, start, refs).dependencies)
         for m in markers:
             if type(m) is Stg:
                 deps.update((m.key, *prefix, i) for i in range(start, stop))
+            elif type(m) is Const:
+                for v in m.values[start:stop]:
+                    deps.update(getattr(v, "dependencies", ()))
+        stage = self
+        if any(type(m) is Const for m in markers):
+
+            def part(m: Any) -> Any:
+                return Const(m.values[start:stop], start) if type(m) is Const else m
+
+            args, kwargs = substitute((self.args, self.kwargs), _is_marker, part)
+            stage = dataclasses.replace(self, args=args, kwargs=kwargs)
         data = parse_input({d: Alias(d) for d in deps})
         if after is None:
-            return Task(key, run_batch, self, prefix, start, stop, refs, data)
+            return Task(key, run_batch, stage, prefix, start, stop, refs, data)
         return Task(
-            key, call_after, run_batch, TaskRef(after), self, prefix, start, stop, refs, data
+            key, call_after, run_batch, TaskRef(after), stage, prefix, start, stop, refs, data
         )
 
 
@@ -258,11 +273,6 @@ def _ranges(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def collect_batch(*results: Any) -> list:
-    """A batch task's value: its items' results (or failure records), in order."""
-    return list(results)
-
-
 @dataclass(frozen=True, slots=True)
 class SubflowStage(Stage):
     """A whole sub-flow per item (``fn`` is the flow); item ``i`` is its output.
@@ -291,7 +301,7 @@ class SubflowStage(Stage):
                 return stg(m.key, i)
             if t is Ext:
                 return ext(m.key)
-            return value(m.values[i])  # Const
+            return value(m.values[i - m.offset])  # Const
 
         def value(obj: Any) -> Any:
             return substitute(obj, _is_flow_marker, leaf)
@@ -546,11 +556,10 @@ class Expansion:
         refs = ItemRefs(None, frozenset())
 
         # one call per item, in order: the same list; one at a time, so no lanes either
-        unbatched = dataclasses.replace(stage, batch=None, max_concurrency=None)
         out = []
-        for i, task in enumerate(unbatched.items((), n, refs)):
+        for i in range(n):
             with at_index((i,)):  # the item's index, for its label
-                out.append(task(data))
+                out.append(stage.call((stage.key, i), (), i, refs, blocking=True)(data))
         return out
 
 

@@ -9,12 +9,16 @@ display of a future, :func:`dynflow.progress` and the dashboard page.
 
 from __future__ import annotations
 
+import io
+import pickle
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed import Future
+from distributed.client import FutureCancelledError
 
+from dynflow.exceptions import RemoteError, SchedulerLostError
 from dynflow.flowgraph import FlowGraph
 from dynflow.node import Node
 
@@ -107,6 +111,68 @@ class Run:
         return f"<Run {self.name!r} id={self.id[:8]}>"
 
 
+def client_error(error: BaseException, client: Client, what: str) -> BaseException:
+    """The error a user gets for ``error``, raised by distributed while getting a result.
+
+    - the connection to the scheduler was lost: :class:`~dynflow.SchedulerLostError`
+      (a cancellation on purpose, by ``df.cancel`` or another client, stays as it is);
+    - an exception that this process could not unpickle (its class, or something in it,
+      cannot be imported here), which distributed hands over as ``Exception(<pickle
+      bytes>)``: rebuilt with a :class:`~dynflow.RemoteError` standing in for each
+      missing class, so a ``MapItemError`` still arrives as one.
+    """
+    if isinstance(error, FutureCancelledError):
+        if "connection-lost" in str(error) or client.status != "running":
+            address = getattr(client.scheduler, "address", None)
+            lost = SchedulerLostError(
+                f"lost the connection to the scheduler at {address} while computing "
+                f"{what}; the run is lost (client status: {client.status})"
+            )
+            lost.__cause__ = error
+            return lost
+        return error
+    if type(error) is Exception and len(error.args) == 1:
+        data = error.args[0]
+        if isinstance(data, (bytes, bytearray)):
+            try:
+                rebuilt = _LenientUnpickler(io.BytesIO(data)).load()
+            except Exception:  # noqa: BLE001 - then the bytes are all there is
+                return error
+            if isinstance(rebuilt, BaseException):
+                return rebuilt.with_traceback(error.__traceback__)
+    return error
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    """Unpickles with a :class:`~dynflow.RemoteError` subclass for each class that cannot
+    be imported here."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return _stand_in(module, name)
+
+
+def _stand_in(module: str, name: str) -> type:
+    """A :class:`~dynflow.RemoteError` class named like the missing ``module.name``."""
+    type_name = f"{module}.{name}"
+
+    def __str__(self: RemoteError) -> str:  # noqa: N807
+        message = ", ".join(map(str, self.args))
+        return f"{name}: {message} (a {type_name} that cannot be imported here)"
+
+    namespace = {
+        "__module__": module,
+        "__str__": __str__,
+        "__init__": BaseException.__init__,
+        "__reduce__": BaseException.__reduce__,
+        "type_name": type_name,
+        "remote_traceback": "",
+    }
+    return type(name, (RemoteError,), namespace)
+
+
 class RunFuture(Future):
     """A ``distributed.Future`` of one output of a submitted run, knowing its :class:`Run`.
 
@@ -119,6 +185,16 @@ class RunFuture(Future):
     def __init__(self, key: Any, client: Client, run: Run) -> None:
         super().__init__(key, client)
         self.run = run
+
+    async def _result(self, raiseit: bool = True) -> Any:
+        # distributed's result(): the same errors as dynflow.compute() (client_error)
+        try:
+            return await super()._result(raiseit)
+        except BaseException as e:
+            error = client_error(e, self.client, self.run.name)
+            if error is e:
+                raise
+            raise error from None if error.__cause__ is None else error.__cause__
 
     def _repr_html_(self) -> str:
         return self.run._repr_html_()

@@ -20,15 +20,15 @@ import dask
 import dask.config
 from dask.base import get_scheduler
 from distributed import Client, Future, LocalCluster
-from distributed.client import FutureCancelledError, default_client
+from distributed.client import default_client
 
 from dynflow._splice import NAME, SpliceExtension
 from dynflow.dashboard import register_page
-from dynflow.exceptions import SchedulerLostError, SerializationError
+from dynflow.exceptions import SerializationError
 from dynflow.graph import lower, topological
 from dynflow.items import print_forwarded
 from dynflow.node import MapNode, Node, replace_nodes
-from dynflow.run import Run, RunFuture
+from dynflow.run import Run, RunFuture, client_error
 from dynflow.task import _positional_labels
 from dynflow.tracker import TRACKER, RunTracker, forward_topic
 
@@ -306,14 +306,11 @@ def compute(
     futures = submit(*nodes, client=client, name=name)
     try:
         return tuple(client.gather(futures))
-    except FutureCancelledError as e:
-        if "connection-lost" not in str(e) and client.status == "running":
-            raise  # cancelled on purpose (df.cancel, another client)
-        raise SchedulerLostError(
-            f"lost the connection to the scheduler at {client.scheduler.address} while "
-            f"computing {', '.join(n.name for n in nodes)}; the run is lost (client "
-            f"status: {client.status})"
-        ) from e
+    except BaseException as e:
+        error = client_error(e, client, ", ".join(n.name for n in nodes))
+        if error is e:
+            raise
+        raise error from error.__cause__
     finally:
         for f in futures:
             f.release()
@@ -338,6 +335,11 @@ async def _compute_async(nodes: tuple[Node, ...], client: Client, name: str | No
     futures = await submit_async(*nodes, client=client, name=name)
     try:
         return tuple(await client.gather(futures))
+    except BaseException as e:
+        error = client_error(e, client, ", ".join(n.name for n in nodes))
+        if error is e:
+            raise
+        raise error from error.__cause__
     finally:
         # an exception's traceback keeps this frame alive; release the keys now
         for f in futures:

@@ -211,6 +211,7 @@ class Task(Generic[P, R]):
             o["task_run_name"],
             log_prints,
             self._params() if o["task_run_name"] is not None else (),
+            inspect.iscoroutinefunction(self._fn),
         )
 
     def _params(self) -> tuple[str, ...]:

@@ -62,3 +62,14 @@ def slow_item(item, seconds):
 
     time.sleep(seconds)
     return item
+
+
+@df.task
+def fail_with_worker_only_error(item, bad):
+    """Raises an exception whose class only the workers can import (a module written
+    into the workers' directory by the test)."""
+    import worker_only_errors
+
+    if item == bad:
+        raise worker_only_errors.WorkerOnlyError(f"item {item} is bad")
+    return item

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import traceback
@@ -59,8 +60,9 @@ async def test_one_failing_item_never_stops_its_siblings(c, s, a, b):
     # the original exception, with its remote traceback, is the cause
     assert isinstance(err.__cause__, Bad) and str(err.__cause__) == "item 3 is bad"
     assert any("fail_on" in line for line in traceback.format_tb(err.__cause__.__traceback__))
-    # the siblings' results stay retrievable
-    assert err.results[:3] == [0, 10, 20] and isinstance(err.results[3], Bad)
+    # the error stays small: the failed items' exceptions, never the results
+    assert not hasattr(err, "results")
+    assert list(err.errors) == [3] and isinstance(err.errors[3], Bad)
     del info, err
     await no_tasks_left(s)
 
@@ -411,3 +413,101 @@ async def test_min_success_ratio_inside_a_subflow_run_per_item(c, s, a, b):
     assert got == [2 + 3, 2 + 3 + 4, "MapItemError"]
     assert describe(df.allow_failure(m)).compute(scheduler="sync") == got
     await no_tasks_left(s)
+
+
+# --------------------------------------------------- failures that must travel
+def deep(n):
+    return deep(n + 1)
+
+
+@df.task
+def too_deep(x):
+    return deep(x)
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_a_deep_traceback_fails_fast_as_a_map_item_error(c, s, a, b):
+    """A RecursionError's record (a thousand frames) travels between workers, trimmed."""
+    for node in (too_deep.map(range(6)), fail_on.map(too_deep.map(range(6)), df.unmapped(()))):
+        with pytest.raises(df.MapItemError) as info:
+            await asyncio.wait_for(total(node).compute(client=c), 30)
+        cause = info.value.__cause__
+        assert isinstance(cause, RecursionError)
+        frames = traceback.extract_tb(cause.__traceback__)
+        assert 2 < len(frames) <= 60 and frames[-1].name == "deep"
+    with pytest.raises(RecursionError):
+        await asyncio.wait_for(too_deep(1).compute(client=c), 30)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_a_deep_traceback_on_one_worker(c, s, a):
+    with pytest.raises(df.MapItemError):
+        await asyncio.wait_for(total(too_deep.map(range(2))).compute(client=c), 30)
+
+
+@df.task
+def big_or_bad(i):
+    if i == 3:
+        raise Bad("one bad item")
+    return b"x" * 5_000_000
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_the_error_that_travels_stays_small(c, s, a, b):
+    """One failed item among 10 results of 5 MB: the error carries no results."""
+    import pickle
+
+    m = big_or_bad.map(range(10))
+    with pytest.raises(df.MapItemError) as info:
+        await total(m).compute(client=c)
+    assert len(pickle.dumps(info.value)) < 50_000
+    # what README says to do instead: the results, each failure in its place
+    got = await describe(df.allow_failure(m)).compute(client=c)
+    assert got[3] == "Bad" and sum(isinstance(r, bytes) for r in got) == 9
+
+
+class Stop(BaseException):
+    pass
+
+
+@df.task
+def raises_base(kind):
+    import asyncio as aio
+
+    raise {"gen": GeneratorExit, "cancel": aio.CancelledError, "custom": Stop}[kind]("x")
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_any_base_exception_fails_the_call_clearly(c, s, a, b):
+    """GeneratorExit, CancelledError or a BaseException subclass of the user's: a
+    TaskInterruptedError (the original as cause), never a hang, also in sync mode."""
+    for kind, cls in [("gen", GeneratorExit), ("cancel", asyncio.CancelledError), ("custom", Stop)]:
+        with pytest.raises(df.TaskInterruptedError, match=cls.__name__) as info:
+            await asyncio.wait_for(raises_base(kind).compute(client=c), 20)
+        assert isinstance(info.value.__cause__, cls)
+        with pytest.raises(df.MapItemError, match="TaskInterruptedError") as info:
+            await asyncio.wait_for(raises_base.map([kind]).compute(client=c), 20)
+        with pytest.raises(df.TaskInterruptedError):
+            raises_base(kind).compute(scheduler="sync")
+    assert len(s.workers) == 2
+
+
+@df.task(timeout=0.2)
+def slow_third(i):
+    if i == 2:
+        RELEASE.wait(10)
+    return i
+
+
+@gen_cluster(client=True)
+async def test_a_timed_out_item_in_a_batch_is_named_by_its_index(c, s, a, b):
+    RELEASE.clear()
+    try:
+        with pytest.raises(df.MapItemError, match=r"at index 2") as info:
+            await slow_third.map(range(4), batch_size=3).compute(client=c)
+        assert "task 'slow_third' (item 2) did not finish" in str(info.value.__cause__)
+        with pytest.raises(df.MapItemError) as info:
+            slow_third.map(range(4), batch_size=3).compute(scheduler="sync")
+        assert "(item 2)" in str(info.value.__cause__)
+    finally:
+        RELEASE.set()

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import remote_tasks as rt
 from distributed import Client
-from processes import TESTS_DIR, CLICluster, subprocess_env, wait_until
+from processes import TESTS_DIR, CLICluster, run_python, subprocess_env, wait_until
 
 import dynflow as df
 
@@ -220,24 +220,28 @@ def test_fan_out_example_against_the_cli_scheduler(client, tmp_path):
 
 LONG_RUN = textwrap.dedent(
     """
+    import sys
     import remote_tasks as rt
     import dynflow as df
 
     node = rt.reducer(rt.slow_item.map(rt.generate_list(400), df.unmapped(0.1)))
     print("submitting", flush=True)
-    print(node.compute(), flush=True)
+    if sys.argv[1:] == ["submit"]:
+        print(node.submit().result(), flush=True)
+    else:
+        print(node.compute(), flush=True)
     """
 )
 
 
-def start_script(address: str, tmp_path: Path) -> subprocess.Popen:
+def start_script(address: str, tmp_path: Path, how: str = "compute") -> subprocess.Popen:
     script = tmp_path / "long_run.py"
     script.write_text(LONG_RUN)
     env = subprocess_env()
     env["DASK_DYNFLOW__ADDRESS"] = address
     env["DASK_DYNFLOW__CONNECT_TIMEOUT"] = "5s"
     return subprocess.Popen(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), how],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -269,12 +273,14 @@ def test_ctrl_c_in_a_script_leaves_no_orphan_tasks(client, tmp_path):
     wait_until(lambda: scheduler_task_count(client) == 0, 20, "the scheduler to forget")
 
 
-def test_losing_the_scheduler_gives_a_clear_error_not_a_hang(tmp_path):
+@pytest.mark.parametrize("how", ["compute", "submit"])
+def test_losing_the_scheduler_gives_a_clear_error_not_a_hang(tmp_path, how):
+    """``compute()`` and ``RunFuture.result()`` give the same error."""
     c = CLICluster(tmp_path)
     c.start(n_workers=1)
     watcher = c.client(n_workers=1)
     try:
-        proc = start_script(watcher.scheduler.address, tmp_path)
+        proc = start_script(watcher.scheduler.address, tmp_path, how)
         wait_until(lambda: items_in_scheduler(watcher) == 400, 60, "the map to expand")
         watcher.close()
         c.procs[0].kill()  # the scheduler dies mid-run
@@ -290,3 +296,66 @@ def test_losing_the_scheduler_gives_a_clear_error_not_a_hang(tmp_path):
     assert proc.returncode != 0
     assert "SchedulerLostError: lost the connection to the scheduler" in err, err[-3000:]
     assert elapsed < 60, f"the client took {elapsed:.0f} s to report the lost scheduler"
+
+
+def test_an_exception_only_the_workers_can_import_still_arrives_as_map_item_error(cluster):
+    """The client cannot import the failed item's exception class: the MapItemError
+    arrives all the same, the cause a RemoteError standing in for it."""
+    c, client = cluster
+    (c.directory / "worker_only_errors.py").write_text(
+        "class WorkerOnlyError(Exception):\n    pass\n"
+    )
+    with pytest.raises(df.MapItemError, match=r"1 of 3 items failed, at index 1") as info:
+        rt.reducer(rt.fail_with_worker_only_error.map([0, 1, 2], 1)).compute(client=client)
+    cause = info.value.__cause__
+    assert isinstance(cause, df.RemoteError)
+    assert cause.type_name == "worker_only_errors.WorkerOnlyError"
+    assert "item 1 is bad" in str(cause) and "WorkerOnlyError" in str(info.value)
+    # a plain task: a stand-in named after the original class
+    with pytest.raises(df.RemoteError, match="WorkerOnlyError: item 1 is bad"):
+        rt.fail_with_worker_only_error(1, 1).compute(client=client)
+    with pytest.raises(df.RemoteError, match="WorkerOnlyError"):
+        rt.fail_with_worker_only_error(1, 1).submit(client=client).result()
+
+
+SCRIPT_ERROR = textwrap.dedent(
+    """
+    import dynflow as df
+
+    class ScriptError(Exception):
+        pass
+
+    @df.task
+    def numbers(n):
+        return list(range(n))
+
+    @df.task
+    def check(x):
+        if x == 3:
+            raise ScriptError(f"{x} is bad")
+        return x
+
+    if __name__ == "__main__":
+        for batch in (None, 2):
+            try:
+                check.map(numbers(5), batch_size=batch).compute()
+            except df.MapItemError as e:
+                cause = e.__cause__
+                print(batch, e.failed, type(cause).__name__, cause, isinstance(cause, ScriptError))
+    """
+)
+
+
+def test_an_exception_class_of_the_script_arrives_from_a_batched_map(client, tmp_path):
+    """An exception class defined in the script's ``__main__`` (which the workers of a
+    remote cluster do not have) travels by value, also from inside a batch."""
+    script = tmp_path / "script_error.py"
+    script.write_text(SCRIPT_ERROR)
+    env = subprocess_env()
+    env["DASK_DYNFLOW__ADDRESS"] = client.scheduler.address
+    proc = run_python([str(script)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "None [3] ScriptError 3 is bad True",
+        "2 [3] ScriptError 3 is bad True",
+    ]
