@@ -220,12 +220,18 @@ async def run_call_async(
     others does, so the worker runs other tasks while it awaits. ``key`` is the task's
     own key (None inside a batch), which the worker cannot tell an async task.
     """
+    return await _call_async(policy, key, fn, args, kwargs, secede=key is not None)
+
+
+async def _call_async(
+    policy: CallPolicy, key: Any, fn: Callable, args: tuple, kwargs: dict, secede: bool
+) -> Any:
     passed = _upstream_failure(policy, args, kwargs)
     if passed is not None:
         return passed
     token = CURRENT_KEY.set(key) if key is not None else None
     try:
-        if key is not None:
+        if secede:
             secede_async(key)
         user_args = args[2:] if fn is call_after else args
         with forwarding(policy, user_args, kwargs):
@@ -252,7 +258,7 @@ async def run_call_async(
 
 def run_blocking(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """:func:`run_call_async` run to completion here (local schedulers, batches)."""
-    return run_coroutine(run_call_async(policy, key, fn, *args, **kwargs))
+    return run_coroutine(_call_async(policy, key, fn, args, kwargs, secede=False))
 
 
 def run_coroutine(coro: Any) -> Any:

@@ -237,7 +237,7 @@ class Task(Generic[P, R]):
         """
         fn = self._fn
         found = _lookup(fn)
-        if isinstance(found, Task) and found._fn is fn and not inspect.iscoroutinefunction(fn):
+        if isinstance(found, Task) and found._fn is fn:
             return TaskFunction(fn)
         return fn  # not reachable by name (a local function, __main__, ...): cloudpickle it
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import traceback
@@ -216,3 +217,79 @@ async def test_nodes_inside_any_container_keep_the_containers_type(c, s, a, b):
     for node, value in zip(nodes, values, strict=True):
         assert await node.compute(client=c) == value
         assert node.compute(scheduler="sync") == value
+
+
+# ------------------------------------------------------------------ async tasks
+ASYNC_GATE = threading.Event()
+ATTEMPTS: list = []
+
+
+@df.task
+async def async_double(x):
+    await asyncio.sleep(0.01)
+    return 2 * x
+
+
+@df.task(retries=2)
+async def async_flaky(x):
+    ATTEMPTS.append(x)
+    if ATTEMPTS.count(x) < 2:
+        raise ConnectionError("try again")
+    return x
+
+
+@df.task(timeout=0.2)
+async def async_hangs(x):
+    await asyncio.sleep(30)
+
+
+@df.task
+async def async_waits_for_gate(x):
+    for _ in range(1000):  # bounded: 10 s
+        if ASYNC_GATE.is_set():
+            return x
+        await asyncio.sleep(0.01)
+    raise TimeoutError("the sync task never ran while this one awaited")
+
+
+@df.task
+def opens_gate(x):
+    ASYNC_GATE.set()
+    return x
+
+
+@gen_cluster(client=True)
+async def test_async_tasks_run_plain_mapped_chained_and_batched(c, s, a, b):
+    nodes = [
+        async_double(21),
+        async_double.map([1, 2, 3]),
+        async_double.map(async_double.map([1, 2, 3])),
+        async_double.map(range(5), batch_size=2),
+        inc.map(async_double.map([1, 2])),
+    ]
+    values = [42, [2, 4, 6], [4, 8, 12], [0, 2, 4, 6, 8], [3, 5]]
+    for node, value in zip(nodes, values, strict=True):
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value  # from inside a running loop too
+
+
+@gen_cluster(client=True)
+async def test_async_tasks_retry_and_time_out(c, s, a, b):
+    ATTEMPTS.clear()
+    assert await async_flaky.map([1, 2]).compute(client=c) == [1, 2]
+    assert sorted(ATTEMPTS) == [1, 1, 2, 2]
+    with pytest.raises(df.TaskTimeoutError, match="task 'async_hangs' did not finish within 0.2 s"):
+        await async_hangs(1).compute(client=c)
+    with pytest.raises(df.MapItemError) as info:
+        await async_hangs.map([1, 2]).compute(client=c)
+    assert "(item 1) did not finish" in str(info.value.errors[1])
+    with pytest.raises(df.TaskTimeoutError):
+        async_hangs(1).compute(scheduler="sync")
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_an_awaiting_async_task_holds_no_worker_thread(c, s, a):
+    """On a one-thread worker, a sync task runs while an async task awaits it."""
+    ASYNC_GATE.clear()
+    waiting, opener = async_waits_for_gate(1), opens_gate(2)
+    assert await df.compute(waiting, opener, client=c) == (1, 2)

@@ -214,3 +214,4 @@ def test_pure_map_keys_include_the_map_options():
     }
     assert len(keys) == 4
     assert pt.map([1, 2], batch_size=2).key == pt.map([1, 2], batch_size=2).key
+
