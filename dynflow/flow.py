@@ -11,7 +11,9 @@ from dask.utils import funcname
 
 from dynflow.node import BUILDING, FLOW_OPTIONS, MapNode, Node, SubflowMapNode
 from dynflow.task import (
+    Bindable,
     Task,
+    _bind_instance,
     by_reference,
     check_map_options,
     dynflow_keywords,
@@ -42,7 +44,7 @@ def _output(value: Any) -> Any:
     return value
 
 
-class Flow(Generic[P, R]):
+class Flow(Bindable, Generic[P, R]):
     """A function whose body composes tasks; made with the :func:`flow` decorator.
 
     Called at top level, it builds its graph and computes it, returning the value.
@@ -50,7 +52,15 @@ class Flow(Generic[P, R]):
     run in parallel on the cluster.
     """
 
-    __slots__ = ("__dict__", "_fn", "_log_prints", "_map_options", "_name", "_signature")
+    __slots__ = (
+        "__dict__",
+        "_bound",
+        "_fn",
+        "_log_prints",
+        "_map_options",
+        "_name",
+        "_signature",
+    )
 
     def __init__(
         self,
@@ -77,6 +87,7 @@ class Flow(Generic[P, R]):
                 "an iterable of nodes"
             ) from None
         check_map_options(funcname(fn), min_success_ratio, None, None)
+        self._bound = None
         self._fn = fn
         self._name = name or funcname(fn)
         self._log_prints = log_prints
@@ -114,14 +125,16 @@ class Flow(Generic[P, R]):
         set them when the flow has parameters of those names).
         """
         o = self._map_options
-        return Flow(
-            self._fn,
-            name=name or self._name,
-            log_prints=self._log_prints if log_prints is None else log_prints,
-            wait_for=o["wait_for"] if wait_for is None else wait_for,
-            min_success_ratio=(
-                o["min_success_ratio"] if min_success_ratio is None else min_success_ratio
-            ),
+        return self._rebound(
+            Flow(
+                self._fn,
+                name=name or self._name,
+                log_prints=self._log_prints if log_prints is None else log_prints,
+                wait_for=o["wait_for"] if wait_for is None else wait_for,
+                min_success_ratio=(
+                    o["min_success_ratio"] if min_success_ratio is None else min_success_ratio
+                ),
+            )
         )
 
     def __repr__(self) -> str:
@@ -144,11 +157,14 @@ class Flow(Generic[P, R]):
         return visualize(self.build(*args, **kwargs), **ours)
 
     def __reduce__(self) -> tuple:
+        if self._bound is not None:
+            return _bind_instance, self._bound
         # a module-level flow travels as a reference, like a plain function
         state = {"_name": self._name, "_log_prints": self._log_prints}
         return by_reference(self, self._fn) or (Flow, (self._fn,), state)
 
     def __setstate__(self, state: dict) -> None:
+        self._bound = None
         self._name = state["_name"]
         self._log_prints = state.get("_log_prints")
         self._map_options = {"wait_for": (), "min_success_ratio": 1.0}
@@ -163,6 +179,7 @@ class Flow(Generic[P, R]):
 
     def build(self, *args: P.args, **kwargs: P.kwargs) -> Node:
         """Run the body to build the graph; return its output node (nothing runs)."""
+        args = self._with_instance(args)
         self._bind("()", args, kwargs)
         token = BUILDING.set(self.name)
         options = FLOW_OPTIONS.get()
@@ -228,7 +245,7 @@ class Flow(Generic[P, R]):
                     "(a sub-flow is several tasks); set it on the maps inside the flow"
                 )
         ours = dynflow_keywords(self._signature, kwargs, ("wait_for", "min_success_ratio"))
-        bound = self._bind(".map()", args, kwargs)
+        bound = self._bind(".map()", self._with_instance(args, mapped=True), kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
         ratio = ours.get("min_success_ratio", self._map_options["min_success_ratio"])
         check_map_options(self.name, ratio, None, None)
@@ -242,7 +259,9 @@ class Flow(Generic[P, R]):
                     f"of nodes), got {ours['wait_for']!r}"
                 ) from None
         task = Task(self._fn, name=self.name)
-        return SubflowMapNode(self, task, slots, kwslots, waits, min_success_ratio=ratio)
+        # the instance is already the first (unmapped) argument: the unbound flow runs
+        flow = self if self._bound is None else self._bound[0]
+        return SubflowMapNode(flow, task, slots, kwslots, waits, min_success_ratio=ratio)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:
         """Build the graph and start it as a run named after the flow; return its future."""

@@ -167,15 +167,55 @@ def _check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Task(Generic[P, R]):
+class Bindable:
+    """What lets a task or a flow be defined in a class body, as a method.
+
+    Accessed through an instance (``model.predict``), it is bound to it, as a function
+    is: calls, maps (the instance goes to every item) and pickling carry the instance
+    as the first argument. Prefect's tasks and flows behave the same.
+    """
+
+    __slots__ = ()
+    _bound: tuple[Any, Any] | None  # (the unbound task or flow, the instance)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None or self._bound is not None:
+            return self
+        bound = object.__new__(type(self))
+        for cls in type(self).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                if slot not in ("__dict__", "_bound") and hasattr(self, slot):
+                    object.__setattr__(bound, slot, getattr(self, slot))
+        bound.__dict__.update(self.__dict__)
+        bound._bound = (self, instance)
+        return bound
+
+    def _with_instance(self, args: tuple, mapped: bool = False) -> tuple:
+        """``args`` with the bound instance first (unmapped in a map)."""
+        if self._bound is None:
+            return args
+        instance = self._bound[1]
+        return (unmapped(instance) if mapped else instance, *args)
+
+    def _rebound(self, other: Any) -> Any:
+        """``other`` (a changed copy of this one) bound to the same instance."""
+        return other if self._bound is None else other.__get__(self._bound[1])
+
+
+def _bind_instance(unbound: Any, instance: Any) -> Any:
+    return unbound.__get__(instance)
+
+
+class Task(Bindable, Generic[P, R]):
     """A function that builds lazy :class:`~dynflow.Node` objects when called.
 
     Made with the :func:`task` decorator. ``task.fn`` is the plain function.
     """
 
-    __slots__ = ("__dict__", "_fn", "_options", "_signature")
+    __slots__ = ("__dict__", "_bound", "_fn", "_options", "_signature")
 
     def __init__(self, fn: Callable[P, R], **options: Any) -> None:
+        self._bound = None
         if not callable(fn):
             raise TypeError(f"@task expects a function, got {type(fn).__name__}")
         checked = _check_options(funcname(fn), options)
@@ -264,7 +304,7 @@ class Task(Generic[P, R]):
         """
         merged = dict(self._options)
         merged.update(_check_options(self.name, options))
-        return Task(self._fn, **merged)
+        return self._rebound(Task(self._fn, **merged))
 
     def __repr__(self) -> str:
         return f"<Task {self.name}{self._signature}>"
@@ -275,6 +315,8 @@ class Task(Generic[P, R]):
         return task_html(self)
 
     def __reduce__(self) -> tuple:
+        if self._bound is not None:
+            return _bind_instance, self._bound
         # a module-level task travels as a reference, like a plain function
         return by_reference(self, self._fn) or (_make_task, (self._fn, dict(self._options)))
 
@@ -307,7 +349,7 @@ class Task(Generic[P, R]):
         then gets the value (use ``with_options(wait_for=...)`` for dynflow's).
         """
         ours = dynflow_keywords(self._signature, kwargs, CALL_KEYWORDS)
-        bound = self._bind("()", args, kwargs)
+        bound = self._bind("()", self._with_instance(args), kwargs)
         return Node(self._in_flow(), bound.args, bound.kwargs, self._waits("()", ours))
 
     def map(self, *args: Any, **kwargs: Any) -> MapNode:
@@ -371,7 +413,7 @@ class Task(Generic[P, R]):
         [11, 12, 13]
         """
         ours = dynflow_keywords(self._signature, kwargs, MAP_KEYWORDS)
-        bound = self._bind(".map()", args, kwargs)
+        bound = self._bind(".map()", self._with_instance(args, mapped=True), kwargs)
         slots, kwslots = map_slots(self.name, self._signature, bound)
         o = self._options
         ratio = ours.get("min_success_ratio", o["min_success_ratio"])

@@ -229,3 +229,44 @@ def test_flow_map_rejects_task_map_only_options():
         checked.map([1, 2], batch_size=10)
     with pytest.raises(TypeError, match="min_success_ratio=2"):
         checked.map([1, 2], min_success_ratio=2)
+
+
+class Model:
+    """Tasks and flows defined as methods, bound through the instance."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    @df.task
+    def predict(self, x):
+        return self.factor * x
+
+    @df.task(retries=1)
+    def batch(self, xs):
+        return [self.factor * x for x in xs]
+
+    @df.flow
+    def pipeline(self, xs):
+        return self.total(self.predict.map(xs))
+
+    @df.task
+    def total(self, ys):
+        return sum(ys)
+
+
+@gen_cluster(client=True)
+async def test_tasks_and_flows_as_methods_bind_through_the_instance(c, s, a, b):
+    m = Model(3)
+    nodes = [
+        m.predict(2),
+        m.predict.map([1, 2]),
+        m.predict.with_options(retries=2).map([1, 2]),
+        m.batch([1, 2]),
+        m.pipeline.build([1, 2, 3]),
+        m.pipeline.map([[1], [2, 3]]),
+    ]
+    values = [6, [3, 6], [3, 6], [3, 6], 18, [3, 15]]
+    for node, value in zip(nodes, values, strict=True):
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+    assert Model.predict.fn(m, 5) == 15  # the class attribute is the task itself
