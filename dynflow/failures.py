@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import random
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from types import TracebackType
@@ -54,6 +55,7 @@ from dynflow.items import (
     label,
     report_failure,
 )
+from dynflow.node import RUNNING_TASK
 
 __all__ = [
     "CallPolicy",
@@ -198,7 +200,7 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
     if passed is not None:
         return passed
     user_args = args[2:] if fn is call_after else args
-    with forwarding(policy, user_args, kwargs):
+    with _calling(policy, user_args, kwargs):
         attempt = 0
         while True:
             try:
@@ -234,7 +236,7 @@ async def _call_async(
         if secede:
             secede_async(key)
         user_args = args[2:] if fn is call_after else args
-        with forwarding(policy, user_args, kwargs):
+        with _calling(policy, user_args, kwargs):
             attempt = 0
             while True:
                 try:
@@ -270,6 +272,18 @@ def run_coroutine(coro: Any) -> Any:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynflow-async") as pool:
         return pool.submit(contextvars.copy_context().run, asyncio.run, coro).result()
+
+
+@contextlib.contextmanager
+def _calling(policy: CallPolicy, user_args: tuple, kwargs: dict) -> Iterator[None]:
+    """While a call runs: it is the running task (nodes made inside know it), and its
+    output is forwarded where ``log_prints`` asks."""
+    token = RUNNING_TASK.set(policy.task_name)
+    try:
+        with forwarding(policy, user_args, kwargs):
+            yield
+    finally:
+        RUNNING_TASK.reset(token)
 
 
 def _upstream_failure(policy: CallPolicy, args: tuple, kwargs: dict) -> Failure | None:

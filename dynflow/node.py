@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILDING",
     "FLOW_OPTIONS",
+    "RUNNING_TASK",
     "AllowFailureNode",
     "FlattenNode",
     "KeyNode",
@@ -41,6 +42,8 @@ __all__ = [
 
 #: the name of the flow whose body is being run to build a graph, if any
 BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
+#: the task whose call is running in this thread or coroutine (on a worker, or locally)
+RUNNING_TASK: ContextVar[str | None] = ContextVar("dynflow_running_task", default=None)
 #: options of the flow being built that its tasks inherit (``{"log_prints": True}``)
 FLOW_OPTIONS: ContextVar[dict[str, Any]] = ContextVar("dynflow_flow_options", default={})  # noqa: B039
 
@@ -60,7 +63,7 @@ class Node:
     3
     """
 
-    __slots__ = ("_args", "_flow_name", "_key", "_kwargs", "_task", "_wait_for")
+    __slots__ = ("_args", "_flow_name", "_key", "_kwargs", "_made_in", "_task", "_wait_for")
 
     _key: str
     _task: Task
@@ -79,6 +82,7 @@ class Node:
         object.__setattr__(self, "_args", args)
         object.__setattr__(self, "_kwargs", kwargs)
         object.__setattr__(self, "_wait_for", wait_for)
+        object.__setattr__(self, "_made_in", RUNNING_TASK.get())
         if task.options["pure"]:
             token = tokenize(
                 type(self).__name__,
@@ -170,6 +174,46 @@ class Node:
     def _lazy_what(self) -> str:
         return f"{type(self).__name__} {self._key!r} (a lazy result of task {self.name!r})"
 
+    def _lazy_error(self, what: str, hint: str) -> LazyValueError:
+        """``what`` cannot be done with this node: why, and what to do instead."""
+        made_in = getattr(self, "_made_in", None)
+        if made_in is not None:
+            hint = (
+                f"It was made inside task {made_in!r}, where calling task {self.name!r} "
+                f"builds a lazy node: call `{self.name}.fn(...)` for the plain function, "
+                "or `node.compute()` to run it on the cluster the task runs on."
+            )
+        return LazyValueError(f"{self._lazy_what()} {what}. {hint}")
+
+    def _no_value(self, operation: str) -> LazyValueError:
+        return self._lazy_error(
+            f"has no value to use in `{operation}`: its value is known only when the graph "
+            "runs",
+            "Do the operation in a @task that receives the value as an argument "
+            "(`@df.task def add(a, b): return a + b`), or compute the node first.",
+        )
+
+    def __getitem__(self, index: Any) -> Any:
+        raise self._lazy_error(
+            f"cannot be indexed (`node[{index!r}]`): its value is known only when the graph "
+            "runs",
+            "Index inside a @task that receives the value, or map over the node "
+            "(`some_task.map(node)`) to run a task per item.",
+        )
+
+    def __contains__(self, item: Any) -> bool:
+        raise self._no_value("x in node")
+
+    def result(self, *args: Any, **kwargs: Any) -> Any:
+        """Not a future: raises :class:`~dynflow.LazyValueError` saying what to call."""
+        raise self._lazy_error(
+            "is a lazy node, not a future: it has no result() until it runs",
+            "Call `node.compute()` for its value, or `node.submit()` for a future whose "
+            "`.result()` waits for it.",
+        )
+
+    wait = result
+
     def __bool__(self) -> bool:
         flow = BUILDING.get()
         where = f"the body of flow {flow!r}" if flow else "code that builds a graph"
@@ -181,15 +225,16 @@ class Node:
         )
 
     def __iter__(self) -> Iterator[Any]:
-        raise LazyValueError(
-            f"{self._lazy_what()} cannot be iterated while the graph is built: its length "
-            f"is known only when it runs. Use `some_task.map(node)` to run a task per item."
+        raise self._lazy_error(
+            "cannot be iterated while the graph is built: its length is known only when "
+            "it runs",
+            "Use `some_task.map(node)` to run a task per item.",
         )
 
     def __len__(self) -> int:
-        raise LazyValueError(
-            f"{self._lazy_what()} has no length while the graph is built. Use "
-            "`some_task.map(node)` to run a task per item, or a @task that calls len()."
+        raise self._lazy_error(
+            "has no length while the graph is built",
+            "Use `some_task.map(node)` to run a task per item, or a @task that calls len().",
         )
 
     # -------------------------------------------------------------- execution
@@ -218,6 +263,28 @@ class Node:
 
         (future,) = submit(self, client=client)
         return future
+
+
+def _refuse(symbol: str) -> Callable[..., Any]:
+    def operator(self: Node, *args: Any) -> Any:
+        raise self._no_value(symbol)
+
+    return operator
+
+
+# `node + 1` and friends: a lazy node has no value to compute with (__eq__ and __hash__
+# are the node's identity; `and`, `or`, `not` go through __bool__)
+for _name, _symbol in {
+    "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%",
+    "pow": "**", "matmul": "@", "and": "&", "or": "|", "xor": "^", "lshift": "<<",
+    "rshift": ">>", "radd": "+", "rsub": "-", "rmul": "*", "rtruediv": "/",
+    "rfloordiv": "//", "rmod": "%", "rpow": "**", "rmatmul": "@", "rand": "&", "ror": "|",
+    "rxor": "^", "rlshift": "<<", "rrshift": ">>", "lt": "<", "le": "<=", "gt": ">",
+    "ge": ">=", "neg": "-node", "pos": "+node", "abs": "abs(node)", "invert": "~node",
+    "int": "int(node)", "float": "float(node)", "index": "an index", "complex": "complex(node)",
+    "round": "round(node)",
+}.items():  # fmt: skip
+    setattr(Node, f"__{_name}__", _refuse(_symbol))
 
 
 async def _first(awaitable: Any) -> Any:

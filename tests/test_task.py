@@ -215,3 +215,41 @@ def test_pure_map_keys_include_the_map_options():
     assert len(keys) == 4
     assert pt.map([1, 2], batch_size=2).key == pt.map([1, 2], batch_size=2).key
 
+
+
+@pytest.mark.parametrize(
+    "misuse, words",
+    [
+        (lambda n: n + 1, "`+`"),
+        (lambda n: 1 - n, "`-`"),
+        (lambda n: n * 2, "`*`"),
+        (lambda n: n < 3, "`<`"),
+        (lambda n: -n, "-node"),
+        (lambda n: n[0], "cannot be indexed"),
+        (lambda n: 3 in n, "x in node"),
+        (lambda n: n.result(), "not a future"),
+        (lambda n: int(n), "int(node)"),
+        (lambda n: f"{n:d}", "format"),
+    ],
+)
+def test_using_a_node_as_a_value_says_what_to_do(misuse, words):
+    node = inc(1)
+    with pytest.raises((df.LazyValueError, TypeError)) as info:
+        misuse(node)
+    if words != "format":
+        assert isinstance(info.value, df.LazyValueError)
+        assert words in str(info.value)
+        assert "@task" in str(info.value) or "compute()" in str(info.value)
+
+
+@df.task
+def calls_a_task_inside(x):
+    return inc(x) + 1  # a node, not a value: inside a task, inc.fn(x) was meant
+
+
+def test_a_task_called_inside_a_task_then_used_says_so():
+    with pytest.raises(df.LazyValueError, match=r"made inside task 'calls_a_task_inside'.*inc\.fn"):
+        calls_a_task_inside(1).compute(scheduler="sync")
+    with pytest.raises(df.MapItemError) as info:
+        calls_a_task_inside.map([1]).compute(scheduler="sync")
+    assert "inc.fn" in str(info.value.__cause__)
