@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from dask.utils import funcname
 
-from dynflow.node import BUILDING, FLOW_OPTIONS, MapNode, Node, SubflowMapNode
+from dynflow.graph import topological
+from dynflow.node import BUILDING, CREATED, FLOW_OPTIONS, MapNode, Node, SubflowMapNode, find_nodes
 from dynflow.task import (
     Bindable,
     Task,
@@ -186,14 +187,25 @@ class Flow(Bindable, Generic[P, R]):
         if self._log_prints is not None:
             options = {**options, "log_prints": self._log_prints}
         options_token = FLOW_OPTIONS.set(options)
+        created: list[Node] = []
+        created_token = CREATED.set(created)
         try:
             out = self._fn(*args, **kwargs)
         finally:
+            CREATED.reset(created_token)
             FLOW_OPTIONS.reset(options_token)
             BUILDING.reset(token)
-        if not isinstance(out, Node):
-            out = Task(_output, name=self.name)(out)
+        # every node made in the body runs: the output waits for those it does not need
+        # (side effects: `write_rows(rows)` without using its value)
+        needed = {n.key for n in topological(find_nodes(out))}
+        unused = [n for n in created if n.key not in needed]
+        used_by_unused = {d.key for n in unused for d in n.dependencies}
+        sinks = [n for n in unused if n.key not in used_by_unused]
+        if sinks or not isinstance(out, Node):
+            out = Task(_output, name=self.name)(out, wait_for=sinks)
         object.__setattr__(out, "_flow_name", self.name)  # runs of it are named after the flow
+        if (outer := CREATED.get()) is not None:
+            outer.append(out)  # made in the body of the flow that called this one
         return out
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILDING",
+    "CREATED",
     "FLOW_OPTIONS",
     "RUNNING_TASK",
     "AllowFailureNode",
@@ -42,6 +43,8 @@ __all__ = [
 
 #: the name of the flow whose body is being run to build a graph, if any
 BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
+#: the nodes made while a flow's body runs (each one runs when the flow runs)
+CREATED: ContextVar[list[Node] | None] = ContextVar("dynflow_created", default=None)
 #: the task whose call is running in this thread or coroutine (on a worker, or locally)
 RUNNING_TASK: ContextVar[str | None] = ContextVar("dynflow_running_task", default=None)
 #: options of the flow being built that its tasks inherit (``{"log_prints": True}``)
@@ -83,6 +86,8 @@ class Node:
         object.__setattr__(self, "_kwargs", kwargs)
         object.__setattr__(self, "_wait_for", wait_for)
         object.__setattr__(self, "_made_in", RUNNING_TASK.get())
+        if (created := CREATED.get()) is not None:
+            created.append(self)
         if task.options["pure"]:
             token = tokenize(
                 type(self).__name__,
@@ -187,16 +192,14 @@ class Node:
 
     def _no_value(self, operation: str) -> LazyValueError:
         return self._lazy_error(
-            f"has no value to use in `{operation}`: its value is known only when the graph "
-            "runs",
+            f"has no value to use in `{operation}`: its value is known only when the graph runs",
             "Do the operation in a @task that receives the value as an argument "
             "(`@df.task def add(a, b): return a + b`), or compute the node first.",
         )
 
     def __getitem__(self, index: Any) -> Any:
         raise self._lazy_error(
-            f"cannot be indexed (`node[{index!r}]`): its value is known only when the graph "
-            "runs",
+            f"cannot be indexed (`node[{index!r}]`): its value is known only when the graph runs",
             "Index inside a @task that receives the value, or map over the node "
             "(`some_task.map(node)`) to run a task per item.",
         )
@@ -226,8 +229,7 @@ class Node:
 
     def __iter__(self) -> Iterator[Any]:
         raise self._lazy_error(
-            "cannot be iterated while the graph is built: its length is known only when "
-            "it runs",
+            "cannot be iterated while the graph is built: its length is known only when it runs",
             "Use `some_task.map(node)` to run a task per item.",
         )
 

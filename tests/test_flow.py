@@ -270,3 +270,60 @@ async def test_tasks_and_flows_as_methods_bind_through_the_instance(c, s, a, b):
         assert await node.compute(client=c) == value
         assert node.compute(scheduler="sync") == value
     assert Model.predict.fn(m, 5) == 15  # the class attribute is the task itself
+
+
+# ------------------------------------------------ nodes made but not returned
+WRITES: list = []
+
+
+@df.task
+def write_rows(rows):
+    WRITES.append(("rows", rows))
+
+
+@df.task
+def log_done(tag):
+    WRITES.append(("done", tag))
+
+
+@df.flow
+def side_effects(n):
+    rows = inc.map(list(range(n)))
+    write_rows(rows)  # not returned: runs all the same
+    return inc(n)
+
+
+@df.flow
+def no_return(n):
+    write_rows(inc.map(list(range(n))))
+
+
+@df.flow
+def calls_a_side_flow(n):
+    no_return(n)  # a sub-flow called for its side effects
+    log_done("outer")
+    return n
+
+
+@df.flow
+def per_item_side_effect(x):
+    log_done(x)
+    return inc(x)
+
+
+@gen_cluster(client=True)
+async def test_every_node_made_in_a_flow_body_runs(c, s, a, b):
+    """Prefect users write side-effect tasks without using their result: they run, on a
+    cluster and in sync mode, and the flow's value is what it returns."""
+    cases = [
+        (side_effects.build(2), 3, [("rows", [1, 2])]),
+        (no_return.build(2), None, [("rows", [1, 2])]),
+        (calls_a_side_flow.build(2), 2, [("rows", [1, 2]), ("done", "outer")]),
+        (per_item_side_effect.map([5, 6]), [6, 7], [("done", 5), ("done", 6)]),
+    ]
+    for node, value, writes in cases:
+        for compute in (lambda: node.compute(client=c), None):
+            WRITES.clear()
+            got = await compute() if compute else node.compute(scheduler="sync")
+            assert got == value
+            assert sorted(WRITES, key=repr) == sorted(writes, key=repr)
