@@ -18,8 +18,9 @@ from typing import Any
 import cloudpickle
 import dask
 import dask.config
+import distributed
 from dask.base import get_scheduler
-from distributed import Client, Future, LocalCluster
+from distributed import Client, Future, LocalCluster, get_worker, worker_client
 from distributed.client import default_client
 
 from dynflow._splice import NAME, SpliceExtension
@@ -48,12 +49,22 @@ _installed: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
 
 
 def get_client(client: Client | None = None) -> Client:
-    """The client dynflow uses: ``client``, else the default Client, else one it makes.
+    """The client dynflow uses: ``client``, else the cluster's it runs on, else one found.
+
+    In this order: ``client``; inside a task on a worker, the worker's client (the
+    cluster the task runs on: never a new one); the default ``distributed.Client``; the
+    config key ``dynflow.address``, then distributed's own ``scheduler-address``
+    (``DASK_SCHEDULER_ADDRESS``); else the embedded ``LocalCluster``, started once per
+    process on first use and closed at exit.
 
     Parameters
     ----------
     client : distributed.Client, optional
         Returned as is when given.
+
+    Returns
+    -------
+    distributed.Client
 
     Examples
     --------
@@ -63,10 +74,16 @@ def get_client(client: Client | None = None) -> Client:
     if client is not None:
         return client
     try:
+        get_worker()
+    except ValueError:
+        pass
+    else:  # inside a task: its own cluster
+        return distributed.get_client()
+    try:
         return default_client()
     except ValueError:
         pass
-    address = dask.config.get("dynflow.address", None)
+    address = dask.config.get("dynflow.address", None) or dask.config.get("scheduler-address", None)
     with _lock:
         if address:
             c = _address_clients.get(address)
@@ -289,6 +306,11 @@ def compute(
     (2, 3)
     """
     nodes = _check_nodes(nodes)
+    if client is None and scheduler is None and _in_task_thread():
+        # inside a task: its cluster; the task secedes while it waits, so its slot
+        # runs the graph's tasks meanwhile (a one-thread worker does not deadlock)
+        with worker_client() as c:
+            return compute(*nodes, client=c, name=name)
     if scheduler is not None:
         if client is not None:
             raise TypeError("compute(): pass either client= or scheduler=, not both")
@@ -314,6 +336,15 @@ def compute(
     finally:
         for f in futures:
             f.release()
+
+
+def _in_task_thread() -> bool:
+    """Whether this is a worker thread running a task (which may secede)."""
+    try:
+        get_worker().get_current_task()
+    except (ValueError, KeyError):
+        return False
+    return True
 
 
 def cancel(*futures: Future, client: Client | None = None) -> Any:

@@ -7,6 +7,7 @@ timeout the whole process group (the LocalCluster's worker processes included) i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 import time
@@ -186,3 +187,65 @@ def test_fan_out_example_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "30 items processed" in proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_compute_inside_a_task_on_the_embedded_cluster(tmp_path):
+    """Inside a task, dynflow uses the cluster the task runs on: no LocalCluster is
+    started inside a worker process, and a one-thread worker does not deadlock."""
+    proc = run_script(
+        """
+        import dask
+        import dynflow as df
+
+        @df.task
+        def inc(x):
+            return x + 1
+
+        @df.flow
+        def inner(n):
+            return inc(n)
+
+        @df.task
+        def outer(n):
+            return inner(n) + inc(n).compute()
+
+        if __name__ == "__main__":
+            with dask.config.set({"dynflow.local-cluster.n-workers": 1,
+                                  "dynflow.local-cluster.threads-per-worker": 1}):
+                print(outer(1).compute())
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "4"
+    assert "daemonic" not in proc.stderr
+
+
+def test_dask_scheduler_address_is_honoured(tmp_path):
+    """distributed's own ``scheduler-address`` (DASK_SCHEDULER_ADDRESS) is used when
+    ``dynflow.address`` is not set: no embedded cluster is started."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, processes=False, protocol="tcp", dashboard_address=":0"
+    ) as cluster:
+        script = tmp_path / "script.py"
+        script.write_text(
+            textwrap.dedent(
+                """
+                import dynflow as df
+
+                @df.task
+                def inc(x):
+                    return x + 1
+
+                if __name__ == "__main__":
+                    print(inc(1).compute(), df.get_client().scheduler.address)
+                """
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_DYNFLOW__")}
+        env["DASK_SCHEDULER_ADDRESS"] = cluster.scheduler_address
+        proc = run_python([str(script)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", cluster.scheduler_address]

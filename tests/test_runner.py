@@ -293,3 +293,34 @@ async def test_an_awaiting_async_task_holds_no_worker_thread(c, s, a):
     ASYNC_GATE.clear()
     waiting, opener = async_waits_for_gate(1), opens_gate(2)
     assert await df.compute(waiting, opener, client=c) == (1, 2)
+
+
+# ------------------------------------------------- computing inside a task
+@df.flow
+def small_flow(n):
+    return sum_all(inc.map(list(range(n))))
+
+
+@df.task
+def sum_all(xs):
+    return sum(xs)
+
+
+@df.task
+def computes_inside(n):
+    """A task that runs a flow and computes a node on the cluster it runs on."""
+    return small_flow(n), inc(n).compute(), df.compute(inc(1), inc(2))
+
+
+@df.task
+async def computes_inside_async(n):
+    return await inc(n).compute()
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_compute_inside_a_task_uses_its_cluster_without_deadlock(c, s, a):
+    """On a one-thread worker: the task secedes while the inner graph runs."""
+    assert await computes_inside(3).compute(client=c) == (6, 4, (2, 3))
+    assert await computes_inside.map([2, 3]).compute(client=c) == [(3, 3, (2, 3)), (6, 4, (2, 3))]
+    assert await computes_inside_async(5).compute(client=c) == 6
+    assert len(s.workers) == 1  # no cluster was started anywhere
