@@ -322,8 +322,8 @@ async def test_every_node_made_in_a_flow_body_runs(c, s, a, b):
         (per_item_side_effect.map([5, 6]), [6, 7], [("done", 5), ("done", 6)]),
     ]
     for node, value, writes in cases:
-        for compute in (lambda: node.compute(client=c), None):
+        for on_cluster in (True, False):
             WRITES.clear()
-            got = await compute() if compute else node.compute(scheduler="sync")
+            got = await node.compute(client=c) if on_cluster else node.compute(scheduler="sync")
             assert got == value
             assert sorted(WRITES, key=repr) == sorted(writes, key=repr)
