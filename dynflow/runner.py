@@ -7,9 +7,12 @@ distributed Client; the dask config key ``dynflow.address``; else an embedded
 
 from __future__ import annotations
 
+import ast
 import atexit
 import logging
+import os
 import pickle
+import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -103,6 +106,8 @@ def _start_embedded() -> None:
         return dask.config.get(f"dynflow.local-cluster.{key}")
 
     kwargs: dict[str, Any] = {"processes": cfg("processes")}
+    if kwargs["processes"]:
+        _check_main_guard()
     if cfg("n-workers") is not None:
         kwargs["n_workers"] = cfg("n-workers")
     if cfg("threads-per-worker") is not None:
@@ -117,6 +122,55 @@ def _start_embedded() -> None:
     _embedded.update(cluster=cluster, client=client)
     atexit.register(_close_embedded)
     logger.info("dynflow started a local Dask cluster; dashboard: %s", client.dashboard_link)
+
+
+def _check_main_guard() -> None:
+    """Fail at once when a script starts the embedded cluster from unguarded top-level
+    code: its worker processes (started with ``spawn``) import the script again, which
+    would start a cluster again in each of them."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or not os.path.exists(path):
+        return  # interactive, a notebook, python -c: nothing is imported again
+    if dask.config.get("distributed.worker.multiprocessing-method") == "fork":
+        return  # forked workers do not import the script
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+    for stmt in tree.body:
+        if stmt.lineno <= line <= (stmt.end_lineno or stmt.lineno):
+            if not _is_main_guard(stmt):
+                raise RuntimeError(
+                    f"{os.path.basename(path)}, line {line}: this starts dynflow's local "
+                    "Dask cluster from the script's top-level code, which its worker "
+                    "processes would run again. Put that code under "
+                    '`if __name__ == "__main__":` (or connect to a running cluster: '
+                    "dynflow.address)."
+                )
+            return
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either way round)."""
+    if not isinstance(stmt, ast.If) or not isinstance(stmt.test, ast.Compare):
+        return False
+    test = stmt.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, *test.comparators]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    consts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
 
 
 def _close_embedded() -> None:

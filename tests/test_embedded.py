@@ -249,3 +249,25 @@ def test_dask_scheduler_address_is_honoured(tmp_path):
         proc = run_python([str(script)], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["2", cluster.scheduler_address]
+
+
+def test_a_script_without_a_main_guard_fails_at_once_saying_what_to_add(tmp_path):
+    proc = run_script(
+        """
+        import dynflow as df
+
+        @df.task
+        def inc(x):
+            return x + 1
+
+        def main():
+            return inc.map([1, 2]).compute()
+
+        print(main())
+        """,
+        tmp_path,
+    )
+    assert proc.returncode != 0
+    assert 'Put that code under `if __name__ == "__main__":`' in proc.stderr
+    assert "script.py, line 11" in proc.stderr
+    assert len(proc.stderr.splitlines()) < 30, proc.stderr  # no wall of tracebacks
