@@ -3,31 +3,86 @@
 ``@task`` functions become lazy graph nodes, ``@flow`` functions compose them, and
 ``task.map(upstream)`` expands per item inside the live distributed scheduler once the
 upstream value exists on the cluster.
+
+The package, from the bottom layer up (each imports only those below it)::
+
+    exceptions, _protocol, _context, ...   errors; what client, workers, scheduler share
+    cluster/    runs on workers and in the scheduler: calls, expander, splice, tracker
+    graph/      what the user builds: tasks, nodes, flows, the flow-level graph
+    lowering/   nodes -> dask task specs: expansion groups and plans
+    views/      drawings, HTML reprs, progress bars, the dashboard page
+    client/     finding the cluster, submit/compute, runs and their futures
+    scheduler   the preload: ``dask scheduler --preload dynflow.scheduler``
+
+The names below are imported on first use.
 """
 
 from __future__ import annotations
 
-from dynflow import config as _config  # noqa: F401  (loads dynflow.yaml defaults)
-from dynflow.exceptions import (
-    DynflowError,
-    ExtensionError,
-    LazyValueError,
-    MapInputError,
-    MapItemError,
-    MapLengthError,
-    RemoteError,
-    SchedulerLostError,
-    SerializationError,
-    TaskInterruptedError,
-    TaskTimeoutError,
-)
-from dynflow.flow import Flow, flow
-from dynflow.node import FlattenNode, MapNode, Node, allow_failure, unmapped
-from dynflow.progress import progress
-from dynflow.render import visualize
-from dynflow.run import Run, RunFuture
-from dynflow.runner import cancel, compute, get_client, submit, submit_async
-from dynflow.task import Task, flatten, task
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dynflow import _config
+
+_config.load_defaults()
+
+if TYPE_CHECKING:
+    from dynflow.client._cluster import get_client
+    from dynflow.client._run import Run, RunFuture
+    from dynflow.client._submit import cancel, compute, submit, submit_async
+    from dynflow.exceptions import (
+        DynflowError,
+        ExtensionError,
+        LazyValueError,
+        MapInputError,
+        MapItemError,
+        MapLengthError,
+        RemoteError,
+        SchedulerLostError,
+        SerializationError,
+        TaskInterruptedError,
+        TaskTimeoutError,
+    )
+    from dynflow.graph._flow import Flow, flow
+    from dynflow.graph._node import FlattenNode, MapNode, Node, unmapped
+    from dynflow.graph._task import Task, task
+    from dynflow.graph._wrappers import allow_failure, flatten
+    from dynflow.views._progress import progress
+    from dynflow.views._render import visualize
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "DynflowError": "dynflow.exceptions",
+    "ExtensionError": "dynflow.exceptions",
+    "FlattenNode": "dynflow.graph._node",
+    "Flow": "dynflow.graph._flow",
+    "LazyValueError": "dynflow.exceptions",
+    "MapInputError": "dynflow.exceptions",
+    "MapItemError": "dynflow.exceptions",
+    "MapLengthError": "dynflow.exceptions",
+    "MapNode": "dynflow.graph._node",
+    "Node": "dynflow.graph._node",
+    "RemoteError": "dynflow.exceptions",
+    "Run": "dynflow.client._run",
+    "RunFuture": "dynflow.client._run",
+    "SchedulerLostError": "dynflow.exceptions",
+    "SerializationError": "dynflow.exceptions",
+    "Task": "dynflow.graph._task",
+    "TaskInterruptedError": "dynflow.exceptions",
+    "TaskTimeoutError": "dynflow.exceptions",
+    "allow_failure": "dynflow.graph._wrappers",
+    "cancel": "dynflow.client._submit",
+    "compute": "dynflow.client._submit",
+    "flatten": "dynflow.graph._wrappers",
+    "flow": "dynflow.graph._flow",
+    "get_client": "dynflow.client._cluster",
+    "progress": "dynflow.views._progress",
+    "submit": "dynflow.client._submit",
+    "submit_async": "dynflow.client._submit",
+    "task": "dynflow.graph._task",
+    "unmapped": "dynflow.graph._node",
+    "visualize": "dynflow.views._render",
+}
 
 __all__ = [
     "DynflowError",
@@ -63,3 +118,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dynflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next time, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,18 +1,113 @@
 """Where dynflow touches distributed beyond its public API, in one place.
 
-distributed is pinned (``pyproject.toml``) because of these; each is tested with the
-scheduler's and the worker's validation on.
+distributed is pinned (``pyproject.toml``) because of these; the suite runs with the
+scheduler's and the workers' validation on, which checks every state they change.
 
-- :func:`secede_async`: an async task gives up its worker slot (the worker state
-  machine's ``SecedeEvent``; ``distributed.secede`` works only in a task's thread).
+Scheduler (the splice, :mod:`dynflow.cluster._splice`):
+
+- :func:`new_task`, :func:`apply_annotations`, :func:`observe_spans`: what
+  ``Scheduler.update_graph`` does for a client's tasks (``Scheduler.new_task``,
+  ``Scheduler._apply_annotations``, the ``spans`` extension's ``observe_tasks``);
+- ``TaskState`` fields the splice reads and writes directly: ``state``, ``run_id``,
+  ``run_spec``, ``priority``, ``annotations``, ``dependents``, ``dependencies``
+  (``add_dependency``), ``waiting_on``, ``waiters``, ``who_has``, ``exception_blame``;
+  then ``Scheduler.transitions`` and ``Scheduler.computations``;
+- :func:`add_layout_edges`: the dashboard's ``GraphLayout`` plugin's edge index;
+- :func:`send_to_client`: ``Scheduler.send_all`` (the run tracker forwards output);
+- :func:`http_application`: the scheduler's tornado application (the tracker's JSON);
+- :func:`register_dashboard_page`: the dashboard's page registry
+  (``distributed.dashboard.scheduler.applications``).
+
+Worker:
+
+- :func:`expander_run_id`: the worker state machine's ``TaskState.run_id`` of the
+  running expander (the splice refuses a stale one);
+- :func:`secede_async`: the worker state machine's ``SecedeEvent`` (an async task gives
+  up its slot; ``distributed.secede`` works only in a task's own thread).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from time import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["secede_async"]
+if TYPE_CHECKING:
+    from distributed import Scheduler
+    from distributed.diagnostics.graph_layout import GraphLayout
+    from distributed.scheduler import TaskState
+
+__all__ = [
+    "add_layout_edges",
+    "apply_annotations",
+    "expander_run_id",
+    "http_application",
+    "new_task",
+    "observe_spans",
+    "register_dashboard_page",
+    "secede_async",
+    "send_to_client",
+]
+
+
+# ----------------------------------------------------------------------- scheduler
+def new_task(scheduler: Scheduler, spec: Any, computation: Any) -> TaskState:
+    """A released task for ``spec``, as ``update_graph`` makes one for a client's task."""
+    return scheduler.new_task(spec.key, spec, "released", computation)
+
+
+def apply_annotations(
+    scheduler: Scheduler, tasks: list[TaskState], annotations: dict[str, Any]
+) -> None:
+    """Give ``tasks`` the ``annotations`` (resources, priority, span, ...)."""
+    scheduler._apply_annotations(
+        tasks=tasks, annotations_by_type={}, global_annotations=annotations
+    )
+
+
+def observe_spans(scheduler: Scheduler, tasks: list[TaskState]) -> None:
+    """Register ``tasks`` with the spans extension (worker heartbeats need it)."""
+    spans = scheduler.extensions.get("spans")
+    if spans is not None and tasks:
+        spans.observe_tasks(tasks, code=(), span_metadata={"collections": []})
+
+
+def add_layout_edges(layout: GraphLayout, edges: Iterable[tuple[Any, Any]]) -> None:
+    """Give the dashboard's ``GraphLayout`` new ``(dependency, dependent)`` edges of tasks
+    it laid out already, as its ``update_graph`` records them."""
+    for edge in edges:
+        if edge not in layout.index_edge:
+            layout.index_edge[edge] = layout.next_edge_index
+            layout.next_edge_index += 1
+            layout.new_edges.append(edge)
+
+
+def send_to_client(scheduler: Scheduler, client: str, topic: str, event: Any) -> None:
+    """Send an event on ``topic`` to one client only (``log_event`` sends to all)."""
+    msg = {"op": "event", "topic": topic, "event": (time(), event)}
+    scheduler.send_all({client: [msg]}, worker_msgs={})
+
+
+def http_application(scheduler: Scheduler) -> Any:
+    """The scheduler's tornado application (None without an HTTP server)."""
+    return getattr(scheduler, "http_application", None)
+
+
+def register_dashboard_page(path: str, doc: Callable[..., Any]) -> None:
+    """Add a bokeh page to the dashboard of schedulers started from now on (distributed
+    reads its pages once, at start)."""
+    from distributed.dashboard.scheduler import applications
+
+    applications.setdefault(path, doc)
+
+
+# -------------------------------------------------------------------------- worker
+def expander_run_id(key: Any) -> int:
+    """The worker's run id of the task ``key`` it runs (-1 if it does not know it)."""
+    from distributed import get_worker
+
+    ts = get_worker().state.tasks.get(key)
+    return ts.run_id if ts is not None else -1
 
 
 def secede_async(key: Any) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dynflow._splice import NAME, SpliceExtension
-from dynflow.dashboard import register_page
-from dynflow.tracker import TRACKER, RunTracker
+from dynflow._protocol import SPLICE, TRACKER
+from dynflow.cluster._splice import SpliceExtension
+from dynflow.cluster._tracker import RunTracker
+from dynflow.views._dashboard import register_page
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -26,5 +27,5 @@ register_page()
 
 async def dask_setup(scheduler: Scheduler) -> None:
     """Called by distributed when the scheduler starts with this preload."""
-    await scheduler.register_scheduler_plugin(SpliceExtension(), name=NAME, idempotent=True)
+    await scheduler.register_scheduler_plugin(SpliceExtension(), name=SPLICE, idempotent=True)
     await scheduler.register_scheduler_plugin(RunTracker(), name=TRACKER, idempotent=True)

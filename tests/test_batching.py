@@ -9,7 +9,7 @@ import pytest
 from distributed.utils_test import async_poll_for, gen_cluster
 
 import dynflow as df
-from dynflow.plan import batch_size
+from dynflow.lowering._plan import batch_size
 
 ATTEMPTS: dict = {}
 

@@ -26,7 +26,7 @@ from tornado.websocket import websocket_connect
 
 import dynflow as df
 import dynflow.scheduler  # noqa: F401  (registers the page before any scheduler starts)
-from dynflow.dashboard import PAGE
+from dynflow.views._dashboard import PAGE
 
 DASHBOARD = {"dashboard": True, "dashboard_address": "127.0.0.1:0"}
 

@@ -14,9 +14,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import dynflow as df
-from dynflow.flowgraph import FlowGraph, GraphNode
-from dynflow.render import FlowSVG, short_repr_counts, to_graphviz, to_svg, visualize
-from dynflow.reprs import flow_html, node_html, run_html, task_html
+from dynflow.graph._flowgraph import FlowGraph, GraphNode
+from dynflow.views._render import FlowSVG, short_repr_counts, to_graphviz, to_svg, visualize
+from dynflow.views._reprs import flow_html, node_html, run_html, task_html
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 

@@ -11,7 +11,7 @@ import pytest
 from distributed.utils_test import async_poll_for, gen_cluster
 
 import dynflow as df
-from dynflow.failures import CallPolicy
+from dynflow.cluster._calls import CallPolicy
 
 EVENTS: list = []  # in-process workers share this module with the test
 RELEASE = threading.Event()

@@ -10,7 +10,7 @@ import pytest
 from distributed.utils_test import gen_cluster
 
 import dynflow as df
-from dynflow.tracker import LOG_TOPIC, forward_topic
+from dynflow._protocol import FORWARD_TOPIC, LOG_TOPIC
 
 
 @df.task(task_run_name="square-{x}")
@@ -59,7 +59,7 @@ async def collect(c, expected):
         if len(lines) >= expected:
             done.set()
 
-    c.subscribe_topic(forward_topic(), handler)
+    c.subscribe_topic(FORWARD_TOPIC, handler)
     return lines, done
 
 

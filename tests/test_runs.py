@@ -10,8 +10,8 @@ from distributed import Event
 from distributed.utils_test import gen_cluster
 
 import dynflow as df
-from dynflow.progress import TextProgress, WidgetProgress
-from dynflow.tracker import TRACKER
+from dynflow.views._progress import TextProgress, WidgetProgress
+from dynflow._protocol import TRACKER
 
 
 @df.task
@@ -172,7 +172,7 @@ async def test_progress_in_a_terminal_with_an_asynchronous_client(c, s, a, b, ca
 
 @gen_cluster(client=True)
 async def test_the_live_view_of_a_run_follows_it_to_the_end(c, s, a, b):
-    from dynflow.progress import RunView
+    from dynflow.views._progress import RunView
 
     (fut,) = await df.submit_async(total(inc.map(numbers(3))), client=c, name="live")
     view = RunView(fut.run, interval=0.01)

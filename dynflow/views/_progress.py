@@ -2,7 +2,7 @@
 
 distributed's own progress bars follow a fixed set of keys given up front (its
 ``Progress`` scheduler plugin); a dynflow map's items do not exist until it expands, so
-these bars read dynflow's run tracker instead (:mod:`dynflow.tracker`), polled every
+these bars read dynflow's run tracker instead (:mod:`dynflow.cluster._tracker`), polled every
 ``dynflow.dashboard.refresh-ms``. Like distributed's, they are ipywidgets in a notebook
 (shown at once; the cell does not block) and a line of text in a terminal (blocks until
 the runs end).
@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import dask.config
 from distributed.utils import is_kernel
 
-from dynflow.render import short_repr_counts
-from dynflow.run import FINAL_STATES, Run, RunFuture
+from dynflow._protocol import FINAL_STATES, RUN_STATUS_HANDLER, sum_counts
+from dynflow.views._render import short_repr_counts
+from dynflow.views._reprs import run_html
+
+if TYPE_CHECKING:
+    from dynflow.client._run import Run
 
 __all__ = ["RunView", "TextProgress", "WidgetProgress", "progress", "show_live"]
 
@@ -31,8 +35,8 @@ def _runs(objs: Sequence[Any]) -> list[Run]:
             for r in _runs(obj):
                 runs.setdefault(r.id, r)
             continue
-        run = obj.run if isinstance(obj, RunFuture) else obj
-        if not isinstance(run, Run):
+        run = getattr(obj, "run", obj)  # a RunFuture knows its Run
+        if not all(hasattr(run, a) for a in ("id", "graph", "client", "info")):
             raise TypeError(
                 f"progress() expects the futures returned by dynflow's submit() (or their "
                 f"runs), got {type(obj).__name__} {obj!r}"
@@ -54,7 +58,7 @@ class _Progress:
         """Poll until every run has finished, failed or been cancelled."""
         while True:
             for run in self.runs:
-                info = await run.client.scheduler.dynflow_run_status(run_id=run.id)
+                info = await getattr(run.client.scheduler, RUN_STATUS_HANDLER)(run_id=run.id)
                 if info is not None:
                     self.infos[run.id] = info
             self.update()
@@ -98,9 +102,8 @@ class TextProgress(_Progress):
         for run in self.runs:
             info = self.infos.get(run.id, {})
             nodes = self.nodes(run)
-            done = sum((c["done"] or 0) + (c["failed"] or 0) for _, _, c in nodes)
-            known = all(c["total"] is not None for _, _, c in nodes)
-            total = sum(c["total"] or 0 for _, _, c in nodes)
+            counts = sum_counts(c for _, _, c in nodes)
+            done, total, known = counts["done"] + counts["failed"], counts["total"], counts["known"]
             frac = done / total if total and known else 0.0
             bar = "#" * int(frac * 20)
             of = f"{total}" if known else f"{total}+"
@@ -183,7 +186,7 @@ class WidgetProgress(_Progress):
 class RunView(_Progress):
     """A run's HTML view (counts, failures, graph) in an ipywidget, updated until it ends.
 
-    What a ``RunFuture`` displays in a notebook; :func:`dynflow.reprs.run_html` renders it.
+    What a ``RunFuture`` displays in a notebook; :func:`dynflow.views._reprs.run_html` renders it.
     """
 
     def __init__(self, run: Run, interval: float | None = None) -> None:
@@ -193,8 +196,6 @@ class RunView(_Progress):
         self.widget = ipywidgets.HTML()  # filled by the first poll, which is at once
 
     def update(self) -> None:
-        from dynflow.reprs import run_html
-
         (run,) = self.runs
         info = self.infos.get(run.id)
         if info is not None:

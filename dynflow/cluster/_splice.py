@@ -1,22 +1,20 @@
-"""The scheduler extension that adds per-item tasks to the live scheduler.
+"""The scheduler extension that adds per-item tasks to the live scheduler (the splice).
 
-This is the ONE module of dynflow that touches the scheduler's private state
-(``TaskState`` fields, ``new_task``, ``transitions``, ``_apply_annotations``). It is
-pinned to the distributed versions in ``pyproject.toml`` and tested with
-``distributed.scheduler.validate`` on. It imports nothing from the client side: the
-expansion plan arrives inside the expander's own task spec.
-
-The worker half, :func:`request_splice`, is what an expander task awaits.
+An expander task (:mod:`dynflow.cluster._expand`) measures a map's upstream values on
+its worker, then calls the ``dynflow_splice`` handler with only the length. The plan
+arrives inside the expander's own task spec: this module imports nothing from the client
+side. It changes the scheduler's state through the few private names listed in
+:mod:`dynflow._compat`; the suite runs with ``distributed.scheduler.validate`` on.
 
 The splice, in one synchronous pass (it must not interleave with other transitions):
 
 1. check that the calling expander ``E`` is processing with the caller's run id (a
    stale or repeated call changes nothing);
-2. create the per-item tasks ``(map key, i)``, skipping keys that already exist, so an
-   expander that runs again creates no duplicates;
+2. create the per-item tasks ``(item name, i)``, skipping keys that already exist, so
+   an expander that runs again creates no duplicates (:meth:`SpliceExtension._create`);
 3. wire them into the collectors ``C`` (dynflow-owned; a user's task is never rewired)
    and give each collector its real task spec; the ``E -> C`` edge stays, so that
-   forgetting ``C`` forgets ``E`` and the upstream tasks;
+   forgetting ``C`` forgets ``E`` and the upstream tasks (:meth:`SpliceExtension._wire`);
 4. set priorities (the expander's, then item index, then stage: chained maps run item
    by item), annotations and spans, tell the other plugins, and transition the items
    to waiting.
@@ -29,29 +27,36 @@ from __future__ import annotations
 
 import gc
 import logging
-from time import time
+from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
 
+from dynflow._compat import add_layout_edges, apply_annotations, new_task, observe_spans
+from dynflow._protocol import SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
+
 if TYPE_CHECKING:
     from distributed import Scheduler
     from distributed.scheduler import TaskState
 
+    from dynflow.lowering._plan import StageTasks
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["NAME", "SpliceExtension", "request_splice"]
-
-#: the name the extension is registered under, on the scheduler and as a plugin
-NAME = "dynflow"
+__all__ = ["SpliceExtension"]
 
 
 class SpliceExtension(SchedulerPlugin):
-    """Scheduler plugin serving the ``dynflow_splice`` RPC for expander tasks."""
+    """Scheduler plugin serving the ``dynflow_splice`` handler for expander tasks.
 
-    name = NAME
+    After each splice it logs an event on topic ``dynflow-splice`` (the expander, ``n``,
+    the tasks added, and the pass's start and end on the scheduler's
+    ``time.perf_counter``), which benchmarks and monitoring read.
+    """
+
+    name = SPLICE
     idempotent = True
 
     def __init__(self) -> None:
@@ -59,16 +64,17 @@ class SpliceExtension(SchedulerPlugin):
         # for the dashboard and tests: splices served, and tasks they added in total
         self.splices = 0
         self.tasks_added = 0
+        self.profiler: Any = None  # a cProfile.Profile enabled around each splice, if set
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        scheduler.handlers["dynflow_splice"] = self.splice
-        scheduler.extensions[NAME] = self
+        scheduler.handlers[SPLICE_HANDLER] = self.splice
+        scheduler.extensions[SPLICE] = self
 
     async def close(self) -> None:
         if self.scheduler is not None:
-            self.scheduler.handlers.pop("dynflow_splice", None)
-            self.scheduler.extensions.pop(NAME, None)
+            self.scheduler.handlers.pop(SPLICE_HANDLER, None)
+            self.scheduler.extensions.pop(SPLICE, None)
 
     @log_errors
     def splice(self, **kwargs: Any) -> dict[str, Any]:
@@ -80,27 +86,51 @@ class SpliceExtension(SchedulerPlugin):
         """
         paused = gc.isenabled()
         gc.disable()
+        start = perf_counter()
+        if self.profiler is not None:
+            self.profiler.enable()
         try:
-            return self._splice(**kwargs)
+            reply = self._splice(**kwargs)
         finally:
+            if self.profiler is not None:
+                self.profiler.disable()
+            end = perf_counter()
             if paused:
                 gc.enable()
+        assert self.scheduler is not None
+        self.scheduler.log_event(
+            SPLICE_TOPIC,
+            {
+                "expander": kwargs.get("expander"),
+                "n": kwargs.get("n", 0),
+                "added": reply.get("added", 0),
+                "status": reply.get("status"),
+                "start": start,
+                "end": end,
+            },
+        )
+        return reply
 
     def _splice(
         self,
         expander: Any,
-        run_id: int,
+        task_run_id: int,
         n: int,
-        materialized: list,
-        shipped: dict[int, list] | None = None,
+        listed: list,
+        subflow_tasks: dict[int, list] | None = None,
         failed: bool = False,
     ) -> dict[str, Any]:
-        """Add the ``n`` items of every stage of ``expander``'s expansion."""
+        """Add the ``n`` items of every stage of ``expander``'s expansion.
+
+        ``task_run_id``: the run id (dask's) of the expander that calls; ``listed``: the
+        sources it turned into lists; ``subflow_tasks``: the sub-flows it built, per
+        stage; ``failed``: a mapped source was a failure record (no items).
+        """
         s = self.scheduler
         assert s is not None
         stimulus_id = f"dynflow-splice-{time()}"
         ets = s.tasks.get(expander)
-        if ets is None or ets.state != "processing" or ets.run_id != run_id:
+        if ets is None or ets.state != "processing" or ets.run_id != task_run_id:
             return {"status": "stale"}
         collectors = list(ets.dependents)  # the collectors (placeholders) of this expansion
         if not any(c.state == "waiting" for c in collectors):
@@ -108,8 +138,24 @@ class SpliceExtension(SchedulerPlugin):
 
         expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
         stages, specs = expansion.build(
-            n, prefix, materialized, shipped or {}, failed, s.total_nthreads
+            n, prefix, listed, subflow_tasks or {}, failed, s.total_nthreads
         )
+        new = self._create(ets, stages)
+        recommendations: dict[Any, str] = {ts.key: "waiting" for ts in reversed(new)}
+        rewired = self._wire(collectors, specs, {ts.key for ts in new}, recommendations)
+        observe_spans(s, new)
+        lengths = expansion.lengths(0 if failed else n, prefix, s.total_nthreads)
+        self._tell_plugins(new, rewired, stimulus_id, lengths)
+        s.transitions(recommendations, stimulus_id)
+        self.splices += 1
+        self.tasks_added += len(new)
+        return {"status": "OK", "added": len(new)}
+
+    def _create(self, ets: TaskState, stages: list[StageTasks]) -> list[TaskState]:
+        """The tasks of every stage, released, with priorities and annotations; keys that
+        exist already are skipped (an expander that runs again)."""
+        s = self.scheduler
+        assert s is not None
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []
@@ -118,21 +164,35 @@ class SpliceExtension(SchedulerPlugin):
             for i, spec in enumerate(items):
                 if spec.key in s.tasks:
                     continue
-                ts = s.new_task(spec.key, spec, "released", computation)
+                ts = new_task(s, spec, computation)
                 ts.priority = (*ets.priority, i, stage_index)
                 created.append(ts)
-            ann = dict(stage_annotations)
+            annotations = dict(stage_annotations)
             if span:
-                ann["span"] = span
-            s._apply_annotations(tasks=created, annotations_by_type={}, global_annotations=ann)
+                annotations["span"] = span
+            apply_annotations(s, created, annotations)
             new += created
         for ts in new:  # all created first: items may depend on items of later stages
             for dep in ts.run_spec.dependencies:
                 ts.add_dependency(s.tasks[dep])
+        return new
 
-        recommendations: dict[Any, str] = {ts.key: "waiting" for ts in reversed(new)}
-        fresh = {ts.key for ts in new}
-        rewired: dict[Any, list] = {}  # collector key -> the dependencies the splice adds
+    def _wire(
+        self,
+        collectors: list[TaskState],
+        specs: dict[Any, Any],
+        fresh: set[Any],
+        recommendations: dict[Any, str],
+    ) -> dict[Any, list]:
+        """Give each waiting collector its real spec and its items as dependencies.
+
+        ``fresh``: the keys just created (their released -> waiting transition adds the
+        collector to their waiters). Adds to ``recommendations``; returns each
+        collector's new dependencies (``{collector key: [key, ...]}``).
+        """
+        s = self.scheduler
+        assert s is not None
+        rewired: dict[Any, list] = {}
         for cts in collectors:
             spec = specs.get(cts.key)
             if spec is None or cts.state != "waiting":
@@ -145,7 +205,7 @@ class SpliceExtension(SchedulerPlugin):
                 if not dts.who_has:
                     cts.waiting_on.add(dts)
                 if dts.key in fresh:
-                    continue  # released -> waiting will add cts to its waiters
+                    continue
                 if dts.state == "erred":
                     cts.exception_blame = dts.exception_blame
                     recommendations[cts.key] = "erred"
@@ -156,16 +216,7 @@ class SpliceExtension(SchedulerPlugin):
                 if dts.state == "released":
                     recommendations.setdefault(dts.key, "waiting")
             cts.run_spec = spec
-
-        spans = s.extensions.get("spans")
-        if spans is not None and new:
-            spans.observe_tasks(new, code=(), span_metadata={"collections": []})
-        lengths = expansion.lengths(0 if failed else n, prefix, s.total_nthreads)
-        self._tell_plugins(new, rewired, stimulus_id, lengths)
-        s.transitions(recommendations, stimulus_id)
-        self.splices += 1
-        self.tasks_added += len(new)
-        return {"status": "OK", "added": len(new)}
+        return rewired
 
     def _tell_plugins(
         self, new: list[TaskState], rewired: dict[Any, list], stimulus_id: str, lengths: dict
@@ -177,8 +228,8 @@ class SpliceExtension(SchedulerPlugin):
         dependencies, so plugins that keep edges never hear of the new ``item ->
         collector`` edges: distributed's ``GraphLayout`` (the dashboard's /graph page)
         is told directly, else it fails on every collector it forgets.
-        ``dynflow_stages`` (``{map key: (prefix, n, batch size)}``) tells dynflow's run
-        tracker the maps' lengths.
+        ``dynflow_map_lengths`` (``{item name: (prefix, n, items per task or None)}``)
+        tells dynflow's run tracker the maps' lengths.
         """
         s = self.scheduler
         assert s is not None
@@ -195,50 +246,15 @@ class SpliceExtension(SchedulerPlugin):
             try:
                 plugin.update_graph(
                     s,
-                    client=NAME,
+                    client=SPLICE,
                     tasks=keys,
                     keys=set(),
                     annotations=annotations,
                     priority=priority,
                     stimulus_id=stimulus_id,
-                    dynflow_stages=lengths,
+                    dynflow_map_lengths=lengths,
                 )
                 if isinstance(plugin, GraphLayout):
-                    _add_edges(plugin, rewired)
+                    add_layout_edges(plugin, ((d, c) for c, ds in rewired.items() for d in ds))
             except Exception:  # as update_graph does: a plugin must not break the splice
                 logger.exception("plugin %r failed in update_graph after a splice", plugin)
-
-
-def _add_edges(layout: GraphLayout, rewired: dict[Any, list]) -> None:
-    """Give ``GraphLayout`` the splice's new ``dependency -> collector`` edges (private
-    state of distributed's layout plugin, written as its ``update_graph`` writes it)."""
-    for ckey, deps in rewired.items():
-        for dep in deps:
-            edge = (dep, ckey)
-            if edge not in layout.index_edge:
-                layout.index_edge[edge] = layout.next_edge_index
-                layout.next_edge_index += 1
-                layout.new_edges.append(edge)
-
-
-async def request_splice(
-    expander: Any, n: int, materialized: list, shipped: dict[int, list], failed: bool
-) -> Any:
-    """From the expander task running on this worker: ask the scheduler to splice.
-
-    Returns the extension's reply (a dict), or None when the scheduler has no
-    extension. Awaiting it holds no worker thread: expanders run on the event loop.
-    """
-    from distributed import get_worker
-    from distributed.protocol.serialize import ToPickle
-
-    worker = get_worker()
-    ts = worker.state.tasks.get(expander)
-    return await worker.scheduler.dynflow_splice(
-        expander=expander,
-        run_id=ts.run_id if ts is not None else -1,
-        n=n,
-        materialized=materialized,
-        shipped=ToPickle(shipped) if shipped else None,
-        failed=failed,
-    )

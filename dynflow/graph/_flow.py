@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from dask.utils import funcname
 
-from dynflow.graph import topological
-from dynflow.node import BUILDING, CREATED, FLOW_OPTIONS, MapNode, Node, SubflowMapNode, find_nodes
-from dynflow.task import (
+from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS
+from dynflow.graph._node import MapNode, Node, SubflowMapNode, _first, find_nodes, topological
+from dynflow.graph._task import (
     Bindable,
     Task,
     _bind_instance,
@@ -33,8 +33,7 @@ R = TypeVar("R")
 
 def _compute(node: Node, name: str) -> Any:
     """``node.compute()`` as a run named ``name`` (awaitable with an asynchronous client)."""
-    from dynflow.node import _first
-    from dynflow.runner import compute
+    from dynflow.client._submit import compute  # facade: client
 
     out = compute(node, name=name)
     return _first(out) if inspect.isawaitable(out) else out[0]
@@ -142,7 +141,7 @@ class Flow(Bindable, Generic[P, R]):
         return f"<Flow {self.name}{self._signature}>"
 
     def _repr_html_(self) -> str:
-        from dynflow.reprs import flow_html
+        from dynflow.views._reprs import flow_html  # facade: views
 
         return flow_html(self)
 
@@ -152,7 +151,7 @@ class Flow(Bindable, Generic[P, R]):
         ``filename`` and ``engine`` are :func:`dynflow.visualize`'s, unless the flow has
         parameters of those names (then use ``df.visualize(flow.build(...), ...)``).
         """
-        from dynflow.render import visualize
+        from dynflow.views._render import visualize  # facade: views
 
         ours = dynflow_keywords(self._signature, kwargs, ("filename", "engine"))
         return visualize(self.build(*args, **kwargs), **ours)
@@ -277,7 +276,7 @@ class Flow(Bindable, Generic[P, R]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:
         """Build the graph and start it as a run named after the flow; return its future."""
-        from dynflow.runner import submit
+        from dynflow.client._submit import submit  # facade: client
 
         (future,) = submit(self.build(*args, **kwargs), name=self.name)
         return future

@@ -2,53 +2,41 @@
 
 A node is a tiny immutable handle on one call of a task. It holds its arguments, in which
 other nodes may appear (also inside lists, tuples, sets and dicts); those are its
-dependencies. A node never copies its upstream graph: :mod:`dynflow.graph` walks the nodes
-when a graph is computed.
+dependencies. A node never copies its upstream graph: :func:`topological` walks the nodes
+when a graph is lowered (:mod:`dynflow.lowering`).
 """
 
 from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dask.base import tokenize
 
 from dynflow._containers import find, substitute
+from dynflow._context import BUILDING, CREATED, RUNNING_TASK
 from dynflow.exceptions import LazyValueError
 
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-    from dynflow.task import Task
+    from dynflow.graph._task import Task
 
 __all__ = [
-    "BUILDING",
-    "CREATED",
-    "FLOW_OPTIONS",
-    "RUNNING_TASK",
     "AllowFailureNode",
     "FlattenNode",
     "KeyNode",
     "MapNode",
     "Node",
+    "Slot",
     "SubflowMapNode",
-    "allow_failure",
     "find_nodes",
     "replace_nodes",
+    "topological",
     "unmapped",
 ]
-
-#: the name of the flow whose body is being run to build a graph, if any
-BUILDING: ContextVar[str | None] = ContextVar("dynflow_building", default=None)
-#: the nodes made while a flow's body runs (each one runs when the flow runs)
-CREATED: ContextVar[list[Node] | None] = ContextVar("dynflow_created", default=None)
-#: the task whose call is running in this thread or coroutine (on a worker, or locally)
-RUNNING_TASK: ContextVar[str | None] = ContextVar("dynflow_running_task", default=None)
-#: options of the flow being built that its tasks inherit (``{"log_prints": True}``)
-FLOW_OPTIONS: ContextVar[dict[str, Any]] = ContextVar("dynflow_flow_options", default={})  # noqa: B039
 
 
 class Node:
@@ -161,7 +149,7 @@ class Node:
 
     # ---------------------------------------------------------------- display
     def _repr_html_(self) -> str:
-        from dynflow.reprs import node_html
+        from dynflow.views._reprs import node_html  # facade: views
 
         return node_html(self)
 
@@ -171,7 +159,7 @@ class Node:
         Graphviz where installed (``engine="auto"``), else an inline SVG; see
         :func:`dynflow.visualize`.
         """
-        from dynflow.render import visualize
+        from dynflow.views._render import visualize  # facade: views
 
         return visualize(self, filename=filename, engine=engine)
 
@@ -252,7 +240,7 @@ class Node:
             ``"sync"`` runs the graph in this process, in order (for ``pdb``);
             ``"threads"`` in a local thread pool. No cluster is used.
         """
-        from dynflow.runner import compute
+        from dynflow.client._submit import compute  # facade: client
 
         out = compute(self, client=client, scheduler=scheduler)
         if inspect.isawaitable(out):
@@ -261,7 +249,7 @@ class Node:
 
     def submit(self, client: Client | None = None) -> Future:
         """Start the graph that ends at this node; return a ``distributed.Future``."""
-        from dynflow.runner import submit
+        from dynflow.client._submit import submit  # facade: client
 
         (future,) = submit(self, client=client)
         return future
@@ -449,34 +437,6 @@ class AllowFailureNode(Node):
         return self._args[0]
 
 
-def allow_failure(node: MapNode) -> AllowFailureNode:
-    """Hand a consumer the map's list with the exception object in place of each failed item.
-
-    Without it, a task that receives a map node's list does not run when items failed:
-    it fails with :class:`~dynflow.MapItemError`, naming the map and the indices.
-
-    Examples
-    --------
-    >>> import dynflow as df
-    >>> @df.task
-    ... def inv(x):
-    ...     return 1 / x
-    >>> @df.task
-    ... def count_ok(results):
-    ...     return sum(not isinstance(r, Exception) for r in results)
-    >>> count_ok(df.allow_failure(inv.map([1, 0, 2]))).compute(scheduler="sync")
-    2
-    """
-    if not isinstance(node, MapNode):
-        raise TypeError(
-            f"allow_failure() expects a map node (the result of task.map), got "
-            f"{type(node).__name__}"
-        )
-    from dynflow.task import _ALLOW_FAILURE
-
-    return AllowFailureNode(_ALLOW_FAILURE, (node,), {})
-
-
 class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls
     """Mark an argument of ``task.map`` as static: every item receives the same value.
 
@@ -530,3 +490,21 @@ def find_nodes(obj: Any) -> list[Node]:
         else:
             found.append(leaf)
     return found
+
+
+def topological(outputs: Sequence[Node]) -> list[Node]:
+    """All nodes the outputs need, each after its dependencies."""
+    order: list[Node] = []
+    done: set[str] = set()
+    stack: list[tuple[Node, bool]] = [(n, False) for n in reversed(outputs)]
+    while stack:
+        node, expanded = stack.pop()
+        if node.key in done:
+            continue
+        if expanded:
+            done.add(node.key)
+            order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((d, False) for d in reversed(node.dependencies) if d.key not in done)
+    return order

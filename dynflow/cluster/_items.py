@@ -4,7 +4,7 @@ On a worker, a task call can find its map index (from its key, or inside a batch
 :data:`BATCH_INDEX`) and its label (the task's ``task_run_name`` template filled with the
 call's arguments). It reports to dynflow's run tracker with distributed's events:
 
-- a failed map item (a :class:`~dynflow.failures.Failure` record, which dask sees as a
+- a failed map item (a :class:`~dynflow.cluster._failure.Failure` record, which dask sees as a
   finished task) on topic ``dynflow-item``, so progress counts it as failed;
 - with ``log_prints``, every line the call prints to stdout/stderr (instead of the
   worker's own output) and every log record it emits, on topic ``dynflow-log``; the
@@ -17,37 +17,30 @@ Outside a worker (local schedulers) nothing is reported and prints go to the ter
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import io
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from dynflow.tracker import ITEM_TOPIC, LOG_TOPIC
+from dynflow._context import BATCH_INDEX, CURRENT_KEY
+from dynflow._protocol import ITEM_TOPIC, LOG_TOPIC
 
 if TYPE_CHECKING:
-    from dynflow.failures import CallPolicy, Failure
+    from dynflow.cluster._calls import CallPolicy
+    from dynflow.cluster._failure import Failure
 
 __all__ = [
-    "BATCH_INDEX",
-    "CURRENT_KEY",
     "at_index",
     "current_key",
     "forwarding",
     "item_index",
     "label",
-    "print_forwarded",
     "report_failure",
 ]
 
-#: the index of the item a batch task is running (a batch runs several items in turn)
-BATCH_INDEX: ContextVar[tuple[int, ...] | None] = ContextVar("dynflow_batch_index", default=None)
-#: the key of the task a call runs in, where the worker cannot tell (async tasks on the
-#: event loop, the helper thread of a call with a timeout)
-CURRENT_KEY: ContextVar[Any] = ContextVar("dynflow_current_key", default=None)
 
 # (worker key, tag, buffers) of the call whose output is forwarded, per thread/context
 _FORWARD: ContextVar[_Sink | None] = ContextVar("dynflow_forward", default=None)
@@ -243,17 +236,3 @@ def forwarding(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> It
     finally:
         _FORWARD.reset(token)
         sink.flush()
-
-
-def print_forwarded(event: tuple[float, dict], out: Callable[[str], Any] | None = None) -> None:
-    """Client side: print one forwarded line, tagged (the ``dynflow-log-forward`` handler)."""
-    _, msg = event
-    text = f"[{msg['tag']}] {msg['text']}"
-    if out is not None:
-        out(text)
-        return
-    # printed in an empty context: this runs on the client's event loop, whose context
-    # is the one it started in; ipykernel would send the line to the cell that started
-    # the client instead of the one running now
-    stream = sys.stderr if msg.get("stream") == "stderr" else sys.stdout
-    contextvars.Context().run(print, text, file=stream)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import operator
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
@@ -14,16 +13,24 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import dask.config
 from dask.utils import funcname, parse_timedelta
 
-from dynflow._sequences import concatenate, unmappable
+from dynflow._context import FLOW_OPTIONS
+from dynflow._sequences import unmappable
+from dynflow.cluster._calls import CallPolicy
 from dynflow.exceptions import MapInputError, MapLengthError
-from dynflow.failures import CallPolicy
-from dynflow.node import FLOW_OPTIONS, FlattenNode, MapNode, Node, Slot, unmapped
-from dynflow.plan import pick
+from dynflow.graph._node import MapNode, Node, Slot, unmapped
 
 if TYPE_CHECKING:
     from distributed import Future
 
-__all__ = ["Task", "flatten", "task"]
+__all__ = [
+    "Bindable",
+    "Task",
+    "TaskFunction",
+    "by_reference",
+    "map_slots",
+    "positional_labels",
+    "task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -168,7 +175,8 @@ def _check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Bindable:
-    """What lets a task or a flow be defined in a class body, as a method.
+    """What tasks and flows share: binding a call's arguments to the function's signature,
+    and being defined in a class body, as a method.
 
     Accessed through an instance (``model.predict``), it is bound to it, as a function
     is: calls, maps (the instance goes to every item) and pickling carry the instance
@@ -177,6 +185,8 @@ class Bindable:
 
     __slots__ = ()
     _bound: tuple[Any, Any] | None  # (the unbound task or flow, the instance)
+    _signature: inspect.Signature
+    name: str
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None or self._bound is not None:
@@ -200,6 +210,17 @@ class Bindable:
     def _rebound(self, other: Any) -> Any:
         """``other`` (a changed copy of this one) bound to the same instance."""
         return other if self._bound is None else other.__get__(self._bound[1])
+
+    def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+        """``args`` and ``kwargs`` bound to the function's signature, or a ``TypeError``
+        naming the call (``"inc()"``, ``"inc.map()"``) and the signature."""
+        try:
+            return self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            kind = type(self).__name__.lower()
+            raise TypeError(
+                f"{self.name}{how}: {e}; the {kind}'s signature is {self.name}{self._signature}"
+            ) from None
 
 
 def _bind_instance(unbound: Any, instance: Any) -> Any:
@@ -234,7 +255,7 @@ class Task(Bindable, Generic[P, R]):
         return self._fn
 
     def policy(self, records: bool) -> CallPolicy:
-        """How this task's calls run (retries, delays, timeout); see :mod:`dynflow.failures`."""
+        """How this task's calls run (retries, delays, timeout); see :mod:`dynflow.cluster._calls`."""
         o = self._options
         log_prints = o["log_prints"]
         if log_prints is None:
@@ -310,7 +331,7 @@ class Task(Bindable, Generic[P, R]):
         return f"<Task {self.name}{self._signature}>"
 
     def _repr_html_(self) -> str:
-        from dynflow.reprs import task_html
+        from dynflow.views._reprs import task_html  # facade: views
 
         return task_html(self)
 
@@ -321,14 +342,6 @@ class Task(Bindable, Generic[P, R]):
         return by_reference(self, self._fn) or (_make_task, (self._fn, dict(self._options)))
 
     # ---------------------------------------------------------------- building
-    def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-        try:
-            return self._signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(
-                f"{self.name}{how}: {e}; the task's signature is {self.name}{self._signature}"
-            ) from None
-
     def _waits(self, how: str, ours: Mapping[str, Any]) -> tuple[Node, ...]:
         """The task's ``wait_for`` option, then the call's."""
         if "wait_for" not in ours:
@@ -485,7 +498,7 @@ def map_slots(
     name: str, signature: inspect.Signature, bound: inspect.BoundArguments
 ) -> tuple[tuple[Slot, ...], dict[str, Slot]]:
     """Classify the arguments of ``name.map(...)`` as mapped or static (build-time checks)."""
-    labels = _positional_labels(signature, len(bound.args))
+    labels = positional_labels(signature, len(bound.args))
     slots = tuple(_slot(name, lbl, v) for lbl, v in zip(labels, bound.args, strict=True))
     kwslots = {k: _slot(name, k, v) for k, v in bound.kwargs.items()}
     mapped = [s for s in (*slots, *kwslots.values()) if s.mapped]
@@ -549,7 +562,7 @@ def _load_attribute(module: str, qualname: str) -> Any:
     return obj
 
 
-def _positional_labels(sig: inspect.Signature, n: int) -> list[str]:
+def positional_labels(sig: inspect.Signature, n: int) -> list[str]:
     labels: list[str] = []
     for p in sig.parameters.values():
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
@@ -634,46 +647,3 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
         return Task(fn, **options)
     _check_options("<task>", options)
     return lambda f: Task(f, **options)
-
-
-def _flatten(lists: Iterable[Iterable[Any]]) -> list:
-    """Concatenate ``lists`` (the value of a whole-used ``flatten`` node)."""
-    return concatenate("flatten()", lists)
-
-
-def flatten(node: Node) -> FlattenNode:
-    """The elements of the items of ``node`` (a map node of lists), in order.
-
-    ``g.map(flatten(m))`` runs ``g`` once per element; on a cluster, the elements of
-    item ``i`` of ``m`` are expanded as soon as ``m[i]`` is done.
-
-    Examples
-    --------
-    >>> import dynflow as df
-    >>> @df.task
-    ... def services(account):
-    ...     return [f"{account}/a", f"{account}/b"]
-    >>> @df.task
-    ... def shout(s):
-    ...     return s.upper()
-    >>> m = shout.map(df.flatten(services.map(["x", "y"])))
-    >>> m.compute(scheduler="sync")
-    ['X/A', 'X/B', 'Y/A', 'Y/B']
-    """
-    if not isinstance(node, Node):
-        raise TypeError(f"flatten() expects a node (usually a map node), got {type(node).__name__}")
-    return FlattenNode(_FLATTEN, (node,), {})
-
-
-_FLATTEN: Task = Task(_flatten, name="flatten", pure=True)
-
-
-_ITEM: Task = Task(operator.getitem, name="dynflow-item")
-_PICK: Task = Task(pick, name="dynflow-item")
-
-
-def _allow_failure_marker(results: list) -> list:  # pragma: no cover - never a task
-    return results
-
-
-_ALLOW_FAILURE: Task = Task(_allow_failure_marker, name="allow_failure", pure=True)

@@ -5,6 +5,7 @@
   waits for the scheduler. It measures and checks the mapped values where they are,
   then asks the scheduler to add the per-item tasks. The list itself stays on the
   worker; only its length travels.
+- :func:`request_splice` is the expander's call to the scheduler.
 - :func:`unspliced` is the collector's placeholder; the scheduler replaces it with the
   real collector before it can run.
 - :func:`run_map` is a whole map run in this process, for local schedulers.
@@ -13,15 +14,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dynflow._splice import request_splice
+from distributed import get_worker
+from distributed.protocol.serialize import ToPickle
+
+from dynflow._compat import expander_run_id
+from dynflow._protocol import SPLICE_HANDLER, at
 from dynflow.exceptions import ExtensionError
-from dynflow.plan import Expansion, at
+
+if TYPE_CHECKING:
+    from dynflow.lowering._plan import Expansion
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["expand", "run_map", "unspliced"]
+__all__ = ["expand", "request_splice", "run_map", "unspliced"]
 
 
 async def expand(
@@ -35,12 +42,12 @@ async def expand(
     """
     failure = expansion.failed_source(data, prefix)
     if failure is None:
-        n, materialized = expansion.measure(data, prefix)
-        shipped = expansion.prebuild(n, prefix, materialized)
+        n, listed = expansion.measure(data, prefix)
+        subflow_tasks = expansion.build_subflows(n, prefix, listed)
     else:  # a failed parent item: no children; the collectors' list is the failure
-        n, materialized, shipped = 0, {}, {}
+        n, listed, subflow_tasks = 0, {}, {}
     key = at(expansion.expander, prefix)
-    reply = await request_splice(key, n, list(materialized), shipped, failure is not None)
+    reply = await request_splice(key, n, list(listed), subflow_tasks, failure is not None)
     if not isinstance(reply, dict):
         raise ExtensionError(
             f"{expansion.names}: the scheduler has no dynflow extension (it answered "
@@ -49,7 +56,7 @@ async def expand(
             "`dask scheduler --preload dynflow.scheduler`."
         )
     logger.debug("%s: %s, %d items", key, reply.get("status"), n)
-    return failure if failure is not None else materialized
+    return failure if failure is not None else listed
 
 
 def unspliced(_expanded: Any, task_name: str) -> list:
@@ -67,3 +74,22 @@ def run_map(expansion: Expansion, data: dict[str, Any]) -> list:
     map's failure semantics.
     """
     return expansion.run_locally(data)
+
+
+async def request_splice(
+    expander: Any, n: int, listed: list, subflow_tasks: dict[int, list], failed: bool
+) -> Any:
+    """From the expander task running on this worker: ask the scheduler to splice.
+
+    Returns the extension's reply (a dict), or None when the scheduler has no
+    extension. Awaiting it holds no worker thread: expanders run on the event loop.
+    """
+    handler = getattr(get_worker().scheduler, SPLICE_HANDLER)
+    return await handler(
+        expander=expander,
+        task_run_id=expander_run_id(expander),
+        n=n,
+        listed=listed,
+        subflow_tasks=ToPickle(subflow_tasks) if subflow_tasks else None,
+        failed=failed,
+    )

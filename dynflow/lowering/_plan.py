@@ -9,7 +9,7 @@ worker state.
 Plans nest. A map over ``flatten(m)`` (or a map inside a sub-flow run per item) expands
 once per item ``i`` of its parent, with a *prefix* ``(i,)``: its items are
 ``(key, i, j)`` and its per-parent list is ``(key, i)``. A key template written
-``Rel(k)`` means ``(k, *prefix)``: the parent's item the nested expansion belongs to.
+``ParentItem(k)`` means ``(k, *prefix)``: the parent's item the nested expansion belongs to.
 
 Per-item arguments are written with dask's task spec: an argument read from a mapped
 upstream value ``v`` is ``v[i]``, evaluated on the worker that runs the item.
@@ -27,65 +27,73 @@ from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.utils import key_split
 
 from dynflow._containers import find, substitute
+from dynflow._protocol import at, lane_key
 from dynflow._sequences import positional, unmappable
+from dynflow.cluster._calls import CallPolicy, call_after
+from dynflow.cluster._collect import gather, gather_concat
+from dynflow.cluster._expand import expand, unspliced
+from dynflow.cluster._failure import Failure
+from dynflow.cluster._items import at_index
 from dynflow.exceptions import MapInputError, MapLengthError
-from dynflow.failures import CallPolicy, Failure, call_after, gather, gather_concat
-from dynflow.items import at_index
+from dynflow.graph._node import KeyNode
+from dynflow.graph._task import Task as DynflowTask
 
 __all__ = [
     "Collector",
-    "Const",
-    "Ext",
+    "Concrete",
+    "Existing",
     "Expansion",
     "Nested",
-    "Rel",
-    "Src",
+    "ParentItem",
+    "ItemOf",
     "Stage",
+    "StageItem",
+    "StageTasks",
     "SubflowStage",
-    "Stg",
-    "at",
-    "resolve",
     "pick",
+    "resolve",
 ]
 
 Prefix = tuple[int, ...]
 
 
-class Rel(NamedTuple):
+class StageTasks(NamedTuple):
+    """The tasks a splice adds for one stage, with the annotations they all get."""
+
+    annotations: Mapping[str, Any]
+    tasks: list[Task]
+
+
+class ParentItem(NamedTuple):
     """The key ``(key, *prefix)``: the parent item a nested expansion belongs to."""
 
     key: str
 
 
-def at(key: Any, prefix: Prefix) -> Any:
-    """The concrete key of a made key (expander, collector) ``key`` at ``prefix``."""
-    return (key, *prefix) if prefix else key
-
-
 def resolve(key: Any, prefix: Prefix) -> Any:
-    """The concrete key of an upstream key: ``Rel`` keys are per parent, others absolute."""
-    return (key.key, *prefix) if isinstance(key, Rel) else key
+    """The concrete key of an upstream key: ``ParentItem`` keys are per parent, others absolute."""
+    return (key.key, *prefix) if isinstance(key, ParentItem) else key
 
 
-class Src(NamedTuple):
+class ItemOf(NamedTuple):
     """Marker in a stage argument: item ``i`` of the value of (template) key ``key``."""
 
     key: Any
 
 
-class Stg(NamedTuple):
+class StageItem(NamedTuple):
     """Marker in a stage argument: item ``i`` of stage ``key`` of the same expansion."""
 
     key: str
 
 
-class Ext(NamedTuple):
+class Existing(NamedTuple):
     """Marker in a sub-flow's argument: the value of existing key ``key``."""
 
     key: Any
 
 
-class Const(NamedTuple):
+class Concrete(NamedTuple):
     """Marker in a stage argument: item ``i`` of a tuple known when the graph was built
     (``values[i - offset]``: a batch carries only its own slice)."""
 
@@ -93,7 +101,7 @@ class Const(NamedTuple):
     offset: int = 0
 
 
-_MARKERS = (Src, Stg, Const)
+_MARKERS = (ItemOf, StageItem, Concrete)
 
 
 def _is_marker(obj: Any) -> bool:
@@ -105,13 +113,13 @@ def _resolve(obj: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any]) 
 
     def leaf(m: Any) -> Any:
         t = type(m)
-        if t is Src:
+        if t is ItemOf:
             return refs(resolve(m.key, prefix), i)
-        if t is Stg:
+        if t is StageItem:
             return Alias((m.key, *prefix, i))
-        return m.values[i - m.offset]  # Const
+        return m.values[i - m.offset]  # Concrete
 
-    if type(obj) is Stg:  # a whole argument: a plain reference
+    if type(obj) is StageItem:  # a whole argument: a plain reference
         return TaskRef((obj.key, *prefix, i))
     return substitute(obj, _is_marker, leaf, spec=True)
 
@@ -181,7 +189,7 @@ class Stage:
             count = len(ranges)
         if not self.max_concurrency:
             return [make(t, None) for t in range(count)]
-        k, lane = self.max_concurrency, f"dynflow-lane-{self.key}"
+        k, lane = self.max_concurrency, lane_key(self.key)
         out = []
         for t in range(count):
             out.append(make(t, (lane, *prefix, t - k) if t >= k else None))
@@ -207,16 +215,16 @@ class Stage:
         markers = find((self.args, self.kwargs), _is_marker)
         deps = set(self.call(None, prefix, start, refs).dependencies)
         for m in markers:
-            if type(m) is Stg:
+            if type(m) is StageItem:
                 deps.update((m.key, *prefix, i) for i in range(start, stop))
-            elif type(m) is Const:
+            elif type(m) is Concrete:
                 for v in m.values[start:stop]:
                     deps.update(getattr(v, "dependencies", ()))
         stage = self
-        if any(type(m) is Const for m in markers):
+        if any(type(m) is Concrete for m in markers):
 
             def part(m: Any) -> Any:
-                return Const(m.values[start:stop], start) if type(m) is Const else m
+                return Concrete(m.values[start:stop], start) if type(m) is Concrete else m
 
             args, kwargs = substitute((self.args, self.kwargs), _is_marker, part)
             stage = dataclasses.replace(self, args=args, kwargs=kwargs)
@@ -278,8 +286,12 @@ class SubflowStage(Stage):
     """A whole sub-flow per item (``fn`` is the flow); item ``i`` is its output.
 
     The sub-flows are built where user code may run: on the worker, by the expander
-    (:meth:`prebuild`); the scheduler only adds the tasks it is sent.
+    (:meth:`build_subflows`); the scheduler only adds the tasks it is sent. ``lower`` is
+    the lowering they are built with (:func:`dynflow.lowering._lower.lower`, which makes
+    this plan: it travels by reference, as the plan's functions do).
     """
+
+    lower: Callable[..., Any] | None = None
 
     def items(
         self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
@@ -290,18 +302,18 @@ class SubflowStage(Stage):
         """Build item ``i``'s sub-flow; return its output node.
 
         ``src(key, i)``, ``stg(key, i)`` and ``ext(key)`` give the values that stand for
-        the markers ``Src``, ``Stg`` and ``Ext`` in the flow's arguments.
+        the markers ``ItemOf``, ``StageItem`` and ``Existing`` in the flow's arguments.
         """
 
         def leaf(m: Any) -> Any:
             t = type(m)
-            if t is Src:
+            if t is ItemOf:
                 return src(m.key, i)
-            if t is Stg:
+            if t is StageItem:
                 return stg(m.key, i)
-            if t is Ext:
+            if t is Existing:
                 return ext(m.key)
-            return value(m.values[i - m.offset])  # Const
+            return value(m.values[i - m.offset])  # Concrete
 
         def value(obj: Any) -> Any:
             return substitute(obj, _is_flow_marker, leaf)
@@ -310,13 +322,12 @@ class SubflowStage(Stage):
             *(value(a) for a in self.args), **{k: value(v) for k, v in self.kwargs.items()}
         )
 
-    def prebuild(
+    def build_subflows(
         self, prefix: Prefix, n: int, item: Callable[[Any, int], Any]
-    ) -> list[tuple[Mapping[str, Any], list[Task]]]:
-        """Each item's sub-flow, lowered: ``[(annotations, tasks), ...]``."""
-        from dynflow.graph import lower
-
-        out: list[tuple[Mapping[str, Any], list[Task]]] = []
+    ) -> list[StageTasks]:
+        """Each item's sub-flow, lowered (by :attr:`lower`)."""
+        assert self.lower is not None
+        out: list[StageTasks] = []
         for i in range(n):
             output = self.build_item(
                 i,
@@ -324,10 +335,10 @@ class SubflowStage(Stage):
                 stg=lambda key, j: key_node((key, *prefix, j)),
                 ext=key_node,
             )
-            graph = lower([output], distributed=True, records=True)
+            graph = self.lower([output], distributed=True, records=True)
             for layer in graph.layers.values():
-                out.append((layer.annotations or {}, list(layer.values())))
-            out.append((self.annotations, [Alias((self.key, *prefix, i), output.key)]))
+                out.append(StageTasks(layer.annotations or {}, list(layer.values())))
+            out.append(StageTasks(self.annotations, [Alias((self.key, *prefix, i), output.key)]))
         return out
 
     def run_locally(self, data: Mapping[Any, Any], n: int) -> list:
@@ -346,7 +357,7 @@ class SubflowStage(Stage):
 
 
 def _is_flow_marker(obj: Any) -> bool:
-    return type(obj) in (Src, Stg, Const, Ext)
+    return type(obj) in (ItemOf, StageItem, Concrete, Existing)
 
 
 def _no_stage(key: Any, i: int) -> Any:  # pragma: no cover - local maps have no stages
@@ -355,9 +366,6 @@ def _no_stage(key: Any, i: int) -> Any:  # pragma: no cover - local maps have no
 
 def key_node(key: Any) -> Any:
     """A node standing for existing key ``key`` (inside a sub-flow built per item)."""
-    from dynflow.node import KeyNode
-    from dynflow.task import Task as DynflowTask
-
     return KeyNode(DynflowTask(_never_called, name=key_split(key)), key)
 
 
@@ -375,8 +383,6 @@ class Nested:
     def items(
         self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
     ) -> list[Task]:
-        from dynflow.expand import expand, unspliced
-
         child = self.expansion
         out = []
         for i in range(n):
@@ -396,7 +402,7 @@ class Collector:
     """The list ``key`` (at a prefix) of the items ``(of, *prefix, i)``, or their concatenation.
 
     ``mode`` is how failed items are treated in the top-level list (see
-    :func:`dynflow.failures.gather`); lists at nested levels keep the records as they are.
+    :func:`dynflow.cluster._collect.gather`); lists at nested levels keep the records as they are.
     """
 
     key: str
@@ -462,7 +468,7 @@ class Expansion:
         returned, so the items can read it from the expander.
         """
         lengths: dict[str, int] = {}
-        materialized: dict[Any, list] = {}
+        listed: dict[Any, list] = {}
         for tkey, (task_name, label) in self.sources.items():
             key = resolve(tkey, prefix)
             value = data[key]
@@ -473,7 +479,7 @@ class Expansion:
                     f"map over, got {type(value).__name__} from {_describe(key)} ({why})"
                 )
             if not positional(value):
-                value = materialized[key] = list(value)
+                value = listed[key] = list(value)
             lengths.setdefault(f"{label}={len(value)} (from {_describe(key)})", len(value))
         for _task_name, label, n in self.consts:
             lengths.setdefault(f"{label}={n}", n)
@@ -481,24 +487,22 @@ class Expansion:
             raise MapLengthError(
                 f"{self.names}: mapped arguments must have equal lengths, got " + ", ".join(lengths)
             )
-        return next(iter(lengths.values())), materialized
+        return next(iter(lengths.values())), listed
 
     # --------------------------------------------------------- on the scheduler
-    def prebuild(self, n: int, prefix: Prefix, materialized: Mapping[Any, list]) -> dict[int, list]:
+    def build_subflows(self, n: int, prefix: Prefix, listed: Mapping[Any, list]) -> dict[int, list]:
         """On the worker: the tasks of the sub-flow stages, ``{stage index: [...]}``."""
         if not any(isinstance(s, SubflowStage) for s in self.stages):
             return {}
         ekey = at(self.expander, prefix)
 
         def item(key: Any, i: int) -> Any:
-            from dynflow.task import _ITEM, _PICK
-
-            if key in materialized:
+            if key in listed:
                 return _PICK(key_node(ekey), key, i)
             return _ITEM(key_node(key), i)
 
         return {
-            s_index: stage.prebuild(prefix, n, item)
+            s_index: stage.build_subflows(prefix, n, item)
             for s_index, stage in enumerate(self.stages)
             if isinstance(stage, SubflowStage)
         }
@@ -507,14 +511,14 @@ class Expansion:
         self,
         n: int,
         prefix: Prefix,
-        materialized: list,
-        shipped: Mapping[int, list],
+        listed: list,
+        subflow_tasks: Mapping[int, list],
         failed: bool = False,
         nthreads: int = 1,
-    ) -> tuple[list[tuple[Mapping[str, Any], list[Task]]], dict[Any, Task]]:
+    ) -> tuple[list[StageTasks], dict[Any, Task]]:
         """Per-item tasks of every stage (in order), and the collectors' task specs.
 
-        ``shipped`` holds the sub-flow stages' tasks, built by :meth:`prebuild`.
+        ``subflow_tasks`` holds the sub-flow stages' tasks, built by :meth:`build_subflows`.
         ``failed``: a mapped source was a failure record (the expander's value): no
         items, and each collector's list is that failure. ``nthreads``: the cluster's
         worker threads, for ``batch_size="auto"``.
@@ -522,14 +526,14 @@ class Expansion:
         ekey = at(self.expander, prefix)
         if failed:
             return [], {at(c.key, prefix): c.task(prefix, 0, ekey) for c in self.collectors}
-        refs = ItemRefs(ekey, frozenset(materialized))
+        refs = ItemRefs(ekey, frozenset(listed))
 
-        stages: list[tuple[Mapping[str, Any], list[Task]]] = []
+        stages: list[StageTasks] = []
         for s_index, s in enumerate(self.stages):
-            if s_index in shipped:
-                stages += shipped[s_index]
+            if s_index in subflow_tasks:
+                stages += subflow_tasks[s_index]
             else:
-                stages.append((s.annotations, s.items(prefix, n, refs, nthreads)))
+                stages.append(StageTasks(s.annotations, s.items(prefix, n, refs, nthreads)))
         collectors = {
             at(c.key, prefix): c.task(prefix, n, nthreads=nthreads) for c in self.collectors
         }
@@ -549,8 +553,8 @@ class Expansion:
         assert isinstance(stage, Stage)
         if (failure := self.failed_source(data, ())) is not None:
             return [failure]
-        n, materialized = self.measure(data)
-        data = {**data, **materialized}
+        n, listed = self.measure(data)
+        data = {**data, **listed}
         if isinstance(stage, SubflowStage):
             return stage.run_locally(data, n)
         refs = ItemRefs(None, frozenset())
@@ -563,10 +567,16 @@ class Expansion:
         return out
 
 
-def pick(materialized: Mapping[Any, list], key: Any, i: int) -> Any:
+def pick(listed: Mapping[Any, list], key: Any, i: int) -> Any:
     """Item ``i`` of a source that the expander turned into a list."""
-    return materialized[key][i]
+    return listed[key][i]
 
 
 def _describe(key: Any) -> str:
     return f"task {key_split(key)!r}"
+
+
+#: a sub-flow's mapped input, read by the sub-flow built per item: item ``i`` of an
+#: upstream value, or of a source the expander turned into a list
+_ITEM: DynflowTask = DynflowTask(operator.getitem, name="dynflow-item")
+_PICK: DynflowTask = DynflowTask(pick, name="dynflow-item")

@@ -1,7 +1,7 @@
 """Submitted runs: :class:`Run` (one ``submit``) and :class:`RunFuture` (one output of it).
 
 ``df.submit`` registers each run with dynflow's run tracker on the scheduler
-(:mod:`dynflow.tracker`) before its graph is sent, with the flow-level graph, so that the
+(:mod:`dynflow.cluster._tracker`) before its graph is sent, with the flow-level graph, so that the
 run's live state (per node: pending, running, done and failed counts, and a map's item
 count once it expanded) can be asked for from anywhere: :meth:`Run.info`, the notebook
 display of a future, :func:`dynflow.progress` and the dashboard page.
@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future
 from distributed.client import FutureCancelledError
 
+from dynflow._protocol import RUN_START_HANDLER, RUN_STATUS_HANDLER
 from dynflow.exceptions import RemoteError, SchedulerLostError
-from dynflow.flowgraph import FlowGraph
-from dynflow.node import Node
+from dynflow.graph._flowgraph import FlowGraph
+from dynflow.graph._node import Node
+from dynflow.views._progress import progress, show_live
+from dynflow.views._render import FlowSVG, to_svg
+from dynflow.views._reprs import run_html
 
 if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = ["Run", "RunFuture"]
-
-#: run states after which nothing changes
-FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
 
 
 class Run:
@@ -59,7 +60,7 @@ class Run:
 
     def register(self) -> Any:
         """Tell the scheduler's run tracker about the run (a coroutine)."""
-        return self.client.scheduler.dynflow_run_start(
+        return getattr(self.client.scheduler, RUN_START_HANDLER)(
             run_id=self.id,
             name=self.name,
             graph=self.graph.to_dict(),
@@ -75,24 +76,19 @@ class Run:
         ``running``, ``done`` and ``failed``. None when the scheduler no longer knows the
         run (older than ``dynflow.dashboard.history`` finished runs).
         """
-        return self.client.sync(self.client.scheduler.dynflow_run_status, run_id=self.id)
+        handler = getattr(self.client.scheduler, RUN_STATUS_HANDLER)
+        return self.client.sync(handler, run_id=self.id)
 
     def progress(self, **kwargs: Any) -> Any:
         """:func:`dynflow.progress` of this run."""
-        from dynflow.progress import progress
-
         return progress(self, **kwargs)
 
     def visualize(self) -> Any:
         """The flow-level graph, coloured by the run's current counts."""
-        from dynflow.render import FlowSVG, to_svg
-
         info = self.info()
         return FlowSVG(to_svg(self.graph, info["nodes"] if info else None))
 
     def _repr_html_(self) -> str:
-        from dynflow.reprs import run_html
-
         info = self.info()
         if info is None:
             info = {"name": self.name, "state": "unknown", "nodes": {}, "elapsed": 0.0}
@@ -101,8 +97,6 @@ class Run:
     def _ipython_display_(self) -> None:
         """In a notebook: the HTML view, kept up to date until the run ends."""
         from IPython.display import HTML, display
-
-        from dynflow.progress import show_live
 
         if not show_live(self):
             display(HTML(self._repr_html_()))

@@ -20,6 +20,3 @@ def load_defaults() -> None:
     with open(path) as f:
         defaults = yaml.safe_load(f)
     dask.config.update_defaults(defaults)
-
-
-load_defaults()

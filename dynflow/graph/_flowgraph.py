@@ -20,8 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from dynflow.graph import topological
-from dynflow.node import (
+from dynflow.graph._node import (
     AllowFailureNode,
     FlattenNode,
     KeyNode,
@@ -29,6 +28,7 @@ from dynflow.node import (
     Node,
     SubflowMapNode,
     find_nodes,
+    topological,
 )
 
 __all__ = ["EDGE_STYLES", "FlowGraph", "GraphNode", "NodeCounts", "node_kind", "node_label"]

@@ -2,14 +2,14 @@
 
 :class:`RunTracker` is a scheduler plugin that uses the plugin API only (``transition``,
 ``update_graph``, ``log_event``). A client registers each run it submits with the flow-level
-graph (:class:`dynflow.flowgraph.FlowGraph`); from then on the tracker counts, per node,
+graph (:class:`dynflow.graph._flowgraph.FlowGraph`); from then on the tracker counts, per node,
 the tasks that are pending, running (dask's *processing*: assigned to a worker, perhaps
 still queued there), done and failed:
 
 - a plain task is one unit;
 - a map's units are its items ``(map key, *prefix, i)``; its total is unknown until the
   splice adds them, which tells the tracker each stage's length through the ``update_graph``
-  call it makes (``dynflow_stages``); a batch task counts as the items it holds;
+  call it makes (``dynflow_map_lengths``); a batch task counts as the items it holds;
 - an item that fails inside dynflow's retry loop is a finished dask task holding a
   failure record: the worker reports it with an event (``dynflow-item``), and the tracker
   moves it from done to failed.
@@ -22,6 +22,7 @@ Finished runs are kept, frozen, up to ``dynflow.dashboard.history`` of them.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -30,25 +31,25 @@ from typing import TYPE_CHECKING, Any
 
 import dask.config
 from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado import web
+
+from dynflow._compat import http_application, send_to_client
+from dynflow._protocol import (
+    FORWARD_TOPIC,
+    ITEM_TOPIC,
+    LOG_TOPIC,
+    RUN_START_HANDLER,
+    RUN_STATUS_HANDLER,
+    RUNS_HANDLER,
+    TRACKER,
+)
 
 if TYPE_CHECKING:
     from distributed import Scheduler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ITEM_TOPIC", "LOG_TOPIC", "TRACKER", "RunTracker", "forward_topic"]
-
-#: the name the tracker is registered under (plugin and scheduler extension)
-TRACKER = "dynflow-runs"
-#: worker -> scheduler: an item's failure record (``{"key", "label", "error", "upstream"}``)
-ITEM_TOPIC = "dynflow-item"
-#: worker -> scheduler: a line a task printed or logged (``{"key", "tag", "text"}``)
-LOG_TOPIC = "dynflow-log"
-
-
-def forward_topic() -> str:
-    """The topic a client subscribes to for its runs' forwarded output."""
-    return "dynflow-log-forward"
+__all__ = ["RunTracker"]
 
 
 @dataclass(slots=True)
@@ -159,17 +160,15 @@ class RunTracker(SchedulerPlugin):
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        scheduler.handlers["dynflow_run_start"] = self.run_start
-        scheduler.handlers["dynflow_run_status"] = self.run_status
-        scheduler.handlers["dynflow_runs"] = self.list_runs
+        scheduler.handlers[RUN_START_HANDLER] = self.run_start
+        scheduler.handlers[RUN_STATUS_HANDLER] = self.run_status
+        scheduler.handlers[RUNS_HANDLER] = self.list_runs
         scheduler.extensions[TRACKER] = self
-        from dynflow.dashboard import add_routes
-
-        add_routes(scheduler, self)
+        _add_routes(scheduler, self)
 
     async def close(self) -> None:
         if self.scheduler is not None:
-            for h in ("dynflow_run_start", "dynflow_run_status", "dynflow_runs"):
+            for h in (RUN_START_HANDLER, RUN_STATUS_HANDLER, RUNS_HANDLER):
                 self.scheduler.handlers.pop(h, None)
             self.scheduler.extensions.pop(TRACKER, None)
 
@@ -204,7 +203,7 @@ class RunTracker(SchedulerPlugin):
 
     # ------------------------------------------------------------- plugin hooks
     def update_graph(self, scheduler: Scheduler, **kwargs: Any) -> None:
-        stages = kwargs.get("dynflow_stages")
+        stages = kwargs.get("dynflow_map_lengths")
         if stages:  # a splice: the maps' lengths are known now
             for key, (prefix, n, size) in stages.items():
                 ns = self.index.get(key)
@@ -249,8 +248,7 @@ class RunTracker(SchedulerPlugin):
             key = _key(msg["key"])
             ns = self.index.get(key[0] if type(key) is tuple else key)
             if ns is not None and self.scheduler is not None:
-                event = {"op": "event", "topic": forward_topic(), "event": (time(), msg)}
-                self.scheduler.send_all({ns.run.client: [event]}, worker_msgs={})
+                send_to_client(self.scheduler, ns.run.client, FORWARD_TOPIC, msg)
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
         for run in list(self.runs.values()):
@@ -319,3 +317,37 @@ class RunTracker(SchedulerPlugin):
 def _key(k: Any) -> Any:
     """A key as it was before msgpack turned its tuples into lists."""
     return tuple(_key(x) for x in k) if isinstance(k, list) else k
+
+
+# ------------------------------------------------------------------- HTTP routes
+class _RunsHandler(web.RequestHandler):
+    """``/dynflow/runs.json`` (every run) and ``/dynflow/runs/<id>.json`` (one, with
+    its graph), served by the scheduler's HTTP server."""
+
+    def initialize(self, tracker: RunTracker) -> None:
+        self.tracker = tracker
+
+    def get(self, run_id: str | None = None) -> None:
+        self.set_header("Content-Type", "application/json")
+        if run_id is None:
+            self.write(json.dumps(self.tracker.list_runs(), default=str))
+            return
+        run = self.tracker.run_status(run_id, graph=True)
+        if run is None:
+            raise web.HTTPError(404, f"no dynflow run {run_id!r}")
+        self.write(json.dumps(run, default=str))
+
+
+def _add_routes(scheduler: Scheduler, tracker: RunTracker) -> None:
+    """Serve the tracker's data as JSON from the scheduler's HTTP server, if it has one."""
+    app = http_application(scheduler)
+    if app is None:
+        return
+    args = {"tracker": tracker}
+    app.add_handlers(
+        r".*",
+        [
+            (r"/dynflow/runs\.json", _RunsHandler, args),
+            (r"/dynflow/runs/([0-9a-f]+)\.json", _RunsHandler, args),
+        ],
+    )

@@ -1,77 +1,43 @@
-"""dynflow's page in the Dask dashboard, and its JSON data.
+"""dynflow's page in the Dask dashboard.
 
-- ``/individual-dynflow``: a bokeh page served by the scheduler's dashboard (listed in
-  its "More..." menu): the active and recent runs, and for the chosen one its flow-level
-  graph with live per-node counts and colours (the same rendering as the notebook's,
-  :mod:`dynflow.render`). The dashboard reads its pages once, when the scheduler starts,
-  so the page is registered on import of :mod:`dynflow.scheduler` (``dask scheduler
-  --preload dynflow.scheduler``) and before dynflow starts its embedded LocalCluster.
-- ``/dynflow/runs.json`` and ``/dynflow/runs/<id>.json``: the run tracker's data, added
-  to the scheduler's HTTP server when the tracker starts (also on a scheduler started
-  without the preload).
+``/individual-dynflow``: a bokeh page served by the scheduler's dashboard (listed in its
+"More..." menu): the active and recent runs, and for the chosen one its flow-level graph
+with live per-node counts and colours (the same rendering as the notebook's,
+:mod:`dynflow.views._render`). The dashboard reads its pages once, when the scheduler
+starts, so the page is registered on import of :mod:`dynflow.scheduler` (``dask scheduler
+--preload dynflow.scheduler``) and before dynflow starts its embedded LocalCluster. The
+same data is JSON at ``/dynflow/runs.json`` (the run tracker's routes,
+:mod:`dynflow.cluster._tracker`).
 """
 
 from __future__ import annotations
 
 import html
-import json
 from typing import TYPE_CHECKING, Any
 
 import dask.config
-from tornado import web
 
-from dynflow.flowgraph import FlowGraph
-from dynflow.render import short_repr_counts
-from dynflow.reprs import run_html
+from dynflow._compat import register_dashboard_page
+from dynflow._protocol import TRACKER, sum_counts
+from dynflow.graph._flowgraph import FlowGraph
+from dynflow.views._render import short_repr_counts
+from dynflow.views._reprs import run_html
 
 if TYPE_CHECKING:
     from distributed import Scheduler
 
-    from dynflow.tracker import RunTracker
 
-__all__ = ["PAGE", "add_routes", "dynflow_doc", "register_page"]
+__all__ = ["PAGE", "dynflow_doc", "register_page"]
 
 #: the page's path in the dashboard
 PAGE = "/individual-dynflow"
 
 
-class _RunsHandler(web.RequestHandler):
-    def initialize(self, tracker: RunTracker) -> None:
-        self.tracker = tracker
-
-    def get(self, run_id: str | None = None) -> None:
-        self.set_header("Content-Type", "application/json")
-        if run_id is None:
-            self.write(json.dumps(self.tracker.list_runs(), default=str))
-            return
-        run = self.tracker.run_status(run_id, graph=True)
-        if run is None:
-            raise web.HTTPError(404, f"no dynflow run {run_id!r}")
-        self.write(json.dumps(run, default=str))
-
-
-def add_routes(scheduler: Scheduler, tracker: RunTracker) -> None:
-    """Serve the tracker's data as JSON from the scheduler's HTTP server, if it has one."""
-    app = getattr(scheduler, "http_application", None)
-    if app is None:
-        return
-    args = {"tracker": tracker}
-    app.add_handlers(
-        r".*",
-        [
-            (r"/dynflow/runs\.json", _RunsHandler, args),
-            (r"/dynflow/runs/([0-9a-f]+)\.json", _RunsHandler, args),
-        ],
-    )
-
-
 def _runs_table(runs: list[dict[str, Any]], chosen: str | None) -> str:
     rows = []
     for r in runs:
-        total = {"done": 0, "failed": 0, "running": 0, "pending": 0}
-        for counts in r["nodes"].values():
-            for k in total:
-                total[k] += counts.get(k) or 0
+        counts = sum_counts(r["nodes"].values())
+        total = {k: counts[k] for k in ("done", "failed", "running", "pending")}
         mark = "&#9654; " if r["id"] == chosen else ""
         rows.append(
             "<tr>"
@@ -104,8 +70,6 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
     from bokeh.layouts import column
     from bokeh.models import Div, Select
 
-    from dynflow.tracker import TRACKER
-
     select = Select(title="Run", options=[], value="", width=500)
     table = Div(text="", sizing_mode="stretch_width")
     detail = Div(text="<p>No dynflow runs yet.</p>", sizing_mode="stretch_width")
@@ -136,6 +100,4 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
 
 def register_page() -> None:
     """Add the page to the dashboard's applications (for schedulers started after this)."""
-    from distributed.dashboard.scheduler import applications
-
-    applications.setdefault(PAGE, dynflow_doc)
+    register_dashboard_page(PAGE, dynflow_doc)

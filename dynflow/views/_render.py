@@ -1,13 +1,13 @@
 """Drawings and HTML views of flow-level graphs: notebooks, files and the dashboard page.
 
-- :func:`to_svg`: a self-contained inline SVG of a :class:`~dynflow.flowgraph.FlowGraph`
+- :func:`to_svg`: a self-contained inline SVG of a :class:`~dynflow.graph._flowgraph.FlowGraph`
   (no scripts, no external assets, no ``<style>`` that could leak into a page), with
   per-node progress bars when counts are given;
 - :func:`to_graphviz`: the same as a ``graphviz.Digraph`` (the optional ``graphviz``
   package);
 - :func:`visualize`: the public entry, ``df.visualize(node, ...)``.
 
-The HTML views of tasks, nodes, flows and runs are in :mod:`dynflow.reprs`.
+The HTML views of tasks, nodes, flows and runs are in :mod:`dynflow.views._reprs`.
 
 Everything shown is escaped; nothing needs JavaScript or a network connection.
 """
@@ -22,8 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dynflow.flowgraph import FlowGraph, GraphNode, NodeCounts
-from dynflow.node import Node
+from dynflow.graph._flow import Flow
+from dynflow.graph._flowgraph import FlowGraph, GraphNode, NodeCounts
+from dynflow.graph._node import Node
+from dynflow.graph._task import Task
 
 if TYPE_CHECKING:
     import graphviz
@@ -151,7 +153,7 @@ def to_svg(graph: FlowGraph, counts: Mapping[str, NodeCounts] | None = None) -> 
         What to draw: one rounded box per node (a map's box is stacked), one arrow per
         edge (``"wait"`` dashed, ``"allow_failure"`` orange, ``"map"`` thick blue).
     counts : mapping, optional
-        Per node key, its :class:`~dynflow.flowgraph.NodeCounts`: each box then shows a
+        Per node key, its :class:`~dynflow.graph._flowgraph.NodeCounts`: each box then shows a
         progress bar and its counts, and a map's box its item count (``×1,000``; ``?
         items`` before it expanded).
 
@@ -424,8 +426,6 @@ def visualize(
 
 def _what(obj: Any) -> str:
     """How an argument that is not a node is named in errors, with a hint for tasks/flows."""
-    from dynflow.flow import Flow
-    from dynflow.task import Task
 
     if isinstance(obj, Task):
         return f"the task {obj.name!r} itself; call it (or its .map) to build a node"

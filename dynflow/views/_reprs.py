@@ -1,7 +1,7 @@
 """HTML views for Jupyter: the ``_repr_html_`` of tasks, nodes, flows and runs.
 
 Self-contained and escaped (no scripts, no network); graphs are drawn by
-:func:`dynflow.render.to_svg`.
+:func:`dynflow.views._render.to_svg`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dynflow.flowgraph import FlowGraph, node_kind, node_label
-from dynflow.node import MapNode, Node, find_nodes
-from dynflow.render import (
+from dynflow.graph._flowgraph import FlowGraph, node_kind, node_label
+from dynflow.graph._node import MapNode, Node, find_nodes
+from dynflow.graph._task import OPTIONS
+from dynflow.views._render import (
     BAR,
     SHORT_REPR,
     STATE_COLOURS,
@@ -23,8 +24,8 @@ from dynflow.render import (
 )
 
 if TYPE_CHECKING:
-    from dynflow.flow import Flow
-    from dynflow.task import Task
+    from dynflow.graph._flow import Flow
+    from dynflow.graph._task import Task
 
 __all__ = ["flow_html", "node_html", "run_html", "task_html"]
 
@@ -68,8 +69,6 @@ def _option(name: str, value: Any) -> str:
 
 def task_html(task: Task) -> str:
     """``task._repr_html_()``: name, signature, options that differ from the defaults, doc."""
-    from dynflow.task import OPTIONS
-
     parts = [
         f"<div {_BOX}><div><strong>Task</strong> <code>{_E(task.name)}"
         f"{_E(_signature(task.fn))}</code></div>"

@@ -1,18 +1,14 @@
-"""How calls fail, retry and time out, and how a map's list treats failed items.
+"""How calls run: retries with delays, timeouts, async functions, failure records.
 
-Every task call runs inside :func:`run_call`, which applies the task's retry policy
-(delay, backoff, jitter, which exceptions) and timeout. What happens on final failure
-depends on where the call is:
+Every task call runs inside :func:`run_call` (a coroutine function's inside
+:func:`run_call_async`), which applies the task's retry policy (delay, backoff, jitter,
+which exceptions) and timeout. What happens on final failure depends on where the call is:
 
 - a **map item** (and any task of a sub-flow run per item) never errs in dask: it returns
-  a :class:`Failure` record. Its siblings therefore keep running to completion, and a
-  later item of a chained map that receives a record passes it on without running.
+  a :class:`~dynflow.cluster._failure.Failure` record. Its siblings therefore keep running
+  to completion, and a later item of a chained map that receives a record passes it on
+  without running.
 - a **plain task** raises, as any dask task: the caller gets the original exception.
-
-A map's collector (:func:`gather`) turns the records into the user's semantics: raise a
-:class:`~dynflow.MapItemError` naming the map and the failed indices (the original
-exception as ``__cause__``), hand exception objects to an ``allow_failure`` consumer, or
-accept up to ``1 - min_success_ratio`` failed items (which become ``None``).
 
 A retry delay does not hold a worker slot: the waiting thread secedes from the worker's
 pool (distributed's ``secede``/``rejoin``), so other tasks run meanwhile.
@@ -26,127 +22,27 @@ import contextlib
 import contextvars
 import random
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from fractions import Fraction
-from types import TracebackType
 from typing import Any
 
 from dask._task_spec import Task
-from distributed.protocol.pickle import dumps, loads
-from tblib import Traceback
+from distributed.protocol.pickle import dumps
 
 from dynflow._compat import secede_async
-from dynflow._sequences import unmappable
-from dynflow.exceptions import (
-    MapInputError,
-    MapItemError,
-    RemoteError,
-    SerializationError,
-    TaskInterruptedError,
-    TaskTimeoutError,
-)
-from dynflow.items import (
-    CURRENT_KEY,
-    current_key,
-    forwarding,
-    item_index,
-    label,
-    report_failure,
-)
-from dynflow.node import RUNNING_TASK
+from dynflow._context import CURRENT_KEY, RUNNING_TASK
+from dynflow.cluster._failure import Failure, portable
+from dynflow.cluster._items import current_key, forwarding, item_index, label, report_failure
+from dynflow.exceptions import SerializationError, TaskInterruptedError, TaskTimeoutError
 
 __all__ = [
     "CallPolicy",
-    "Failure",
     "call_after",
-    "concat_raw",
-    "gather",
-    "gather_concat",
-    "gather_list",
-    "portable",
     "run_blocking",
     "run_call",
     "run_call_async",
     "run_coroutine",
 ]
-
-
-class Failure:
-    """A failed call's exception, with its remote traceback, as a picklable value.
-
-    The exception is made :func:`portable` when the record is made: a record always
-    travels (to the collector, to a chained item, to the client), whatever the
-    exception.
-    """
-
-    __slots__ = ("exception", "label", "task_name")
-
-    def __init__(self, exception: BaseException, task_name: str, label: str | None = None) -> None:
-        self.exception = portable(exception)
-        self.task_name = task_name
-        self.label = label  # the item's task_run_name, if the task has one
-
-    def __reduce__(self) -> tuple:
-        exc = self.exception
-        tb = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ else None
-        return _rebuild_failure, (exc, tb, self.task_name, self.label)
-
-    def __repr__(self) -> str:
-        return f"<Failure in {self.task_name!r}: {self.exception!r}>"
-
-
-def _rebuild_failure(
-    exc: BaseException, tb: dict | None, task_name: str, label: str | None = None
-) -> Failure:
-    if tb is not None:
-        exc = exc.with_traceback(Traceback.from_dict(tb).as_traceback())
-    failure = object.__new__(Failure)
-    failure.exception, failure.task_name, failure.label = exc, task_name, label
-    return failure
-
-
-#: frames kept of a long traceback: where it entered user code, and where it failed
-TRACEBACK_HEAD, TRACEBACK_TAIL = 10, 40
-
-
-def _trim_traceback(tb: TracebackType | None) -> TracebackType | None:
-    """``tb`` with at most ``TRACEBACK_HEAD + TRACEBACK_TAIL`` frames (a RecursionError
-    has a thousand); the middle ones are dropped, in place."""
-    frames = []
-    while tb is not None:
-        frames.append(tb)
-        tb = tb.tb_next
-    if len(frames) > TRACEBACK_HEAD + TRACEBACK_TAIL:
-        frames[TRACEBACK_HEAD - 1].tb_next = frames[-TRACEBACK_TAIL]
-    return frames[0] if frames else None
-
-
-def portable(exc: BaseException) -> BaseException:
-    """``exc``, made sure to travel between processes: a long traceback is trimmed (also
-    on its causes), and an exception that does not survive pickling (its class cannot be
-    pickled, or rebuilt from its pickle) is replaced by a :class:`~dynflow.RemoteError`
-    with its type, message and traceback text.
-    """
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen and len(seen) < 20:
-        seen.add(id(e))
-        e.__traceback__ = _trim_traceback(e.__traceback__)
-        e = e.__cause__ or e.__context__
-    try:
-        loads(dumps(exc))
-    except Exception as why:
-        text = "".join(traceback.format_exception(exc))
-        stand_in = RemoteError(
-            f"{type(exc).__name__}: {exc} (the original exception could not be pickled "
-            f"to send it between processes: {type(why).__name__}: {why})",
-            f"{type(exc).__module__}.{type(exc).__qualname__}",
-            text,
-        )
-        return stand_in.with_traceback(exc.__traceback__)
-    return exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,88 +295,3 @@ def _wait(seconds: float) -> None:
         time.sleep(seconds)
     finally:
         rejoin()
-
-
-# ------------------------------------------------------------------ collectors
-def ratio_met(succeeded: int, total: int, ratio: float) -> bool:
-    """Whether ``succeeded`` of ``total`` items meet ``min_success_ratio=ratio`` (< 1).
-
-    Compared exactly, with the ratio as written (its shortest decimal form): 55 of 100
-    meet 0.55, although ``0.55 * 100`` is ``55.00000000000001`` in floating point.
-
-    >>> ratio_met(55, 100, 0.55), ratio_met(54, 100, 0.55), ratio_met(1, 3, 1 / 3)
-    (True, False, True)
-    """
-    if ratio >= 1:
-        return False
-    r = Fraction(repr(float(ratio)))
-    return succeeded * r.denominator >= r.numerator * total
-
-
-def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
-    failed = [i for i, x in enumerate(items) if type(x) is Failure]
-    if not failed or mode == "raw":
-        return items
-    if mode == "tolerant":
-        return [x.exception if type(x) is Failure else x for x in items]
-    if mode in ("strict", "record") and ratio_met(len(items) - len(failed), len(items), ratio):
-        return [None if type(x) is Failure else x for x in items]
-    first = items[failed[0]]
-    labels = {i: items[i].label for i in failed if items[i].label is not None}
-    errors = {i: items[i].exception for i in failed[: MapItemError.MAX_ERRORS]}
-    error = MapItemError(
-        task_name, failed, len(items), first.task_name, first.exception, labels, errors
-    )
-    error.__cause__ = first.exception
-    if mode == "record":
-        return Failure(error, task_name)
-    raise error
-
-
-def gather(task_name: str, mode: str, ratio: float, *items: Any) -> Any:
-    """A map's list from its items, applying its failure ``mode``.
-
-    ``mode``: ``"strict"`` raise :class:`MapItemError` (unless ``min_success_ratio``
-    ``ratio`` is met: failed items become ``None``); ``"tolerant"`` exception objects in
-    place of failed items (``allow_failure``); ``"record"`` as strict, but a
-    :class:`Failure` of the error instead of raising it (inside a sub-flow run per item);
-    ``"raw"`` the records as they are (a nested map's per-parent list).
-    """
-    return _check(task_name, mode, ratio, list(items))
-
-
-def gather_list(task_name: str, mode: str, ratio: float, items: list) -> Any:
-    """:func:`gather` of a list (local schedulers: a map's raw results)."""
-    return _check(task_name, mode, ratio, list(items))
-
-
-def concat_raw(task_name: str, items: list) -> list:
-    """A flatten's raw list, from its map's raw list: each item's elements, in order.
-
-    A failed item (a record) stands for its unknown elements, as on a cluster, where
-    each item of ``task_name``'s map is expanded on its own.
-    """
-    out: list = []
-    for i, item in enumerate(items):
-        if type(item) is Failure:
-            out.append(item)
-            continue
-        why = unmappable(item)
-        if why is not None:
-            raise MapInputError(
-                f"flatten({task_name}.map()): item {i} must be a list-like value to "
-                f"flatten, got {type(item).__name__} from task {task_name!r} ({why})"
-            )
-        out.extend(item)
-    return out
-
-
-def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
-    """A flattened map's list: the per-parent lists concatenated, then :func:`gather`."""
-    out: list = []
-    for lst in lists:
-        if type(lst) is Failure:  # the parent item failed: its children are unknown
-            out.append(lst)
-        else:
-            out.extend(lst)
-    return _check(task_name, mode, ratio, out)

@@ -1,0 +1,122 @@
+"""What the client, the workers and the scheduler agree on: names, topics, keys, states.
+
+Nothing here runs anything; every layer may import it.
+
+Glossary (the words dynflow's code and docs use, in Dask's terms):
+
+expander
+    A task (``dynflow-expand-<token>``) that depends on a map's upstream values. It runs
+    on a worker, measures them where they are (list-like? equal lengths?) and asks the
+    scheduler to *splice*.
+splice
+    The scheduler extension's synchronous pass that adds a map's per-item tasks to the
+    live scheduler, as if a client had sent them, and wires them into the collectors.
+collector
+    A task that gathers a map's items into its list (the map node's key); before the
+    splice it is a placeholder that depends on the expander only.
+expansion group
+    Maps that share one length and one expander: a map and the maps chained on it item
+    by item. A map over ``flatten(m)`` is a *nested* group, expanded once per item of
+    ``m``: its items are ``(item name, i, j)`` and ``(i,)`` is their *prefix*.
+stage
+    One map of an expansion group, as its plan describes it (function, arguments with
+    item markers, options).
+raw list
+    A map's items with the failure records left in, as a map chained on it reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "EXPANDER_PREFIX",
+    "FINAL_STATES",
+    "FORWARD_TOPIC",
+    "ITEM_TOPIC",
+    "LOG_TOPIC",
+    "RUNS_HANDLER",
+    "RUN_START_HANDLER",
+    "RUN_STATUS_HANDLER",
+    "SPLICE",
+    "SPLICE_HANDLER",
+    "SPLICE_TOPIC",
+    "TRACKER",
+    "at",
+    "lane_key",
+    "raw_key",
+    "sum_counts",
+]
+
+# ------------------------------------------------------------------ the extensions
+#: the splice extension's name (scheduler plugin and extension)
+SPLICE = "dynflow"
+#: the run tracker's name (scheduler plugin and extension)
+TRACKER = "dynflow-runs"
+
+#: scheduler handlers: an expander asks for its splice; a client registers a run, asks
+#: for one run's state, or for every run's
+SPLICE_HANDLER = "dynflow_splice"
+RUN_START_HANDLER = "dynflow_run_start"
+RUN_STATUS_HANDLER = "dynflow_run_status"
+RUNS_HANDLER = "dynflow_runs"
+
+# ------------------------------------------------------------------------ events
+#: worker -> scheduler: an item holds a failure record (``{"key", "index", "label",
+#: "error", "upstream"}``)
+ITEM_TOPIC = "dynflow-item"
+#: worker -> scheduler: a line a call printed or logged (``{"key", "tag", "stream", "text"}``)
+LOG_TOPIC = "dynflow-log"
+#: scheduler -> the client that submitted a run: those lines
+FORWARD_TOPIC = "dynflow-log-forward"
+#: the splice extension, after each splice: ``{"expander", "n", "added", "start", "end"}``
+#: (seconds on the scheduler's ``time.perf_counter``), for benchmarks and monitoring
+SPLICE_TOPIC = "dynflow-splice"
+
+# -------------------------------------------------------------------------- keys
+#: the name of every expander task (``dynflow-expand-<token>``)
+EXPANDER_PREFIX = "dynflow-expand"
+
+
+def at(key: Any, prefix: tuple[int, ...]) -> Any:
+    """The key made for ``key`` (an expander, a collector) at ``prefix``: nested
+    expansions add the parent items' indices, ``(key, *prefix)``."""
+    return (key, *prefix) if prefix else key
+
+
+def raw_key(key: str) -> str:
+    """The key of the raw list (failure records left in) of map or flatten ``key``."""
+    return f"dynflow-raw-{key}"
+
+
+def lane_key(item_name: str) -> str:
+    """The name of the lane tokens of a map with ``max_concurrency``."""
+    return f"dynflow-lane-{item_name}"
+
+
+# -------------------------------------------------------------------------- runs
+#: the states of a run after which nothing changes
+FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
+
+#: the counts of one node of a run: units are tasks, or items for a map
+COUNTS = ("pending", "running", "done", "failed")
+
+
+def sum_counts(counts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-node counts added up: each of :data:`COUNTS` (None counts as 0), the known
+    ``total``, and whether every total is ``known`` (a map's is not until it expanded).
+
+    >>> sum_counts([{"total": 3, "done": 1, "pending": 2}, {"total": None, "done": 4}])
+    {'pending': 2, 'running': 0, 'done': 5, 'failed': 0, 'total': 3, 'known': False}
+    """
+    out: dict[str, Any] = {**dict.fromkeys(COUNTS, 0), "total": 0, "known": True}
+    for c in counts:
+        total = c.get("total")
+        if total is None:
+            out["known"] = False
+        else:
+            out["total"] += total
+        for k in COUNTS:
+            out[k] += c.get(k) or 0
+    return out

@@ -1,0 +1,206 @@
+"""Finding the cluster, and making it ready for dynflow.
+
+The cluster is found in this order (:func:`get_client`): an explicit ``client=``; inside
+a task, the cluster the task runs on; the default ``distributed.Client``; the dask config
+key ``dynflow.address``, then distributed's ``scheduler-address``; else an embedded
+``LocalCluster``, started once per process on first use and closed at exit.
+
+:func:`install` puts dynflow's scheduler extensions on a cluster once per client and
+scheduler, and subscribes the client to its runs' forwarded output.
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import contextvars
+import logging
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import dask.config
+import distributed
+from distributed import Client, LocalCluster, get_worker
+from distributed.client import default_client
+
+from dynflow._protocol import FORWARD_TOPIC, SPLICE, TRACKER
+from dynflow.cluster._splice import SpliceExtension
+from dynflow.cluster._tracker import RunTracker
+from dynflow.views._dashboard import register_page
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["get_client", "install", "print_forwarded"]
+
+_lock = threading.Lock()
+_embedded: dict[str, Any] = {}  # "cluster", "client": the embedded LocalCluster, once made
+_address_clients: dict[str, Client] = {}  # address from config -> the client made for it
+# client -> id of the scheduler it installed the extensions on (a restarted scheduler at
+# the same address has a new id and needs them again)
+_installed: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+
+
+def get_client(client: Client | None = None) -> Client:
+    """The client dynflow uses: ``client``, else the cluster's it runs on, else one found.
+
+    In this order: ``client``; inside a task on a worker, the worker's client (the
+    cluster the task runs on: never a new one); the default ``distributed.Client``; the
+    config key ``dynflow.address``, then distributed's own ``scheduler-address``
+    (``DASK_SCHEDULER_ADDRESS``); else the embedded ``LocalCluster``, started once per
+    process on first use and closed at exit.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Returned as is when given.
+
+    Returns
+    -------
+    distributed.Client
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> c = df.get_client()  # doctest: +SKIP
+    """
+    if client is not None:
+        return client
+    try:
+        get_worker()
+    except ValueError:
+        pass
+    else:  # inside a task: its own cluster
+        return distributed.get_client()
+    try:
+        return default_client()
+    except ValueError:
+        pass
+    address = dask.config.get("dynflow.address", None) or dask.config.get("scheduler-address", None)
+    with _lock:
+        if address:
+            c = _address_clients.get(address)
+            if c is None or c.status in ("closed", "closing"):
+                timeout = dask.config.get("dynflow.connect-timeout")
+                c = Client(address, timeout=timeout, set_as_default=False)
+                _address_clients[address] = c
+                atexit.register(_close_address_clients)
+            return c
+        if not _embedded or _embedded["client"].status in ("closed", "closing"):
+            _start_embedded()
+        return _embedded["client"]
+
+
+def _start_embedded() -> None:
+    def cfg(key: str) -> Any:  # one key at a time: dask normalises "_" and "-" in those
+        return dask.config.get(f"dynflow.local-cluster.{key}")
+
+    kwargs: dict[str, Any] = {"processes": cfg("processes")}
+    if kwargs["processes"]:
+        _check_main_guard()
+    if cfg("n-workers") is not None:
+        kwargs["n_workers"] = cfg("n-workers")
+    if cfg("threads-per-worker") is not None:
+        kwargs["threads_per_worker"] = cfg("threads-per-worker")
+    register_page()  # the dashboard reads its pages when the scheduler starts
+    scheduler_config = {}
+    if cfg("worker-saturation") is not None:  # read when the (in-process) scheduler starts
+        scheduler_config["distributed.scheduler.worker-saturation"] = cfg("worker-saturation")
+    with dask.config.set(scheduler_config):
+        cluster = LocalCluster(dashboard_address=cfg("dashboard-address"), **kwargs)
+    client = Client(cluster, set_as_default=False)
+    _embedded.update(cluster=cluster, client=client)
+    atexit.register(_close_embedded)
+    logger.info("dynflow started a local Dask cluster; dashboard: %s", client.dashboard_link)
+
+
+def _check_main_guard() -> None:
+    """Fail at once when a script starts the embedded cluster from unguarded top-level
+    code: its worker processes (started with ``spawn``) import the script again, which
+    would start a cluster again in each of them."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or not os.path.exists(path):
+        return  # interactive, a notebook, python -c: nothing is imported again
+    if dask.config.get("distributed.worker.multiprocessing-method") == "fork":
+        return  # forked workers do not import the script
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+    for stmt in tree.body:
+        if stmt.lineno <= line <= (stmt.end_lineno or stmt.lineno):
+            if not _is_main_guard(stmt):
+                raise RuntimeError(
+                    f"{os.path.basename(path)}, line {line}: this starts dynflow's local "
+                    "Dask cluster from the script's top-level code, which its worker "
+                    "processes would run again. Put that code under "
+                    '`if __name__ == "__main__":` (or connect to a running cluster: '
+                    "dynflow.address)."
+                )
+            return
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either way round)."""
+    if not isinstance(stmt, ast.If) or not isinstance(stmt.test, ast.Compare):
+        return False
+    test = stmt.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, *test.comparators]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    consts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
+
+
+def _close_embedded() -> None:
+    if _embedded:
+        _embedded.pop("client").close()
+        _embedded.pop("cluster").close()
+
+
+def _close_address_clients() -> None:
+    while _address_clients:
+        _address_clients.popitem()[1].close()
+
+
+async def install(client: Client) -> None:
+    """Install the scheduler extensions once per client and scheduler (idempotent).
+
+    Also subscribes the client to its runs' forwarded output (``log_prints``). A
+    coroutine: ``client.sync(install, client)`` from synchronous code.
+    """
+    scheduler_id = client.scheduler_info().get("id")
+    if _installed.get(client) == scheduler_id:
+        return
+    await client.register_plugin(SpliceExtension(), name=SPLICE)
+    await client.register_plugin(RunTracker(), name=TRACKER)
+    client.subscribe_topic(FORWARD_TOPIC, print_forwarded)
+    _installed[client] = scheduler_id
+
+
+def print_forwarded(event: tuple[float, dict], out: Callable[[str], Any] | None = None) -> None:
+    """Client side: print one forwarded line, tagged (the ``dynflow-log-forward`` handler)."""
+    _, msg = event
+    text = f"[{msg['tag']}] {msg['text']}"
+    if out is not None:
+        out(text)
+        return
+    # printed in an empty context: this runs on the client's event loop, whose context
+    # is the one it started in; ipykernel would send the line to the cell that started
+    # the client instead of the one running now
+    stream = sys.stderr if msg.get("stream") == "stderr" else sys.stdout
+    contextvars.Context().run(print, text, file=stream)

@@ -1,0 +1,235 @@
+"""Computing and submitting nodes: one graph, one run, on the cluster or locally.
+
+Each public function has one asynchronous implementation; the synchronous API runs it
+with ``client.sync`` (distributed's own pattern), which with an asynchronous client
+returns it to be awaited.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import cloudpickle
+from dask.base import get_scheduler
+from distributed import Client, Future, get_worker, worker_client
+
+from dynflow.client._cluster import get_client, install
+from dynflow.client._run import Run, RunFuture, client_error
+from dynflow.exceptions import SerializationError
+from dynflow.graph._node import MapNode, Node, replace_nodes, topological
+from dynflow.graph._task import positional_labels
+from dynflow.lowering._lower import lower
+
+__all__ = ["cancel", "compute", "submit", "submit_async"]
+
+#: the local schedulers ``compute(scheduler=...)`` accepts; no cluster is used
+LOCAL_SCHEDULERS = ("sync", "synchronous", "single-threaded", "threads", "threading")
+
+
+def _check_nodes(nodes: Sequence[Any]) -> tuple[Node, ...]:
+    for n in nodes:
+        if not isinstance(n, Node):
+            raise TypeError(
+                f"expected dynflow nodes (the result of calling a @task), got "
+                f"{type(n).__name__} {n!r}"
+            )
+    return tuple(nodes)
+
+
+def _diagnose_pickling(nodes: Sequence[Node], error: BaseException) -> SerializationError:
+    """Find which task function or argument cannot be pickled."""
+
+    def fails(obj: Any) -> BaseException | None:
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as e:
+            return e
+        return None
+
+    for node in topological(nodes):
+        if (e := fails(node.task.fn)) is not None:
+            return SerializationError(
+                f"task {node.name!r}: its function cannot be pickled to send it to the cluster: {e}"
+            )
+        named = list(zip(_labels(node), (*node._args, *node._kwargs.values()), strict=True))
+        for label, value in named:
+            if isinstance(node, MapNode):
+                value = value.value
+            if isinstance(value, Node):
+                continue
+            if (e := fails(replace_nodes(value, lambda n: None))) is not None:
+                return SerializationError(
+                    f"task {node.name!r}: argument {label!r} ({type(value).__name__}) "
+                    f"cannot be pickled to send it to the cluster: {e}"
+                )
+    return SerializationError(f"the graph cannot be pickled: {error}")
+
+
+def _labels(node: Node) -> list[str]:
+    if isinstance(node, MapNode):
+        return [s.label for s in node.slots]
+    pos = positional_labels(node.task._signature, len(node._args))
+    return [*pos, *node._kwargs]
+
+
+def submit(*nodes: Node, client: Client | None = None, name: str | None = None) -> list[RunFuture]:
+    """Start computing ``nodes`` in one graph (one run); return a future for each.
+
+    The futures are ``distributed.Future`` objects (:class:`~dynflow.RunFuture`) and work
+    with distributed's own tools: ``wait``, ``as_completed``, ``client.gather``. Each
+    knows its run (``future.run``): pass it to :func:`dynflow.progress`, display it in a
+    notebook, or ask ``future.run.info()`` for the per-node counts.
+
+    Parameters
+    ----------
+    *nodes : Node
+        The nodes to compute.
+    client : distributed.Client, optional
+        The cluster to use (see :func:`get_client`).
+    name : str, optional
+        The run's name in progress bars and the dashboard; default: the nodes' names.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def inc(x):
+    ...     return x + 1
+    >>> (fut,) = df.submit(inc(1))  # doctest: +SKIP
+    >>> fut.result()  # doctest: +SKIP
+    2
+    """
+    nodes = _check_nodes(nodes)
+    client = get_client(client)
+    if client.asynchronous:
+        raise RuntimeError(
+            "with an asynchronous client, call `await dynflow.submit_async(...)` or "
+            "`await node.compute(client=...)`"
+        )
+    return client.sync(_submit, nodes, client, name)
+
+
+async def submit_async(*nodes: Node, client: Client, name: str | None = None) -> list[RunFuture]:
+    """:func:`submit` for an asynchronous client (``Client(asynchronous=True)``).
+
+    Returns
+    -------
+    list of RunFuture
+        One future per node.
+    """
+    return await _submit(_check_nodes(nodes), client, name)
+
+
+async def _submit(nodes: tuple[Node, ...], client: Client, name: str | None) -> list[RunFuture]:
+    await install(client)
+    run = Run.of(nodes, client, name)
+    graph = lower(nodes, distributed=True)
+    await run.register()
+    try:
+        futures = client.get(graph, [n.key for n in nodes], sync=False)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        if "pickle" not in str(e).lower() and "serializ" not in str(e).lower():
+            raise
+        raise _diagnose_pickling(nodes, e) from e
+    out = [RunFuture(f.key, client, run) for f in futures]
+    for f in futures:
+        f.release()
+    return out
+
+
+def compute(
+    *nodes: Node,
+    client: Client | None = None,
+    scheduler: str | None = None,
+    name: str | None = None,
+) -> Any:
+    """Compute several nodes in one graph, sharing upstream work; return their values.
+
+    Parameters
+    ----------
+    *nodes : Node
+        The nodes to compute.
+    client : distributed.Client, optional
+        The cluster to use (see :func:`get_client`). With an asynchronous client the
+        result is awaitable.
+    scheduler : str, optional
+        ``"sync"`` runs everything in this process, in order, without a cluster (for
+        debugging with ``pdb``); ``"threads"`` uses a local thread pool.
+    name : str, optional
+        The run's name in progress bars and the dashboard.
+
+    Returns
+    -------
+    tuple
+        One value per node.
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def inc(x):
+    ...     return x + 1
+    >>> a = inc(1)
+    >>> df.compute(a, inc(a), scheduler="sync")
+    (2, 3)
+    """
+    nodes = _check_nodes(nodes)
+    if client is None and scheduler is None and _in_task_thread():
+        # inside a task: its cluster; the task secedes while it waits, so its slot
+        # runs the graph's tasks meanwhile (a one-thread worker does not deadlock)
+        with worker_client() as c:
+            return compute(*nodes, client=c, name=name)
+    if scheduler is not None:
+        if client is not None:
+            raise TypeError("compute(): pass either client= or scheduler=, not both")
+        if scheduler not in LOCAL_SCHEDULERS:
+            raise ValueError(
+                f"compute(): scheduler={scheduler!r}; expected one of "
+                f"{', '.join(LOCAL_SCHEDULERS)} (or client= for a cluster)"
+            )
+        get = get_scheduler(scheduler=scheduler)
+        graph = lower(nodes, distributed=False)
+        return tuple(get(dict(graph), [n.key for n in nodes]))
+    client = get_client(client)
+    return client.sync(_compute, nodes, client, name)
+
+
+async def _compute(nodes: tuple[Node, ...], client: Client, name: str | None) -> tuple:
+    futures = await _submit(nodes, client, name)
+    try:
+        return tuple(await client.gather(futures, asynchronous=True))
+    except BaseException as e:
+        error = client_error(e, client, ", ".join(n.name for n in nodes))
+        if error is e:
+            raise
+        raise error from error.__cause__
+    finally:
+        # an exception's traceback keeps this frame alive; release the keys now
+        for f in futures:
+            f.release()
+
+
+def _in_task_thread() -> bool:
+    """Whether this is a worker thread running a task (which may secede)."""
+    try:
+        get_worker().get_current_task()
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def cancel(*futures: Future, client: Client | None = None) -> Any:
+    """Cancel submitted runs: every item not yet started is dropped from the cluster.
+
+    Equivalent to ``future.cancel()`` for each future; items already running finish
+    and are then released.
+    """
+    for f in futures:
+        if not isinstance(f, Future):
+            raise TypeError(
+                f"cancel() expects the futures returned by submit(), got {type(f).__name__}"
+            )
+    client = client or (futures[0].client if futures else get_client())
+    return client.cancel(list(futures))

@@ -1,0 +1,99 @@
+"""Collectors: a map's list from its items' results and failure records.
+
+``mode`` says what a list does with failed items: ``"strict"`` raises a
+:class:`~dynflow.MapItemError` naming the map and the failed indices (the original
+exception as ``__cause__``) unless ``min_success_ratio`` is met (then failed items are
+``None``); ``"tolerant"`` hands exception objects on (``allow_failure``); ``"record"``
+is strict, but returns the error as a failure record (inside a sub-flow run per item);
+``"raw"`` keeps the records (a map chained on it passes them on).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from dynflow._sequences import unmappable
+from dynflow.cluster._failure import Failure
+from dynflow.exceptions import MapInputError, MapItemError
+
+__all__ = ["concat_raw", "gather", "gather_concat", "ratio_met"]
+
+
+def ratio_met(succeeded: int, total: int, ratio: float) -> bool:
+    """Whether ``succeeded`` of ``total`` items meet ``min_success_ratio=ratio`` (< 1).
+
+    Compared exactly, with the ratio as written (its shortest decimal form): 55 of 100
+    meet 0.55, although ``0.55 * 100`` is ``55.00000000000001`` in floating point.
+
+    >>> ratio_met(55, 100, 0.55), ratio_met(54, 100, 0.55), ratio_met(1, 3, 1 / 3)
+    (True, False, True)
+    """
+    if ratio >= 1:
+        return False
+    r = Fraction(repr(float(ratio)))
+    return succeeded * r.denominator >= r.numerator * total
+
+
+def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
+    failed = [i for i, x in enumerate(items) if type(x) is Failure]
+    if not failed or mode == "raw":
+        return items
+    if mode == "tolerant":
+        return [x.exception if type(x) is Failure else x for x in items]
+    if mode in ("strict", "record") and ratio_met(len(items) - len(failed), len(items), ratio):
+        return [None if type(x) is Failure else x for x in items]
+    first = items[failed[0]]
+    labels = {i: items[i].label for i in failed if items[i].label is not None}
+    errors = {i: items[i].exception for i in failed[: MapItemError.MAX_ERRORS]}
+    error = MapItemError(
+        task_name, failed, len(items), first.task_name, first.exception, labels, errors
+    )
+    error.__cause__ = first.exception
+    if mode == "record":
+        return Failure(error, task_name)
+    raise error
+
+
+def gather(task_name: str, mode: str, ratio: float, *items: Any) -> Any:
+    """A map's list from its items, applying its failure ``mode``.
+
+    ``mode``: ``"strict"`` raise :class:`MapItemError` (unless ``min_success_ratio``
+    ``ratio`` is met: failed items become ``None``); ``"tolerant"`` exception objects in
+    place of failed items (``allow_failure``); ``"record"`` as strict, but a
+    :class:`Failure` of the error instead of raising it (inside a sub-flow run per item);
+    ``"raw"`` the records as they are (a nested map's per-parent list).
+    """
+    return _check(task_name, mode, ratio, list(items))
+
+
+def concat_raw(task_name: str, items: list) -> list:
+    """A flatten's raw list, from its map's raw list: each item's elements, in order.
+
+    A failed item (a record) stands for its unknown elements, as on a cluster, where
+    each item of ``task_name``'s map is expanded on its own.
+    """
+    out: list = []
+    for i, item in enumerate(items):
+        if type(item) is Failure:
+            out.append(item)
+            continue
+        why = unmappable(item)
+        if why is not None:
+            raise MapInputError(
+                f"flatten({task_name}.map()): item {i} must be a list-like value to "
+                f"flatten, got {type(item).__name__} from task {task_name!r} ({why})"
+            )
+        out.extend(item)
+    return out
+
+
+def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
+    """A flattened map's list: the per-parent lists concatenated, then :func:`gather`."""
+    out: list = []
+    for lst in lists:
+        if type(lst) is Failure:  # the parent item failed: its children are unknown
+            out.append(lst)
+        else:
+            out.extend(lst)
+    return _check(task_name, mode, ratio, out)

@@ -1,0 +1,138 @@
+"""Grouping maps into expansions: which maps share an expander, and at which level."""
+
+from __future__ import annotations
+
+from dynflow.graph._node import FlattenNode, MapNode, Node, find_nodes
+
+__all__ = ["ExpansionGroups"]
+
+
+class ExpansionGroups:
+    """Which maps expand together, and at which level, without creating cycles.
+
+    Visit the nodes in topological order (:meth:`visit`). A map joins the group of a map
+    node it maps over (``"stage"``: item ``i`` reads item ``i``), or starts a child
+    group of the group of ``m`` when it maps over ``flatten(m)`` (``"nest"``). It does
+    not join when that would make an expander depend, through static arguments,
+    ``wait_for`` or other sources, on one of its own group's collectors (a cycle); then
+    the upstream value is read whole, raw.
+
+    Groups are numbered in the order they are made; merged groups keep the number they
+    merged into (:meth:`find`, union-find).
+    """
+
+    def __init__(self) -> None:
+        self.group: dict[str, int] = {}  # map key -> group id (follow `alias`)
+        self.alias: dict[int, int] = {}  # merged group id -> the id it merged into
+        self.parent: dict[int, int | None] = {}  # group -> parent group (None: top)
+        self.members: dict[int, list[str]] = {}  # group -> its maps' keys
+        self.ext: dict[int, set[str]] = {}  # group -> map keys its expander needs
+        self.upstream: dict[str, frozenset[str]] = {}  # node key -> map keys it needs
+        self.how: dict[tuple[str, int], str] = {}  # (map key, slot) -> "stage" / "nest"
+        self.pos: dict[str, int] = {}  # map key -> position in topological order
+
+    def find(self, f: int) -> int:
+        while f in self.alias:
+            f = self.alias[f]
+        return f
+
+    def parent_of(self, f: int) -> int | None:
+        p = self.parent[self.find(f)]
+        return None if p is None else self.find(p)
+
+    def root(self, f: int) -> int:
+        f = self.find(f)
+        while (p := self.parent_of(f)) is not None:
+            f = p
+        return f
+
+    def closure(self, root: int) -> tuple[set[str], set[str]]:
+        """Members and needs of ``root`` and every group below it."""
+        members: set[str] = set()
+        ext: set[str] = set()
+        for f in self.members:
+            if self.root(f) == root:
+                members.update(self.members[f])
+                ext |= self.ext[f]
+        return members, ext
+
+    def visit(self, node: Node) -> None:
+        up: set[str] = set()
+        for d in node.dependencies:
+            up |= self.upstream[d.key]
+        if not isinstance(node, MapNode):
+            self.upstream[node.key] = frozenset(up)
+            return
+        self.upstream[node.key] = frozenset(up | {node.key})
+        self.pos[node.key] = len(self.pos)
+
+        cands: dict[int, tuple[str, int | None]] = {}  # slot -> (how, level)
+        for i, s in enumerate(node.slots):
+            if not s.mapped:
+                continue
+            if isinstance(s.value, MapNode) and s.value.batch_size is None:
+                cands[i] = ("stage", self.parent_of(self.group[s.value.key]))
+            elif (
+                isinstance(s.value, FlattenNode)
+                and isinstance(s.value.source, MapNode)
+                and s.value.source.batch_size is None
+            ):
+                cands[i] = ("nest", self.find(self.group[s.value.source.key]))
+        others = [n for i, s in enumerate(node.slots) for n in find_nodes(s) if i not in cands]
+        base: set[str] = set()
+        for n in (*others, *node._wait_for):
+            base |= self.upstream[n.key]
+
+        joinable = dict(cands)
+        while True:
+            level = next(iter(joinable.values()))[1] if joinable else None
+            joinable = {i: c for i, c in joinable.items() if c[1] == level}
+            ext = set(base)
+            for i in cands.keys() - joinable.keys():
+                ext |= self.upstream[node.slots[i].value.key]
+            members = {node.key}
+            for i in joinable:
+                root = self.root(self._group_of_slot(node, i))
+                m, e = self.closure(root)
+                members |= m
+                ext |= e
+            bad = {
+                i
+                for i in joinable
+                if self.closure(self.root(self._group_of_slot(node, i)))[0] & ext
+            }
+            if not bad:
+                break
+            for i in bad:
+                del joinable[i]
+
+        fid = len(self.parent)
+        self.parent[fid] = level if joinable else None
+        self.members[fid] = [node.key]
+        self.ext[fid] = ext - members
+        self.group[node.key] = fid
+        for i, (how, _) in joinable.items():
+            self.how[(node.key, i)] = how
+            if how == "stage":
+                f = self.find(self.group[node.slots[i].value.key])
+                if f != fid:
+                    self.members[fid] = self.members.pop(f) + self.members[fid]
+                    self.ext[fid] |= self.ext.pop(f)
+                    self.alias[f] = fid
+
+    def _group_of_slot(self, node: MapNode, i: int) -> int:
+        v = node.slots[i].value
+        return self.group[(v.source if isinstance(v, FlattenNode) else v).key]
+
+    def groups(self) -> list[int]:
+        return list(self.members)
+
+    def children(self, f: int) -> list[int]:
+        return [g for g in self.members if self.parent_of(g) == f]
+
+    def depth_chain(self, f: int) -> list[int]:
+        """``f`` and its ancestors, innermost first."""
+        chain = [self.find(f)]
+        while (p := self.parent_of(chain[-1])) is not None:
+            chain.append(p)
+        return chain

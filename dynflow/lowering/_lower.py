@@ -1,0 +1,356 @@
+"""Lowering lazy nodes to a dask graph (a ``HighLevelGraph``, one layer per node).
+
+Two shapes, one per place the graph runs:
+
+- **distributed** (:func:`lower_distributed`): maps are grouped into *expansion groups*
+  (:class:`~dynflow.lowering._groups.ExpansionGroups`): a map and the maps chained on it
+  item by item share one length and one expander task. A map over ``flatten(m)`` forms
+  a nested group, expanded once per item of ``m``. Each top-level group becomes one
+  expander task plus a collector task per list that is used; the expander runs on a
+  worker once the mapped values exist and has the scheduler add the per-item tasks
+  (:mod:`dynflow.cluster._expand`, :mod:`dynflow.cluster._splice`).
+- **local** (:func:`lower_local`, ``scheduler="sync"`` or ``"threads"``): each map is one
+  task that calls the function per item, in order; no cluster involved, the same
+  values and errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from dask._task_spec import Alias, Task, TaskRef, parse_input
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+from dynflow._protocol import EXPANDER_PREFIX, raw_key
+from dynflow.cluster._calls import call_after
+from dynflow.cluster._collect import concat_raw, gather_concat
+from dynflow.cluster._expand import expand, run_map, unspliced
+from dynflow.graph._node import (
+    AllowFailureNode,
+    FlattenNode,
+    KeyNode,
+    MapNode,
+    Node,
+    SubflowMapNode,
+    find_nodes,
+    replace_nodes,
+    topological,
+)
+from dynflow.lowering._groups import ExpansionGroups
+from dynflow.lowering._plan import (
+    Collector,
+    Concrete,
+    Existing,
+    Expansion,
+    ItemOf,
+    Nested,
+    ParentItem,
+    Stage,
+    StageItem,
+    SubflowStage,
+)
+
+__all__ = ["lower", "lower_distributed", "lower_local"]
+
+
+def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> HighLevelGraph:
+    """The dask graph computing ``outputs``; their keys are the nodes' keys.
+
+    ``distributed``: for a distributed cluster (maps expand in the scheduler), else for
+    a local scheduler. ``records``: failures become values
+    (:class:`~dynflow.cluster._failure.Failure`) instead of errors, as inside a sub-flow
+    run per item.
+    """
+    if distributed:
+        return lower_distributed(outputs, records)
+    return lower_local(outputs, records)
+
+
+def _ref(obj: Any) -> Any:
+    """``obj`` as a task-spec argument: nodes become references to their keys."""
+    return parse_input(replace_nodes(obj, lambda n: Alias(n.key), spec=True))
+
+
+def _node_task(node: Node, records: bool, distributed: bool) -> Task:
+    args = [_ref(a) for a in node._args]
+    kwargs = {k: _ref(v) for k, v in node._kwargs.items()}
+    policy = node.task.policy(records)
+    fn = node.task.graph_fn
+    if node._wait_for:
+        waits = parse_input([Alias(n.key) for n in node._wait_for])
+        fn, args = call_after, [fn, waits, *args]
+    return policy.spec(node.key, fn, *args, blocking=not distributed, **kwargs)
+
+
+def _annotations(node: Node) -> dict[str, Any]:
+    # retries are not dask's: run_call retries with delays (dynflow.cluster._calls)
+    opts = node.task.options
+    out: dict[str, Any] = {}
+    if opts["resources"]:
+        out["resources"] = dict(opts["resources"])
+    if opts["priority"]:
+        out["priority"] = opts["priority"]
+    return out
+
+
+class PlannedStage(NamedTuple):
+    """One map's part of an expansion, as :func:`plan_stage` makes it."""
+
+    stage: Stage
+    sources: dict[Any, tuple[str, str]]  # (template) key read item by item -> (task, arg)
+    concretes: list[tuple[str, str, int]]  # (task, argument, length) of concrete tuples
+    needs: set[Any]  # (template) keys the expander must hold for the items
+
+
+def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
+    """The stage of one map: its plan, sources, concrete tuples and the keys its items
+    need. ``how``: the slots that join an expansion group (``"stage"``, ``"nest"``); any
+    other mapped node is read whole, raw (:func:`_whole_source`)."""
+    sources: dict[Any, tuple[str, str]] = {}
+    concretes: list[tuple[str, str, int]] = []
+    needs: set[Any] = {n.key for n in node._wait_for}
+    subflow = isinstance(node, SubflowMapNode)
+    # a sub-flow is built from plain values and nodes; a task call from a task spec
+    ref = (lambda v: replace_nodes(v, lambda n: Existing(n.key))) if subflow else _ref
+
+    def arg(i: int, slot: Any) -> Any:
+        if not slot.mapped:
+            needs.update(n.key for n in find_nodes(slot.value))
+            return ref(slot.value)
+        kind = how.get((node.key, i))
+        if kind == "stage":
+            return StageItem(slot.value.item_name)
+        if kind == "nest":
+            src: Any = ParentItem(slot.value.source.item_name)
+        elif isinstance(slot.value, Node):
+            src = _whole_source(slot.value)
+        else:
+            needs.update(n.key for n in find_nodes(slot.value))
+            concretes.append((node.name, slot.label, len(slot.value)))
+            return Concrete(tuple(ref(v) for v in slot.value))
+        sources.setdefault(src, (node.name, slot.label))
+        needs.add(src)
+        return ItemOf(src)
+
+    npos = len(node._args)
+    args = tuple(arg(i, s) for i, s in enumerate(node._args))
+    kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node._kwargs.items())}
+    if subflow:
+        stage: Stage = SubflowStage(
+            node.item_name, node.name, node.flow, args, kwargs, {}, lower=lower
+        )
+    else:
+        stage = Stage(
+            node.item_name,
+            node.name,
+            node.task.graph_fn,
+            args,
+            kwargs,
+            _annotations(node),
+            node.task.policy(records=True),
+            node.batch_size,
+            node.max_concurrency,
+        )
+    return PlannedStage(stage, sources, concretes, needs)
+
+
+def _whole(
+    order: list[Node], outputs: Sequence[Node], how: dict
+) -> tuple[set[str], set[str], dict[str, FlattenNode]]:
+    """What the graph must compute besides the per-item tasks.
+
+    Returns the keys of nodes whose whole value is used (each needs a task of its own),
+    the keys of maps whose *raw* list is read (failure records included: a map over a
+    map it cannot join item by item still passes failures on, as one that joins
+    does), and the ``flatten(m)`` nodes mapped over whole, read raw too.
+
+    An ``allow_failure(m)`` node used whole makes ``m`` need a tolerant list, not its
+    strict one: it is in the set itself, ``m`` is not (unless used otherwise).
+    """
+    whole = {n.key for n in outputs}
+    raw: set[str] = set()
+    flat: dict[str, FlattenNode] = {}
+    for node in reversed(order):
+        if isinstance(node, AllowFailureNode):
+            continue
+        if isinstance(node, MapNode):
+            for i, s in enumerate(node.slots):
+                if s.mapped and (node.key, i) in how:
+                    continue
+                v = s.value
+                if s.mapped and isinstance(v, MapNode):
+                    raw.add(v.key)
+                elif s.mapped and isinstance(v, FlattenNode) and isinstance(v.source, MapNode):
+                    flat[v.key] = v
+                    raw.add(v.source.key)
+                else:
+                    whole.update(n.key for n in find_nodes(s))
+            whole.update(n.key for n in node._wait_for)
+        elif node.key in whole:
+            whole.update(d.key for d in node.dependencies)
+    return whole, raw, flat
+
+
+def _whole_source(node: Node) -> Any:
+    """The key a map reads for a mapped node it does not join item by item: maps and
+    ``flatten(map)`` raw, so that failed items pass on as failure records."""
+    if isinstance(node, MapNode) or (
+        isinstance(node, FlattenNode) and isinstance(node.source, MapNode)
+    ):
+        return raw_key(node.key)
+    return node.key
+
+
+class _Graph:
+    """The layers being built: one per key, with its dependencies and annotations."""
+
+    def __init__(self) -> None:
+        self.layers: dict[Any, dict[Any, Task]] = {}
+        self.deps: dict[Any, set] = {}
+        self.annotations: dict[Any, dict] = {}
+
+    def add(self, task: Task, deps: set, annotations: dict | None = None) -> None:
+        self.layers[task.key] = {task.key: task}
+        self.deps[task.key] = set(deps)
+        if annotations:
+            self.annotations[task.key] = annotations
+
+    def add_plain(
+        self,
+        order: list[Node],
+        whole: set[str],
+        flat_raws: set[str],
+        records: bool,
+        distributed: bool,
+    ) -> None:
+        """The tasks of plain nodes used whole, and the raw lists of flattens read whole."""
+        for node in order:
+            if node.key in flat_raws:
+                key, source = raw_key(node.key), raw_key(node.source.key)
+                self.add(Task(key, concat_raw, node.source.name, TaskRef(source)), {source})
+            elif node.key in whole and not isinstance(node, (MapNode, KeyNode, AllowFailureNode)):
+                task = _node_task(node, records, distributed)
+                self.add(task, {d.key for d in node.dependencies}, _annotations(node))
+
+    def hlg(self) -> HighLevelGraph:
+        layers = {
+            k: MaterializedLayer(v, annotations=self.annotations.get(k) or None)
+            for k, v in self.layers.items()
+        }
+        return HighLevelGraph(layers, {k: self.deps[k] & layers.keys() for k in layers})
+
+
+def _lists(
+    node_key: str, whole: set[str], raw_lists: set[str], tolerant: dict, top_mode: str
+) -> list[tuple[str, str]]:
+    """The lists of map ``node_key`` the graph uses: ``[(key, mode), ...]``."""
+    lists = [(node_key, top_mode)] if node_key in whole else []
+    if node_key in raw_lists:
+        lists.append((raw_key(node_key), "raw"))
+    lists += [(af.key, "tolerant") for af in tolerant.get(node_key, [])]
+    return lists
+
+
+def _tolerant(order: list[Node], whole: set[str]) -> dict[str, list[Node]]:
+    """Map key -> the ``allow_failure`` nodes that need its tolerant list."""
+    tolerant: dict[str, list[Node]] = {}
+    for node in order:
+        if isinstance(node, AllowFailureNode) and node.key in whole:
+            tolerant.setdefault(node.source.key, []).append(node)
+    return tolerant
+
+
+def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGraph:
+    """The graph for a local scheduler: each map one task, calling the function per
+    item in this process (its raw list), and a task per list of it that is used."""
+    order = topological(outputs)
+    whole, raw_lists, flat_raws = _whole(order, outputs, {})
+    tolerant = _tolerant(order, whole)
+    top_mode = "record" if records else "strict"
+    g = _Graph()
+    for node in order:
+        if not isinstance(node, MapNode):
+            continue
+        planned = plan_stage(node, {})
+        raw = raw_key(node.key)
+        exp = Expansion(raw, (planned.stage,), (), planned.sources, tuple(planned.concretes), ())
+        data = parse_input({k: Alias(k) for k in sorted(planned.needs)})
+        g.add(Task(raw, run_map, exp, data), planned.needs)
+        for key, mode in _lists(node.key, whole, set(), tolerant, top_mode):
+            args = (node.name, mode, node.min_success_ratio, TaskRef(raw))
+            g.add(Task(key, gather_concat, *args), {raw})
+    g.add_plain(order, whole, set(flat_raws), records, distributed=False)
+    return g.hlg()
+
+
+def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLevelGraph:
+    """The graph for a distributed cluster: an expander and placeholder collectors per
+    top-level expansion group, whose items the scheduler adds when the expander runs."""
+    order = topological(outputs)
+    groups = ExpansionGroups()
+    for node in order:
+        groups.visit(node)
+    whole, raw_lists, flat_raws = _whole(order, outputs, groups.how)
+    tolerant = _tolerant(order, whole)
+    top_mode = "record" if records else "strict"
+    planned = {n.key: plan_stage(n, groups.how) for n in order if isinstance(n, MapNode)}
+    maps = {n.key: n for n in order if isinstance(n, MapNode)}
+
+    # the collectors each group makes: a used list at its own level, concatenated at
+    # every level above it
+    collectors: dict[int, list[Collector]] = {f: [] for f in groups.groups()}
+    for f in groups.groups():
+        chain = groups.depth_chain(f)
+        for key in groups.members[f]:
+            stage, node = planned[key].stage, maps[key]
+            for ckey, mode in _lists(key, whole, raw_lists, tolerant, top_mode):
+                ratio = node.min_success_ratio
+                c = Collector(
+                    ckey, stage.key, stage.task_name, mode=mode, ratio=ratio, batch=node.batch_size
+                )
+                collectors[chain[0]].append(c)
+                for up in chain[1:]:
+                    collectors[up].append(Collector(ckey, ckey, stage.task_name, True, mode, ratio))
+
+    def expansion(f: int) -> Expansion:
+        stages: list[Stage | Nested] = []
+        sources: dict[Any, tuple[str, str]] = {}
+        concretes: list[tuple[str, str, int]] = []
+        needs: set[Any] = set()
+        for key in sorted(groups.members[f], key=groups.pos.__getitem__):
+            p = planned[key]
+            stages.append(p.stage)
+            for k, v in p.sources.items():
+                sources.setdefault(k, v)
+            concretes += p.concretes
+            needs |= p.needs
+        for child_group in groups.children(f):
+            child = expansion(child_group)
+            stages.append(Nested(child, {}))
+            needs |= {k for k in child.needs if not isinstance(k, ParentItem)}
+        # named after everything the expansion makes, so that no two different
+        # expansions (e.g. of the same map, chained differently) share a key
+        made = [*groups.members[f], *(c.key for c in collectors[f])]
+        made += [s.expansion.expander for s in stages if isinstance(s, Nested)]
+        return Expansion(
+            f"{EXPANDER_PREFIX}-" + tokenize(*made),
+            tuple(stages),
+            tuple(collectors[f]),
+            sources,
+            tuple(concretes),
+            tuple(sorted(needs, key=str)),
+        )
+
+    g = _Graph()
+    for f in groups.groups():
+        if groups.parent_of(f) is not None:
+            continue
+        exp = expansion(f)
+        data = parse_input({k: Alias(k) for k in exp.needs})
+        g.add(Task(exp.expander, expand, exp, (), data), set(exp.needs))
+        for c in exp.collectors:
+            g.add(Task(c.key, unspliced, TaskRef(exp.expander), c.task_name), {exp.expander})
+    g.add_plain(order, whole, set(flat_raws), records, distributed=True)
+    return g.hlg()
