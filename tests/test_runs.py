@@ -10,8 +10,8 @@ from distributed import Event
 from distributed.utils_test import gen_cluster
 
 import dynflow as df
-from dynflow.views._progress import TextProgress, WidgetProgress
 from dynflow._protocol import TRACKER
+from dynflow.views._progress import TextProgress, WidgetProgress
 
 
 @df.task
