@@ -6,7 +6,7 @@ call's arguments. One walker finds and replaces them, for every use:
 - :func:`find`: the leaves, in order of appearance;
 - :func:`substitute`: the same structure with the leaves replaced, every container
   keeping its type (``OrderedDict``, ``defaultdict`` with its factory, namedtuples,
-  ``frozenset``, subclasses), as a value, or (``spec=True``) as dask task-spec arguments
+  ``frozenset``, ``deque``, subclasses), as a value, or (``spec=True``) as dask task-spec arguments
   whose containers are rebuilt, with their type, where the task runs.
 
 Containers without a leaf are returned as they are (the same object), so walking plain
@@ -16,6 +16,7 @@ data costs one type check per element.
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from dask._task_spec import Dict, GraphNode, List, Set, Task, Tuple
 
 __all__ = ["find", "substitute"]
 
-CONTAINERS = (list, tuple, set, frozenset, dict)
+CONTAINERS = (list, tuple, set, frozenset, dict, deque)
 _PLAIN = {list: List, tuple: Tuple, set: Set}
 
 
@@ -97,11 +98,9 @@ def rebuild(empty: Any, values: Any) -> Any:
             return empty._make(values)
         return empty(values)
     out = copy.copy(empty)
-    if isinstance(out, dict):
-        out.update(values)
-    elif isinstance(out, list):
+    if isinstance(out, (list, deque)):
         out.extend(values)
-    else:
+    else:  # a dict or a set
         out.update(values)
     return out
 

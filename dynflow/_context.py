@@ -15,6 +15,7 @@ __all__ = [
     "CREATED",
     "CURRENT_KEY",
     "FLOW_OPTIONS",
+    "RUNNING_ASYNC",
     "RUNNING_TASK",
 ]
 
@@ -29,6 +30,8 @@ CREATED: ContextVar[list[Any] | None] = ContextVar("dynflow_created", default=No
 # ---------------------------------------------------------------- running a call
 #: the task whose call is running (nodes made inside it say so when misused)
 RUNNING_TASK: ContextVar[str | None] = ContextVar("dynflow_running_task", default=None)
+#: whether that call is a coroutine's (it must await, never block)
+RUNNING_ASYNC: ContextVar[bool] = ContextVar("dynflow_running_async", default=False)
 #: the index of the item a batch task is running (a batch runs several items in turn)
 BATCH_INDEX: ContextVar[tuple[int, ...] | None] = ContextVar("dynflow_batch_index", default=None)
 #: the key of the task a call runs in, where the worker cannot tell (async tasks on the

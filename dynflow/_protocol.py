@@ -36,6 +36,7 @@ __all__ = [
     "FORWARD_TOPIC",
     "ITEM_TOPIC",
     "LOG_TOPIC",
+    "RAW_PREFIX",
     "RUNS_HANDLER",
     "RUN_START_HANDLER",
     "RUN_STATUS_HANDLER",
@@ -85,9 +86,13 @@ def at(key: Any, prefix: tuple[int, ...]) -> Any:
     return (key, *prefix) if prefix else key
 
 
+#: the name of every raw list (``dynflow-raw-<map or flatten key>``)
+RAW_PREFIX = "dynflow-raw-"
+
+
 def raw_key(key: str) -> str:
     """The key of the raw list (failure records left in) of map or flatten ``key``."""
-    return f"dynflow-raw-{key}"
+    return f"{RAW_PREFIX}{key}"
 
 
 def lane_key(item_name: str) -> str:

@@ -58,11 +58,10 @@ def unmappable(value: Any) -> str | None:
             "a one-shot iterator; return a list instead, so the value can be stored, "
             "shipped between workers and recomputed"
         )
-    if not isinstance(value, Iterable):
-        try:
-            iter(value)
-        except TypeError:
-            return "not iterable"
+    try:
+        iter(value)  # also a 0-d NumPy array, which claims to be iterable
+    except TypeError:
+        return "not iterable"
     return None
 
 

@@ -120,6 +120,11 @@ async def test_a_failed_parent_of_a_flattened_map(c, s, a, b):
     await no_tasks_left(s)
 
 
+@df.flow
+def plain_per_item(x):
+    return fail_on(x, (2,))
+
+
 @gen_cluster(client=True)
 async def test_sync_mode_agrees_with_the_cluster_on_a_failed_parent(c, s, a, b):
     """The same error (map, index, origin) and the same tolerated ratio, flattened,
@@ -129,6 +134,8 @@ async def test_sync_mode_agrees_with_the_cluster_on_a_failed_parent(c, s, a, b):
         fail_on.map(df.flatten(parents), df.unmapped(())),
         fail_on.map(fail_on.map([1, 2, 3], batch_size=2), df.unmapped(())),
         fail_on.map(df.flatten(children.map([1, 2, 3], batch_size=2)), df.unmapped(())),
+        per_item.map([1, 2, 3]),  # a sub-flow per item
+        plain_per_item.map([1, 2, 3]),
     ]
     for flat in pipelines:
         with pytest.raises(df.MapItemError) as on_cluster:
@@ -136,7 +143,7 @@ async def test_sync_mode_agrees_with_the_cluster_on_a_failed_parent(c, s, a, b):
         with pytest.raises(df.MapItemError) as in_sync:
             flat.compute(scheduler="sync")
         assert str(in_sync.value) == str(on_cluster.value)
-        assert on_cluster.value.task_name == "fail_on"
+        assert on_cluster.value.origin in ("fail_on", "children")
     tolerant = fail_on.map(df.flatten(parents), df.unmapped(()), min_success_ratio=0.8)
     assert await tolerant.compute(client=c) == [0, None, 0, 10, 20]
     assert tolerant.compute(scheduler="sync") == [0, None, 0, 10, 20]

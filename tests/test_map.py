@@ -586,3 +586,47 @@ async def test_a_maps_task_group_counts_exactly_its_items(c, s, a, b):
     user |= {"metric", "metric.map", "per_account", "per_account.map"}
     assert {n for n in seen if not n.startswith("dynflow-")} <= user
     assert seen["process"] == 10  # 5 items of each of two chained maps
+
+
+@df.task
+def pair(x, y):
+    return (x, y)
+
+
+@gen_cluster(client=True)
+async def test_flatten_zipped_with_another_mapped_argument(c, s, a, b):
+    """The elements of all parents together are zipped with the other argument, on a
+    cluster as in sync mode (a nested expansion per parent would see only its own)."""
+    flat = df.flatten(generate_list.map([1, 2]))  # [0, 0, 1]
+    nodes = [
+        pair.map(flat, ["a", "b", "c"]),
+        pair.map(flat, generate_list(3)),
+        pair.map(flat, process.map([7, 8, 9])),
+    ]
+    values = [[(0, "a"), (0, "b"), (1, "c")], [(0, 0), (0, 1), (1, 2)], [(0, 7), (0, 8), (1, 9)]]
+    for node, value in zip(nodes, values, strict=True):
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+    with pytest.raises(df.MapLengthError, match=r"x=3 \(from flatten\(\.\.\.\)\), y=2"):
+        await pair.map(flat, ["a", "b"]).compute(client=c)
+    with pytest.raises(df.MapLengthError, match=r"x=3 \(from flatten\(\.\.\.\)\), y=2"):
+        pair.map(flat, ["a", "b"]).compute(scheduler="sync")
+
+
+def test_values_that_cannot_be_mapped_are_refused_naming_the_argument():
+    for value in (None, 3, np.array(5)):
+        with pytest.raises(df.MapInputError, match=r"identity.map\(\).*argument 'x' is a"):
+            identity.map(value)
+
+
+@df.task
+def zero_d():
+    return np.array(5)
+
+
+@gen_cluster(client=True)
+async def test_a_0d_array_from_a_node_is_refused_naming_the_map(c, s, a, b):
+    with pytest.raises(df.MapInputError, match=r"got ndarray from task 'zero_d' \(not iterable\)"):
+        await identity.map(zero_d()).compute(client=c)
+    with pytest.raises(df.MapInputError, match="not iterable"):
+        identity.map(zero_d()).compute(scheduler="sync")

@@ -84,6 +84,7 @@ ops = st.lists(
         st.tuples(st.just("zip")),
         st.tuples(st.just("flatten"), st.sampled_from([None, None, 2])),
         st.tuples(st.just("unmapped"), st.integers(0, 9)),
+        st.tuples(st.just("zip-concrete")),
     ),
     min_size=1,
     max_size=4,
@@ -106,6 +107,9 @@ def build(base, program, concrete, batch=None, ratio=1.0):
         elif op[0] == "flatten":
             node = affine.map(df.flatten(spread.map(node, batch_size=op[1])), 1, 0, -1)
             items = py_flatten_spread(items)
+        elif op[0] == "zip-concrete":  # zipped with a list known when the graph is built
+            node = add.map(node, list(range(len(items))))
+            items = [py_add(x, i) for i, x in enumerate(items)]
         else:
             static = total(make([op[1], 1]))
             node = add.map(node, df.unmapped(static))

@@ -324,3 +324,43 @@ async def test_compute_inside_a_task_uses_its_cluster_without_deadlock(c, s, a):
     assert await computes_inside.map([2, 3]).compute(client=c) == [(3, 3, (2, 3)), (6, 4, (2, 3))]
     assert await computes_inside_async(5).compute(client=c) == 6
     assert len(s.workers) == 1  # no cluster was started anywhere
+
+
+@df.task
+def stops():
+    raise StopIteration("stop")
+
+
+@gen_cluster(client=True)
+async def test_stop_iteration_keeps_its_type_for_synchronous_callers(c, s, a, b):
+    """Python turns a StopIteration leaving a coroutine into a RuntimeError (PEP 479):
+    compute() and RunFuture.result() raise the original again."""
+    with pytest.raises(StopIteration, match="stop"):
+        stops().compute(scheduler="sync")
+
+
+def test_stop_iteration_from_a_cluster(client):
+    with pytest.raises(StopIteration, match="stop"):
+        stops().compute(client=client)
+    with pytest.raises(StopIteration, match="stop"):
+        stops().submit(client=client).result()
+
+
+@df.task
+async def awaits_a_compute(n):
+    return await sum_all(inc.map(list(range(n)))).compute()
+
+
+@gen_cluster(client=True)
+async def test_await_compute_inside_an_async_task_on_a_cluster_and_in_sync_mode(c, s, a, b):
+    assert await awaits_a_compute(3).compute(client=c) == 6
+    assert awaits_a_compute(3).compute(scheduler="sync") == 6
+    assert computes_inside(3).compute(scheduler="sync") == (6, 4, (2, 3))
+
+
+@gen_cluster(client=True)
+async def test_nodes_inside_a_deque(c, s, a, b):
+    node = shape(collections.deque([inc(0), 2]))
+    expected = structure(collections.deque([1, 2]))
+    assert await node.compute(client=c) == expected
+    assert node.compute(scheduler="sync") == expected

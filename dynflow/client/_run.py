@@ -137,6 +137,17 @@ def client_error(error: BaseException, client: Client, what: str) -> BaseExcepti
     return error
 
 
+def stop_iteration(error: BaseException) -> BaseException:
+    """A task's ``StopIteration``, which no coroutine can raise (Python turns it into
+    ``RuntimeError("coroutine raised StopIteration")``, PEP 479), for synchronous callers
+    to raise again; any other error as it is."""
+    if type(error) is RuntimeError and isinstance(
+        error.__cause__, (StopIteration, StopAsyncIteration)
+    ):
+        return error.__cause__
+    return error
+
+
 class _LenientUnpickler(pickle.Unpickler):
     """Unpickles with a :class:`~dynflow.RemoteError` subclass for each class that cannot
     be imported here."""
@@ -179,6 +190,17 @@ class RunFuture(Future):
     def __init__(self, key: Any, client: Client, run: Run) -> None:
         super().__init__(key, client)
         self.run = run
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The run's output (distributed's ``Future.result``), with the errors of
+        :func:`dynflow.compute`."""
+        try:
+            return super().result(timeout)
+        except RuntimeError as e:
+            error = stop_iteration(e)
+            if error is e:
+                raise
+            raise error from None
 
     async def _result(self, raiseit: bool = True) -> Any:
         # distributed's result(): the same errors as dynflow.compute() (client_error)

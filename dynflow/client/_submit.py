@@ -15,8 +15,9 @@ import cloudpickle
 from dask.base import get_scheduler
 from distributed import Client, Future, get_worker, worker_client
 
+from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
 from dynflow.client._cluster import get_client, install
-from dynflow.client._run import Run, RunFuture, client_error
+from dynflow.client._run import Run, RunFuture, client_error, stop_iteration
 from dynflow.exceptions import SerializationError
 from dynflow.graph._node import MapNode, Node, replace_nodes, topological
 from dynflow.graph._task import positional_labels
@@ -176,11 +177,15 @@ def compute(
     (2, 3)
     """
     nodes = _check_nodes(nodes)
-    if client is None and scheduler is None and _in_task_thread():
-        # inside a task: its cluster; the task secedes while it waits, so its slot
-        # runs the graph's tasks meanwhile (a one-thread worker does not deadlock)
-        with worker_client() as c:
-            return compute(*nodes, client=c, name=name)
+    if client is None and scheduler is None and RUNNING_TASK.get() is not None:
+        if _in_task_thread():
+            # inside a task: its cluster; the task secedes while it waits, so its slot
+            # runs the graph's tasks meanwhile (a one-thread worker does not deadlock)
+            with worker_client() as c:
+                return compute(*nodes, client=c, name=name)
+        if not _on_worker():  # inside a task run by a local scheduler: locally too
+            values = compute(*nodes, scheduler="sync")
+            return _awaitable(values) if RUNNING_ASYNC.get() else values
     if scheduler is not None:
         if client is not None:
             raise TypeError("compute(): pass either client= or scheduler=, not both")
@@ -193,7 +198,15 @@ def compute(
         graph = lower(nodes, distributed=False)
         return tuple(get(dict(graph), [n.key for n in nodes]))
     client = get_client(client)
-    return client.sync(_compute, nodes, client, name)
+    if client.asynchronous:
+        return client.sync(_compute, nodes, client, name)  # to be awaited
+    try:
+        return client.sync(_compute, nodes, client, name)
+    except RuntimeError as e:
+        error = stop_iteration(e)
+        if error is e:
+            raise
+        raise error from None
 
 
 async def _compute(nodes: tuple[Node, ...], client: Client, name: str | None) -> tuple:
@@ -209,6 +222,18 @@ async def _compute(nodes: tuple[Node, ...], client: Client, name: str | None) ->
         # an exception's traceback keeps this frame alive; release the keys now
         for f in futures:
             f.release()
+
+
+def _on_worker() -> bool:
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+async def _awaitable(value: Any) -> Any:
+    return value
 
 
 def _in_task_thread() -> bool:

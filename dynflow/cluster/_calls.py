@@ -30,7 +30,7 @@ from dask._task_spec import Task
 from distributed.protocol.pickle import dumps
 
 from dynflow._compat import secede_async
-from dynflow._context import CURRENT_KEY, RUNNING_TASK
+from dynflow._context import CURRENT_KEY, RUNNING_ASYNC, RUNNING_TASK
 from dynflow.cluster._failure import Failure, portable
 from dynflow.cluster._items import current_key, forwarding, item_index, label, report_failure
 from dynflow.exceptions import SerializationError, TaskInterruptedError, TaskTimeoutError
@@ -175,10 +175,12 @@ def _calling(policy: CallPolicy, user_args: tuple, kwargs: dict) -> Iterator[Non
     """While a call runs: it is the running task (nodes made inside know it), and its
     output is forwarded where ``log_prints`` asks."""
     token = RUNNING_TASK.set(policy.task_name)
+    async_token = RUNNING_ASYNC.set(policy.asynchronous)
     try:
         with forwarding(policy, user_args, kwargs):
             yield
     finally:
+        RUNNING_ASYNC.reset(async_token)
         RUNNING_TASK.reset(token)
 
 

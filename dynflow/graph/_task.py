@@ -255,7 +255,7 @@ class Task(Bindable, Generic[P, R]):
         return self._fn
 
     def policy(self, records: bool) -> CallPolicy:
-        """How this task's calls run (retries, delays, timeout); see :mod:`dynflow.cluster._calls`."""
+        """How this task's calls run (retries, timeout): :mod:`dynflow.cluster._calls`."""
         o = self._options
         log_prints = o["log_prints"]
         if log_prints is None:
@@ -503,6 +503,16 @@ def map_slots(
     kwslots = {k: _slot(name, k, v) for k, v in bound.kwargs.items()}
     mapped = [s for s in (*slots, *kwslots.values()) if s.mapped]
     if not mapped:
+        # a value that is not iterable (None, a number) where a list was meant
+        for s in (*slots, *kwslots.values()):
+            if not isinstance(s.value, (str, bytes, bytearray, Node)) and (
+                why := unmappable(s.value)
+            ):
+                raise MapInputError(
+                    f"{name}.map(): no argument to map over: argument {s.label!r} is a "
+                    f"{type(s.value).__name__}, {why}; pass a list, a node or a map node "
+                    "(arguments wrapped in unmapped() are passed to every item)"
+                )
         raise TypeError(
             f"{name}.map(): no argument to map over; pass a list, a node or a "
             "map node (arguments wrapped in unmapped() are passed to every item)"

@@ -14,8 +14,9 @@ class ExpansionGroups:
     node it maps over (``"stage"``: item ``i`` reads item ``i``), or starts a child
     group of the group of ``m`` when it maps over ``flatten(m)`` (``"nest"``). It does
     not join when that would make an expander depend, through static arguments,
-    ``wait_for`` or other sources, on one of its own group's collectors (a cycle); then
-    the upstream value is read whole, raw.
+    ``wait_for`` or other sources, on one of its own group's collectors (a cycle), nor
+    at a nested level when another mapped argument is not per parent item (it is zipped
+    with all the parents' items together); then the upstream value is read whole, raw.
 
     Groups are numbered in the order they are made; merged groups keep the number they
     merged into (:meth:`find`, union-find).
@@ -83,10 +84,16 @@ class ExpansionGroups:
         for n in (*others, *node._wait_for):
             base |= self.upstream[n.key]
 
+        mapped = {i for i, s in enumerate(node.slots) if s.mapped}
         joinable = dict(cands)
         while True:
             level = next(iter(joinable.values()))[1] if joinable else None
             joinable = {i: c for i, c in joinable.items() if c[1] == level}
+            if level is not None and mapped - joinable.keys():
+                # a nested expansion runs per parent item: another mapped argument (a
+                # concrete list, a whole value) is as long as all parents' items together
+                joinable = {i: c for i, c in cands.items() if c[1] is None}
+                continue
             ext = set(base)
             for i in cands.keys() - joinable.keys():
                 ext |= self.upstream[node.slots[i].value.key]

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dask._task_spec import Alias, Task, TaskRef, parse_input
+from dask.local import get_sync
 from dask.utils import key_split
 
 from dynflow._containers import find, substitute
-from dynflow._protocol import at, lane_key
+from dynflow._protocol import RAW_PREFIX, at, lane_key
 from dynflow._sequences import positional, unmappable
 from dynflow.cluster._calls import CallPolicy, call_after
 from dynflow.cluster._collect import gather, gather_concat
@@ -344,14 +345,14 @@ class SubflowStage(Stage):
     def run_locally(self, data: Mapping[Any, Any], n: int) -> list:
         """Each item's sub-flow computed in this process, in order."""
 
+        assert self.lower is not None
+
         def run(i: int) -> Any:
             node = self.build_item(
                 i, src=lambda key, j: data[key][j], stg=_no_stage, ext=data.__getitem__
             )
-            try:
-                return node.compute(scheduler="sync")
-            except Exception as e:
-                return Failure(e, self.task_name)
+            # as on a cluster: its failures are records, naming the task they came from
+            return get_sync(dict(self.lower([node], distributed=False, records=True)), node.key)
 
         return [run(i) for i in range(n)]
 
@@ -573,6 +574,10 @@ def pick(listed: Mapping[Any, list], key: Any, i: int) -> Any:
 
 
 def _describe(key: Any) -> str:
+    """Where a mapped value comes from, in the user's terms: a task, a map, a flatten."""
+    if isinstance(key, str) and key.startswith(RAW_PREFIX):  # a map's or flatten's raw list
+        name = key_split(key[len(RAW_PREFIX) :])
+        return f"{name}()" if name.endswith(".map") else f"{name}(...)"
     return f"task {key_split(key)!r}"
 
 
