@@ -285,7 +285,7 @@ def expansion_table(client, ns: list[int], repeat: int, profile: bool) -> None:
     print(f"Expansion (generator in memory -> all per-item tasks waiting), best of {repeat}")
     print(
         f"{'N':>8} {'latency ms':>11} {'us/item':>8} {'median us':>10} "
-        f"{'splice ms':>10} {'hop ms':>7} {'gc ms':>7} {'gc gen2':>8}"
+        f"{'splice ms':>10} {'hop ms':>7}"
     )
     per_item: dict[int, float] = {}
     for n in ns:
@@ -295,8 +295,7 @@ def expansion_table(client, ns: list[int], repeat: int, profile: bool) -> None:
         med = statistics.median(r.latency for r in recs) / n * 1e6
         print(
             f"{n:>8} {b.latency * 1e3:>11.1f} {per_item[n]:>8.1f} {med:>10.1f} "
-            f"{b.splice * 1e3:>10.1f} {b.hop * 1e3:>7.1f} {b.gc_time * 1e3:>7.1f} "
-            f"{b.gc_collections[2]:>8}"
+            f"{b.splice * 1e3:>10.1f} {b.hop * 1e3:>7.1f}"
         )
     if len(ns) > 1:
         lo, hi = min(ns), max(ns)
@@ -311,7 +310,7 @@ def expansion_table(client, ns: list[int], repeat: int, profile: bool) -> None:
         rec = u.measure_expansion(client, probe, n)
         print(
             f"\ncProfile of the scheduler-side splice at N={n} "
-            f"({rec.splice:.2f} s under the profiler, {rec.gc_time:.2f} s of it in gc):"
+            f"({rec.splice:.2f} s under the profiler):"
         )
         print(u.probe_profile(client, probe, limit=25))
         u.remove_probe(client, probe)

@@ -9,8 +9,8 @@ number is measured the same way.
   what is measured is the scheduling overhead, not the work.
 - :class:`ExpansionProbe`, a scheduler plugin that measures, on the scheduler's own
   clock, the expansion of a map: from the mapped upstream task (the generator)
-  transitioning to memory until dynflow's ``dynflow_splice`` handler returns, i.e. until
-  every per-item task exists in the scheduler and has been transitioned to waiting.
+  transitioning to memory until dynflow's splice has returned (the event it logs), i.e.
+  until every per-item task exists in the scheduler and has been transitioned to waiting.
 
 The task functions live in this module (not in ``__main__``) and workers unpickle them
 by reference, so workers must be able to import ``benchmarks._util``. asv imports the
@@ -22,8 +22,6 @@ workers inherit.
 from __future__ import annotations
 
 import cProfile
-import functools
-import gc
 import io
 import os
 import pstats
@@ -38,11 +36,12 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 import dynflow as df
+from dynflow._protocol import EXPANDER_PREFIX, SPLICE, SPLICE_TOPIC
 
-#: the splice handler dynflow's scheduler extension registers (dynflow/_splice.py)
-SPLICE_HANDLER = "dynflow_splice"
-#: the keys of dynflow's top-level expander tasks start with this (dynflow/graph.py)
-EXPANDER_PREFIX = "dynflow-expand-"
+#: the splice extension's name, and the topic of the event it logs after each splice
+SPLICE_EXTENSION, SPLICE_TOPIC = SPLICE, SPLICE_TOPIC
+#: the keys of dynflow's top-level expander tasks start with this
+EXPANDER_PREFIX = f"{EXPANDER_PREFIX}-"
 
 
 # ----------------------------------------------------------------- the seed pattern
@@ -206,8 +205,6 @@ class ExpansionRecord:
     upstream_done: float  # the expander's last dependency transitioned to memory
     splice_start: float  # the dynflow_splice handler was called
     splice_end: float  # ... and returned: every per-item task exists and is waiting
-    gc_time: float = 0.0  # spent in Python's garbage collector during the splice
-    gc_collections: tuple[int, int, int] = (0, 0, 0)  # collections per generation
 
     @property
     def latency(self) -> float:
@@ -228,14 +225,15 @@ class ExpansionRecord:
 class ExpansionProbe(SchedulerPlugin):
     """Times dynflow's expansions on the scheduler.
 
-    Register it after dynflow's extension is installed (run any dynflow graph first):
-    it wraps the ``dynflow_splice`` handler. It watches the dependencies of every
-    expander task a client submits (in ``update_graph``) and records when they
-    transition to memory, so the ``transition`` hook costs one set lookup per
-    transition to memory and nothing else.
+    It reads the event dynflow's splice extension logs after each splice (topic
+    ``dynflow-splice``: its start and end on the scheduler's ``time.perf_counter``), and
+    watches the dependencies of every expander task a client submits (in
+    ``update_graph``), recording when they transition to memory: the ``transition`` hook
+    costs one set lookup per transition to memory and nothing else. The splice pauses
+    Python's garbage collector, so no collection runs during it.
 
-    With ``profile=True`` every splice runs under :mod:`cProfile`; read the stats
-    with :func:`probe_profile`.
+    With ``profile=True`` every splice runs under :mod:`cProfile` (the extension's
+    ``profiler``); read the stats with :func:`probe_profile`.
     """
 
     name = "dynflow-bench-probe"
@@ -247,61 +245,25 @@ class ExpansionProbe(SchedulerPlugin):
         self.records: list[dict[str, Any]] = []
         self.profiler: cProfile.Profile | None = None
         self.scheduler: Any = None
-        self._wrapped: Any = None
-        self._in_splice = False
-        self._gc_start = 0.0
-        self._gc_time = 0.0
-        self._gc_counts = [0, 0, 0]
-
-    def _gc_callback(self, phase: str, info: dict[str, Any]) -> None:
-        if not self._in_splice:
-            return
-        if phase == "start":
-            self._gc_start = time.perf_counter()
-        else:
-            self._gc_time += time.perf_counter() - self._gc_start
-            self._gc_counts[info["generation"]] += 1
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
-        handler = scheduler.handlers.get(SPLICE_HANDLER)
-        if handler is None:
-            raise RuntimeError(
-                "dynflow's scheduler extension is not installed yet; compute a dynflow "
-                "graph before registering the probe"
-            )
-        self._wrapped = handler
         if self.profile:
-            self.profiler = cProfile.Profile()
-
-        @functools.wraps(handler)  # keeps its signature: distributed passes comm= if asked
-        def timed_splice(**kwargs: Any) -> Any:
-            self._gc_time, self._gc_counts = 0.0, [0, 0, 0]
-            self._in_splice = True
-            t0 = time.perf_counter()
-            if self.profiler is not None:
-                self.profiler.enable()
-            try:
-                reply = handler(**kwargs)
-            finally:
-                if self.profiler is not None:
-                    self.profiler.disable()
-                t1 = time.perf_counter()
-                self._in_splice = False
-            self._record(kwargs.get("expander"), kwargs.get("n", 0), reply, t0, t1)
-            return reply
-
-        scheduler.handlers[SPLICE_HANDLER] = timed_splice
-        gc.callbacks.append(self._gc_callback)
+            extension = scheduler.extensions.get(SPLICE_EXTENSION)
+            if extension is None:
+                raise RuntimeError(
+                    "dynflow's scheduler extension is not installed yet; compute a dynflow "
+                    "graph before registering a profiling probe"
+                )
+            self.profiler = extension.profiler = cProfile.Profile()
 
     async def close(self) -> None:
-        if self.scheduler is not None and self._wrapped is not None:
-            self.scheduler.handlers[SPLICE_HANDLER] = self._wrapped
-        if self._gc_callback in gc.callbacks:
-            gc.callbacks.remove(self._gc_callback)
+        extension = (self.scheduler.extensions if self.scheduler else {}).get(SPLICE_EXTENSION)
+        if extension is not None and extension.profiler is self.profiler:
+            extension.profiler = None
 
     def update_graph(self, scheduler: Any, *, client: str, tasks: list, **kwargs: Any) -> None:
-        if client == "dynflow":  # dynflow telling plugins about the tasks it spliced
+        if client == SPLICE_EXTENSION:  # dynflow telling plugins about the tasks it spliced
             return
         for key in tasks:
             if isinstance(key, str) and key.startswith(EXPANDER_PREFIX):
@@ -314,22 +276,22 @@ class ExpansionProbe(SchedulerPlugin):
         if finish == "memory" and key in self.watch:
             self.watch[key] = time.perf_counter()
 
-    def _record(self, expander: Any, n: int, reply: Any, t0: float, t1: float) -> None:
-        ets = self.scheduler.tasks.get(expander)
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic != SPLICE_TOPIC or msg.get("status") != "OK":
+            return
+        ets = self.scheduler.tasks.get(msg["expander"])
         deps = [d.key for d in ets.dependencies] if ets is not None else []
         done = [self.watch.pop(k, None) for k in deps]
         done = [t for t in done if t is not None]
         self.records.append(
             asdict(
                 ExpansionRecord(
-                    expander=str(expander),
-                    n=n,
-                    added=reply.get("added", 0) if isinstance(reply, dict) else 0,
+                    expander=str(msg["expander"]),
+                    n=msg["n"],
+                    added=msg["added"],
                     upstream_done=max(done) if done else float("nan"),
-                    splice_start=t0,
-                    splice_end=t1,
-                    gc_time=self._gc_time,
-                    gc_collections=tuple(self._gc_counts),
+                    splice_start=msg["start"],
+                    splice_end=msg["end"],
                 )
             )
         )

@@ -15,11 +15,10 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
-import dask.config
-
 from dynflow._compat import register_dashboard_page
 from dynflow._protocol import TRACKER, sum_counts
 from dynflow.graph._flowgraph import FlowGraph
+from dynflow.views._progress import refresh_interval
 from dynflow.views._render import short_repr_counts
 from dynflow.views._reprs import run_html
 
@@ -95,7 +94,7 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
     doc.title = "Dask: dynflow"
     doc.add_root(column(select, table, detail, sizing_mode="stretch_width"))
     update()
-    doc.add_periodic_callback(update, dask.config.get("dynflow.dashboard.refresh-ms"))
+    doc.add_periodic_callback(update, 1000 * refresh_interval())
 
 
 def register_page() -> None:

@@ -3,7 +3,7 @@
 distributed's own progress bars follow a fixed set of keys given up front (its
 ``Progress`` scheduler plugin); a dynflow map's items do not exist until it expands, so
 these bars read dynflow's run tracker instead (:mod:`dynflow.cluster._tracker`), polled every
-``dynflow.dashboard.refresh-ms``. Like distributed's, they are ipywidgets in a notebook
+``dynflow.dashboard.refresh-interval``. Like distributed's, they are ipywidgets in a notebook
 (shown at once; the cell does not block) and a line of text in a terminal (blocks until
 the runs end).
 """
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import dask.config
+from dask.utils import parse_timedelta
 from distributed.utils import is_kernel
 
 from dynflow._protocol import FINAL_STATES, RUN_STATUS_HANDLER, sum_counts
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
     from dynflow.client._run import Run
 
 __all__ = ["RunView", "TextProgress", "WidgetProgress", "progress", "show_live"]
+
+
+def refresh_interval() -> float:
+    """Seconds between two refreshes of a progress bar or the dashboard page
+    (``dynflow.dashboard.refresh-interval``)."""
+    return parse_timedelta(dask.config.get("dynflow.dashboard.refresh-interval"), "ms")
 
 
 def _runs(objs: Sequence[Any]) -> list[Run]:
@@ -50,8 +57,7 @@ class _Progress:
 
     def __init__(self, runs: list[Run], interval: float | None = None) -> None:
         self.runs = runs
-        ms = dask.config.get("dynflow.dashboard.refresh-ms")
-        self.interval = interval if interval is not None else ms / 1000
+        self.interval = interval if interval is not None else refresh_interval()
         self.infos: dict[str, dict[str, Any]] = {}
 
     async def listen(self) -> None:
@@ -228,7 +234,7 @@ def progress(*futures: Any, notebook: bool | None = None, interval: float | None
         ipywidgets (default in a Jupyter kernel; shown at once, the cell does not
         block) or a line of text (default elsewhere; blocks until the runs end).
     interval : float, optional
-        Seconds between updates; default ``dynflow.dashboard.refresh-ms``.
+        Seconds between updates; default ``dynflow.dashboard.refresh-interval``.
 
     Returns
     -------
