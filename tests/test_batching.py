@@ -7,16 +7,12 @@ import time
 
 import pytest
 from distributed.utils_test import async_poll_for, gen_cluster
+from utils import generate_list
 
 import dynflow as df
 from dynflow.lowering._plan import batch_size
 
 ATTEMPTS: dict = {}
-
-
-@df.task
-def generate_list(n):
-    return list(range(n))
 
 
 @df.task

@@ -9,6 +9,7 @@ import traceback
 
 import pytest
 from distributed.utils_test import async_poll_for, gen_cluster
+from utils import generate_list, no_tasks_left
 
 import dynflow as df
 from dynflow.cluster._calls import CallPolicy
@@ -19,11 +20,6 @@ RELEASE = threading.Event()
 
 class Bad(Exception):
     pass
-
-
-@df.task
-def generate_list(n):
-    return list(range(n))
 
 
 @df.task
@@ -42,10 +38,6 @@ def total(xs):
 @df.task
 def describe(results):
     return [type(r).__name__ if isinstance(r, Exception) else r for r in results]
-
-
-async def no_tasks_left(s):
-    await async_poll_for(lambda: not s.tasks, timeout=5)
 
 
 @gen_cluster(client=True)

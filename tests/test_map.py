@@ -9,26 +9,12 @@ import pytest
 from dask.utils import key_split
 from distributed import Client
 from distributed.utils_test import async_poll_for, gen_cluster
+from utils import generate_list, no_tasks_left, process, reducer
 
 import dynflow as df
 
 EVENTS: list = []
 GATE = threading.Event()  # in-process workers share this module with the test
-
-
-@df.task
-def generate_list(n):
-    return list(range(n))
-
-
-@df.task
-def process(item, factor=1):
-    return item * factor
-
-
-@df.task
-def reducer(results):
-    return sum(results)
 
 
 @df.task
@@ -51,10 +37,6 @@ def as_list(x):
 def seed(n, factor=2):
     items = generate_list(n)
     return reducer(process.map(items, factor=df.unmapped(factor)))
-
-
-async def no_tasks_left(s):
-    await async_poll_for(lambda: not s.tasks, timeout=5)
 
 
 @gen_cluster(client=True)

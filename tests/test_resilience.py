@@ -8,13 +8,9 @@ import signal
 import pytest
 from distributed import Event, LocalCluster, Nanny
 from distributed.utils_test import async_poll_for, gen_cluster
+from utils import generate_list
 
 import dynflow as df
-
-
-@df.task
-def generate_list(n):
-    return list(range(n))
 
 
 @df.task

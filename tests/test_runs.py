@@ -7,7 +7,7 @@ import io
 
 import pytest
 from distributed import Event
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster
 
 import dynflow as df
 from dynflow._protocol import TRACKER
@@ -107,8 +107,9 @@ async def test_totals_grow_when_the_map_expands(c, s, a, b):
     text = TextProgress([fut.run], interval=0.01, file=io.StringIO())
     widgets = WidgetProgress([fut.run], interval=0.01)
     listening = asyncio.gather(text.listen(), widgets.listen())
-    while fut.run.id not in text.infos or fut.run.id not in widgets.infos:
-        await asyncio.sleep(0.01)
+    await async_poll_for(
+        lambda: fut.run.id in text.infos and fut.run.id in widgets.infos, timeout=10
+    )
     before = by_label(fut.run, text.infos[fut.run.id])
     assert before["inc.map()"]["total"] is None  # not expanded: the list does not exist
     map_key = next(n.key for n in fut.run.graph.nodes if n.label == "inc.map()")
@@ -131,12 +132,10 @@ async def test_a_released_unfinished_run_is_cancelled(c, s, a, b):
     (fut,) = await df.submit_async(total(inc.map(held("never-set", 3))), client=c)
     run = fut.run
     tracker = s.extensions[TRACKER]
-    while tracker.runs[run.id].state == "pending":
-        await asyncio.sleep(0.01)
+    await async_poll_for(lambda: tracker.runs[run.id].state != "pending", timeout=10)
     fut.release()
     del fut
-    while tracker.runs[run.id].state != "cancelled":
-        await asyncio.sleep(0.01)
+    await async_poll_for(lambda: tracker.runs[run.id].state == "cancelled", timeout=10)
     assert tracker.index == {} or all(ns.run.id != run.id for ns in tracker.index.values())
     await Event("never-set", client=c).set()
 

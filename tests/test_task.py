@@ -216,7 +216,6 @@ def test_pure_map_keys_include_the_map_options():
     assert pt.map([1, 2], batch_size=2).key == pt.map([1, 2], batch_size=2).key
 
 
-
 @pytest.mark.parametrize(
     "misuse, words",
     [
