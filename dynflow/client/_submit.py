@@ -92,6 +92,20 @@ def submit(*nodes: Node, client: Client | None = None, name: str | None = None) 
     name : str, optional
         The run's name in progress bars and the dashboard; default: the nodes' names.
 
+    Returns
+    -------
+    list of RunFuture
+        One future per node, in order.
+
+    Raises
+    ------
+    TypeError
+        Something other than a node was given.
+    SerializationError
+        A task's function or argument cannot be pickled (naming which).
+    RuntimeError
+        ``client`` is asynchronous: use :func:`submit_async`.
+
     Examples
     --------
     >>> import dynflow as df
@@ -164,7 +178,18 @@ def compute(
     Returns
     -------
     tuple
-        One value per node.
+        One value per node (awaitable with an asynchronous client).
+
+    Raises
+    ------
+    MapItemError
+        Items of a map whose list is needed failed.
+    SchedulerLostError
+        The connection to the scheduler was lost during the run.
+    SerializationError
+        A task's function or argument cannot be pickled.
+    Exception
+        A plain task's own exception, with its remote traceback.
 
     Examples
     --------

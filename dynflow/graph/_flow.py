@@ -217,6 +217,16 @@ class Flow(Bindable, Generic[P, R]):
     def map(self, *args: Any, **kwargs: Any) -> MapNode:
         """Run the whole flow once per item; a map node of the flow's outputs.
 
+        Parameters
+        ----------
+        *args, **kwargs
+            The flow's arguments, mapped (lists, nodes, map nodes) or static
+            (``unmapped``), as in :meth:`Task.map`.
+        wait_for : Node or iterable of Node, optional
+            Start only after these nodes finished.
+        min_success_ratio : float
+            In ``[0, 1]``: as in :meth:`Task.map`.
+
         Arguments are mapped as in :meth:`Task.map`, and ``wait_for`` and
         ``min_success_ratio`` mean the same (taken from the call unless the flow has
         parameters of those names; :meth:`with_options` sets them then). On a cluster,
@@ -295,14 +305,30 @@ def flow(
 ) -> Any:
     """Turn a function into a :class:`Flow` that composes tasks into one graph.
 
+    Called at top level, the flow builds its graph and computes it; inside another flow
+    it returns its output node. Every task called in the body runs, also those whose
+    result is not used; the return value is the flow's value.
+
     Parameters
     ----------
+    fn : callable
+        The body: calls tasks (and other flows) on nodes and returns nodes or values.
     name : str, optional
         Name of the flow; default: the function's name.
     log_prints : bool, optional
         Forward what its tasks print or log to the client, tagged with each call's
         label (tasks that set their own ``log_prints`` keep it). Default: the config
         key ``dynflow.log-prints``.
+
+    Returns
+    -------
+    Flow
+        Or, called with options only, a decorator that makes one.
+
+    Raises
+    ------
+    TypeError
+        ``fn`` is not callable, or an option does not fit.
 
     Examples
     --------

@@ -239,6 +239,21 @@ class Node:
         scheduler : str, optional
             ``"sync"`` runs the graph in this process, in order (for ``pdb``);
             ``"threads"`` in a local thread pool. No cluster is used.
+
+        Returns
+        -------
+        object
+            The node's value (a map node's: the list of its items' results).
+
+        Raises
+        ------
+        MapItemError
+            Items of a map whose list is needed failed (see ``allow_failure`` and
+            ``min_success_ratio``).
+        SchedulerLostError
+            The connection to the scheduler was lost during the run.
+        Exception
+            A plain task's own exception, with its remote traceback.
         """
         from dynflow.client._submit import compute  # facade: client
 
@@ -248,7 +263,18 @@ class Node:
         return out[0]
 
     def submit(self, client: Client | None = None) -> Future:
-        """Start the graph that ends at this node; return a ``distributed.Future``."""
+        """Start the graph that ends at this node, as a run.
+
+        Parameters
+        ----------
+        client : distributed.Client, optional
+            The cluster to use; by default the one :func:`dynflow.get_client` finds.
+
+        Returns
+        -------
+        RunFuture
+            A ``distributed.Future`` of the node's value that knows its run.
+        """
         from dynflow.client._submit import submit  # facade: client
 
         (future,) = submit(self, client=client)
@@ -440,7 +466,11 @@ class AllowFailureNode(Node):
 class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls
     """Mark an argument of ``task.map`` as static: every item receives the same value.
 
-    ``value`` may be a node; its value is computed once and passed to every item.
+    Parameters
+    ----------
+    value : object
+        Passed whole to every item; a node (or a structure holding nodes) is computed
+        once, and its value is passed.
 
     Examples
     --------

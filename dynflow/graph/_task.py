@@ -614,17 +614,21 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
 
     Parameters
     ----------
+    fn : callable
+        The function (``async def`` too, and methods: bound through the instance).
     name : str, optional
         Name shown in keys and the dashboard; default: the function's name.
     retries : int
         How often a failed call is retried (per item in a map).
     retry_delay, retry_backoff, retry_jitter : float
-        Seconds before the first retry (or a string such as ``"2s"``), the factor by
-        which each further delay grows, and a random +/- fraction of each delay.
+        Seconds before the first retry (or a duration string such as ``"2s"``), the
+        factor by which each further delay grows, and a random +/- fraction of each delay.
     retry_on : exception class or tuple of them
         Retry only these exceptions (default: any ``Exception``).
     timeout : float or str, optional
-        An attempt running longer raises :class:`~dynflow.TaskTimeoutError`.
+        Seconds (or a duration string such as ``"30s"``) an attempt may run; longer
+        raises :class:`~dynflow.TaskTimeoutError` (an async call is cancelled; a sync
+        one is abandoned in its thread).
     pure : bool
         Deterministic keys from the function and arguments, so equal calls share
         one result. Default False: every call gets a fresh key.
@@ -643,6 +647,16 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
         Defaults for every call (``wait_for``) and every map of the task; see
         :meth:`Task.map`. A call's own keyword of that name adds to ``wait_for`` and
         overrides the others, unless the function has a parameter of that name.
+
+    Returns
+    -------
+    Task
+        Or, called with options only, a decorator that makes one.
+
+    Raises
+    ------
+    TypeError
+        An unknown option, or a value that does not fit it (naming both).
 
     Examples
     --------

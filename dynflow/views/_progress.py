@@ -241,6 +241,11 @@ def progress(*futures: Any, notebook: bool | None = None, interval: float | None
     WidgetProgress or TextProgress
         The progress display; its ``infos`` hold the last counts of each run. With an
         asynchronous client, an awaitable of it (text) that ends with the runs.
+
+    Raises
+    ------
+    TypeError
+        Something other than a future of dynflow's ``submit`` (or its run) was given.
     """
     runs = _runs(futures)
     if not runs:

@@ -388,6 +388,16 @@ def visualize(
     FlowSVG or graphviz.Digraph
         Displayed inline by Jupyter.
 
+    Raises
+    ------
+    TypeError
+        No node, or something other than a node, was given.
+    ValueError
+        An unknown ``engine``, or a file name the engine cannot write.
+    ImportError, RuntimeError
+        ``engine="graphviz"`` without the graphviz package, or without its ``dot``
+        program.
+
     Examples
     --------
     >>> import dynflow as df
