@@ -78,11 +78,12 @@ def positional(value: Any) -> bool:
     return np is not None and isinstance(value, np.ndarray) and value.ndim > 0
 
 
-def concatenate(what: str, parts: Iterable[Any]) -> list:
+def concatenate(what: str, parts: Iterable[Any], keep: tuple[type, ...] = ()) -> list:
     """The items of every sequence in ``parts``, in order (``flatten``).
 
     Every part is read by iteration (lists, tuples, arrays, ranges, Series alike):
-    never added element-wise.
+    never added element-wise. A part whose type is in ``keep`` stands for its unknown
+    items and is kept as one item (a failed parent's record).
 
     Raises
     ------
@@ -92,13 +93,15 @@ def concatenate(what: str, parts: Iterable[Any]) -> list:
     """
     out: list = []
     for i, part in enumerate(parts):
-        if type(part) is list:
+        t = type(part)
+        if t is list:
             out.extend(part)
-            continue
-        why = unmappable(part)
-        if why is not None:
+        elif t in keep:
+            out.append(part)
+        elif (why := unmappable(part)) is not None:
             raise MapInputError(
-                f"{what}: item {i} is a {type(part).__name__}, not a list to flatten ({why})"
+                f"{what}: item {i} is a {t.__name__}, not a list to flatten ({why})"
             )
-        out.extend(part)
+        else:
+            out.extend(part)
     return out

@@ -13,9 +13,9 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from dynflow._sequences import unmappable
+from dynflow._sequences import concatenate
 from dynflow.cluster._failure import Failure
-from dynflow.exceptions import MapInputError, MapItemError
+from dynflow.exceptions import MapItemError
 
 __all__ = ["concat_raw", "gather", "gather_concat", "ratio_met"]
 
@@ -73,27 +73,10 @@ def concat_raw(task_name: str, items: list) -> list:
     A failed item (a record) stands for its unknown elements, as on a cluster, where
     each item of ``task_name``'s map is expanded on its own.
     """
-    out: list = []
-    for i, item in enumerate(items):
-        if type(item) is Failure:
-            out.append(item)
-            continue
-        why = unmappable(item)
-        if why is not None:
-            raise MapInputError(
-                f"flatten({task_name}.map()): item {i} must be a list-like value to "
-                f"flatten, got {type(item).__name__} from task {task_name!r} ({why})"
-            )
-        out.extend(item)
-    return out
+    return concatenate(f"flatten({task_name}.map())", items, keep=(Failure,))
 
 
 def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
     """A flattened map's list: the per-parent lists concatenated, then :func:`gather`."""
-    out: list = []
-    for lst in lists:
-        if type(lst) is Failure:  # the parent item failed: its children are unknown
-            out.append(lst)
-        else:
-            out.extend(lst)
-    return _check(task_name, mode, ratio, out)
+    # a per-parent list, or the failure record of a parent item (its children unknown)
+    return _check(task_name, mode, ratio, concatenate(task_name, lists, keep=(Failure,)))
