@@ -12,6 +12,8 @@ Scheduler (the splice, :mod:`dynflow.cluster._splice`):
   ``run_spec``, ``priority``, ``annotations``, ``dependents``, ``dependencies``
   (``add_dependency``), ``waiting_on``, ``waiters``, ``who_has``, ``exception_blame``;
   then ``Scheduler.transitions`` and ``Scheduler.computations``;
+- :func:`bypass_queuing`: ``TaskState._queueable``, the per-task flag that keeps a
+  root-ish task out of the scheduler's queue (set by distributed's P2P shuffle too);
 - :func:`add_layout_edges`: the dashboard's ``GraphLayout`` plugin's edge index;
 - :func:`send_to_client`: ``Scheduler.send_all`` (the run tracker forwards output);
 - :func:`http_application`: the scheduler's tornado application (the tracker's JSON);
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "add_layout_edges",
     "apply_annotations",
+    "bypass_queuing",
     "expander_run_id",
     "http_application",
     "new_task",
@@ -63,6 +66,13 @@ def apply_annotations(
     scheduler._apply_annotations(
         tasks=tasks, annotations_by_type={}, global_annotations=annotations
     )
+
+
+def bypass_queuing(tasks: list[TaskState]) -> None:
+    """Send ``tasks`` to workers as soon as they are ready, as if ``worker-saturation``
+    were ``inf`` for them alone (the scheduler does not queue them as root tasks)."""
+    for ts in tasks:
+        ts._queueable = False
 
 
 def observe_spans(scheduler: Scheduler, tasks: list[TaskState]) -> None:

@@ -171,3 +171,33 @@ def test_max_concurrency_with_local_schedulers():
 def test_bad_max_concurrency_is_rejected():
     with pytest.raises(TypeError, match="max_concurrency=0"):
         double.map([1], max_concurrency=0)
+
+
+BATCH_EVENTS: list = []
+
+
+@df.task
+def slow_step(stage, x):
+    BATCH_EVENTS.append((stage, x))
+    time.sleep(0.02)  # stands for real work
+    return x
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_batched_chains_pipeline_batch_by_batch(c, s, a):
+    """Batch b of a map over a batched map starts when batch b upstream is done: no
+    barrier on the whole batched list (one thread, so the event order shows it)."""
+    BATCH_EVENTS.clear()
+    first = slow_step.map("f", generate_list(8), batch_size=2)
+    second = slow_step.map("g", first, batch_size=2)
+    (fut,) = await df.submit_async(second, client=c)
+    await async_poll_for(lambda: (second.item_name, 3) in s.tasks, timeout=10)
+    # each batch of the second map depends on the matching batch of the first only
+    for b in range(4):
+        deps = {d.key for d in s.tasks[(second.item_name, b)].dependencies}
+        assert deps == {(first.item_name, b)}
+    assert await fut == list(range(8))
+    assert BATCH_EVENTS.index(("g", 0)) < BATCH_EVENTS.index(("f", 7))
+    # items of a batched map read item by item from an unbatched chain too
+    assert await slow_step.map("h", first).compute(client=c) == list(range(8))
+    assert slow_step.map("h", first).compute(scheduler="sync") == list(range(8))

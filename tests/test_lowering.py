@@ -21,6 +21,11 @@ def lists(x):
     return [x, x]
 
 
+@df.flow
+def twice_flow(x):
+    return process(process(x))
+
+
 def groups_of(*outputs):
     groups = ExpansionGroups()
     for node in topological(outputs):
@@ -47,12 +52,15 @@ def test_a_map_over_a_flatten_is_a_nested_group():
     assert g.depth_chain(child) == [g.find(child), g.find(parent)]
 
 
-def test_a_map_over_a_batched_map_is_a_group_of_its_own():
+def test_a_map_over_a_batched_map_joins_it_but_a_flow_run_per_item_does_not():
     first = process.map(generate_list(3), batch_size=2)
     second = process.map(first)
     g = groups_of(second)
-    assert g.find(g.group[first.key]) != g.find(g.group[second.key])
-    assert g.how == {}
+    assert g.find(g.group[first.key]) == g.find(g.group[second.key])
+    assert g.how == {(second.key, 0): "stage"}
+    per_item = twice_flow.map(first)  # built on a worker: it cannot know an "auto" size
+    g = groups_of(per_item)
+    assert g.find(g.group[first.key]) != g.find(g.group[per_item.key])
 
 
 def test_a_map_does_not_join_a_group_whose_list_it_needs():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 from dask.utils import key_split
@@ -18,8 +19,9 @@ GATE = threading.Event()  # in-process workers share this module with the test
 
 
 @df.task
-def record(stage, x):
+def record(stage, x, seconds=0):
     EVENTS.append((stage, x))
+    time.sleep(seconds)  # stands for real work (a worker runs ahead of trivial items)
     return x
 
 
@@ -145,7 +147,7 @@ async def test_dependencies_are_real_scheduler_edges(c, s, a, b):
 async def test_chained_maps_pipeline_per_item(c, s, a):
     EVENTS.clear()
     n = 6
-    first = record.map("f", generate_list(n))
+    first = record.map("f", generate_list(n), 0.05)
     second = record.map("g", first)
     assert await second.compute(client=c) == list(range(n))
     # no barrier after the first map: g[0] ran before f's last item

@@ -16,8 +16,9 @@ The splice, in one synchronous pass (it must not interleave with other transitio
    and give each collector its real task spec; the ``E -> C`` edge stays, so that
    forgetting ``C`` forgets ``E`` and the upstream tasks (:meth:`SpliceExtension._wire`);
 4. set priorities (the expander's, then item index, then stage: chained maps run item
-   by item), annotations and spans, tell the other plugins, and transition the items
-   to waiting.
+   by item), annotations and spans, keep the items out of the scheduler's root-task
+   queue (unless ``dynflow.queue-items``), tell the other plugins, and transition the
+   items to waiting.
 
 State: none beyond the scheduler's own tasks. Everything a run adds is forgotten by the
 scheduler's usual dependent-driven cleanup when the run's keys are released.
@@ -34,7 +35,13 @@ from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
 
-from dynflow._compat import add_layout_edges, apply_annotations, new_task, observe_spans
+from dynflow._compat import (
+    add_layout_edges,
+    apply_annotations,
+    bypass_queuing,
+    new_task,
+    observe_spans,
+)
 from dynflow._protocol import SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
 
 if TYPE_CHECKING:
@@ -159,7 +166,7 @@ class SpliceExtension(SchedulerPlugin):
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []
-        for stage_index, (stage_annotations, items) in enumerate(stages):
+        for stage_index, (stage_annotations, items, queue) in enumerate(stages):
             created: list[TaskState] = []
             for i, spec in enumerate(items):
                 if spec.key in s.tasks:
@@ -171,6 +178,8 @@ class SpliceExtension(SchedulerPlugin):
             if span:
                 annotations["span"] = span
             apply_annotations(s, created, annotations)
+            if not queue:
+                bypass_queuing(created)
             new += created
         for ts in new:  # all created first: items may depend on items of later stages
             for dep in ts.run_spec.dependencies:

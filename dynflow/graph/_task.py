@@ -396,7 +396,7 @@ class Task(Bindable, Generic[P, R]):
         batch_size : int or "auto", optional
             Items per scheduler task (``"auto"``: about eight tasks per worker thread);
             results, failures and retries stay per item, and the list is the same as
-            unbatched. A batched map's list is read whole by maps chained on it.
+            unbatched. A map chained on a batched map reads its items batch by batch.
         max_concurrency : int, optional
             At most this many items of this map run at once, cluster-wide (items wait
             as scheduler tasks, holding no worker thread); batched, at most this many

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynflow.graph._node import FlattenNode, MapNode, Node, find_nodes
+from dynflow.graph._node import FlattenNode, MapNode, Node, SubflowMapNode, find_nodes
 
 __all__ = ["ExpansionGroups"]
 
@@ -71,7 +71,11 @@ class ExpansionGroups:
         for i, s in enumerate(node.slots):
             if not s.mapped:
                 continue
-            if isinstance(s.value, MapNode) and s.value.batch_size is None:
+            # a batched map's items are read from its batches (not by a sub-flow, which
+            # is built on a worker that cannot know an "auto" batch size)
+            if isinstance(s.value, MapNode) and (
+                s.value.batch_size is None or not isinstance(node, SubflowMapNode)
+            ):
                 cands[i] = ("stage", self.parent_of(self.group[s.value.key]))
             elif (
                 isinstance(s.value, FlattenNode)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import dask.config
 from dask._task_spec import Alias, Task, TaskRef, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
@@ -152,6 +153,7 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
             node.task.policy(records=True),
             node.batch_size,
             node.max_concurrency,
+            bool(dask.config.get("dynflow.queue-items")),
         )
     return PlannedStage(stage, sources, concretes, needs)
 

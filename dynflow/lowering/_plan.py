@@ -63,6 +63,7 @@ class StageTasks(NamedTuple):
 
     annotations: Mapping[str, Any]
     tasks: list[Task]
+    queue: bool = False  # may the scheduler queue them as root tasks
 
 
 class ParentItem(NamedTuple):
@@ -109,7 +110,7 @@ def _is_marker(obj: Any) -> bool:
     return type(obj) in _MARKERS
 
 
-def _resolve(obj: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any]) -> Any:
+def _resolve(obj: Any, prefix: Prefix, i: int, refs: ItemRefs) -> Any:
     """Argument ``obj`` of item ``i``: markers replaced by task-spec references."""
 
     def leaf(m: Any) -> Any:
@@ -117,11 +118,11 @@ def _resolve(obj: Any, prefix: Prefix, i: int, refs: Callable[[Any, int], Any]) 
         if t is ItemOf:
             return refs(resolve(m.key, prefix), i)
         if t is StageItem:
-            return Alias((m.key, *prefix, i))
+            return refs.stage_item(m.key, prefix, i, whole=False)
         return m.values[i - m.offset]  # Concrete
 
     if type(obj) is StageItem:  # a whole argument: a plain reference
-        return TaskRef((obj.key, *prefix, i))
+        return refs.stage_item(obj.key, prefix, i, whole=True)
     return substitute(obj, _is_marker, leaf, spec=True)
 
 
@@ -138,13 +139,15 @@ class Stage:
     policy: CallPolicy | None = None  # retries, timeout; items return Failure records
     batch: int | str | None = None  # items per scheduler task: None, an int or "auto"
     max_concurrency: int | None = None  # at most this many items running at once
+    # let the scheduler queue the items as root tasks (``dynflow.queue-items``)
+    queue: bool = False
 
     def call(
         self,
         key: Any,
         prefix: Prefix,
         i: int,
-        refs: Callable[[Any, int], Any],
+        refs: ItemRefs,
         after: Any = None,
         blocking: bool = False,
     ) -> Task:
@@ -164,9 +167,7 @@ class Stage:
             **{name: _resolve(v, prefix, i, refs) for name, v in self.kwargs.items()},
         )
 
-    def items(
-        self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
-    ) -> list[Task]:
+    def items(self, prefix: Prefix, n: int, refs: ItemRefs, nthreads: int = 1) -> list[Task]:
         """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists.
 
         With ``max_concurrency=k`` the tasks run in ``k`` lanes: task ``t`` waits for a
@@ -204,7 +205,7 @@ class Stage:
         prefix: Prefix,
         start: int,
         stop: int,
-        refs: Callable[[Any, int], Any],
+        refs: ItemRefs,
         after: Any = None,
     ) -> Task:
         """One task for items ``start:stop`` (``after``: a key it waits for, unread).
@@ -217,7 +218,7 @@ class Stage:
         deps = set(self.call(None, prefix, start, refs).dependencies)
         for m in markers:
             if type(m) is StageItem:
-                deps.update((m.key, *prefix, i) for i in range(start, stop))
+                deps.update(refs.stage_key(m.key, prefix, i) for i in range(start, stop))
             elif type(m) is Concrete:
                 for v in m.values[start:stop]:
                     deps.update(getattr(v, "dependencies", ()))
@@ -254,16 +255,35 @@ def run_batch(
 
 
 class ItemRefs(NamedTuple):
-    """How an item reads item ``i`` of a mapped value: ``value[i]``, or from the expander's
-    result when the expander had to turn the value into a list."""
+    """How an item reads its inputs.
+
+    Item ``i`` of a mapped value: ``value[i]``, or from the expander's result when the
+    expander had to turn the value into a list. Item ``i`` of a stage of the same
+    expansion: that item's task, or, when the stage is batched (``batches``: stage key
+    -> items per task), item ``i % size`` of its batch ``i // size``.
+    """
 
     expander: Any
     from_expander: frozenset
+    batches: Mapping[str, int] = {}  # noqa: RUF012 - never mutated
 
     def __call__(self, key: Any, i: int) -> Task:
         if key in self.from_expander:
             return Task(None, pick, TaskRef(self.expander), key, i)
         return Task(None, operator.getitem, TaskRef(key), i)
+
+    def stage_key(self, key: str, prefix: Prefix, i: int) -> Any:
+        """The key of the task that holds item ``i`` of stage ``key``."""
+        size = self.batches.get(key)
+        return (key, *prefix, i) if size is None else (key, *prefix, i // size)
+
+    def stage_item(self, key: str, prefix: Prefix, i: int, whole: bool) -> Any:
+        """Item ``i`` of stage ``key``, as a task-spec argument (``whole``: the argument
+        itself, not a part of a container)."""
+        size = self.batches.get(key)
+        if size is not None:
+            return Task(None, operator.getitem, TaskRef((key, *prefix, i // size)), i % size)
+        return TaskRef((key, *prefix, i)) if whole else Alias((key, *prefix, i))
 
 
 def batch_size(batch: int | str, n: int, nthreads: int) -> int:
@@ -294,9 +314,7 @@ class SubflowStage(Stage):
 
     lower: Callable[..., Any] | None = None
 
-    def items(
-        self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
-    ) -> list[Task]:
+    def items(self, prefix: Prefix, n: int, refs: ItemRefs, nthreads: int = 1) -> list[Task]:
         raise RuntimeError("internal error: sub-flow stages are built on the worker")
 
     def build_item(self, i: int, src: Callable, stg: Callable, ext: Callable) -> Any:
@@ -381,9 +399,7 @@ class Nested:
     expansion: Expansion
     annotations: Mapping[str, Any]
 
-    def items(
-        self, prefix: Prefix, n: int, refs: Callable[[Any, int], Any], nthreads: int = 1
-    ) -> list[Task]:
+    def items(self, prefix: Prefix, n: int, refs: ItemRefs, nthreads: int = 1) -> list[Task]:
         child = self.expansion
         out = []
         for i in range(n):
@@ -527,14 +543,20 @@ class Expansion:
         ekey = at(self.expander, prefix)
         if failed:
             return [], {at(c.key, prefix): c.task(prefix, 0, ekey) for c in self.collectors}
-        refs = ItemRefs(ekey, frozenset(listed))
+        batches = {
+            s.key: batch_size(s.batch, n, nthreads)
+            for s in self.stages
+            if isinstance(s, Stage) and s.batch is not None
+        }
+        refs = ItemRefs(ekey, frozenset(listed), batches)
 
         stages: list[StageTasks] = []
         for s_index, s in enumerate(self.stages):
             if s_index in subflow_tasks:
                 stages += subflow_tasks[s_index]
             else:
-                stages.append(StageTasks(s.annotations, s.items(prefix, n, refs, nthreads)))
+                items = s.items(prefix, n, refs, nthreads)
+                stages.append(StageTasks(s.annotations, items, getattr(s, "queue", False)))
         collectors = {
             at(c.key, prefix): c.task(prefix, n, nthreads=nthreads) for c in self.collectors
         }
