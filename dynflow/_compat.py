@@ -1,7 +1,8 @@
 """Where dynflow touches distributed beyond its public API, in one place.
 
-distributed is pinned (``pyproject.toml``) because of these; the suite runs with the
-scheduler's and the workers' validation on, which checks every state they change.
+distributed is pinned (``pyproject.toml``, :data:`SUPPORTED_DISTRIBUTED`) because of
+these; the suite runs with the scheduler's and the workers' validation on, which checks
+every state they change.
 
 Scheduler (the splice, :mod:`dynflow.cluster._splice`):
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from distributed.scheduler import TaskState
 
 __all__ = [
+    "SUPPORTED_DISTRIBUTED",
     "add_layout_edges",
     "apply_annotations",
     "bypass_queuing",
@@ -51,6 +53,17 @@ __all__ = [
     "secede_async",
     "send_to_client",
 ]
+
+
+#: the distributed releases whose internals this module uses (as pyproject.toml pins them)
+SUPPORTED_DISTRIBUTED = ">=2026.8.0,<2026.9"
+
+
+def supported_distributed(version: str | None) -> bool:
+    """Whether distributed ``version`` is one dynflow's splice works with."""
+    from packaging.specifiers import SpecifierSet
+
+    return version is not None and version in SpecifierSet(SUPPORTED_DISTRIBUTED)
 
 
 # ----------------------------------------------------------------------- scheduler

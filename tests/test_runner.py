@@ -364,3 +364,28 @@ async def test_nodes_inside_a_deque(c, s, a, b):
     expected = structure(collections.deque([1, 2]))
     assert await node.compute(client=c) == expected
     assert node.compute(scheduler="sync") == expected
+
+
+def test_a_cluster_without_the_same_dynflow_or_a_supported_distributed_is_refused():
+    from dynflow.client._cluster import check_versions
+
+    def info(dynflow, distributed="2026.8.0"):
+        return {"packages": {"dynflow": dynflow, "distributed": distributed}}
+
+    same = info(df.__version__)
+    check_versions({"scheduler": same, "workers": {"tcp://w:1": same}})
+    with pytest.raises(df.ExtensionError) as e:
+        check_versions(
+            {
+                "scheduler": info(None),
+                "workers": {
+                    "tcp://w:1": info("0.0.1"),
+                    "tcp://w:2": info(df.__version__, "2025.1.0"),
+                },
+            }
+        )
+    message = str(e.value)
+    assert "the scheduler has no dynflow installed" in message
+    assert "worker tcp://w:1 runs dynflow 0.0.1" in message
+    assert "worker tcp://w:2 runs distributed 2025.1.0" in message
+    assert ">=2026.8.0,<2026.9" in message

@@ -26,15 +26,19 @@ import dask.config
 import distributed
 from distributed import Client, LocalCluster, get_worker
 from distributed.client import default_client
+from distributed.security import Security
 
+from dynflow import __version__ as dynflow_version
+from dynflow._compat import SUPPORTED_DISTRIBUTED, supported_distributed
 from dynflow._protocol import FORWARD_TOPIC, SPLICE, TRACKER
 from dynflow.cluster._splice import SpliceExtension
 from dynflow.cluster._tracker import RunTracker
+from dynflow.exceptions import ExtensionError
 from dynflow.views._dashboard import register_page
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["get_client", "install", "print_forwarded"]
+__all__ = ["check_versions", "get_client", "install", "print_forwarded"]
 
 _lock = threading.Lock()
 _embedded: dict[str, Any] = {}  # "cluster", "client": the embedded LocalCluster, once made
@@ -84,6 +88,7 @@ def get_client(client: Client | None = None) -> Client:
         if address:
             c = _address_clients.get(address)
             if c is None or c.status in ("closed", "closing"):
+                _check_security(address)
                 timeout = dask.config.get("dynflow.connect-timeout")
                 c = Client(address, timeout=timeout, set_as_default=False)
                 _address_clients[address] = c
@@ -92,6 +97,22 @@ def get_client(client: Client | None = None) -> Client:
         if not _embedded or _embedded["client"].status in ("closed", "closing"):
             _start_embedded()
         return _embedded["client"]
+
+
+def _check_security(address: str) -> None:
+    """A ``tls://`` address needs distributed's TLS configuration; say which keys, at once
+    (distributed itself fails with a bare TypeError, then waits at exit)."""
+    if not address.startswith("tls://"):
+        return
+    if Security().get_connection_args("client").get("ssl_context") is None:
+        raise ValueError(
+            f"dynflow.address {address!r} is a TLS address, but distributed's TLS "
+            "configuration is missing: set distributed.comm.tls.ca-file and "
+            "distributed.comm.tls.client.cert / .key (for example "
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem, "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=client.pem, "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=client-key.pem)"
+        )
 
 
 def _start_embedded() -> None:
@@ -177,6 +198,37 @@ def _close_address_clients() -> None:
         _address_clients.popitem()[1].close()
 
 
+def check_versions(versions: dict[str, Any]) -> None:
+    """Refuse a cluster whose scheduler or workers lack dynflow, run another dynflow
+    than this process, or a distributed release the splice does not support.
+
+    ``versions``: what ``Client.get_versions(packages=["dynflow"])`` returns.
+
+    Raises
+    ------
+    ExtensionError
+        Naming each process that differs, what it runs and what is needed.
+    """
+    problems = []
+    where = [("the scheduler", versions.get("scheduler") or {})]
+    where += [(f"worker {addr}", v) for addr, v in sorted((versions.get("workers") or {}).items())]
+    for name, info in where:
+        packages = info.get("packages", {})
+        theirs = packages.get("dynflow")
+        if theirs is None:
+            problems.append(f"{name} has no dynflow installed")
+        elif theirs != dynflow_version:
+            problems.append(f"{name} runs dynflow {theirs}")
+        if not supported_distributed(packages.get("distributed")):
+            problems.append(f"{name} runs distributed {packages.get('distributed')}")
+    if problems:
+        raise ExtensionError(
+            f"this cluster cannot run dynflow {dynflow_version} (distributed "
+            f"{SUPPORTED_DISTRIBUTED}): {'; '.join(problems)}. Install the same dynflow, "
+            "and a supported distributed, on the scheduler and the workers."
+        )
+
+
 async def install(client: Client) -> None:
     """Install the scheduler extensions once per client and scheduler (idempotent).
 
@@ -186,6 +238,7 @@ async def install(client: Client) -> None:
     scheduler_id = client.scheduler_info().get("id")
     if _installed.get(client) == scheduler_id:
         return
+    check_versions(await client.get_versions(packages=["dynflow"]))
     await client.register_plugin(SpliceExtension(), name=SPLICE)
     await client.register_plugin(RunTracker(), name=TRACKER)
     client.subscribe_topic(FORWARD_TOPIC, print_forwarded)
