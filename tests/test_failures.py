@@ -510,3 +510,52 @@ async def test_a_timed_out_item_in_a_batch_is_named_by_its_index(c, s, a, b):
         assert "(item 2)" in str(info.value.__cause__)
     finally:
         RELEASE.set()
+
+
+# ------------------------------------------------- retry delays and conditions
+def test_a_list_of_retry_delays_gives_one_per_retry_and_the_last_repeats():
+    p = CallPolicy("t", retries=5, retry_delay=(1.0, 10.0, 60.0), retry_backoff=2.0)
+    assert [p.delay(k) for k in (1, 2, 3, 4, 5)] == [1.0, 10.0, 60.0, 60.0, 60.0]
+    t = flaky.with_options(retry_delay=[0.01, "2s", 0.5])
+    assert t.options["retry_delay"] == (0.01, 2.0, 0.5)
+    with pytest.raises(TypeError, match=r"retry_delay=\[\]"):
+        flaky.with_options(retry_delay=[])
+    with pytest.raises(TypeError, match="retry_delay=\\[1, 'soon'\\]"):
+        flaky.with_options(retry_delay=[1, "soon"])
+
+
+def transient(error):
+    return "transient" in str(error)
+
+
+@df.task(retries=3, retry_on=transient)
+def fails_as_told(messages):
+    ATTEMPTS.append(1)
+    message = messages[min(len(ATTEMPTS), len(messages)) - 1]
+    if message:
+        raise RuntimeError(message)
+    return len(ATTEMPTS)
+
+
+def broken_condition(error):
+    raise KeyError("the condition itself failed")
+
+
+@gen_cluster(client=True)
+async def test_retry_on_a_callable_decides_from_the_exception(c, s, a, b):
+    ATTEMPTS.clear()
+    assert await fails_as_told(["transient 1", "transient 2", ""]).compute(client=c) == 3
+    ATTEMPTS.clear()
+    with pytest.raises(RuntimeError, match="fatal"):
+        await fails_as_told(["transient", "fatal", ""]).compute(client=c)
+    assert len(ATTEMPTS) == 2
+    ATTEMPTS.clear()
+    with pytest.raises(df.MapItemError) as info:
+        await fails_as_told.map([["fatal"]]).compute(client=c)
+    assert len(ATTEMPTS) == 1 and "fatal" in str(info.value)
+    ATTEMPTS.clear()
+    with pytest.raises(KeyError, match="the condition itself failed") as info:
+        await fails_as_told.with_options(retry_on=broken_condition)(["x"]).compute(client=c)
+    assert "x" in str(info.value.__context__)
+    ATTEMPTS.clear()
+    assert fails_as_told(["transient", ""]).compute(scheduler="sync") == 2

@@ -51,10 +51,11 @@ class CallPolicy:
 
     task_name: str
     retries: int = 0
-    retry_delay: float = 0.0
+    retry_delay: float | tuple[float, ...] = 0.0  # or one per retry
     retry_backoff: float = 1.0
     retry_jitter: float = 0.0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    # exception classes to retry, or a callable (exception) -> bool
+    retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = (Exception,)
     timeout: float | None = None
     records: bool = False  # True: return a Failure instead of raising
     run_name: str | Callable[..., str] | None = None  # items' label template
@@ -79,7 +80,10 @@ class CallPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
-        base = self.retry_delay * self.retry_backoff ** (attempt - 1)
+        if isinstance(self.retry_delay, tuple):  # one per retry, the last repeats
+            base = self.retry_delay[min(attempt, len(self.retry_delay)) - 1]
+        else:
+            base = self.retry_delay * self.retry_backoff ** (attempt - 1)
         if self.retry_jitter:
             base *= 1 + random.uniform(-self.retry_jitter, self.retry_jitter)
         return max(0.0, base)
@@ -104,7 +108,8 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
                 error = _call_error(policy, e)
             attempt += 1
-            if _final(policy, attempt, error):
+            final, error = _final(policy, attempt, error)
+            if final:
                 return _failed(policy, error, user_args, kwargs)
             _wait(policy.delay(attempt))
 
@@ -146,7 +151,8 @@ async def _call_async(
                 except BaseException as e:  # noqa: BLE001 - every error becomes the call's
                     error = _call_error(policy, e)
                 attempt += 1
-                if _final(policy, attempt, error):
+                final, error = _final(policy, attempt, error)
+                if final:
                     return _failed(policy, error, user_args, kwargs)
                 await asyncio.sleep(policy.delay(attempt))
     finally:
@@ -206,8 +212,18 @@ def _call_error(policy: CallPolicy, e: BaseException) -> BaseException:
     return error
 
 
-def _final(policy: CallPolicy, attempt: int, error: BaseException) -> bool:
-    return attempt > policy.retries or not isinstance(error, policy.retry_on)
+def _final(policy: CallPolicy, attempt: int, error: BaseException) -> tuple[bool, BaseException]:
+    """Whether the call's ``error`` after ``attempt`` attempts is its last, and the error
+    (the retry condition's own, if it raised: the call's error as its context)."""
+    if attempt > policy.retries:
+        return True, error
+    if isinstance(policy.retry_on, tuple):
+        return not isinstance(error, policy.retry_on), error
+    try:
+        return not policy.retry_on(error), error
+    except Exception as e:
+        e.__context__ = error
+        return True, e
 
 
 def _failed(policy: CallPolicy, error: BaseException, user_args: tuple, kwargs: dict) -> Any:

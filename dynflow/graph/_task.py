@@ -47,7 +47,19 @@ def _duration(value: Any) -> float | None:
     return float(seconds)
 
 
-def _exception_types(value: Any) -> tuple[type[BaseException], ...]:
+def _delays(value: Any) -> float | tuple[float, ...]:
+    """A retry delay, or a list of one per retry (the last one repeats)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError
+        return tuple(_duration(v) for v in value)  # type: ignore[misc]
+    return _duration(value)  # type: ignore[return-value]
+
+
+def _retry_on(value: Any) -> tuple[type[BaseException], ...] | Callable[[BaseException], bool]:
+    """Exception classes to retry, or a callable deciding from the exception."""
+    if callable(value) and not (isinstance(value, type) and issubclass(value, BaseException)):
+        return value
     types = value if isinstance(value, tuple) else (value,)
     if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
         raise TypeError
@@ -79,14 +91,22 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
         "a non-empty string",
     ),
     "retries": (0, _check(lambda v: _is_int(v) and v >= 0), "an int >= 0"),
-    "retry_delay": (0.0, _duration, "a duration: seconds or a string such as '2s'"),
+    "retry_delay": (
+        0.0,
+        _delays,
+        "a duration (seconds or a string such as '2s'), or a list of one per retry",
+    ),
     "retry_backoff": (1.0, _check(lambda v: _is_number(v) and v >= 1), "a number >= 1"),
     "retry_jitter": (
         0.0,
         _check(lambda v: _is_number(v) and 0 <= v <= 1),
         "a number in [0, 1]",
     ),
-    "retry_on": ((Exception,), _exception_types, "an exception class or a tuple of them"),
+    "retry_on": (
+        (Exception,),
+        _retry_on,
+        "an exception class, a tuple of them, or a callable (exception) -> bool",
+    ),
     "timeout": (None, _duration, "None or a duration: seconds or a string such as '30s'"),
     "pure": (False, _check(lambda v: isinstance(v, bool)), "a bool"),
     "resources": (
@@ -592,10 +612,12 @@ def task(
     *,
     name: str | None = ...,
     retries: int = ...,
-    retry_delay: float | str = ...,
+    retry_delay: float | str | list[float | str] = ...,
     retry_backoff: float = ...,
     retry_jitter: float = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    retry_on: type[BaseException]
+    | tuple[type[BaseException], ...]
+    | Callable[[BaseException], bool] = ...,
     timeout: float | str | None = ...,
     pure: bool = ...,
     resources: dict | None = ...,
@@ -623,8 +645,12 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
     retry_delay, retry_backoff, retry_jitter : float
         Seconds before the first retry (or a duration string such as ``"2s"``), the
         factor by which each further delay grows, and a random +/- fraction of each delay.
-    retry_on : exception class or tuple of them
-        Retry only these exceptions (default: any ``Exception``).
+        ``retry_delay`` may also be a list with one delay per retry (Prefect's
+        ``retry_delay_seconds=[1, 10, 60]``; the last repeats, backoff does not apply).
+    retry_on : exception class, tuple of them, or callable
+        Retry only these exceptions (default: any ``Exception``), or those for which
+        ``retry_on(exception)`` is true. If that call raises, the call fails with its
+        error (the task's exception as its context).
     timeout : float or str, optional
         Seconds (or a duration string such as ``"30s"``) an attempt may run; longer
         raises :class:`~dynflow.TaskTimeoutError` (an async call is cancelled; a sync

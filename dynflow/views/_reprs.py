@@ -58,8 +58,10 @@ def _rows(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) ->
 
 
 def _option(name: str, value: Any) -> str:
-    if name == "retry_on":
+    if name == "retry_on" and isinstance(value, tuple):
         return ", ".join(t.__name__ for t in value)
+    if name == "retry_delay" and isinstance(value, tuple):
+        return ", ".join(f"{v:g} s" for v in value)
     if name in ("retry_delay", "timeout") and value is not None:
         return f"{value:g} s"
     if callable(value):
