@@ -6,10 +6,10 @@ import time
 
 import pytest
 from distributed import Client, LocalCluster
-
-import dynflow as df
 from processes import wait_until
 from utils import generate_list
+
+import dynflow as df
 
 pytestmark = pytest.mark.slow
 

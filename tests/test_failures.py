@@ -67,9 +67,64 @@ async def test_allow_failure_hands_exceptions_to_the_consumer(c, s, a, b):
     await no_tasks_left(s)
 
 
-def test_allow_failure_needs_a_map_node():
-    with pytest.raises(TypeError, match="allow_failure\\(\\) expects a map node"):
-        df.allow_failure(generate_list(3))
+def test_allow_failure_needs_a_node_not_a_flatten():
+    with pytest.raises(TypeError, match="allow_failure\\(\\) expects a node"):
+        df.allow_failure([1, 2])
+    with pytest.raises(TypeError, match="apply it to the map"):
+        df.allow_failure(df.flatten(generate_list(3)))
+    m = generate_list(3)
+    once = df.allow_failure(m)
+    assert df.allow_failure(once) is once
+
+
+@df.task
+def may_fail(x):
+    if x < 0:
+        raise Bad(f"{x} is negative")
+    return x
+
+
+@df.task
+def inc_one(x):
+    return x + 1
+
+
+@df.task
+def describe_one(value):
+    return type(value).__name__ if isinstance(value, Exception) else value
+
+
+@gen_cluster(client=True)
+async def test_allow_failure_of_any_node_hands_the_consumer_the_exception(c, s, a, b):
+    """A plain task, or anything it needed, failed: the tolerant consumer runs with the
+    exception; other consumers of the same node fail as before (cluster and sync)."""
+    bad = may_fail(-1)
+    cases = [
+        (describe_one(df.allow_failure(may_fail(2))), 2),
+        (describe_one(df.allow_failure(bad)), "Bad"),
+        (describe_one(df.allow_failure(inc_one(bad))), "Bad"),  # failed upstream
+        (describe_one(df.allow_failure(total(fail_on.map([1, 3])))), "MapItemError"),
+    ]
+    for node, value in cases:
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+    # in one graph: the tolerant consumer gets the exception, a strict one fails
+    with pytest.raises(Bad, match="-1 is negative") as info:
+        await df.compute(describe_one(df.allow_failure(bad)), inc_one(bad), client=c)
+    del info
+    (fut_t, fut_s) = await df.submit_async(
+        describe_one(df.allow_failure(bad)), inc_one(bad), client=c
+    )
+    assert await fut_t == "Bad"
+    # (awaiting an erred future keeps it alive in distributed's client: ask for the error)
+    assert isinstance(await fut_s.exception(), Bad)
+    del fut_t, fut_s
+    with pytest.raises(Bad) as info:  # the tolerated node itself, asked for as an output
+        await df.compute(describe_one(df.allow_failure(bad)), bad, client=c)
+    del info
+    with pytest.raises(Bad):
+        df.compute(describe_one(df.allow_failure(bad)), bad, scheduler="sync")
+    await no_tasks_left(s)
 
 
 @gen_cluster(client=True)

@@ -19,6 +19,7 @@ from distributed import Future
 from distributed.client import FutureCancelledError
 
 from dynflow._protocol import RUN_START_HANDLER, RUN_STATUS_HANDLER
+from dynflow.cluster._failure import Failure
 from dynflow.exceptions import RemoteError, SchedulerLostError
 from dynflow.graph._flowgraph import FlowGraph
 from dynflow.graph._node import Node
@@ -137,6 +138,14 @@ def client_error(error: BaseException, client: Client, what: str) -> BaseExcepti
     return error
 
 
+def output_value(value: Any) -> Any:
+    """An output's value; an output whose failure an ``allow_failure`` consumer of the
+    same run tolerates holds a failure record: its exception is raised."""
+    if type(value) is Failure:
+        raise value.exception
+    return value
+
+
 def stop_iteration(error: BaseException) -> BaseException:
     """A task's ``StopIteration``, which no coroutine can raise (Python turns it into
     ``RuntimeError("coroutine raised StopIteration")``, PEP 479), for synchronous callers
@@ -205,7 +214,7 @@ class RunFuture(Future):
     async def _result(self, raiseit: bool = True) -> Any:
         # distributed's result(): the same errors as dynflow.compute() (client_error)
         try:
-            return await super()._result(raiseit)
+            return output_value(await super()._result(raiseit))
         except BaseException as e:
             error = client_error(e, self.client, self.run.name)
             if error is e:

@@ -17,7 +17,7 @@ from distributed import Client, Future, get_worker, worker_client
 
 from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
 from dynflow.client._cluster import get_client, install
-from dynflow.client._run import Run, RunFuture, client_error, stop_iteration
+from dynflow.client._run import Run, RunFuture, client_error, output_value, stop_iteration
 from dynflow.exceptions import SerializationError
 from dynflow.graph._node import MapNode, Node, replace_nodes, topological
 from dynflow.graph._task import positional_labels
@@ -221,7 +221,7 @@ def compute(
             )
         get = get_scheduler(scheduler=scheduler)
         graph = lower(nodes, distributed=False)
-        return tuple(get(dict(graph), [n.key for n in nodes]))
+        return tuple(map(output_value, get(dict(graph), [n.key for n in nodes])))
     client = get_client(client)
     if client.asynchronous:
         return client.sync(_compute, nodes, client, name)  # to be awaited
@@ -237,7 +237,7 @@ def compute(
 async def _compute(nodes: tuple[Node, ...], client: Client, name: str | None) -> tuple:
     futures = await _submit(nodes, client, name)
     try:
-        return tuple(await client.gather(futures, asynchronous=True))
+        return tuple(map(output_value, await client.gather(futures, asynchronous=True)))
     except BaseException as e:
         error = client_error(e, client, ", ".join(n.name for n in nodes))
         if error is e:

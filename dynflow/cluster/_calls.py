@@ -191,11 +191,14 @@ def _calling(policy: CallPolicy, user_args: tuple, kwargs: dict) -> Iterator[Non
 
 
 def _upstream_failure(policy: CallPolicy, args: tuple, kwargs: dict) -> Failure | None:
-    """An upstream item's failure among the arguments: passed on, the call does not run."""
+    """An upstream failure record among the arguments: the call does not run. A call
+    that makes records passes it on; any other raises its exception, as if it had been
+    a dask error (a node whose failure an ``allow_failure`` consumer tolerates)."""
     for value in (*args, *kwargs.values()):
         if type(value) is Failure:
-            if policy.records:
-                report_failure(value, upstream=True)
+            if not policy.records:
+                raise value.exception
+            report_failure(value, upstream=True)
             return value
     return None
 

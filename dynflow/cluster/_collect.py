@@ -17,7 +17,7 @@ from dynflow._sequences import concatenate
 from dynflow.cluster._failure import Failure
 from dynflow.exceptions import MapItemError
 
-__all__ = ["concat_raw", "gather", "gather_concat", "ratio_met"]
+__all__ = ["concat_raw", "gather", "gather_concat", "ratio_met", "tolerate"]
 
 
 def ratio_met(succeeded: int, total: int, ratio: float) -> bool:
@@ -80,3 +80,8 @@ def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
     """A flattened map's list: the per-parent lists concatenated, then :func:`gather`."""
     # a per-parent list, or the failure record of a parent item (its children unknown)
     return _check(task_name, mode, ratio, concatenate(task_name, lists, keep=(Failure,)))
+
+
+def tolerate(value: Any) -> Any:
+    """``allow_failure`` of a plain node: its value, or its exception if it failed."""
+    return value.exception if type(value) is Failure else value

@@ -453,13 +453,14 @@ class SubflowMapNode(MapNode):
 
 
 class AllowFailureNode(Node):
-    """``allow_failure(m)``: ``m``'s list with exception objects in place of failed items."""
+    """``allow_failure(x)``: ``x``'s value, or exception objects where it failed (a map's
+    list: in place of each failed item)."""
 
     __slots__ = ()
 
     @property
-    def source(self) -> MapNode:
-        """The map node whose failures are allowed."""
+    def source(self) -> Node:
+        """The node whose failures are allowed."""
         return self._args[0]
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dynflow._sequences import concatenate
-from dynflow.graph._node import AllowFailureNode, FlattenNode, MapNode, Node
+from dynflow.graph._node import AllowFailureNode, FlattenNode, Node
 from dynflow.graph._task import Task
 
 __all__ = ["allow_failure", "flatten"]
@@ -68,27 +68,31 @@ def flatten(node: Node) -> FlattenNode:
     return FlattenNode(_FLATTEN, (node,), {})
 
 
-def allow_failure(node: MapNode) -> AllowFailureNode:
-    """Hand a consumer the map's list with the exception object in place of each failed item.
+def allow_failure(node: Node) -> AllowFailureNode:
+    """Let a consumer run when ``node`` failed: it receives the exception object instead.
 
-    Without it, a task that receives a map node's list does not run when items failed:
-    it fails with :class:`~dynflow.MapItemError`, naming the map and the indices.
-    (Prefect's ``allow_failure``, Flyte's ``return_exceptions``.)
+    Of a map node, the consumer receives the list with the exception object in place of
+    each failed item (without it, a task that receives a map's list does not run when
+    items failed: it fails with :class:`~dynflow.MapItemError`). Of any other node (a
+    task call, a flow's output), the consumer receives the node's value, or, if the node
+    or anything it needed failed, that exception (with its remote traceback). Other
+    consumers of the node are unaffected: they fail as before. (Prefect's
+    ``allow_failure``, Flyte's ``return_exceptions``.)
 
     Parameters
     ----------
-    node : MapNode
-        The map whose failures the consumer accepts.
+    node : Node
+        The map or the node whose failures the consumer accepts.
 
     Returns
     -------
     AllowFailureNode
-        Its value is the map's list, an exception in place of each failed item.
 
     Raises
     ------
     TypeError
-        ``node`` is not a map node.
+        ``node`` is not a node, or is ``flatten(m)`` (use ``allow_failure(m)`` and
+        flatten in the consumer).
 
     Examples
     --------
@@ -102,9 +106,12 @@ def allow_failure(node: MapNode) -> AllowFailureNode:
     >>> count_ok(df.allow_failure(inv.map([1, 0, 2]))).compute(scheduler="sync")
     2
     """
-    if not isinstance(node, MapNode):
+    if isinstance(node, AllowFailureNode):
+        return node
+    if not isinstance(node, Node) or isinstance(node, FlattenNode):
         raise TypeError(
-            f"allow_failure() expects a map node (the result of task.map), got "
-            f"{type(node).__name__}"
+            f"allow_failure() expects a node (a map node, a task call, a flow's output), "
+            f"got {type(node).__name__}"
+            + ("; apply it to the map: allow_failure(m)" if isinstance(node, FlattenNode) else "")
         )
     return AllowFailureNode(_ALLOW_FAILURE, (node,), {})

@@ -26,7 +26,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from dynflow._protocol import EXPANDER_PREFIX, raw_key
 from dynflow.cluster._calls import call_after
-from dynflow.cluster._collect import concat_raw, gather_concat
+from dynflow.cluster._collect import concat_raw, gather_concat, tolerate
 from dynflow.cluster._expand import expand, run_map, unspliced
 from dynflow.graph._node import (
     AllowFailureNode,
@@ -168,14 +168,17 @@ def _whole(
     map it cannot join item by item still passes failures on, as one that joins
     does), and the ``flatten(m)`` nodes mapped over whole, read raw too.
 
-    An ``allow_failure(m)`` node used whole makes ``m`` need a tolerant list, not its
-    strict one: it is in the set itself, ``m`` is not (unless used otherwise).
+    An ``allow_failure(m)`` node used whole makes a map ``m`` need a tolerant list, not
+    its strict one: it is in the set itself, ``m`` is not (unless used otherwise). Of a
+    plain node, it needs the node's value (or failure record).
     """
     whole = {n.key for n in outputs}
     raw: set[str] = set()
     flat: dict[str, FlattenNode] = {}
     for node in reversed(order):
         if isinstance(node, AllowFailureNode):
+            if node.key in whole and not isinstance(node.source, MapNode):
+                whole.add(node.source.key)
             continue
         if isinstance(node, MapNode):
             for i, s in enumerate(node.slots):
@@ -224,16 +227,23 @@ class _Graph:
         order: list[Node],
         whole: set[str],
         flat_raws: set[str],
-        records: bool,
+        recorded: set[str],
         distributed: bool,
     ) -> None:
-        """The tasks of plain nodes used whole, and the raw lists of flattens read whole."""
+        """The tasks of plain nodes used whole (``recorded``: failures as records), of
+        ``allow_failure`` of a plain node, and the raw lists of flattens read whole."""
         for node in order:
             if node.key in flat_raws:
                 key, source = raw_key(node.key), raw_key(node.source.key)
                 self.add(Task(key, concat_raw, node.source.name, TaskRef(source)), {source})
-            elif node.key in whole and not isinstance(node, (MapNode, KeyNode, AllowFailureNode)):
-                task = _node_task(node, records, distributed)
+            elif node.key not in whole or isinstance(node, (MapNode, KeyNode)):
+                continue
+            elif isinstance(node, AllowFailureNode):
+                if not isinstance(node.source, MapNode):
+                    source = node.source.key
+                    self.add(Task(node.key, tolerate, TaskRef(source)), {source})
+            else:
+                task = _node_task(node, node.key in recorded, distributed)
                 self.add(task, {d.key for d in node.dependencies}, _annotations(node))
 
     def hlg(self) -> HighLevelGraph:
@@ -245,9 +255,10 @@ class _Graph:
 
 
 def _lists(
-    node_key: str, whole: set[str], raw_lists: set[str], tolerant: dict, top_mode: str
+    node_key: str, whole: set[str], raw_lists: set[str], tolerant: dict, recorded: set[str]
 ) -> list[tuple[str, str]]:
     """The lists of map ``node_key`` the graph uses: ``[(key, mode), ...]``."""
+    top_mode = "record" if node_key in recorded else "strict"
     lists = [(node_key, top_mode)] if node_key in whole else []
     if node_key in raw_lists:
         lists.append((raw_key(node_key), "raw"))
@@ -259,9 +270,37 @@ def _tolerant(order: list[Node], whole: set[str]) -> dict[str, list[Node]]:
     """Map key -> the ``allow_failure`` nodes that need its tolerant list."""
     tolerant: dict[str, list[Node]] = {}
     for node in order:
-        if isinstance(node, AllowFailureNode) and node.key in whole:
+        if (
+            isinstance(node, AllowFailureNode)
+            and node.key in whole
+            and isinstance(node.source, MapNode)
+        ):
             tolerant.setdefault(node.source.key, []).append(node)
     return tolerant
+
+
+def _recorded(order: list[Node], whole: set[str], records: bool) -> set[str]:
+    """Keys whose failure is a value (a failure record) rather than a dask error.
+
+    Everything, inside a sub-flow run per item (``records``); else the plain nodes an
+    ``allow_failure`` consumer tolerates and everything upstream of them, so that a
+    failure anywhere above reaches the consumer as an exception object. Other consumers
+    of those nodes raise the failure's exception, as if it had been a dask error.
+    """
+    if records:
+        return {n.key for n in order}
+    out: set[str] = set()
+    stack = [
+        n.source
+        for n in order
+        if isinstance(n, AllowFailureNode) and n.key in whole and not isinstance(n.source, MapNode)
+    ]
+    while stack:
+        node = stack.pop()
+        if node.key not in out:
+            out.add(node.key)
+            stack.extend(node.dependencies)
+    return out
 
 
 def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGraph:
@@ -270,7 +309,7 @@ def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGrap
     order = topological(outputs)
     whole, raw_lists, flat_raws = _whole(order, outputs, {})
     tolerant = _tolerant(order, whole)
-    top_mode = "record" if records else "strict"
+    recorded = _recorded(order, whole, records)
     g = _Graph()
     for node in order:
         if not isinstance(node, MapNode):
@@ -280,10 +319,10 @@ def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGrap
         exp = Expansion(raw, (planned.stage,), (), planned.sources, tuple(planned.concretes), ())
         data = parse_input({k: Alias(k) for k in sorted(planned.needs)})
         g.add(Task(raw, run_map, exp, data), planned.needs)
-        for key, mode in _lists(node.key, whole, set(), tolerant, top_mode):
+        for key, mode in _lists(node.key, whole, set(), tolerant, recorded):
             args = (node.name, mode, node.min_success_ratio, TaskRef(raw))
             g.add(Task(key, gather_concat, *args), {raw})
-    g.add_plain(order, whole, set(flat_raws), records, distributed=False)
+    g.add_plain(order, whole, set(flat_raws), recorded, distributed=False)
     return g.hlg()
 
 
@@ -296,7 +335,7 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         groups.visit(node)
     whole, raw_lists, flat_raws = _whole(order, outputs, groups.how)
     tolerant = _tolerant(order, whole)
-    top_mode = "record" if records else "strict"
+    recorded = _recorded(order, whole, records)
     planned = {n.key: plan_stage(n, groups.how) for n in order if isinstance(n, MapNode)}
     maps = {n.key: n for n in order if isinstance(n, MapNode)}
 
@@ -307,7 +346,7 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         chain = groups.depth_chain(f)
         for key in groups.members[f]:
             stage, node = planned[key].stage, maps[key]
-            for ckey, mode in _lists(key, whole, raw_lists, tolerant, top_mode):
+            for ckey, mode in _lists(key, whole, raw_lists, tolerant, recorded):
                 ratio = node.min_success_ratio
                 c = Collector(
                     ckey, stage.key, stage.task_name, mode=mode, ratio=ratio, batch=node.batch_size
@@ -354,5 +393,5 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         g.add(Task(exp.expander, expand, exp, (), data), set(exp.needs))
         for c in exp.collectors:
             g.add(Task(c.key, unspliced, TaskRef(exp.expander), c.task_name), {exp.expander})
-    g.add_plain(order, whole, set(flat_raws), records, distributed=True)
+    g.add_plain(order, whole, set(flat_raws), recorded, distributed=True)
     return g.hlg()
