@@ -614,3 +614,51 @@ async def test_a_0d_array_from_a_node_is_refused_naming_the_map(c, s, a, b):
         await identity.map(zero_d()).compute(client=c)
     with pytest.raises(df.MapInputError, match="not iterable"):
         identity.map(zero_d()).compute(scheduler="sync")
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_wait_for_a_map_waits_item_by_item(c, s, a):
+    """``g.map(xs, wait_for=f.map(xs))``: item i of g waits for item i of f only, and
+    its failure; a plain node in wait_for still orders every item."""
+    EVENTS.clear()
+    first = record.map("f", generate_list(6), 0.05)
+    second = record.map("g", generate_list(6), wait_for=first)
+    (fut,) = await df.submit_async(second, client=c)
+    await async_poll_for(lambda: (second.item_name, 5) in s.tasks, timeout=10)
+    for i in range(6):
+        deps = {d.key for d in s.tasks[(second.item_name, i)].dependencies}
+        assert (first.item_name, i) in deps
+        assert not any(
+            k[0] == first.item_name and k != (first.item_name, i) for k in deps if type(k) is tuple
+        )
+    assert await fut == list(range(6))
+    assert EVENTS.index(("g", 0)) < EVENTS.index(("f", 5))  # no barrier
+    for i in range(6):
+        assert EVENTS.index(("f", i)) < EVENTS.index(("g", i))
+
+
+@df.task
+def fails_on_two(x):
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+@gen_cluster(client=True)
+async def test_an_item_waiting_for_a_failed_item_fails_with_it(c, s, a, b):
+    waited = fails_on_two.map(generate_list(4))
+    m = process.map(generate_list(4), wait_for=waited)
+    with pytest.raises(
+        df.MapItemError, match=r"1 of 4 items failed, at index 2 \(failed in task 'fails_on_two'\)"
+    ):
+        await m.compute(client=c)
+    with pytest.raises(df.MapItemError, match=r"at index 2 \(failed in task 'fails_on_two'\)"):
+        m.compute(scheduler="sync")
+    # waited for whole (a batched map cannot be waited for item by item): the same
+    batched = process.map(
+        generate_list(4), wait_for=fails_on_two.map(generate_list(4), batch_size=2)
+    )
+    with pytest.raises(df.MapItemError, match=r"at index 2 \(failed in task 'fails_on_two'\)"):
+        await batched.compute(client=c)
+    with pytest.raises(df.MapLengthError, match="item=4 .*x=3"):
+        await process.map(generate_list(4), wait_for=fails_on_two.map([0, 1, 3])).compute(client=c)

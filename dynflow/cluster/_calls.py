@@ -96,7 +96,7 @@ def call_after(fn: Callable, _waited: Any, /, *args: Any, **kwargs: Any) -> Any:
 
 def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn`` under ``policy``; see the module docstring."""
-    passed = _upstream_failure(policy, args, kwargs)
+    passed = _upstream_failure(policy, fn, args, kwargs)
     if passed is not None:
         return passed
     user_args = args[2:] if fn is call_after else args
@@ -129,7 +129,7 @@ async def run_call_async(
 async def _call_async(
     policy: CallPolicy, key: Any, fn: Callable, args: tuple, kwargs: dict, secede: bool
 ) -> Any:
-    passed = _upstream_failure(policy, args, kwargs)
+    passed = _upstream_failure(policy, fn, args, kwargs)
     if passed is not None:
         return passed
     token = CURRENT_KEY.set(key) if key is not None else None
@@ -190,11 +190,16 @@ def _calling(policy: CallPolicy, user_args: tuple, kwargs: dict) -> Iterator[Non
         RUNNING_TASK.reset(token)
 
 
-def _upstream_failure(policy: CallPolicy, args: tuple, kwargs: dict) -> Failure | None:
-    """An upstream failure record among the arguments: the call does not run. A call
-    that makes records passes it on; any other raises its exception, as if it had been
-    a dask error (a node whose failure an ``allow_failure`` consumer tolerates)."""
-    for value in (*args, *kwargs.values()):
+def _upstream_failure(
+    policy: CallPolicy, fn: Callable, args: tuple, kwargs: dict
+) -> Failure | None:
+    """An upstream failure record among the arguments, or among the values a call
+    waits for (``call_after``): the call does not run. A call that makes records passes
+    it on; any other raises its exception, as if it had been a dask error (a node whose
+    failure an ``allow_failure`` consumer tolerates)."""
+    waited = args[1] if fn is call_after else None
+    extra = waited if type(waited) is list else ()
+    for value in (*args, *kwargs.values(), *extra):
         if type(value) is Failure:
             if not policy.records:
                 raise value.exception

@@ -384,6 +384,20 @@ class MapNode(Node):
         return (*self._args, *self._kwargs.values())
 
     @property
+    def item_waits(self) -> tuple[MapNode, ...]:
+        """The maps in ``wait_for`` that this map's items wait for item by item: item
+        ``i`` waits for their item ``i`` only (not for a sub-flow run per item)."""
+        if isinstance(self, SubflowMapNode):
+            return ()
+        return tuple(n for n in self._wait_for if isinstance(n, MapNode))
+
+    @property
+    def whole_waits(self) -> tuple[Node, ...]:
+        """The nodes in ``wait_for`` that every item waits for as a whole."""
+        per_item = self.item_waits
+        return tuple(n for n in self._wait_for if n not in per_item)
+
+    @property
     def mapped_nodes(self) -> tuple[Node, ...]:
         """The upstream nodes that are mapped over, item by item."""
         return tuple(s.value for s in self.slots if s.mapped and isinstance(s.value, Node))

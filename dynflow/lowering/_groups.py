@@ -11,7 +11,8 @@ class ExpansionGroups:
     """Which maps expand together, and at which level, without creating cycles.
 
     Visit the nodes in topological order (:meth:`visit`). A map joins the group of a map
-    node it maps over (``"stage"``: item ``i`` reads item ``i``), or starts a child
+    node it maps over (``"stage"``: item ``i`` reads item ``i``) or waits for
+    (``"wait"``: item ``i`` waits for item ``i``), or starts a child
     group of the group of ``m`` when it maps over ``flatten(m)`` (``"nest"``). It does
     not join when that would make an expander depend, through static arguments,
     ``wait_for`` or other sources, on one of its own group's collectors (a cycle), nor
@@ -67,7 +68,12 @@ class ExpansionGroups:
         self.upstream[node.key] = frozenset(up | {node.key})
         self.pos[node.key] = len(self.pos)
 
-        cands: dict[int, tuple[str, int | None]] = {}  # slot -> (how, level)
+        # candidates: mapped slots, then the maps in wait_for waited for item by item
+        # (index len(slots) + j), which join like a mapped map but are not passed
+        cands: dict[int, tuple[str, int | None]] = {}  # index -> (how, level)
+        for j, w in enumerate(node.item_waits):
+            if w.batch_size is None:
+                cands[len(node.slots) + j] = ("wait", self.parent_of(self.group[w.key]))
         for i, s in enumerate(node.slots):
             if not s.mapped:
                 continue
@@ -84,8 +90,10 @@ class ExpansionGroups:
             ):
                 cands[i] = ("nest", self.find(self.group[s.value.source.key]))
         others = [n for i, s in enumerate(node.slots) for n in find_nodes(s) if i not in cands]
+        others += node.whole_waits
+        others += [w for j, w in enumerate(node.item_waits) if len(node.slots) + j not in cands]
         base: set[str] = set()
-        for n in (*others, *node._wait_for):
+        for n in others:
             base |= self.upstream[n.key]
 
         mapped = {i for i, s in enumerate(node.slots) if s.mapped}
@@ -100,7 +108,7 @@ class ExpansionGroups:
                 continue
             ext = set(base)
             for i in cands.keys() - joinable.keys():
-                ext |= self.upstream[node.slots[i].value.key]
+                ext |= self.upstream[self._value(node, i).key]
             members = {node.key}
             for i in joinable:
                 root = self.root(self._group_of_slot(node, i))
@@ -124,15 +132,22 @@ class ExpansionGroups:
         self.group[node.key] = fid
         for i, (how, _) in joinable.items():
             self.how[(node.key, i)] = how
-            if how == "stage":
-                f = self.find(self.group[node.slots[i].value.key])
+            if how in ("stage", "wait"):
+                f = self.find(self.group[self._value(node, i).key])
                 if f != fid:
                     self.members[fid] = self.members.pop(f) + self.members[fid]
                     self.ext[fid] |= self.ext.pop(f)
                     self.alias[f] = fid
 
+    @staticmethod
+    def _value(node: MapNode, i: int) -> Node:
+        """Candidate ``i``: a mapped slot's node, or a map ``node`` waits for per item."""
+        if i < len(node.slots):
+            return node.slots[i].value
+        return node.item_waits[i - len(node.slots)]
+
     def _group_of_slot(self, node: MapNode, i: int) -> int:
-        v = node.slots[i].value
+        v = self._value(node, i)
         return self.group[(v.source if isinstance(v, FlattenNode) else v).key]
 
     def groups(self) -> list[int]:

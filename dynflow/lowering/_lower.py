@@ -34,6 +34,7 @@ from dynflow.graph._node import (
     KeyNode,
     MapNode,
     Node,
+    Slot,
     SubflowMapNode,
     find_nodes,
     replace_nodes,
@@ -111,7 +112,7 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
     other mapped node is read whole, raw (:func:`_whole_source`)."""
     sources: dict[Any, tuple[str, str]] = {}
     concretes: list[tuple[str, str, int]] = []
-    needs: set[Any] = {n.key for n in node._wait_for}
+    needs: set[Any] = {n.key for n in node.whole_waits}
     subflow = isinstance(node, SubflowMapNode)
     # a sub-flow is built from plain values and nodes; a task call from a task spec
     ref = (lambda v: replace_nodes(v, lambda n: Existing(n.key))) if subflow else _ref
@@ -121,7 +122,7 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
             needs.update(n.key for n in find_nodes(slot.value))
             return ref(slot.value)
         kind = how.get((node.key, i))
-        if kind == "stage":
+        if kind in ("stage", "wait"):
             return StageItem(slot.value.item_name)
         if kind == "nest":
             src: Any = ParentItem(slot.value.source.item_name)
@@ -138,6 +139,12 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
     npos = len(node._args)
     args = tuple(arg(i, s) for i, s in enumerate(node._args))
     kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node._kwargs.items())}
+    # the maps in wait_for, item by item: item i waits for their item i (read like a
+    # mapped argument, not passed to the function)
+    nslots = len(node.slots)
+    waits = tuple(
+        arg(nslots + j, Slot("wait_for", True, w)) for j, w in enumerate(node.item_waits)
+    )
     if subflow:
         stage: Stage = SubflowStage(
             node.item_name, node.name, node.flow, args, kwargs, {}, lower=lower
@@ -154,6 +161,7 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
             node.batch_size,
             node.max_concurrency,
             bool(dask.config.get("dynflow.queue-items")),
+            waits,
         )
     return PlannedStage(stage, sources, concretes, needs)
 
@@ -192,7 +200,10 @@ def _whole(
                     raw.add(v.source.key)
                 else:
                     whole.update(n.key for n in find_nodes(s))
-            whole.update(n.key for n in node._wait_for)
+            whole.update(n.key for n in node.whole_waits)
+            for j, w in enumerate(node.item_waits):
+                if (node.key, len(node.slots) + j) not in how:
+                    raw.add(w.key)  # read whole, raw: item i waits for item i of it
         elif node.key in whole:
             whole.update(d.key for d in node.dependencies)
     return whole, raw, flat

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dask._task_spec import Alias, Task, TaskRef, parse_input
+from dask._task_spec import Alias, List, Task, TaskRef, parse_input
 from dask.local import get_sync
 from dask.utils import key_split
 
@@ -141,6 +141,8 @@ class Stage:
     max_concurrency: int | None = None  # at most this many items running at once
     # let the scheduler queue the items as root tasks (``dynflow.queue-items``)
     queue: bool = False
+    # item markers of the maps in wait_for: item i waits for their item i, unread
+    waits: tuple = ()
 
     def call(
         self,
@@ -153,10 +155,16 @@ class Stage:
     ) -> Task:
         """The task spec of item ``i`` (``key``: its key, or None inside a batch).
 
-        ``after``: a key this item must wait for without reading its value.
+        ``after``: a key this item must wait for without reading its value (a lane).
         ``blocking``: run a coroutine function to completion (local schedulers).
         """
-        fn, extra = (self.fn, ()) if after is None else (call_after, (self.fn, TaskRef(after)))
+        waited = [_resolve(w, prefix, i, refs) for w in self.waits]
+        if after is not None:
+            waited.append(TaskRef(after))
+        if waited:  # waited for, not passed: a failure among them fails the item
+            fn, extra = call_after, (self.fn, waited[0] if len(waited) == 1 else List(*waited))
+        else:
+            fn, extra = self.fn, ()
         assert self.policy is not None
         return self.policy.spec(
             key,
@@ -214,7 +222,7 @@ class Stage:
         (:func:`run_batch`), which sets each item's index as it runs it; only the
         batch's dependencies, and its slice of concrete mapped values, are listed here.
         """
-        markers = find((self.args, self.kwargs), _is_marker)
+        markers = find((self.args, self.kwargs, self.waits), _is_marker)
         deps = set(self.call(None, prefix, start, refs).dependencies)
         for m in markers:
             if type(m) is StageItem:
