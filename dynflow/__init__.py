@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from dynflow.graph._flow import Flow, flow
     from dynflow.graph._node import FlattenNode, MapNode, Node, unmapped
     from dynflow.graph._task import Task, task
-    from dynflow.graph._wrappers import allow_failure, flatten
+    from dynflow.graph._wrappers import allow_failure, flatten, product
     from dynflow.views._progress import progress
     from dynflow.views._render import visualize
 
@@ -76,6 +76,7 @@ _EXPORTS = {
     "flatten": "dynflow.graph._wrappers",
     "flow": "dynflow.graph._flow",
     "get_client": "dynflow.client._cluster",
+    "product": "dynflow.graph._wrappers",
     "progress": "dynflow.views._progress",
     "submit": "dynflow.client._submit",
     "submit_async": "dynflow.client._submit",
@@ -109,6 +110,7 @@ __all__ = [
     "flatten",
     "flow",
     "get_client",
+    "product",
     "progress",
     "submit",
     "submit_async",

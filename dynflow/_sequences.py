@@ -19,7 +19,7 @@ from typing import Any
 
 from dynflow.exceptions import MapInputError
 
-__all__ = ["concatenate", "positional", "unmappable"]
+__all__ = ["Product", "concatenate", "positional", "unmappable"]
 
 _FAST = (list, tuple, range)
 
@@ -105,3 +105,44 @@ def concatenate(what: str, parts: Iterable[Any], keep: tuple[type, ...] = ()) ->
         else:
             out.extend(part)
     return out
+
+
+class Product(Sequence):
+    """The cross product of sequences, in row-major order, without making it.
+
+    ``Product([1, 2], "ab")[i]`` is the ``i``-th tuple of
+    ``itertools.product([1, 2], "ab")``: item ``i`` is computed when read, and pickling
+    ships only the factors.
+
+    >>> p = Product([1, 2], ["a", "b", "c"])
+    >>> len(p), p[0], p[4], list(p) == [(1, "a"), (1, "b"), (1, "c"), (2, "a"), (2, "b"), (2, "c")]
+    (6, (1, 'a'), (2, 'b'), True)
+    """
+
+    __slots__ = ("factors",)
+
+    def __init__(self, *factors: Sequence) -> None:
+        self.factors = factors
+
+    def __len__(self) -> int:
+        n = 1
+        for f in self.factors:
+            n *= len(f)
+        return n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"product index {i} out of range for {n} items")
+        out = []
+        for f in reversed(self.factors):
+            i, j = divmod(i, len(f))
+            out.append(f[j])
+        return tuple(reversed(out))
+
+    def __repr__(self) -> str:
+        return f"Product({', '.join(map(repr, self.factors))})"

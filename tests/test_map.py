@@ -662,3 +662,30 @@ async def test_an_item_waiting_for_a_failed_item_fails_with_it(c, s, a, b):
         await batched.compute(client=c)
     with pytest.raises(df.MapLengthError, match="item=4 .*x=3"):
         await process.map(generate_list(4), wait_for=fails_on_two.map([0, 1, 3])).compute(client=c)
+
+
+@df.task
+def join_pair(pair):
+    a, b = pair
+    return f"{a}{b}"
+
+
+@gen_cluster(client=True)
+async def test_product_maps_over_every_pair_in_row_major_order(c, s, a, b):
+    letters = process.map(["a", "b"])  # a map node, read whole
+    nodes = [
+        join_pair.map(df.product(generate_list(2), ["x", "y", "z"])),
+        join_pair.map(df.product(letters, generate_list(2))),
+        process.map(join_pair.map(df.product([1], ["q"])), 2),  # a map chained on it
+        join_pair.map(df.product(generate_list(0), ["x"])),
+    ]
+    values = [["0x", "0y", "0z", "1x", "1y", "1z"], ["a0", "a1", "b0", "b1"], ["1q1q"], []]
+    for node, value in zip(nodes, values, strict=True):
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+    with pytest.raises(df.MapInputError, match=r"product\(\): argument 1 is a int"):
+        df.product([1], 5)
+    with pytest.raises(TypeError, match="two or more"):
+        df.product([1])
+    with pytest.raises(df.MapInputError, match=r"product\(\): argument 0 is a dict"):
+        await join_pair.map(df.product(identity({"a": 1}), [1])).compute(client=c)

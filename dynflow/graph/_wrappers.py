@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from dynflow._sequences import concatenate
+from dynflow._sequences import Product, concatenate, positional, unmappable
+from dynflow.exceptions import MapInputError
 from dynflow.graph._node import AllowFailureNode, FlattenNode, Node
 from dynflow.graph._task import Task
 
-__all__ = ["allow_failure", "flatten"]
+__all__ = ["allow_failure", "flatten", "product"]
 
 
 def _flatten(lists: Iterable[Iterable[Any]]) -> list:
@@ -21,8 +22,23 @@ def _allow_failure_marker(results: list) -> list:  # pragma: no cover - never a 
     return results
 
 
+def _product(*values: Any) -> Product:
+    """The cross product of ``values`` (each list-like), items made when read."""
+    factors = []
+    for k, value in enumerate(values):
+        why = unmappable(value)
+        if why is not None:
+            raise MapInputError(
+                f"product(): argument {k} is a {type(value).__name__}, {why}; pass lists, "
+                "nodes or map nodes"
+            )
+        factors.append(value if positional(value) else list(value))
+    return Product(*factors)
+
+
 _FLATTEN: Task = Task(_flatten, name="flatten", pure=True)
 _ALLOW_FAILURE: Task = Task(_allow_failure_marker, name="allow_failure", pure=True)
+_PRODUCT: Task = Task(_product, name="product", pure=True)
 
 
 def flatten(node: Node) -> FlattenNode:
@@ -115,3 +131,50 @@ def allow_failure(node: Node) -> AllowFailureNode:
             + ("; apply it to the map: allow_failure(m)" if isinstance(node, FlattenNode) else "")
         )
     return AllowFailureNode(_ALLOW_FAILURE, (node,), {})
+
+
+def product(*values: Any) -> Node:
+    """The cross product of ``values``, to map over: items ``(a_i, b_j)``, row-major.
+
+    ``f.map(df.product(a, b))`` calls ``f((a_i, b_j))`` for every pair (Airflow's
+    ``expand`` over several arguments; ``f.map(a, b)`` zips them instead). Each value
+    may be a list, a node or a map node (read whole); lengths are known only when they
+    run, on the cluster. The pairs are never made as a list: item ``k`` is computed
+    where it runs.
+
+    Parameters
+    ----------
+    *values : list-like or Node
+        Two or more factors.
+
+    Returns
+    -------
+    Node
+        Its value is a sequence of tuples, ``len(a) * len(b) * ...`` long.
+
+    Raises
+    ------
+    TypeError
+        Fewer than two values.
+    MapInputError
+        A concrete value that cannot be mapped over (when built), or a node's value
+        that cannot be (when it runs).
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def label(pair):
+    ...     return f"{pair[0]}{pair[1]}"
+    >>> label.map(df.product([1, 2], ["a", "b"])).compute(scheduler="sync")
+    ['1a', '1b', '2a', '2b']
+    """
+    if len(values) < 2:
+        raise TypeError(f"product() needs two or more values, got {len(values)}")
+    for k, value in enumerate(values):
+        if not isinstance(value, Node) and (why := unmappable(value)) is not None:
+            raise MapInputError(
+                f"product(): argument {k} is a {type(value).__name__}, {why}; pass lists, "
+                "nodes or map nodes"
+            )
+    return _PRODUCT(*values)

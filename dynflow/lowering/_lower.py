@@ -142,9 +142,7 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
     # the maps in wait_for, item by item: item i waits for their item i (read like a
     # mapped argument, not passed to the function)
     nslots = len(node.slots)
-    waits = tuple(
-        arg(nslots + j, Slot("wait_for", True, w)) for j, w in enumerate(node.item_waits)
-    )
+    waits = tuple(arg(nslots + j, Slot("wait_for", True, w)) for j, w in enumerate(node.item_waits))
     if subflow:
         stage: Stage = SubflowStage(
             node.item_name, node.name, node.flow, args, kwargs, {}, lower=lower
