@@ -3,6 +3,7 @@
     python asv_bench/client_memory.py                # N = 10000 1000000, batch_size="auto"
     python asv_bench/client_memory.py --n 1000 10000 --batch-size none
     python asv_bench/client_memory.py --n 10000 100000 --batch-size 500 --budget-mb 20
+    python asv_bench/client_memory.py --as-completed  # the items streamed to the client
 
 With a LocalCluster the scheduler lives in the client's process, so asv's ``peakmem_*``
 numbers include the scheduler. Here the scheduler (``dask scheduler --preload
@@ -12,7 +13,8 @@ PYTHONPATH (the tasks are ``benchmarks/_util.py``'s seed pattern) and the schedu
 ``worker-saturation`` set to ``--worker-saturation`` (default inf, as dynflow's embedded
 cluster). This process warms the workers up; then, for each N, a FRESH client process
 (``client_memory.py --child N ...``) connects, runs generate_list(N) -> process.map(items,
-batch_size=...) -> reducer once, checks the answer and prints one JSON line: its RSS
+batch_size=...) -> reducer once (``--as-completed``: iterates ``df.as_completed`` over the
+map instead, summing the items in the client), checks the answer and prints one JSON line: its RSS
 after ``import dynflow`` and connecting (baseline), its lifetime peak RSS
 (``getrusage(RUSAGE_SELF).ru_maxrss``), the peak psutil saw every 5 ms during the run,
 and the run's wall time. The table compares the peaks of the largest and smallest N
@@ -65,16 +67,24 @@ def max_rss() -> int:
 
 
 # ------------------------------------------------------------------ the client child
-def child(n: int, scheduler_file: str, batch_size: int | str | None) -> None:
+def child(
+    n: int, scheduler_file: str, batch_size: int | str | None, streamed: bool = False
+) -> None:
     """One run in a fresh process; its measurements as one JSON line on stdout."""
     import peers
+
+    import dynflow as df
 
     sampler = peers.RssSampler()
     with Client(scheduler_file=scheduler_file, set_as_default=False) as client:
         baseline = sampler.rss()
         with sampler, sampler.measuring("run"):
             t0 = time.perf_counter()
-            out = u.seed_graph(n, batch_size=batch_size).compute(client=client)
+            if streamed:  # every item's value comes to this process, a window at a time
+                items = u.process.map(u.generate_list(n), 2, batch_size=batch_size)
+                out = sum(v for _, v in df.as_completed(items, client=client))
+            else:
+                out = u.seed_graph(n, batch_size=batch_size).compute(client=client)
             wall = time.perf_counter() - t0
         if out != u.expected(n):
             raise AssertionError(f"n={n}: got {out}, want {u.expected(n)}")
@@ -153,11 +163,17 @@ def warm_client(scheduler_file: Path) -> Iterator[Client]:
 
 
 def run_child(
-    n: int, scheduler_file: Path, batch_size: str, env: dict[str, str], timeout: float
+    n: int,
+    scheduler_file: Path,
+    batch_size: str,
+    env: dict[str, str],
+    timeout: float,
+    streamed: bool = False,
 ) -> dict:
     """A fresh client process for one run; its JSON record (raises if it failed)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", str(n)]
     cmd += ["--scheduler-file", str(scheduler_file), "--batch-size", batch_size]
+    cmd += ["--as-completed"] if streamed else []
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
@@ -219,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the scheduler's distributed.scheduler.worker-saturation (default: inf)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per client run")
+    parser.add_argument(
+        "--as-completed",
+        action="store_true",
+        help="stream every item's value to the client with df.as_completed",
+    )
     parser.add_argument("--child", type=int, metavar="N", help=argparse.SUPPRESS)
     parser.add_argument("--scheduler-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -227,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--batch-size: 'auto', 'none' or an int, not {args.batch_size!r}")
     if args.child is not None:
-        child(args.child, args.scheduler_file, batch_size)
+        child(args.child, args.scheduler_file, batch_size, args.as_completed)
         return 0
 
     import dask
@@ -255,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in sorted(args.n):
             u.wait_idle(client)  # nothing left of earlier runs on the scheduler
             try:
-                record = run_child(n, sf, args.batch_size, env, args.timeout)
+                record = run_child(n, sf, args.batch_size, env, args.timeout, args.as_completed)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 print(f"N={n}: failed: {e}", flush=True)
                 failed = True

@@ -29,6 +29,7 @@ _config.load_defaults()
 if TYPE_CHECKING:
     from dynflow.client._cluster import get_client
     from dynflow.client._run import Run, RunFuture
+    from dynflow.client._stream import AsCompleted, as_completed
     from dynflow.client._submit import cancel, compute, submit, submit_async
     from dynflow.exceptions import (
         DynflowError,
@@ -70,7 +71,9 @@ _EXPORTS = {
     "Task": "dynflow.graph._task",
     "TaskInterruptedError": "dynflow.exceptions",
     "TaskTimeoutError": "dynflow.exceptions",
+    "AsCompleted": "dynflow.client._stream",
     "allow_failure": "dynflow.graph._wrappers",
+    "as_completed": "dynflow.client._stream",
     "cancel": "dynflow.client._submit",
     "compute": "dynflow.client._submit",
     "flatten": "dynflow.graph._wrappers",
@@ -86,6 +89,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AsCompleted",
     "DynflowError",
     "ExtensionError",
     "FlattenNode",
@@ -105,6 +109,7 @@ __all__ = [
     "TaskInterruptedError",
     "TaskTimeoutError",
     "allow_failure",
+    "as_completed",
     "cancel",
     "compute",
     "flatten",

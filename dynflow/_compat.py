@@ -21,6 +21,12 @@ Scheduler (the splice, :mod:`dynflow.cluster._splice`):
 - :func:`register_dashboard_page`: the dashboard's page registry
   (``distributed.dashboard.scheduler.applications``).
 
+Client:
+
+- :func:`want_keys`: the client's ``client-desires-keys`` message, as
+  ``Client._inform_scheduler_of_futures`` sends it for published futures
+  (``as_completed`` fetches items the scheduler keeps for it).
+
 Worker:
 
 - :func:`expander_run_id`: the worker state machine's ``TaskState.run_id`` of the
@@ -52,6 +58,7 @@ __all__ = [
     "register_dashboard_page",
     "secede_async",
     "send_to_client",
+    "want_keys",
 ]
 
 
@@ -122,6 +129,13 @@ def register_dashboard_page(path: str, doc: Callable[..., Any]) -> None:
     from distributed.dashboard.scheduler import applications
 
     applications.setdefault(path, doc)
+
+
+# -------------------------------------------------------------------------- client
+def want_keys(client: Any, keys: list) -> None:
+    """Tell the scheduler that ``client`` holds futures of ``keys`` (made for keys that
+    exist already): it reports their state, which finishes those futures."""
+    client._send_to_scheduler({"op": "client-desires-keys", "keys": list(keys)})
 
 
 # -------------------------------------------------------------------------- worker

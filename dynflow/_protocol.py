@@ -43,6 +43,9 @@ __all__ = [
     "SPLICE",
     "SPLICE_HANDLER",
     "SPLICE_TOPIC",
+    "STREAM_CLOSE_HANDLER",
+    "STREAM_NEXT_HANDLER",
+    "STREAM_OPEN_HANDLER",
     "TRACKER",
     "at",
     "lane_key",
@@ -62,6 +65,10 @@ SPLICE_HANDLER = "dynflow_splice"
 RUN_START_HANDLER = "dynflow_run_start"
 RUN_STATUS_HANDLER = "dynflow_run_status"
 RUNS_HANDLER = "dynflow_runs"
+#: as_completed: a client streams a map's finished items (open, next window, close)
+STREAM_OPEN_HANDLER = "dynflow_stream_open"
+STREAM_NEXT_HANDLER = "dynflow_stream_next"
+STREAM_CLOSE_HANDLER = "dynflow_stream_close"
 
 # ------------------------------------------------------------------------ events
 #: worker -> scheduler: an item holds a failure record (``{"key", "index", "label",

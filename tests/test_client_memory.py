@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parent.parent / "asv_bench" / "client_memory.py"
 
 
-def test_client_memory_script_end_to_end():
+@pytest.mark.parametrize("mode", [[], ["--as-completed"]])
+def test_client_memory_script_end_to_end(mode):
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--n", "100", "1000", "--batch-size", "auto"],
+        [sys.executable, str(SCRIPT), "--n", "100", "1000", "--batch-size", "auto", *mode],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

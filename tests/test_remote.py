@@ -359,3 +359,14 @@ def test_an_exception_class_of_the_script_arrives_from_a_batched_map(client, tmp
         "None [3] ScriptError 3 is bad True",
         "2 [3] ScriptError 3 is bad True",
     ]
+
+
+def test_as_completed_against_a_cli_cluster(client):
+    m = rt.process.map(rt.generate_list(300), 2, batch_size=7)
+    before = scheduler_task_count(client)
+    pairs = list(df.as_completed(m, client=client))
+    assert sorted(pairs) == [(i, 2 * i) for i in range(300)]
+    left = client.run_on_scheduler(lambda dask_scheduler: sorted(map(str, dask_scheduler.tasks)))
+    wait_until(
+        lambda: scheduler_task_count(client) <= before, 10, f"the scheduler to forget {left}"
+    )

@@ -8,7 +8,7 @@ returns it to be awaited.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -137,11 +137,20 @@ async def submit_async(*nodes: Node, client: Client, name: str | None = None) ->
     return await _submit(_check_nodes(nodes), client, name)
 
 
-async def _submit(nodes: tuple[Node, ...], client: Client, name: str | None) -> list[RunFuture]:
+async def _submit(
+    nodes: tuple[Node, ...],
+    client: Client,
+    name: str | None,
+    before_send: Callable[[Run], Awaitable[Any]] | None = None,
+) -> list[RunFuture]:
+    """Install, register the run, then send its graph (``before_send(run)`` first: what
+    must be in place on the scheduler before any task can finish)."""
     await install(client)
     run = Run.of(nodes, client, name)
     graph = lower(nodes, distributed=True)
     await run.register()
+    if before_send is not None:
+        await before_send(run)
     try:
         futures = client.get(graph, [n.key for n in nodes], sync=False)
     except (pickle.PicklingError, TypeError, AttributeError) as e:

@@ -41,8 +41,12 @@ from dynflow._protocol import (
     RUN_START_HANDLER,
     RUN_STATUS_HANDLER,
     RUNS_HANDLER,
+    STREAM_CLOSE_HANDLER,
+    STREAM_NEXT_HANDLER,
+    STREAM_OPEN_HANDLER,
     TRACKER,
 )
+from dynflow.cluster._streams import Streams
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -157,18 +161,30 @@ class RunTracker(SchedulerPlugin):
         # node key, and a map's item name (its items' key[0]) -> state
         self.index: dict[str, NodeState] = {}
         self.outputs: dict[Any, list[RunState]] = {}  # output key -> live runs waiting on it
+        self.streams: Streams | None = None  # as_completed's streams (once started)
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         scheduler.handlers[RUN_START_HANDLER] = self.run_start
         scheduler.handlers[RUN_STATUS_HANDLER] = self.run_status
         scheduler.handlers[RUNS_HANDLER] = self.list_runs
+        scheduler.handlers[STREAM_OPEN_HANDLER] = self.stream_open
+        scheduler.handlers[STREAM_NEXT_HANDLER] = self.stream_next
+        scheduler.handlers[STREAM_CLOSE_HANDLER] = self.stream_close
+        self.streams = Streams(scheduler)
         scheduler.extensions[TRACKER] = self
         _add_routes(scheduler, self)
 
     async def close(self) -> None:
         if self.scheduler is not None:
-            for h in (RUN_START_HANDLER, RUN_STATUS_HANDLER, RUNS_HANDLER):
+            for h in (
+                RUN_START_HANDLER,
+                RUN_STATUS_HANDLER,
+                RUNS_HANDLER,
+                STREAM_OPEN_HANDLER,
+                STREAM_NEXT_HANDLER,
+                STREAM_CLOSE_HANDLER,
+            ):
                 self.scheduler.handlers.pop(h, None)
             self.scheduler.extensions.pop(TRACKER, None)
 
@@ -201,6 +217,26 @@ class RunTracker(SchedulerPlugin):
         """Every known run, newest first (``dynflow_runs``)."""
         return [r.summary(with_graph=graph) for r in reversed(self.runs.values())]
 
+    def stream_open(self, run_id: str, node: str, client: str) -> dict[str, Any]:
+        """Stream the finished items of map ``node`` of run ``run_id`` to ``client``
+        (``dynflow_stream_open``); see :mod:`dynflow.cluster._streams`."""
+        run = self.runs.get(run_id)
+        ns = None if run is None else run.nodes.get(node)
+        if ns is None or ns.items is None:
+            return {"status": "error", "message": f"no map {node!r} in run {run_id!r}"}
+        assert self.streams is not None
+        return {"status": "OK", "stream": self.streams.open(run, ns, client)}
+
+    async def stream_next(self, stream: str, limit: int, wait: float = 1.0) -> dict[str, Any]:
+        """Up to ``limit`` finished items of a stream (``dynflow_stream_next``)."""
+        assert self.streams is not None
+        return await self.streams.next(stream, limit, wait)
+
+    def stream_close(self, stream: str) -> None:
+        """End a stream; what it did not hand out is released (``dynflow_stream_close``)."""
+        assert self.streams is not None
+        self.streams.close(stream)
+
     # ------------------------------------------------------------- plugin hooks
     def update_graph(self, scheduler: Scheduler, **kwargs: Any) -> None:
         stages = kwargs.get("dynflow_map_lengths")
@@ -226,6 +262,8 @@ class RunTracker(SchedulerPlugin):
         ns = self.index.get(key[0] if type(key) is tuple else key)
         if ns is not None and ns.run.finished is None:
             self._count(ns, key, start, finish)
+            if finish == "memory" and self.streams is not None and ns.weight(key):
+                self.streams.finished(ns, key)
         if runs:
             self._output(key, finish, runs)
 
@@ -251,6 +289,8 @@ class RunTracker(SchedulerPlugin):
                 send_to_client(self.scheduler, ns.run.client, FORWARD_TOPIC, msg)
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        if self.streams is not None:
+            self.streams.remove_client(client)
         for run in list(self.runs.values()):
             if run.client == client and run.finished is None:
                 self._finish(run, "cancelled")
@@ -292,6 +332,8 @@ class RunTracker(SchedulerPlugin):
     def _finish(self, run: RunState, state: str) -> None:
         run.state = state
         run.finished = time()
+        if self.streams is not None:
+            self.streams.ended(run)
         for ns in run.nodes.values():
             ns.running = 0
             for was, w in ns.limbo.values():

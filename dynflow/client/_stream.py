@@ -1,0 +1,292 @@
+"""``df.as_completed``: a map's results as its items finish, a bounded window at a time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from distributed import Client, Future, fire_and_forget
+
+from dynflow._compat import want_keys
+from dynflow._protocol import STREAM_CLOSE_HANDLER, STREAM_NEXT_HANDLER, STREAM_OPEN_HANDLER
+from dynflow.client._cluster import get_client
+from dynflow.client._run import Run, RunFuture
+from dynflow.client._submit import _submit, compute
+from dynflow.cluster._failure import Failure
+from dynflow.exceptions import ExtensionError, MapItemError
+from dynflow.graph._node import MapNode
+from dynflow.graph._wrappers import allow_failure
+
+__all__ = ["AsCompleted", "as_completed"]
+
+#: items of a batch fetched at once (a batch of an "auto" map grows with the map)
+BATCH_SLICE = 10_000
+
+
+def _part(batch: list, start: int, stop: int) -> list:
+    """Items ``start:stop`` of a batch's results, on the worker that holds it."""
+    return batch[start:stop]
+
+
+def as_completed(
+    map_node: MapNode | RunFuture,
+    node: MapNode | None = None,
+    *,
+    raise_errors: bool = False,
+    client: Client | None = None,
+    cancel_on_exit: bool = True,
+    scheduler: str | None = None,
+) -> AsCompleted:
+    """Yield ``(index, value)`` for each item of a map as it finishes.
+
+    Starts the map as a run of its own, or, given a future of a submitted run and a map
+    node of it, streams that run's items (from when it attaches). Items arrive in the
+    order they finish; a failed item yields ``(index, exception)`` (the original, with
+    its remote traceback). The process holds a bounded window of results at a time (a
+    few per worker thread; a batched map's items arrive batch by batch), never one
+    future per item, so its memory stays flat however long the map.
+
+    Parameters
+    ----------
+    map_node : MapNode or RunFuture
+        The map to run (a chained map: its own items; a map over ``flatten(m)``:
+        indices are ``(i, j)``, the item's position under its parent), or a future of a
+        run that contains ``node``.
+    node : MapNode, optional
+        With a future: the map of that run to stream. The run must use the map's list
+        (a reducer, ``allow_failure``): its items are kept until the list is made.
+    raise_errors : bool
+        Raise :class:`~dynflow.MapItemError` for a failed item instead of yielding it.
+    client : distributed.Client, optional
+        The cluster (see :func:`dynflow.get_client`). With an asynchronous client,
+        iterate with ``async for`` (``async with as_completed(...) as items:`` closes it
+        at once when you leave the loop early).
+    cancel_on_exit : bool
+        Leaving the loop early cancels the items that have not started (of a run this
+        call started); False lets them run to the end.
+    scheduler : str, optional
+        ``"sync"`` (or ``"threads"``): run the map in this process, without a cluster,
+        and yield its items in order (a map over ``flatten``: by their position in the
+        flat list).
+
+    Returns
+    -------
+    AsCompleted
+        Iterable (``for``) and asynchronously iterable (``async for``).
+
+    Raises
+    ------
+    TypeError
+        Not a map node (or a future without a map node).
+    MapItemError
+        With ``raise_errors``, for the first failed item, naming it.
+    Exception
+        The error that stopped the map itself (a value that cannot be mapped over).
+
+    Examples
+    --------
+    >>> import dynflow as df
+    >>> @df.task
+    ... def square(x):
+    ...     return x * x
+    >>> for i, value in df.as_completed(square.map(range(100))):  # doctest: +SKIP
+    ...     print(i, value)
+    """
+    return AsCompleted(map_node, node, raise_errors, client, cancel_on_exit, scheduler)
+
+
+class AsCompleted:
+    """The items of a map as they finish; see :func:`as_completed`."""
+
+    def __init__(
+        self,
+        map_node: MapNode | RunFuture,
+        node: MapNode | None,
+        raise_errors: bool,
+        client: Client | None,
+        cancel_on_exit: bool,
+        scheduler: str | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        if scheduler is not None and isinstance(map_node, MapNode):
+            self.node, self.run = map_node, None
+            self.raise_errors = raise_errors
+            return
+        if isinstance(map_node, RunFuture):
+            if not isinstance(node, MapNode):
+                raise TypeError(
+                    "as_completed(future, node): node must be a map node of the future's run"
+                )
+            self.client: Client = map_node.client
+            self.run: Run | None = map_node.run
+            self.node = node
+        elif isinstance(map_node, MapNode):
+            self.client = get_client(client)
+            self.run = None
+            self.node = map_node
+        else:
+            raise TypeError(
+                f"as_completed() expects a map node (the result of task.map), got "
+                f"{type(map_node).__name__}"
+            )
+        self.raise_errors = raise_errors
+        self.cancel_on_exit = cancel_on_exit
+        self.future: RunFuture | None = None  # the run this call started, if any
+        self.stream: str | None = None
+        self._agen: Any = None
+
+    # ------------------------------------------------------------------ iterating
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        if self.scheduler is not None:
+            yield from self._local()
+            return
+        windows = self._windows()
+        try:
+            while True:  # one trip to the client's event loop per window, not per item
+                try:
+                    pairs = self.client.sync(windows.__anext__)
+                except StopAsyncIteration:
+                    return
+                yield from pairs
+                del pairs
+        finally:
+            self.client.sync(windows.aclose)
+
+    def _local(self) -> Iterator[tuple[Any, Any]]:
+        """The map run in this process; its items in order (``scheduler=``)."""
+        (values,) = compute(allow_failure(self.node), scheduler=self.scheduler)
+        for i, value in enumerate(values):
+            if self.raise_errors and isinstance(value, BaseException):
+                raise MapItemError(
+                    self.node.name, [i], len(values), self.node.name, value
+                ) from value
+            yield i, value
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, Any]]:
+        if self.scheduler is not None:
+            raise TypeError("as_completed(..., scheduler=...) is iterated with a plain `for`")
+        if self._agen is None:
+            self._agen = self._items()
+        return self._agen
+
+    async def __aenter__(self) -> AsCompleted:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._agen is not None:
+            await self._agen.aclose()
+
+    async def _items(self) -> AsyncIterator[tuple[Any, Any]]:
+        windows = self._windows()
+        try:
+            async for pairs in windows:
+                for pair in pairs:
+                    yield pair
+        finally:
+            await windows.aclose()
+
+    # ------------------------------------------------------------------ the stream
+    async def _open(self, run: Run) -> None:
+        reply = await getattr(self.client.scheduler, STREAM_OPEN_HANDLER)(
+            run_id=run.id, node=self.node.key, client=self.client.id
+        )
+        if reply.get("status") != "OK":
+            raise ExtensionError(f"as_completed(): {reply.get('message')}")
+        self.stream = reply["stream"]
+
+    async def _windows(self) -> AsyncIterator[list[tuple[Any, Any]]]:
+        """The finished items, a window of ``(index, value)`` pairs at a time."""
+        client = self.client
+        if self.run is None:  # a run of its own, whose output keeps the items
+            (self.future,) = await _submit(
+                (allow_failure(self.node),), client, self.node.name, before_send=self._open
+            )
+        else:
+            await self._open(self.run)
+        nthreads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+        window = max(4, 2 * nthreads)
+        next_window = getattr(client.scheduler, STREAM_NEXT_HANDLER)
+        done = False
+        try:
+            while not done:
+                reply = await next_window(stream=self.stream, limit=window, wait=1.0)
+                done = reply["done"]
+                if not reply["items"]:
+                    continue
+                futures = [Future(_key(item["key"]), client) for item in reply["items"]]
+                want_keys(client, [f.key for f in futures])
+                try:
+                    pairs = zip(futures, reply["items"], strict=True)
+                    singles = [(f, it) for f, it in pairs if not it["size"]]
+                    if singles:
+                        values = await client.gather([f for f, _ in singles], asynchronous=True)
+                        yield [
+                            self._pair(item, 0, value, reply["total"])
+                            for (_, item), value in zip(singles, values, strict=True)
+                        ]
+                        del values
+                    for f, item in zip(futures, reply["items"], strict=True):
+                        if not item["size"]:
+                            continue
+                        # a batch, a slice at a time: the window is bounded in items
+                        for start in range(0, item["count"], BATCH_SLICE):
+                            part = client.submit(
+                                _part,
+                                f,
+                                start,
+                                start + BATCH_SLICE,
+                                key=f"dynflow-stream-part-{uuid.uuid4().hex}",
+                            )
+                            try:
+                                values = await client.gather(part, asynchronous=True)
+                            finally:
+                                part.release()
+                            yield [
+                                self._pair(item, start + j, v, reply["total"])
+                                for j, v in enumerate(values)
+                            ]
+                            del values
+                finally:
+                    for f in futures:
+                        f.release()
+            if self.future is not None and self.future.status == "error":
+                raise await self.future.exception()
+        finally:
+            await self._close(done)
+
+    def _pair(self, item: dict, offset: int, value: Any, total: int | None) -> tuple:
+        """``(index, value)`` of the ``offset``-th value of a streamed task."""
+        *prefix, start = item["index"]
+        index = start + offset if not prefix else (*prefix, start + offset)
+        return index, self._value(index, value, total)
+
+    def _value(self, index: Any, value: Any, total: int | None) -> Any:
+        if type(value) is not Failure:
+            return value
+        if self.raise_errors:
+            error = MapItemError(
+                self.node.name,
+                [index],  # type: ignore[list-item]
+                total if total is not None else -1,
+                value.task_name,
+                value.exception,
+                {index: value.label} if value.label else None,  # type: ignore[dict-item]
+            )
+            raise error from value.exception
+        return value.exception
+
+    async def _close(self, done: bool) -> None:
+        if self.stream is not None:
+            await getattr(self.client.scheduler, STREAM_CLOSE_HANDLER)(stream=self.stream)
+            self.stream = None
+        if self.future is not None:
+            if not done and not self.cancel_on_exit:
+                fire_and_forget(self.future)  # the rest of the run goes on
+            self.future.release()
+            self.future = None
+
+
+def _key(key: Any) -> Any:
+    """A key as it was before msgpack turned its tuples into lists."""
+    return tuple(_key(k) for k in key) if isinstance(key, list) else key

@@ -1,0 +1,145 @@
+"""df.as_completed: a map's items as they finish, a bounded window at a time."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from distributed import Event
+from distributed.utils_test import gen_cluster
+from processes import wait_until
+from utils import generate_list, no_tasks_left, process, reducer
+
+import dynflow as df
+
+GATE = threading.Event()  # in-process workers share this module with the test
+
+
+@df.task
+def square(x):
+    if x == 3:
+        raise ValueError("three")
+    return x * x
+
+
+@df.task
+def gated_zero(x):
+    if x == 0:
+        assert GATE.wait(timeout=30)
+    return x
+
+
+@df.task
+def lists(n):
+    return list(range(n))
+
+
+async def collect(stream):
+    return [pair async for pair in stream]
+
+
+@gen_cluster(client=True)
+async def test_items_arrive_with_their_index_failures_as_exceptions(c, s, a, b):
+    pairs = await collect(df.as_completed(square.map(generate_list(10)), client=c))
+    assert sorted(i for i, _ in pairs) == list(range(10))
+    values = dict(pairs)
+    assert isinstance(values.pop(3), ValueError)
+    assert values == {i: i * i for i in range(10) if i != 3}
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_raise_errors_raises_for_the_failed_item(c, s, a, b):
+    with pytest.raises(df.MapItemError, match=r"square.map\(\): 1 of \d+ items failed, at index 3"):
+        await collect(df.as_completed(square.map([0, 1, 2, 3]), raise_errors=True, client=c))
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_batched_chained_and_flattened_maps(c, s, a, b):
+    batched = await collect(df.as_completed(process.map(generate_list(25), batch_size=4), client=c))
+    assert sorted(batched) == [(i, i) for i in range(25)]
+    chained = await collect(
+        df.as_completed(process.map(process.map(generate_list(5)), 3), client=c)
+    )
+    assert sorted(chained) == [(i, 3 * i) for i in range(5)]
+    nested = await collect(df.as_completed(process.map(df.flatten(lists.map([1, 3]))), client=c))
+    assert sorted(nested) == [((0, 0), 0), ((1, 0), 0), ((1, 1), 1), ((1, 2), 2)]
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_the_first_result_arrives_before_the_slowest_item_finishes(c, s, a, b):
+    GATE.clear()
+    stream = df.as_completed(gated_zero.map(generate_list(6)), client=c)
+    first = []
+    async with stream:
+        async for i, _ in stream:
+            first.append(i)
+            if len(first) == 1:
+                assert i != 0  # a result arrived while item 0 is still held
+                GATE.set()
+    assert sorted(first) == list(range(6))
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_the_client_holds_a_bounded_window_of_results(c, s, a, b):
+    """Never one future per item: at most a window of them (a few per worker thread)."""
+    most = 0
+    async for _ in df.as_completed(process.map(generate_list(200)), client=c):
+        most = max(most, len(c.futures))
+    window = max(4, 2 * sum(w.nthreads for w in s.workers.values()))
+    assert most <= window + 1  # + the run's own output future
+
+
+@gen_cluster(client=True)
+async def test_attaching_to_a_submitted_run(c, s, a, b):
+    release = Event("release-stream", client=c)
+    m = square.map(held.map(generate_list(6), "release-stream"))
+    (fut,) = await df.submit_async(reducer(df.allow_failure(m)), client=c)
+    stream = df.as_completed(fut, m)
+    await release.set()
+    pairs = await collect(stream)
+    assert sorted(i for i, _ in pairs) == list(range(6))
+    with pytest.raises(TypeError, match="node must be a map node"):
+        df.as_completed(fut)
+    del fut
+
+
+@df.task
+def held(x, event):
+    from distributed import Event as DEvent
+
+    DEvent(event).wait(timeout=30)
+    return x
+
+
+@gen_cluster(client=True)
+async def test_leaving_early_cancels_what_has_not_started(c, s, a, b):
+    async with df.as_completed(process.map(generate_list(500)), client=c) as stream:
+        async for _ in stream:
+            break
+    await no_tasks_left(s, timeout=10)
+
+
+def test_synchronous_iteration_and_cancel_on_exit_false(client):
+    got = sorted(df.as_completed(process.map(generate_list(20), 2), client=client))
+    assert got == [(i, 2 * i) for i in range(20)]
+    m = process.map(generate_list(50))
+    for _ in df.as_completed(m, client=client, cancel_on_exit=False):
+        break
+    # the rest of the run went on to the end, then was forgotten
+    wait_until(
+        lambda: not client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)),
+        20,
+        "the run to finish",
+    )
+
+
+def test_in_sync_mode_the_items_come_in_order():
+    pairs = list(df.as_completed(square.map(range(5)), scheduler="sync"))
+    assert [i for i, _ in pairs] == [0, 1, 2, 3, 4]
+    assert isinstance(pairs[3][1], ValueError) and pairs[4] == (4, 16)
+    with pytest.raises(df.MapItemError, match="at index 3"):
+        list(df.as_completed(square.map(range(5)), raise_errors=True, scheduler="sync"))
