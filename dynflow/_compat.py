@@ -38,6 +38,8 @@ Worker:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import cache
+from inspect import signature
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,17 +55,19 @@ __all__ = [
     "bypass_queuing",
     "expander_run_id",
     "http_application",
+    "local_scheduler",
     "new_task",
     "observe_spans",
     "register_dashboard_page",
     "secede_async",
     "send_to_client",
+    "update_graph_extras",
     "want_keys",
 ]
 
 
 #: the distributed releases whose internals this module uses (as pyproject.toml pins them)
-SUPPORTED_DISTRIBUTED = ">=2026.8.0,<2026.9"
+SUPPORTED_DISTRIBUTED = ">=2025.1.0,<2026.9"
 
 
 def supported_distributed(version: str | None) -> bool:
@@ -83,9 +87,24 @@ def apply_annotations(
     scheduler: Scheduler, tasks: list[TaskState], annotations: dict[str, Any]
 ) -> None:
     """Give ``tasks`` the ``annotations`` (resources, priority, span, ...)."""
-    scheduler._apply_annotations(
-        tasks=tasks, annotations_by_type={}, global_annotations=annotations
-    )
+    if _has_global_annotations(type(scheduler)):
+        scheduler._apply_annotations(
+            tasks=tasks, annotations_by_type={}, global_annotations=annotations
+        )
+    else:  # distributed < 2025.2: per-key annotations only
+        scheduler._apply_annotations(
+            tasks=tasks,
+            annotations_by_type={
+                name: {ts.key: value(ts.key) if callable(value) else value for ts in tasks}
+                for name, value in annotations.items()
+            },
+        )
+
+
+@cache
+def _has_global_annotations(scheduler_type: type) -> bool:
+    """Whether ``Scheduler._apply_annotations`` takes ``global_annotations`` (2025.2+)."""
+    return "global_annotations" in signature(scheduler_type._apply_annotations).parameters
 
 
 def bypass_queuing(tasks: list[TaskState]) -> None:
@@ -100,6 +119,21 @@ def observe_spans(scheduler: Scheduler, tasks: list[TaskState]) -> None:
     spans = scheduler.extensions.get("spans")
     if spans is not None and tasks:
         spans.observe_tasks(tasks, code=(), span_metadata={"collections": []})
+
+
+def update_graph_extras(tasks: list[TaskState]) -> dict[str, Any]:
+    """Keyword arguments that ``SchedulerPlugin.update_graph`` needs beyond those every
+    release passes: before distributed 2025.5, ``dependencies`` (``{key: {key, ...}}``)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    if not _wants_dependencies(SchedulerPlugin):
+        return {}
+    return {"dependencies": {ts.key: {d.key for d in ts.dependencies} for ts in tasks}}
+
+
+@cache
+def _wants_dependencies(plugin_type: type) -> bool:
+    return "dependencies" in signature(plugin_type.update_graph).parameters
 
 
 def add_layout_edges(layout: GraphLayout, edges: Iterable[tuple[Any, Any]]) -> None:
@@ -136,6 +170,22 @@ def want_keys(client: Any, keys: list) -> None:
     """Tell the scheduler that ``client`` holds futures of ``keys`` (made for keys that
     exist already): it reports their state, which finishes those futures."""
     client._send_to_scheduler({"op": "client-desires-keys", "keys": list(keys)})
+
+
+# -------------------------------------------------------------------------- dask
+def local_scheduler(name: str) -> Callable[..., Any]:
+    """dask's ``get`` function of the local scheduler ``name`` ("sync", "threads", ...).
+
+    Before dask 2025.4 ``get_scheduler`` warns when a distributed client exists, even
+    though the local scheduler was asked for by name; newer releases do not.
+    """
+    import warnings
+
+    from dask.base import get_scheduler
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Running on a single-machine scheduler", UserWarning)
+        return get_scheduler(scheduler=name)
 
 
 # -------------------------------------------------------------------------- worker

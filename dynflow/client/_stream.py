@@ -210,7 +210,7 @@ class AsCompleted:
         done = False
         try:
             while not done:
-                reply = await next_window(stream=self.stream, limit=window, wait=1.0)
+                reply = await next_window(stream_id=self.stream, limit=window, wait=1.0)
                 done = reply["done"]
                 if not reply["items"]:
                     continue
@@ -278,7 +278,7 @@ class AsCompleted:
 
     async def _close(self, done: bool) -> None:
         if self.stream is not None:
-            await getattr(self.client.scheduler, STREAM_CLOSE_HANDLER)(stream=self.stream)
+            await getattr(self.client.scheduler, STREAM_CLOSE_HANDLER)(stream_id=self.stream)
             self.stream = None
         if self.future is not None:
             if not done and not self.cancel_on_exit:

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import cloudpickle
-from dask.base import get_scheduler
 from distributed import Client, Future, get_worker, worker_client
 
+from dynflow._compat import local_scheduler
 from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
 from dynflow.client._cluster import get_client, install
 from dynflow.client._run import Run, RunFuture, client_error, output_value, stop_iteration
@@ -228,7 +228,7 @@ def compute(
                 f"compute(): scheduler={scheduler!r}; expected one of "
                 f"{', '.join(LOCAL_SCHEDULERS)} (or client= for a cluster)"
             )
-        get = get_scheduler(scheduler=scheduler)
+        get = local_scheduler(scheduler)
         graph = lower(nodes, distributed=False)
         return tuple(map(output_value, get(dict(graph), [n.key for n in nodes])))
     client = get_client(client)

@@ -41,6 +41,7 @@ from dynflow._compat import (
     bypass_queuing,
     new_task,
     observe_spans,
+    update_graph_extras,
 )
 from dynflow._protocol import SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
 
@@ -249,6 +250,7 @@ class SpliceExtension(SchedulerPlugin):
             for k, v in (ts.annotations or {}).items():
                 annotations.setdefault(k, {})[ts.key] = v
         priority = {ts.key: ts.priority for ts in touched}
+        extras = update_graph_extras(touched)
         for plugin in list(s.plugins.values()):
             if plugin is self:
                 continue
@@ -262,6 +264,7 @@ class SpliceExtension(SchedulerPlugin):
                     priority=priority,
                     stimulus_id=stimulus_id,
                     dynflow_map_lengths=lengths,
+                    **extras,
                 )
                 if isinstance(plugin, GraphLayout):
                     add_layout_edges(plugin, ((d, c) for c, ds in rewired.items() for d in ds))

@@ -227,15 +227,15 @@ class RunTracker(SchedulerPlugin):
         assert self.streams is not None
         return {"status": "OK", "stream": self.streams.open(run, ns, client)}
 
-    async def stream_next(self, stream: str, limit: int, wait: float = 1.0) -> dict[str, Any]:
+    async def stream_next(self, stream_id: str, limit: int, wait: float = 1.0) -> dict[str, Any]:
         """Up to ``limit`` finished items of a stream (``dynflow_stream_next``)."""
         assert self.streams is not None
-        return await self.streams.next(stream, limit, wait)
+        return await self.streams.next(stream_id, limit, wait)
 
-    def stream_close(self, stream: str) -> None:
+    def stream_close(self, stream_id: str) -> None:
         """End a stream; what it did not hand out is released (``dynflow_stream_close``)."""
         assert self.streams is not None
-        self.streams.close(stream)
+        self.streams.close(stream_id)
 
     # ------------------------------------------------------------- plugin hooks
     def update_graph(self, scheduler: Scheduler, **kwargs: Any) -> None:
