@@ -80,6 +80,15 @@ def seed_graph(n: int, factor: int = 2, batch_size: int | str | None = None) -> 
     return reducer(process.map(items, factor=df.unmapped(factor), batch_size=batch_size))
 
 
+def stream_all(client: Client, n: int, factor: int = 2) -> int:
+    """Every item of the batched seed map streamed with ``df.as_completed``; their sum."""
+    items = process.map(generate_list(n), factor, batch_size="auto")
+    out = sum(value for _, value in df.as_completed(items, client=client))
+    if out != expected(n, factor):
+        raise AssertionError(f"as_completed: got {out}, want {expected(n, factor)}")
+    return out
+
+
 def seed_dynflow(client: Client, n: int, factor: int = 2) -> int:
     """generate_list -> process.map -> reducer, expanded inside the scheduler."""
     return seed_graph(n, factor).compute(client=client)

@@ -17,6 +17,7 @@ from ._util import (
     run_seed,
     start_cluster,
     stop_cluster,
+    stream_all,
     warm_up,
 )
 
@@ -138,6 +139,26 @@ class BatchedSeedSuite(_WallTimeSuite):
     def peakmem_dynflow_auto(self, n: int) -> None:
         """Peak RSS of the client-and-scheduler process over a batched run with n items."""
         run_seed("dynflow-auto", self.client, n)
+
+
+class AsCompletedSuite(_WallTimeSuite):
+    """``df.as_completed`` over a batched map: every item's value streamed to this process.
+
+    ``peakmem_*`` is the peak RSS of this process (client and scheduler): flat as N grows,
+    because the client holds a bounded window of results (``client_memory.py
+    --as-completed`` measures the client alone).
+    """
+
+    params = [10_000, 1_000_000]
+    param_names = ["n"]
+
+    def time_as_completed_auto(self, n: int) -> None:
+        """Wall time to stream every item's value, batch_size="auto"."""
+        stream_all(self.client, n)
+
+    def peakmem_as_completed_auto(self, n: int) -> None:
+        """Peak RSS while every item's value is streamed, batch_size="auto"."""
+        stream_all(self.client, n)
 
 
 class ChainedSuite(_WallTimeSuite):
