@@ -127,6 +127,33 @@ async def test_allow_failure_of_any_node_hands_the_consumer_the_exception(c, s, 
     await no_tasks_left(s)
 
 
+@df.task
+def as_dict(n):
+    return {i: i for i in range(n)}
+
+
+@gen_cluster(client=True)
+async def test_allow_failure_of_a_map_whose_source_failed(c, s, a, b):
+    """No list to map over (the source failed, or is no list): the tolerant consumer gets
+    that exception itself, in place of the list; a strict consumer fails with it; a map
+    chained on it fails whole (cluster and sync alike)."""
+    cases = [
+        (describe_one(df.allow_failure(inc_one.map(may_fail(-1)))), "Bad"),
+        (describe_one(df.allow_failure(inc_one.map(inc_one.map(may_fail(-1))))), "Bad"),
+        (describe_one(df.allow_failure(inc_one.map(as_dict(2)))), "MapInputError"),
+        (describe_one(df.allow_failure(inc_one.map(df.flatten(inc_one.map(may_fail(-1)))))), "Bad"),
+        (describe_one(df.allow_failure(inc_one.map([1, 2]))), [2, 3]),
+    ]
+    for node, value in cases:
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+    with pytest.raises(df.MapInputError, match="got dict from task 'as_dict'"):
+        await total(inc_one.map(as_dict(2))).compute(client=c)
+    with pytest.raises(df.MapInputError, match="got dict from task 'as_dict'"):
+        total(inc_one.map(as_dict(2))).compute(scheduler="sync")
+    await no_tasks_left(s)
+
+
 @gen_cluster(client=True)
 async def test_min_success_ratio(c, s, a, b):
     ok = fail_on.map(generate_list(4), min_success_ratio=0.75)

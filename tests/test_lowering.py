@@ -8,7 +8,7 @@ from utils import generate_list, process, reducer
 
 import dynflow as df
 from dynflow._protocol import EXPANDER_PREFIX, lane_key, raw_key
-from dynflow.cluster._collect import gather, gather_concat
+from dynflow.cluster._collect import gather, gather_concat, gather_raw
 from dynflow.cluster._expand import expand, unspliced
 from dynflow.graph._node import topological
 from dynflow.lowering._groups import ExpansionGroups
@@ -96,7 +96,7 @@ def test_local_graph_runs_each_map_as_one_task_of_its_raw_list():
     m = process.map(generate_list(3))
     graph = dict(lower_local([m]))
     assert raw_key(m.key) in graph
-    assert graph[m.key].func is gather_concat
+    assert graph[m.key].func is gather_raw
 
 
 def test_measure_checks_lengths_and_lists_what_cannot_be_indexed():

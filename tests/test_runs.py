@@ -90,6 +90,23 @@ async def test_batched_and_nested_maps_count_items(c, s, a, b):
     assert counts["ident.map()"] == {"total": 8, "pending": 0, "running": 0, "done": 8, "failed": 0}
 
 
+@df.task
+def pair_of_inverse(x):
+    return [1 / x, 1 / x]
+
+
+@gen_cluster(client=True)
+async def test_a_failed_parent_counts_as_one_failed_item(c, s, a, b):
+    """As in the list (and MapItemError): a failed parent item of flatten(m) stands for
+    its unknown children as one failed item."""
+    m = ident.map(df.flatten(pair_of_inverse.map(numbers(3))))  # parent 0 fails
+    (fut,) = await df.submit_async(df.allow_failure(m), client=c)
+    got = await fut
+    assert isinstance(got[0], ZeroDivisionError) and got[1:] == [1.0, 1.0, 0.5, 0.5]
+    counts = by_label(fut.run, await fut.run.info())
+    assert counts["ident.map()"] == {"total": 5, "pending": 0, "running": 0, "done": 4, "failed": 1}
+
+
 @gen_cluster(client=True)
 async def test_chained_items_after_a_failure_count_as_failed(c, s, a, b):
     m = inc.map(inv.map(numbers(3)))

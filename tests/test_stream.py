@@ -87,9 +87,9 @@ async def test_the_first_result_arrives_before_the_slowest_item_finishes(c, s, a
 async def test_the_client_holds_a_bounded_window_of_results(c, s, a, b):
     """Never one future per item: at most a window of them (a few per worker thread)."""
     most = 0
-    async for _ in df.as_completed(process.map(generate_list(200)), client=c):
+    async for _ in df.as_completed(process.map(generate_list(1000)), client=c):
         most = max(most, len(c.futures))
-    window = max(4, 2 * sum(w.nthreads for w in s.workers.values()))
+    window = max(32, 8 * sum(w.nthreads for w in s.workers.values()))
     assert most <= window + 1  # + the run's own output future
 
 
@@ -143,3 +143,55 @@ def test_in_sync_mode_the_items_come_in_order():
     assert isinstance(pairs[3][1], ValueError) and pairs[4] == (4, 16)
     with pytest.raises(df.MapItemError, match="at index 3"):
         list(df.as_completed(square.map(range(5)), raise_errors=True, scheduler="sync"))
+
+
+@df.task
+def split_unless_one(x):
+    if x == 1:
+        raise ValueError("parent 1 failed")
+    return [x, x]
+
+
+@df.task
+def fails(x):
+    raise KeyError(f"source {x}")
+
+
+@gen_cluster(client=True)
+async def test_a_failed_parent_is_one_item_at_its_index_and_a_failed_source_raises(c, s, a, b):
+    """Cluster and sync mode agree: a map over flatten(m) yields ((i, j), value); a failed
+    parent item of m stands for its unknown children, ((i,), exception); a map whose
+    own source failed raises that error."""
+    m = process.map(df.flatten(split_unless_one.map([0, 1, 2])))
+    got = sorted(await collect(df.as_completed(m, client=c)), key=lambda p: p[0])
+    local = sorted(df.as_completed(m, scheduler="sync"), key=lambda p: p[0])
+    for pairs in (got, local):
+        assert [i for i, _ in pairs] == [(0, 0), (0, 1), (1,), (2, 0), (2, 1)]
+        assert isinstance(pairs[2][1], ValueError) and pairs[3][1] == 2
+    with pytest.raises(df.MapItemError, match=r"at index \(1,\)"):
+        await collect(df.as_completed(m, raise_errors=True, client=c))
+    chained = process.map(process.map(generate_list(4)))
+    assert sorted(df.as_completed(chained, scheduler="sync")) == [(i, i) for i in range(4)]
+    with pytest.raises(KeyError, match="source 1"):
+        await collect(df.as_completed(process.map(fails(1)), client=c))
+    with pytest.raises(KeyError, match="source 1"):
+        list(df.as_completed(process.map(fails(1)), scheduler="sync"))
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_a_stream_is_iterated_once_and_async_clients_need_async_for(c, s, a, b):
+    stream = df.as_completed(process.map(generate_list(3)), client=c)
+    assert len(await collect(stream)) == 3
+    with pytest.raises(RuntimeError, match="iterated already"):
+        await collect(stream)
+    with pytest.raises(TypeError, match="async for"):
+        list(df.as_completed(process.map(generate_list(3)), client=c))
+    # the same map streamed twice: two runs of their own, each with every item
+    m = process.map(generate_list(5))
+    first, second = (
+        await collect(df.as_completed(m, client=c)),
+        await collect(df.as_completed(m, client=c)),
+    )
+    assert sorted(first) == sorted(second) == [(i, i) for i in range(5)]
+    await no_tasks_left(s)

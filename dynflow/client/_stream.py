@@ -14,9 +14,10 @@ from dynflow.client._cluster import get_client
 from dynflow.client._run import Run, RunFuture
 from dynflow.client._submit import _submit, compute
 from dynflow.cluster._failure import Failure
-from dynflow.exceptions import ExtensionError, MapItemError
-from dynflow.graph._node import MapNode
+from dynflow.exceptions import ExtensionError, MapItemError, SchedulerLostError
+from dynflow.graph._node import MapNode, topological
 from dynflow.graph._wrappers import allow_failure
+from dynflow.lowering._groups import ExpansionGroups
 
 __all__ = ["AsCompleted", "as_completed"]
 
@@ -109,6 +110,7 @@ class AsCompleted:
         scheduler: str | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self._iterated = False
         if scheduler is not None and isinstance(map_node, MapNode):
             self.node, self.run = map_node, None
             self.raise_errors = raise_errors
@@ -124,7 +126,9 @@ class AsCompleted:
         elif isinstance(map_node, MapNode):
             self.client = get_client(client)
             self.run = None
-            self.node = map_node
+            # a run of its own: no key shared with another run of the same node (one
+            # that is being released would hand over nothing)
+            self.node = map_node.fresh()
         else:
             raise TypeError(
                 f"as_completed() expects a map node (the result of task.map), got "
@@ -137,10 +141,24 @@ class AsCompleted:
         self._agen: Any = None
 
     # ------------------------------------------------------------------ iterating
+    def _start(self) -> None:
+        if self._iterated:
+            raise RuntimeError(
+                "as_completed(): this stream was iterated already; call as_completed() "
+                "again for another run"
+            )
+        self._iterated = True
+
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        self._start()
         if self.scheduler is not None:
             yield from self._local()
             return
+        if self.client.asynchronous:
+            raise TypeError(
+                "as_completed() with an asynchronous client: iterate with `async for` "
+                "(and `async with` to close it at once when you leave the loop)"
+            )
         windows = self._windows()
         try:
             while True:  # one trip to the client's event loop per window, not per item
@@ -154,20 +172,66 @@ class AsCompleted:
             self.client.sync(windows.aclose)
 
     def _local(self) -> Iterator[tuple[Any, Any]]:
-        """The map run in this process; its items in order (``scheduler=``)."""
-        (values,) = compute(allow_failure(self.node), scheduler=self.scheduler)
-        for i, value in enumerate(values):
+        """The map run in this process; its items in order (``scheduler=``), indexed as
+        on a cluster (a map over ``flatten(m)``: ``(i, j)``; a failed parent: ``(i,)``)."""
+        groups = ExpansionGroups()
+        for n in topological([self.node]):
+            groups.visit(n)
+        parents: dict[str, MapNode] = {}  # the maps whose items are parents of others
+
+        def find(m: MapNode) -> None:
+            for how, up in groups.joined(m):
+                if how == "nest":
+                    parents[up.source.key] = up.source
+                    find(up.source)
+                else:
+                    find(up)
+
+        find(self.node)
+        nodes = [self.node, *parents.values()]
+        values = dict(
+            zip(
+                [n.key for n in nodes],
+                compute(*(allow_failure(n) for n in nodes), scheduler=self.scheduler),
+                strict=True,
+            )
+        )
+        items = values[self.node.key]
+        if isinstance(items, BaseException):
+            raise items  # no list to map over: the map itself failed
+
+        def indices(m: MapNode, n: int) -> list[tuple[int, ...]]:
+            """The indices of ``m``'s ``n`` items (a joined map has its upstream's)."""
+            for how, up in groups.joined(m):
+                if how != "nest":
+                    return indices(up, n)
+                out: list[tuple[int, ...]] = []
+                above = values[up.source.key]
+                for index, parent in zip(indices(up.source, len(above)), above, strict=True):
+                    if isinstance(parent, BaseException):
+                        out.append(index)  # a failed parent stands for its items
+                    else:
+                        out += [(*index, j) for j in range(len(parent))]
+                return out
+            return [(i,) for i in range(n)]
+
+        def nested(m: MapNode) -> bool:
+            return any(how == "nest" or nested(up) for how, up in groups.joined(m))
+
+        flat = not nested(self.node)  # top level: items are numbered 0, 1, ...
+        for index, value in zip(indices(self.node, len(items)), items, strict=True):
+            at = index[0] if flat else index
             if self.raise_errors and isinstance(value, BaseException):
                 raise MapItemError(
-                    self.node.name, [i], len(values), self.node.name, value
+                    self.node.name, [at], len(items), self.node.name, value
                 ) from value
-            yield i, value
+            yield at, value
 
     def __aiter__(self) -> AsyncIterator[tuple[Any, Any]]:
         if self.scheduler is not None:
             raise TypeError("as_completed(..., scheduler=...) is iterated with a plain `for`")
-        if self._agen is None:
-            self._agen = self._items()
+        self._start()
+        self._agen = self._items()
         return self._agen
 
     async def __aenter__(self) -> AsCompleted:
@@ -205,31 +269,43 @@ class AsCompleted:
         else:
             await self._open(self.run)
         nthreads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
-        window = max(4, 2 * nthreads)
+        window = max(32, 8 * nthreads)  # tasks handed over at once (items: BATCH_SLICE)
         next_window = getattr(client.scheduler, STREAM_NEXT_HANDLER)
         done = False
         try:
             while not done:
-                reply = await next_window(stream_id=self.stream, limit=window, wait=1.0)
+                if client.status != "running":
+                    raise SchedulerLostError(
+                        f"as_completed({self.node.name}.map()): lost the connection to the "
+                        f"scheduler (client status: {client.status})"
+                    )
+                reply = await next_window(
+                    stream_id=self.stream, limit=window, wait=1.0, max_items=BATCH_SLICE
+                )
                 done = reply["done"]
                 if not reply["items"]:
                     continue
+                total = reply["total"]
                 futures = [Future(_key(item["key"]), client) for item in reply["items"]]
                 want_keys(client, [f.key for f in futures])
                 try:
-                    pairs = zip(futures, reply["items"], strict=True)
-                    singles = [(f, it) for f, it in pairs if not it["size"]]
-                    if singles:
-                        values = await client.gather([f for f, _ in singles], asynchronous=True)
-                        yield [
-                            self._pair(item, 0, value, reply["total"])
-                            for (_, item), value in zip(singles, values, strict=True)
-                        ]
+                    whole = [
+                        (f, it)
+                        for f, it in zip(futures, reply["items"], strict=True)
+                        if not it["size"] or it["count"] <= BATCH_SLICE
+                    ]
+                    if whole:
+                        values = await client.gather([f for f, _ in whole], asynchronous=True)
+                        pairs = []
+                        for (_, item), value in zip(whole, values, strict=True):
+                            parts = value if item["size"] else [value]
+                            pairs += [self._pair(item, j, v, total) for j, v in enumerate(parts)]
                         del values
+                        yield pairs
                     for f, item in zip(futures, reply["items"], strict=True):
-                        if not item["size"]:
+                        if not item["size"] or item["count"] <= BATCH_SLICE:
                             continue
-                        # a batch, a slice at a time: the window is bounded in items
+                        # a large batch, a slice at a time: the window stays bounded
                         for start in range(0, item["count"], BATCH_SLICE):
                             part = client.submit(
                                 _part,
@@ -237,14 +313,14 @@ class AsCompleted:
                                 start,
                                 start + BATCH_SLICE,
                                 key=f"dynflow-stream-part-{uuid.uuid4().hex}",
+                                priority=1_000_000,  # before the map's remaining tasks
                             )
                             try:
                                 values = await client.gather(part, asynchronous=True)
                             finally:
                                 part.release()
                             yield [
-                                self._pair(item, start + j, v, reply["total"])
-                                for j, v in enumerate(values)
+                                self._pair(item, start + j, v, total) for j, v in enumerate(values)
                             ]
                             del values
                 finally:
@@ -257,6 +333,11 @@ class AsCompleted:
 
     def _pair(self, item: dict, offset: int, value: Any, total: int | None) -> tuple:
         """``(index, value)`` of the ``offset``-th value of a streamed task."""
+        if item.get("parent"):  # a failed source: no items, its failure stands for them
+            if not item["index"]:
+                raise value.exception  # the map's own source: the map failed
+            index = tuple(item["index"])
+            return index, self._value(index, value, total)
         *prefix, start = item["index"]
         index = start + offset if not prefix else (*prefix, start + offset)
         return index, self._value(index, value, total)
@@ -277,9 +358,9 @@ class AsCompleted:
         return value.exception
 
     async def _close(self, done: bool) -> None:
-        if self.stream is not None:
+        if self.stream is not None and self.client.status == "running":
             await getattr(self.client.scheduler, STREAM_CLOSE_HANDLER)(stream_id=self.stream)
-            self.stream = None
+        self.stream = None
         if self.future is not None:
             if not done and not self.cancel_on_exit:
                 fire_and_forget(self.future)  # the rest of the run goes on

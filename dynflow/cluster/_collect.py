@@ -6,6 +6,10 @@ exception as ``__cause__``) unless ``min_success_ratio`` is met (then failed ite
 ``None``); ``"tolerant"`` hands exception objects on (``allow_failure``); ``"record"``
 is strict, but returns the error as a failure record (inside a sub-flow run per item);
 ``"raw"`` keeps the records (a map chained on it passes them on).
+
+When a map's mapped source itself failed (a failure record where the list should be:
+an upstream that ``allow_failure`` tolerates, a value that cannot be mapped over), the
+map has no items: :func:`gather_failed` hands the source's failure on whole.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ from dynflow._sequences import concatenate
 from dynflow.cluster._failure import Failure
 from dynflow.exceptions import MapItemError
 
-__all__ = ["concat_raw", "gather", "gather_concat", "ratio_met", "tolerate"]
+__all__ = [
+    "concat_raw",
+    "gather",
+    "gather_concat",
+    "gather_failed",
+    "gather_raw",
+    "ratio_met",
+    "tolerate",
+]
 
 
 def ratio_met(succeeded: int, total: int, ratio: float) -> bool:
@@ -67,12 +79,29 @@ def gather(task_name: str, mode: str, ratio: float, *items: Any) -> Any:
     return _check(task_name, mode, ratio, list(items))
 
 
-def concat_raw(task_name: str, items: list) -> list:
+def gather_failed(task_name: str, mode: str, ratio: float, failure: Failure) -> Any:
+    """A map's list when its mapped source failed (it has no items), by ``mode``.
+
+    ``"strict"``: the source's exception is raised (with its remote traceback);
+    ``"tolerant"``: the exception object itself, in place of the list; ``"record"`` and
+    ``"raw"``: the failure record, whole (a map chained on it fails whole too).
+    """
+    if mode == "tolerant":
+        return failure.exception
+    if mode == "strict":
+        raise failure.exception
+    return failure
+
+
+def concat_raw(task_name: str, items: list | Failure) -> list | Failure:
     """A flatten's raw list, from its map's raw list: each item's elements, in order.
 
     A failed item (a record) stands for its unknown elements, as on a cluster, where
-    each item of ``task_name``'s map is expanded on its own.
+    each item of ``task_name``'s map is expanded on its own; a failed map (a record in
+    place of the list) fails the flatten whole.
     """
+    if type(items) is Failure:
+        return items
     return concatenate(f"flatten({task_name}.map())", items, keep=(Failure,))
 
 
@@ -80,6 +109,14 @@ def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
     """A flattened map's list: the per-parent lists concatenated, then :func:`gather`."""
     # a per-parent list, or the failure record of a parent item (its children unknown)
     return _check(task_name, mode, ratio, concatenate(task_name, lists, keep=(Failure,)))
+
+
+def gather_raw(task_name: str, mode: str, ratio: float, raw: list | Failure) -> Any:
+    """A map's list from its raw list (a local run's; a failure record in its place: the
+    source failed, :func:`gather_failed`)."""
+    if type(raw) is Failure:
+        return gather_failed(task_name, mode, ratio, raw)
+    return _check(task_name, mode, ratio, list(raw))
 
 
 def tolerate(value: Any) -> Any:

@@ -21,6 +21,7 @@ from distributed.protocol.serialize import ToPickle
 
 from dynflow._compat import expander_run_id
 from dynflow._protocol import SPLICE_HANDLER, at
+from dynflow.cluster._failure import Failure
 from dynflow.exceptions import ExtensionError
 
 if TYPE_CHECKING:
@@ -42,9 +43,16 @@ async def expand(
     """
     failure = expansion.failed_source(data, prefix)
     if failure is None:
-        n, listed = expansion.measure(data, prefix)
+        try:
+            n, listed = expansion.measure(data, prefix)
+        except Exception as e:
+            if prefix:  # a parent item that is no list: the flatten fails, as locally
+                raise
+            # no list to map over: the map's source failed (see gather_failed)
+            failure = Failure(e, expansion.names)
+    if failure is None:
         subflow_tasks = expansion.build_subflows(n, prefix, listed)
-    else:  # a failed parent item: no children; the collectors' list is the failure
+    else:  # a failed source or parent item: no items; the collectors' list is the failure
         n, listed, subflow_tasks = 0, {}, {}
     key = at(expansion.expander, prefix)
     reply = await request_splice(key, n, list(listed), subflow_tasks, failure is not None)
@@ -67,11 +75,12 @@ def unspliced(_expanded: Any, task_name: str) -> list:
     )
 
 
-def run_map(expansion: Expansion, data: dict[str, Any]) -> list:
+def run_map(expansion: Expansion, data: dict[str, Any]) -> list | Failure:
     """A whole map, item after item, in this process (local schedulers).
 
-    Returns the items' raw results, failure records included; collectors apply the
-    map's failure semantics.
+    Returns the items' raw results, failure records included (a mapped source that
+    failed: its failure record, in place of the list); collectors apply the map's
+    failure semantics.
     """
     return expansion.run_locally(data)
 

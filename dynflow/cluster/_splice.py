@@ -153,7 +153,7 @@ class SpliceExtension(SchedulerPlugin):
         rewired = self._wire(collectors, specs, {ts.key for ts in new}, recommendations)
         observe_spans(s, new)
         lengths = expansion.lengths(0 if failed else n, prefix, s.total_nthreads)
-        self._tell_plugins(new, rewired, stimulus_id, lengths)
+        self._tell_plugins(new, rewired, stimulus_id, lengths, expander if failed else None)
         s.transitions(recommendations, stimulus_id)
         self.splices += 1
         self.tasks_added += len(new)
@@ -229,7 +229,12 @@ class SpliceExtension(SchedulerPlugin):
         return rewired
 
     def _tell_plugins(
-        self, new: list[TaskState], rewired: dict[Any, list], stimulus_id: str, lengths: dict
+        self,
+        new: list[TaskState],
+        rewired: dict[Any, list],
+        stimulus_id: str,
+        lengths: dict,
+        failed: Any = None,
     ) -> None:
         """``update_graph`` for the other plugins, as if a client had sent the items.
 
@@ -239,7 +244,8 @@ class SpliceExtension(SchedulerPlugin):
         collector`` edges: distributed's ``GraphLayout`` (the dashboard's /graph page)
         is told directly, else it fails on every collector it forgets.
         ``dynflow_map_lengths`` (``{item name: (prefix, n, items per task or None)}``)
-        tells dynflow's run tracker the maps' lengths.
+        tells dynflow's run tracker the maps' lengths; ``dynflow_failed_expander``, the
+        expander whose source failed (its value is the failure record), if it did.
         """
         s = self.scheduler
         assert s is not None
@@ -264,6 +270,7 @@ class SpliceExtension(SchedulerPlugin):
                     priority=priority,
                     stimulus_id=stimulus_id,
                     dynflow_map_lengths=lengths,
+                    dynflow_failed_expander=failed,
                     **extras,
                 )
                 if isinstance(plugin, GraphLayout):

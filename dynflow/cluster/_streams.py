@@ -40,6 +40,8 @@ class Stream:
     client: str
     ready: deque = field(default_factory=deque)  # finished keys not handed out yet
     seen: set = field(default_factory=set)  # keys queued or handed out
+    # expanders whose source failed -> their prefix: the failure stands for the items
+    parents: dict = field(default_factory=dict)
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -61,7 +63,17 @@ class Streams:
         for key, ts in self.scheduler.tasks.items():
             if ts.state == "memory" and node.weight(key):
                 self._queue(stream, key)
+        for prefix, key in node.failed_parents.items():
+            stream.parents[key] = prefix
+            self._queue(stream, key)
         return stream.id
+
+    def parent_failed(self, node: Any, key: Any, prefix: tuple) -> None:
+        """Expander ``key`` of ``node`` at ``prefix`` found its source failed: its value,
+        the failure record, stands for the items there (streamed as one, at ``prefix``)."""
+        for stream in self.by_node.get(id(node), ()):
+            stream.parents[key] = prefix
+            self._queue(stream, key)
 
     def finished(self, node: Any, key: Any) -> None:
         """Item (or batch) ``key`` of ``node`` is in memory: queue it for its streams."""
@@ -84,12 +96,17 @@ class Streams:
             if stream.run is run:
                 stream.event.set()
 
-    async def next(self, stream_id: str, limit: int, wait: float) -> dict[str, Any]:
-        """Up to ``limit`` finished items, waiting up to ``wait`` seconds for one.
+    async def next(
+        self, stream_id: str, limit: int, wait: float, max_items: int | None = None
+    ) -> dict[str, Any]:
+        """Up to ``limit`` finished tasks holding at most ``max_items`` items together (at
+        least one task), waiting up to ``wait`` seconds for one.
 
-        ``{"items": [(key, index), ...], "done": bool, "total": int | None}``: ``index``
-        is the item's index (``[*prefix, i]``; a batch: its first item's, with
-        ``size``); ``done`` when the run ended and every item was handed out.
+        ``{"items": [{key, index, size, count}, ...], "done": bool, "total": int | None}``:
+        ``index`` is the item's index (``[*prefix, i]``; a batch: its first item's, with
+        ``size`` items per batch and ``count`` in this one); an expander whose source
+        failed is one item marked ``parent``, at its prefix; ``done`` when the run ended
+        and every item was handed out.
         """
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -100,21 +117,38 @@ class Streams:
                 await asyncio.wait_for(stream.event.wait(), wait)
             except TimeoutError:
                 pass
-        items = []
+        items: list[dict[str, Any]] = []
+        count = 0
         while stream.ready and len(items) < limit:
-            key = stream.ready.popleft()
-            prefix, i = key[1:-1], key[-1]
-            n, size = stream.node.lengths.get(prefix, (0, None))
-            items.append(
-                {
-                    "key": key,
-                    "index": [*prefix, i if size is None else i * size],
-                    "size": size,  # a batch: items per batch; its own count below
-                    "count": 1 if size is None else max(0, min(size, n - i * size)),
-                }
-            )
+            key = stream.ready[0]
+            item = self._item(stream, key)
+            if items and max_items is not None and count + item["count"] > max_items:
+                break
+            count += item["count"]
+            stream.ready.popleft()
+            items.append(item)
         done = stream.run.state in FINAL_STATES and not stream.ready
         return {"items": items, "done": done, "total": stream.node.total}
+
+    @staticmethod
+    def _item(stream: Stream, key: Any) -> dict[str, Any]:
+        """What the client is told of a queued key (see :meth:`next`)."""
+        if key in stream.parents:  # a failed source: its failure, at the parent's index
+            return {
+                "key": key,
+                "index": list(stream.parents[key]),
+                "size": None,
+                "count": 1,
+                "parent": True,
+            }
+        prefix, i = key[1:-1], key[-1]
+        n, size = stream.node.lengths.get(prefix, (0, None))
+        return {
+            "key": key,
+            "index": [*prefix, i if size is None else i * size],
+            "size": size,  # a batch: items per batch; its own count below
+            "count": 1 if size is None else max(0, min(size, n - i * size)),
+        }
 
     def close(self, stream_id: str) -> None:
         """End a stream: what it queued and the client did not fetch is released."""

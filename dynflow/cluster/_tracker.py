@@ -69,6 +69,9 @@ class NodeState:
     # maps: item prefix -> (items, items per task or None); a repeated splice of the same
     # prefix (an expander rerun after a lost worker) overwrites, never adds
     lengths: dict[tuple, tuple[int, int | None]] = field(default_factory=dict)
+    # maps: item prefix -> the expander whose mapped source failed there (no items; its
+    # value is the failure record, which stands for them as one failed unit)
+    failed_parents: dict[tuple, Any] = field(default_factory=dict)
     running: int = 0
     memory: int = 0  # units that finished in dask (failure records included)
     erred: int = 0
@@ -101,10 +104,10 @@ class NodeState:
             return self.fixed_total
         if not self.lengths:
             return None
-        return sum(n for n, _ in self.lengths.values())
+        return sum(n for n, _ in self.lengths.values()) + len(self.failed_parents)
 
     def counts(self) -> dict[str, int | None]:
-        failed = self.erred + len(self.records)
+        failed = self.erred + len(self.records) + len(self.failed_parents)
         done = max(0, self.memory - len(self.records))
         total = self.total
         known = total if total is not None else done + failed + self.running
@@ -224,13 +227,20 @@ class RunTracker(SchedulerPlugin):
         ns = None if run is None else run.nodes.get(node)
         if ns is None or ns.items is None:
             return {"status": "error", "message": f"no map {node!r} in run {run_id!r}"}
+        if run.finished is not None:
+            return {
+                "status": "error",
+                "message": f"run {run.name!r} has ended ({run.state}): its items are gone",
+            }
         assert self.streams is not None
         return {"status": "OK", "stream": self.streams.open(run, ns, client)}
 
-    async def stream_next(self, stream_id: str, limit: int, wait: float = 1.0) -> dict[str, Any]:
+    async def stream_next(
+        self, stream_id: str, limit: int, wait: float = 1.0, max_items: int | None = None
+    ) -> dict[str, Any]:
         """Up to ``limit`` finished items of a stream (``dynflow_stream_next``)."""
         assert self.streams is not None
-        return await self.streams.next(stream_id, limit, wait)
+        return await self.streams.next(stream_id, limit, wait, max_items)
 
     def stream_close(self, stream_id: str) -> None:
         """End a stream; what it did not hand out is released (``dynflow_stream_close``)."""
@@ -241,12 +251,17 @@ class RunTracker(SchedulerPlugin):
     def update_graph(self, scheduler: Scheduler, **kwargs: Any) -> None:
         stages = kwargs.get("dynflow_map_lengths")
         if stages:  # a splice: the maps' lengths are known now
+            failed = kwargs.get("dynflow_failed_expander")
             for key, (prefix, n, size) in stages.items():
                 ns = self.index.get(key)
                 if ns is None:
                     continue
                 ns.depth = len(prefix)
                 ns.lengths[tuple(prefix)] = (n, size)
+                if failed is not None:
+                    ns.failed_parents[tuple(prefix)] = failed
+                    if self.streams is not None:
+                        self.streams.parent_failed(ns, failed, tuple(prefix))
             return
         # a client's graph: its tasks are in the scheduler now
         for run in self.runs.values():

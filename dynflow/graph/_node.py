@@ -93,6 +93,17 @@ class Node:
     def _set_key(self, name: str, token: str) -> None:
         object.__setattr__(self, "_key", f"{name}-{token}")
 
+    def fresh(self) -> Node:
+        """The same call under a new key (pure or not): a run of its own whose keys no
+        other run shares (``df.as_completed`` streams one run's items)."""
+        new = object.__new__(type(self))
+        for cls in type(self).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                if hasattr(self, slot):
+                    object.__setattr__(new, slot, getattr(self, slot))
+        new._set_key(self._task.name, uuid.uuid4().hex)
+        return new
+
     def _token_options(self) -> tuple:
         """What else, beyond the call, changes this node's value (part of a pure key)."""
         return ()

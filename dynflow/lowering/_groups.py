@@ -150,6 +150,18 @@ class ExpansionGroups:
         v = self._value(node, i)
         return self.group[(v.source if isinstance(v, FlattenNode) else v).key]
 
+    def joined(self, node: MapNode) -> list[tuple[str, Node]]:
+        """How map ``node`` joined its group: ``[(how, upstream), ...]``, ``how`` one of
+        ``"stage"``/``"wait"`` (a map: ``node``'s items are its items, index for index)
+        or ``"nest"`` (``flatten(m)``: ``node``'s items are the elements of ``m``'s); none:
+        ``node`` is a top-level map whose items are numbered 0, 1, ..."""
+        n_cands = len(node.slots) + len(node.item_waits)
+        return [
+            (self.how[(node.key, i)], self._value(node, i))
+            for i in range(n_cands)
+            if (node.key, i) in self.how
+        ]
+
     def groups(self) -> list[int]:
         return list(self.members)
 

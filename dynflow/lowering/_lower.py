@@ -26,7 +26,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from dynflow._protocol import EXPANDER_PREFIX, raw_key
 from dynflow.cluster._calls import call_after
-from dynflow.cluster._collect import concat_raw, gather_concat, tolerate
+from dynflow.cluster._collect import concat_raw, gather_raw, tolerate
 from dynflow.cluster._expand import expand, run_map, unspliced
 from dynflow.graph._node import (
     AllowFailureNode,
@@ -292,18 +292,21 @@ def _recorded(order: list[Node], whole: set[str], records: bool) -> set[str]:
     """Keys whose failure is a value (a failure record) rather than a dask error.
 
     Everything, inside a sub-flow run per item (``records``); else the plain nodes an
-    ``allow_failure`` consumer tolerates and everything upstream of them, so that a
-    failure anywhere above reaches the consumer as an exception object. Other consumers
-    of those nodes raise the failure's exception, as if it had been a dask error.
+    ``allow_failure`` consumer tolerates and everything upstream of them (of a map: of
+    its sources), so that a failure anywhere above reaches the consumer as an exception
+    object. Other consumers of those nodes raise the failure's exception, as if it had
+    been a dask error.
     """
     if records:
         return {n.key for n in order}
     out: set[str] = set()
-    stack = [
-        n.source
-        for n in order
-        if isinstance(n, AllowFailureNode) and n.key in whole and not isinstance(n.source, MapNode)
-    ]
+    stack: list[Node] = []
+    for n in order:
+        if isinstance(n, AllowFailureNode) and n.key in whole:
+            if isinstance(n.source, MapNode):
+                stack.extend(n.source.dependencies)  # its list is tolerant already
+            else:
+                stack.append(n.source)
     while stack:
         node = stack.pop()
         if node.key not in out:
@@ -330,7 +333,7 @@ def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGrap
         g.add(Task(raw, run_map, exp, data), planned.needs)
         for key, mode in _lists(node.key, whole, set(), tolerant, recorded):
             args = (node.name, mode, node.min_success_ratio, TaskRef(raw))
-            g.add(Task(key, gather_concat, *args), {raw})
+            g.add(Task(key, gather_raw, *args), {raw})
     g.add_plain(order, whole, set(flat_raws), recorded, distributed=False)
     return g.hlg()
 

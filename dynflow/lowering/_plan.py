@@ -31,7 +31,7 @@ from dynflow._containers import find, substitute
 from dynflow._protocol import RAW_PREFIX, at, lane_key
 from dynflow._sequences import positional, unmappable
 from dynflow.cluster._calls import CallPolicy, call_after
-from dynflow.cluster._collect import gather, gather_concat
+from dynflow.cluster._collect import gather, gather_concat, gather_failed
 from dynflow.cluster._expand import expand, unspliced
 from dynflow.cluster._failure import Failure
 from dynflow.cluster._items import at_index
@@ -440,15 +440,16 @@ class Collector:
 
     def task(self, prefix: Prefix, n: int, failed: Any = None, nthreads: int = 1) -> Task:
         """The collector's spec; ``failed``: the expander's key, whose value is a Failure."""
-        if failed is not None:
-            refs: Any = [TaskRef(failed)]
-        elif self.batch is not None:
+        mode = self.mode if not prefix else "raw"
+        if failed is not None:  # no items: the source's failure, by mode
+            args = (self.task_name, mode, self.ratio, TaskRef(failed))
+            return Task(at(self.key, prefix), gather_failed, *args)
+        if self.batch is not None:
             n = len(_ranges(n, batch_size(self.batch, n, nthreads)))
             refs = (TaskRef((self.of, *prefix, b)) for b in range(n))
         else:
             refs = (TaskRef((self.of, *prefix, i)) for i in range(n))
         fn = gather_concat if self.concat or self.batch is not None else gather
-        mode = self.mode if not prefix else "raw"
         return Task(at(self.key, prefix), fn, self.task_name, mode, self.ratio, *refs)
 
 
@@ -578,13 +579,16 @@ class Expansion:
             if isinstance(s, Stage)
         }
 
-    def run_locally(self, data: dict[Any, Any]) -> list:
+    def run_locally(self, data: dict[Any, Any]) -> list | Failure:
         """Evaluate a single-stage, top-level expansion in this process."""
         (stage,) = self.stages
         assert isinstance(stage, Stage)
         if (failure := self.failed_source(data, ())) is not None:
-            return [failure]
-        n, listed = self.measure(data)
+            return failure  # in place of the list: see gather_failed
+        try:
+            n, listed = self.measure(data)
+        except Exception as e:  # no list to map over: the source failed, as on a cluster
+            return Failure(e, self.names)
         data = {**data, **listed}
         if isinstance(stage, SubflowStage):
             return stage.run_locally(data, n)
