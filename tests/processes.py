@@ -50,12 +50,15 @@ class CLICluster:
     procs: list[subprocess.Popen] = field(default_factory=list)
     extension_at_start: bool | None = None
     logs: list[Path] = field(default_factory=list)
+    worker_env: dict[str, str] = field(default_factory=dict)  # the workers' own variables
 
     @property
     def scheduler_file(self) -> Path:
         return self.directory / "scheduler.json"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = self.directory / f"{name}.log"
         with open(log, "wb") as f:
             proc = subprocess.Popen(
@@ -63,7 +66,7 @@ class CLICluster:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=subprocess_env(),
+                env={**subprocess_env(), **(env or {})},
                 cwd=self.directory,
             )
         self.procs.append(proc)
@@ -103,6 +106,7 @@ class CLICluster:
                     "--name",
                     f"w{i}",
                 ],
+                self.worker_env,
             )
 
     def client(self, n_workers: int) -> Client:

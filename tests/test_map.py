@@ -660,7 +660,10 @@ async def test_an_item_waiting_for_a_failed_item_fails_with_it(c, s, a, b):
     )
     with pytest.raises(df.MapItemError, match=r"at index 2 \(failed in task 'fails_on_two'\)"):
         await batched.compute(client=c)
-    with pytest.raises(df.MapLengthError, match="item=4 .*x=3"):
+    # joined item by item, the two maps' arguments are named with their map
+    with pytest.raises(
+        df.MapLengthError, match=r"process.map\(\) item=4 .*fails_on_two.map\(\) x=3"
+    ):
         await process.map(generate_list(4), wait_for=fails_on_two.map([0, 1, 3])).compute(client=c)
 
 

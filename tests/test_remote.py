@@ -370,3 +370,43 @@ def test_as_completed_against_a_cli_cluster(client):
     wait_until(
         lambda: scheduler_task_count(client) <= before, 10, f"the scheduler to forget {left}"
     )
+
+
+BLOCK_DYNFLOW = textwrap.dedent(
+    """
+    import sys
+
+    class _NoDynflow:  # a broken install: the metadata is there, the import fails
+        def find_spec(self, name, path=None, target=None):
+            if name == "dynflow" or name.startswith("dynflow."):
+                raise ImportError("dynflow's dependencies are missing here")
+
+    sys.meta_path.insert(0, _NoDynflow())
+    """
+)
+
+
+def test_a_worker_that_cannot_import_dynflow_is_named_at_once(tmp_path):
+    """Its version metadata passes; its tasks would fail to unpickle again and again.
+    dynflow imports itself on every process first and names the one that fails."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_DYNFLOW)
+    cluster = CLICluster(tmp_path, worker_env={"PYTHONPATH": f"{site}:{TESTS_DIR}"})
+    client = None
+    try:
+        cluster.start(n_workers=1)
+        client = cluster.client(n_workers=1)
+        (worker,) = client.scheduler_info()["workers"]
+        start = time.monotonic()
+        with pytest.raises(df.ExtensionError) as info:
+            rt.seed.build(3, 1).compute(client=client)
+        assert time.monotonic() - start < 20
+        message = str(info.value)
+        assert f"worker {worker} cannot import dynflow" in message
+        assert "dynflow's dependencies are missing here" in message
+        assert "the scheduler cannot" not in message
+    finally:
+        if client is not None:
+            client.close()
+        cluster.stop()

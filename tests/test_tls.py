@@ -285,6 +285,13 @@ def test_a_tls_address_without_certificates_fails_with_a_clear_error(certs, tmp_
         # a bare TypeError, then waits twice the connect timeout at exit)
         assert "distributed's TLS configuration is missing" in proc.stderr, proc.stderr
         assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" in proc.stderr
+        assert f"dynflow.address {cluster.address!r}" in proc.stderr
+        assert elapsed < 20
+        # the same from distributed's own key: the error names the key that was set
+        del env["DASK_DYNFLOW__ADDRESS"]
+        env["DASK_SCHEDULER_ADDRESS"] = cluster.address
+        proc, elapsed = run_failing_script(tmp_path, env)
+        assert f"scheduler-address {cluster.address!r}" in proc.stderr, proc.stderr
         assert elapsed < 20
 
 

@@ -83,12 +83,13 @@ def get_client(client: Client | None = None) -> Client:
         return default_client()
     except ValueError:
         pass
-    address = dask.config.get("dynflow.address", None) or dask.config.get("scheduler-address", None)
+    source = "dynflow.address" if dask.config.get("dynflow.address", None) else "scheduler-address"
+    address = dask.config.get(source, None)
     with _lock:
         if address:
             c = _address_clients.get(address)
             if c is None or c.status in ("closed", "closing"):
-                _check_security(address)
+                _check_security(address, source)
                 timeout = dask.config.get("dynflow.connect-timeout")
                 c = Client(address, timeout=timeout, set_as_default=False)
                 _address_clients[address] = c
@@ -99,14 +100,15 @@ def get_client(client: Client | None = None) -> Client:
         return _embedded["client"]
 
 
-def _check_security(address: str) -> None:
+def _check_security(address: str, source: str = "dynflow.address") -> None:
     """A ``tls://`` address needs distributed's TLS configuration; say which keys, at once
-    (distributed itself fails with a bare TypeError, then waits at exit)."""
+    (distributed itself fails with a bare TypeError, then waits at exit). ``source``: the
+    config key the address came from."""
     if not address.startswith("tls://"):
         return
     if Security().get_connection_args("client").get("ssl_context") is None:
         raise ValueError(
-            f"dynflow.address {address!r} is a TLS address, but distributed's TLS "
+            f"{source} {address!r} is a TLS address, but distributed's TLS "
             "configuration is missing: set distributed.comm.tls.ca-file and "
             "distributed.comm.tls.client.cert / .key (for example "
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem, "
@@ -198,11 +200,14 @@ def _close_address_clients() -> None:
         _address_clients.popitem()[1].close()
 
 
-def check_versions(versions: dict[str, Any]) -> None:
+def check_versions(versions: dict[str, Any], imports: dict[str, Any] | None = None) -> None:
     """Refuse a cluster whose scheduler or workers lack dynflow, run another dynflow
-    than this process, or a distributed release the splice does not support.
+    than this process, cannot import it, or run a distributed release the splice does
+    not support.
 
-    ``versions``: what ``Client.get_versions(packages=["dynflow"])`` returns.
+    ``versions``: what ``Client.get_versions(packages=["dynflow"])`` returns (read from
+    the installed packages' metadata); ``imports``: ``{"scheduler" or worker address:
+    None, or the exception that importing dynflow raised there}``.
 
     Raises
     ------
@@ -221,12 +226,28 @@ def check_versions(versions: dict[str, Any]) -> None:
             problems.append(f"{name} runs dynflow {theirs}")
         if not supported_distributed(packages.get("distributed")):
             problems.append(f"{name} runs distributed {packages.get('distributed')}")
+    for where_, error in sorted((imports or {}).items()):
+        if error is not None:
+            name = "the scheduler" if where_ == "scheduler" else f"worker {where_}"
+            problems.append(f"{name} cannot import dynflow ({type(error).__name__}: {error})")
     if problems:
         raise ExtensionError(
             f"this cluster cannot run dynflow {dynflow_version} (distributed "
             f"{SUPPORTED_DISTRIBUTED}): {'; '.join(problems)}. Install the same dynflow, "
             "and a supported distributed, on the scheduler and the workers."
         )
+
+
+async def _imports(client: Client) -> dict[str, Any]:
+    """Whether dynflow imports on the scheduler and on each worker (an install whose
+    metadata is there but whose import fails, a missing dependency, passes the version
+    check; its tasks would fail to unpickle, and dask would try them again and again)."""
+    imports: dict[str, Any] = await client.run(exec, "import dynflow", on_error="return")
+    try:
+        await client.run_on_scheduler(exec, "import dynflow")
+    except Exception as e:
+        imports["scheduler"] = e
+    return imports
 
 
 async def install(client: Client) -> None:
@@ -238,7 +259,7 @@ async def install(client: Client) -> None:
     scheduler_id = client.scheduler_info().get("id")
     if _installed.get(client) == scheduler_id:
         return
-    check_versions(await client.get_versions(packages=["dynflow"]))
+    check_versions(await client.get_versions(packages=["dynflow"]), await _imports(client))
     await client.register_plugin(SpliceExtension(), name=SPLICE)
     await client.register_plugin(RunTracker(), name=TRACKER)
     client.subscribe_topic(FORWARD_TOPIC, print_forwarded)

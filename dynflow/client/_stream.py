@@ -52,8 +52,10 @@ def as_completed(
     ----------
     map_node : MapNode or RunFuture
         The map to run (a chained map: its own items; a map over ``flatten(m)``:
-        indices are ``(i, j)``, the item's position under its parent), or a future of a
-        run that contains ``node``.
+        indices are ``(i, j)``, the item's position under its parent, and a failed
+        parent item ``i`` of ``m`` is one item ``((i,), exception)`` standing for its
+        unknown children), or a future of a run that contains ``node``. Each call
+        starts a run of its own: streaming the same node twice runs it twice.
     node : MapNode, optional
         With a future: the map of that run to stream. The run must use the map's list
         (a reducer, ``allow_failure``): its items are kept until the list is made.
@@ -68,8 +70,7 @@ def as_completed(
         call started); False lets them run to the end.
     scheduler : str, optional
         ``"sync"`` (or ``"threads"``): run the map in this process, without a cluster,
-        and yield its items in order (a map over ``flatten``: by their position in the
-        flat list).
+        and yield its items in order, with the indices a cluster gives.
 
     Returns
     -------
@@ -79,11 +80,17 @@ def as_completed(
     Raises
     ------
     TypeError
-        Not a map node (or a future without a map node).
+        Not a map node (or a future without a map node); a plain ``for`` with an
+        asynchronous client.
+    RuntimeError
+        The stream is iterated a second time (call ``as_completed`` again).
     MapItemError
         With ``raise_errors``, for the first failed item, naming it.
+    SchedulerLostError
+        The connection to the scheduler was lost while streaming.
     Exception
-        The error that stopped the map itself (a value that cannot be mapped over).
+        The error that stopped the map itself (its source failed, or is a value that
+        cannot be mapped over), with its remote traceback.
 
     Examples
     --------

@@ -495,6 +495,13 @@ class Expansion:
         """
         lengths: dict[str, int] = {}
         listed: dict[Any, list] = {}
+        # maps joined in one expansion (chained, or waited for item by item): name the
+        # map each argument belongs to
+        several = len({t for t, _ in self.sources.values()} | {t for t, _, _ in self.consts}) > 1
+
+        def named(task_name: str, label: str) -> str:
+            return f"{task_name}.map() {label}" if several else label
+
         for tkey, (task_name, label) in self.sources.items():
             key = resolve(tkey, prefix)
             value = data[key]
@@ -506,9 +513,10 @@ class Expansion:
                 )
             if not positional(value):
                 value = listed[key] = list(value)
-            lengths.setdefault(f"{label}={len(value)} (from {_describe(key)})", len(value))
-        for _task_name, label, n in self.consts:
-            lengths.setdefault(f"{label}={n}", n)
+            text = f"{named(task_name, label)}={len(value)} (from {_describe(key)})"
+            lengths.setdefault(text, len(value))
+        for task_name, label, n in self.consts:
+            lengths.setdefault(f"{named(task_name, label)}={n}", n)
         if len(set(lengths.values())) > 1:
             raise MapLengthError(
                 f"{self.names}: mapped arguments must have equal lengths, got " + ", ".join(lengths)
