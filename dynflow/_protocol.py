@@ -18,6 +18,10 @@ expansion group
     Maps that share one length and one expander: a map and the maps chained on it item
     by item. A map over ``flatten(m)`` is a *nested* group, expanded once per item of
     ``m``: its items are ``(item name, i, j)`` and ``(i,)`` is their *prefix*.
+dynamic task
+    A task whose function returned a graph (a node, or nodes in a container): the
+    graph is spliced into the scheduler and the task's key becomes an alias of its
+    output (:meth:`dynflow.cluster._splice.SpliceExtension.graph_splice`).
 stage
     One map of an expansion group, as its plan describes it (function, arguments with
     item markers, options).
@@ -34,6 +38,7 @@ __all__ = [
     "EXPANDER_PREFIX",
     "FINAL_STATES",
     "FORWARD_TOPIC",
+    "GRAPH_SPLICE_HANDLER",
     "ITEM_TOPIC",
     "LOG_TOPIC",
     "RAW_PREFIX",
@@ -62,6 +67,8 @@ TRACKER = "dynflow-runs"
 #: scheduler handlers: an expander asks for its splice; a client registers a run, asks
 #: for one run's state, or for every run's
 SPLICE_HANDLER = "dynflow_splice"
+#: a dynamic task (its function returned a graph) asks for that graph in its place
+GRAPH_SPLICE_HANDLER = "dynflow_graph_splice"
 RUN_START_HANDLER = "dynflow_run_start"
 RUN_STATUS_HANDLER = "dynflow_run_status"
 RUNS_HANDLER = "dynflow_runs"

@@ -206,8 +206,14 @@ def test_compute_inside_a_task_on_the_embedded_cluster(tmp_path):
             return inc(n)
 
         @df.task
+        def add(a, b):
+            return a + b
+
+        @df.task
         def outer(n):
-            return inner(n) + inc(n).compute()
+            # a flow called inside a task is its output node; returned, it runs in the
+            # task's place; node.compute() runs on the task's cluster and waits
+            return add(inner(n), inc(n).compute())
 
         if __name__ == "__main__":
             with dask.config.set({"dynflow.local-cluster.n-workers": 1,

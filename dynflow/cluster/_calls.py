@@ -27,13 +27,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from dask._task_spec import Task
+from distributed import Reschedule
 from distributed.protocol.pickle import dumps
 
 from dynflow._compat import secede_async
 from dynflow._context import CURRENT_KEY, RUNNING_ASYNC, RUNNING_TASK
+from dynflow.cluster._dynamic import ReturnedGraph, splice_returned, splice_returned_async
 from dynflow.cluster._failure import Failure, portable
 from dynflow.cluster._items import current_key, forwarding, item_index, label, report_failure
-from dynflow.exceptions import SerializationError, TaskInterruptedError, TaskTimeoutError
+from dynflow.exceptions import (
+    ExtensionError,
+    SerializationError,
+    TaskInterruptedError,
+    TaskTimeoutError,
+)
 
 __all__ = [
     "CallPolicy",
@@ -62,6 +69,9 @@ class CallPolicy:
     log_prints: bool = False  # forward prints and log records to the client
     params: tuple[str, ...] = ()  # the function's positional parameter names (labels)
     asynchronous: bool = False  # the function is a coroutine function
+    # (policy, value) -> the value, or a ReturnedGraph when it holds nodes (a dynamic
+    # task); set by the lowering, which knows what a node is
+    returned: Callable[[CallPolicy, Any], Any] | None = None
 
     def spec(
         self, key: Any, fn: Callable, /, *args: Any, blocking: bool = False, **kwargs: Any
@@ -104,7 +114,14 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
         attempt = 0
         while True:
             try:
-                return _picklable(policy, _attempt(policy, fn, args, kwargs))
+                result = _attempt(policy, fn, args, kwargs)
+                if policy.returned is not None:
+                    result = policy.returned(policy, result)
+                    if type(result) is ReturnedGraph:
+                        splice_returned(result, current_key())  # raises Reschedule
+                return _picklable(policy, result)
+            except Reschedule:
+                raise  # a dynamic task: its graph runs in its place
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
                 error = _call_error(policy, e)
             attempt += 1
@@ -142,7 +159,15 @@ async def _call_async(
             while True:
                 try:
                     result = await _attempt_async(policy, fn, args, kwargs)
+                    if policy.returned is not None:
+                        result = policy.returned(policy, result)
+                        if type(result) is ReturnedGraph:
+                            if key is None:  # inside a batch: the hook computed it
+                                raise ExtensionError("a graph returned inside a batch")
+                            await splice_returned_async(result, key)  # raises Reschedule
                     return _picklable(policy, result)
+                except Reschedule:
+                    raise  # a dynamic task: its graph runs in its place
                 except asyncio.CancelledError as e:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():

@@ -20,8 +20,24 @@ The splice, in one synchronous pass (it must not interleave with other transitio
    queue (unless ``dynflow.queue-items``), tell the other plugins, and transition the
    items to waiting.
 
-State: none beyond the scheduler's own tasks. Everything a run adds is forgotten by the
-scheduler's usual dependent-driven cleanup when the run's keys are released.
+A *dynamic task* (its function returned a graph) calls ``dynflow_graph_splice``
+(:meth:`SpliceExtension.graph_splice`) with that graph's task specs and its output key
+``O``; in one synchronous pass, while the task ``T`` is still processing:
+
+1. the same staleness check;
+2. the graph's tasks are created (keys that exist are reused: a pure call made twice is
+   one task);
+3. ``T`` becomes an alias of ``O``: its task spec is ``Alias(T, O)``, its only
+   dependency ``O`` (its old inputs are released if nothing else wants them), and it is
+   transitioned processing -> released -> waiting, so it finishes when ``O`` does;
+   the worker's run of it is cancelled (``free-keys``);
+4. tail calls collapse: a task that was made an alias of ``T`` (a loop whose step
+   returned the next step) is pointed at ``O`` directly, and ``T``, wanted by nothing
+   else, is forgotten, so a loop of any length holds a bounded number of tasks.
+
+State: the keys made aliases (``aliases``, for step 4), dropped when forgotten;
+otherwise none beyond the scheduler's own tasks. Everything a run adds is forgotten by
+the scheduler's usual dependent-driven cleanup when the run's keys are released.
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ import logging
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
+from dask._task_spec import Alias
 from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
@@ -43,7 +60,7 @@ from dynflow._compat import (
     observe_spans,
     update_graph_extras,
 )
-from dynflow._protocol import SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
+from dynflow._protocol import GRAPH_SPLICE_HANDLER, SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -73,15 +90,18 @@ class SpliceExtension(SchedulerPlugin):
         self.splices = 0
         self.tasks_added = 0
         self.profiler: Any = None  # a cProfile.Profile enabled around each splice, if set
+        self.aliases: dict[Any, Any] = {}  # dynamic tasks made aliases -> their output key
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         scheduler.handlers[SPLICE_HANDLER] = self.splice
+        scheduler.handlers[GRAPH_SPLICE_HANDLER] = self.graph_splice
         scheduler.extensions[SPLICE] = self
 
     async def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.handlers.pop(SPLICE_HANDLER, None)
+            self.scheduler.handlers.pop(GRAPH_SPLICE_HANDLER, None)
             self.scheduler.extensions.pop(SPLICE, None)
 
     @log_errors
@@ -158,6 +178,126 @@ class SpliceExtension(SchedulerPlugin):
         self.splices += 1
         self.tasks_added += len(new)
         return {"status": "OK", "added": len(new)}
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish == "forgotten" and self.aliases:
+            self.aliases.pop(key, None)
+
+    # ------------------------------------------------------------- dynamic tasks
+    @log_errors
+    def graph_splice(
+        self,
+        key: Any,
+        task_run_id: int,
+        tasks: dict[Any, Any],
+        output: Any,
+        annotations: dict[Any, dict] | None = None,
+    ) -> dict[str, Any]:
+        """The ``dynflow_graph_splice`` handler: dynamic task ``key`` returned a graph.
+
+        ``tasks``: its task specs by key, in dependency order; ``output``: the key whose
+        value is the task's value; ``annotations``: per key (resources, priority). See
+        the module docstring. Returns ``{"status": "OK" | "stale" | "unwanted", "added"}``.
+        """
+        s = self.scheduler
+        assert s is not None
+        ts = s.tasks.get(key)
+        if ts is None or ts.state != "processing" or ts.run_id != task_run_id:
+            return {"status": "stale"}
+        stimulus_id = f"dynflow-graph-splice-{time()}"
+        # tail calls: aliases of this task are pointed at the output directly
+        tails = [
+            d for d in ts.dependents if d.state == "waiting" and self.aliases.get(d.key) == key
+        ]
+        wanted = bool(ts.who_wants) or len(ts.dependents) > len(tails)
+        recommendations: dict[Any, str] = {}
+        new: list[TaskState] = []
+        if wanted or tails:
+            missing = [
+                d
+                for spec in tasks.values()
+                for d in spec.dependencies
+                if d not in tasks and d not in s.tasks
+            ]
+            if output not in tasks and output not in s.tasks:
+                missing.append(output)
+            if missing:
+                return {"status": "error", "message": f"keys not in the graph: {missing[:5]}"}
+            new = self._create_graph(ts, tasks, annotations or {})
+            out = s.tasks[output]
+            for d in tails:
+                self._point(d, ts, out, recommendations)
+            if wanted:
+                self._make_alias(ts, out, recommendations)
+        recommendations[key] = "released"  # the worker's run ends (free-keys)
+        observe_spans(s, new)
+        rewired = {t.key: [output] for t in [*tails, *([ts] if wanted else [])]}
+        self._tell_plugins(new, rewired, stimulus_id, {})
+        s.transitions(recommendations, stimulus_id)
+        if ts.state == "released" and not ts.dependents and not ts.who_wants:
+            s.transitions({key: "forgotten"}, stimulus_id)  # a collapsed tail step
+        self.tasks_added += len(new)
+        return {"status": "OK" if wanted or tails else "unwanted", "added": len(new)}
+
+    def _create_graph(
+        self, ts: TaskState, tasks: dict[Any, Any], annotations: dict[Any, dict]
+    ) -> list[TaskState]:
+        """Released tasks for the specs whose keys do not exist yet, after ``ts`` in
+        priority, with their annotations and dependencies."""
+        s = self.scheduler
+        assert s is not None
+        computation = s.computations[-1] if s.computations else None
+        new: list[TaskState] = []
+        for i, (k, spec) in enumerate(tasks.items()):
+            if k in s.tasks:
+                continue
+            nts = new_task(s, spec, computation)
+            nts.priority = (*ts.priority, i)
+            new.append(nts)
+            if annotations.get(k):
+                apply_annotations(s, [nts], annotations[k])
+        for nts in new:
+            for dep in nts.run_spec.dependencies:
+                nts.add_dependency(s.tasks[dep])
+        return new
+
+    def _make_alias(self, ts: TaskState, out: TaskState, recommendations: dict) -> None:
+        """Processing ``ts`` will wait for ``out`` and take its value; its old inputs
+        are released where nothing else wants them."""
+        for dts in list(ts.dependencies):
+            ts.dependencies.discard(dts)
+            dts.dependents.discard(ts)
+            if dts.waiters:
+                dts.waiters.discard(ts)
+            if dts.state != "released" and not dts.waiters and not dts.who_wants:
+                recommendations.setdefault(dts.key, "released")
+        ts.run_spec = Alias(ts.key, out.key)
+        ts.add_dependency(out)
+        self.aliases[ts.key] = out.key
+
+    def _point(self, d: TaskState, ts: TaskState, out: TaskState, recommendations: dict) -> None:
+        """Waiting alias ``d`` of ``ts`` becomes an alias of ``out`` (a tail call)."""
+        d.dependencies.discard(ts)
+        ts.dependents.discard(d)
+        if ts.waiters:
+            ts.waiters.discard(d)
+        if d.waiting_on:
+            d.waiting_on.discard(ts)
+        d.run_spec = Alias(d.key, out.key)
+        d.add_dependency(out)
+        self.aliases[d.key] = out.key
+        if not out.who_has:
+            if d.waiting_on is None:
+                d.waiting_on = set()
+            d.waiting_on.add(out)
+        if out.state == "released":
+            recommendations[out.key] = "waiting"  # its waiters: its waiting dependents
+        else:
+            if out.waiters is None:
+                out.waiters = set()
+            out.waiters.add(d)
+            if not d.waiting_on:
+                recommendations[d.key] = "processing"
 
     def _create(self, ets: TaskState, stages: list[StageTasks]) -> list[TaskState]:
         """The tasks of every stage, released, with priorities and annotations; keys that

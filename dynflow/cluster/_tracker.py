@@ -41,6 +41,7 @@ from dynflow._protocol import (
     RUN_START_HANDLER,
     RUN_STATUS_HANDLER,
     RUNS_HANDLER,
+    SPLICE,
     STREAM_CLOSE_HANDLER,
     STREAM_NEXT_HANDLER,
     STREAM_OPEN_HANDLER,
@@ -263,6 +264,8 @@ class RunTracker(SchedulerPlugin):
                     if self.streams is not None:
                         self.streams.parent_failed(ns, failed, tuple(prefix))
             return
+        if kwargs.get("client") == SPLICE:
+            return  # a dynamic task's graph: no map lengths, no client's run
         # a client's graph: its tasks are in the scheduler now
         for run in self.runs.values():
             if run.state != "pending" or not all(k in scheduler.tasks for k in run.outputs):

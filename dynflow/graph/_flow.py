@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from dask.utils import funcname
 
-from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS
+from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS, RUNNING_TASK
 from dynflow.graph._node import MapNode, Node, SubflowMapNode, _first, find_nodes, topological
 from dynflow.graph._task import (
     Bindable,
@@ -208,9 +208,10 @@ class Flow(Bindable, Generic[P, R]):
         return out
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """At top level: build and compute, return the value. In a flow: the output node."""
+        """At top level: build and compute, return the value. In a flow, and inside a
+        task (which may return it to have it run in its place): the output node."""
         node = self.build(*args, **kwargs)
-        if BUILDING.get() is not None:
+        if BUILDING.get() is not None or RUNNING_TASK.get() is not None:
             return node
         return _compute(node, self.name)
 

@@ -12,11 +12,15 @@ Two shapes, one per place the graph runs:
 - **local** (:func:`lower_local`, ``scheduler="sync"`` or ``"threads"``): each map is one
   task that calls the function per item, in order; no cluster involved, the same
   values and errors.
+
+Every call's policy carries :data:`RETURNED`: a call that returns nodes (a dynamic
+task) has their graph run in its place (:mod:`dynflow.lowering._dynamic`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import dask.config
@@ -25,7 +29,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from dynflow._protocol import EXPANDER_PREFIX, raw_key
-from dynflow.cluster._calls import call_after
+from dynflow.cluster._calls import CallPolicy, call_after
 from dynflow.cluster._collect import concat_raw, gather_raw, tolerate
 from dynflow.cluster._expand import expand, run_map, unspliced
 from dynflow.graph._node import (
@@ -40,6 +44,7 @@ from dynflow.graph._node import (
     replace_nodes,
     topological,
 )
+from dynflow.lowering._dynamic import Returned
 from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._plan import (
     Collector,
@@ -78,12 +83,17 @@ def _ref(obj: Any) -> Any:
 def _node_task(node: Node, records: bool, distributed: bool) -> Task:
     args = [_ref(a) for a in node._args]
     kwargs = {k: _ref(v) for k, v in node._kwargs.items()}
-    policy = node.task.policy(records)
+    policy = _policy(node, records)
     fn = node.task.graph_fn
     if node._wait_for:
         waits = parse_input([Alias(n.key) for n in node._wait_for])
         fn, args = call_after, [fn, waits, *args]
     return policy.spec(node.key, fn, *args, blocking=not distributed, **kwargs)
+
+
+def _policy(node: Node, records: bool) -> CallPolicy:
+    """How ``node``'s calls run; a call that returns a graph has it run in its place."""
+    return replace(node.task.policy(records), returned=RETURNED)
 
 
 def _annotations(node: Node) -> dict[str, Any]:
@@ -155,7 +165,7 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
             args,
             kwargs,
             _annotations(node),
-            node.task.policy(records=True),
+            _policy(node, records=True),
             node.batch_size,
             node.max_concurrency,
             bool(dask.config.get("dynflow.queue-items")),
@@ -407,3 +417,7 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
             g.add(Task(c.key, unspliced, TaskRef(exp.expander), c.task_name), {exp.expander})
     g.add_plain(order, whole, set(flat_raws), recorded, distributed=True)
     return g.hlg()
+
+
+#: the calls' hook for returned graphs (dynamic tasks), lowered by :func:`lower`
+RETURNED = Returned(lower)

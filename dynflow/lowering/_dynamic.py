@@ -1,0 +1,113 @@
+"""Dynamic tasks: what a call that returned a graph becomes.
+
+A task's function may return a dynflow node, a map node, a flow's output node, or
+nodes inside a container (resolved as arguments are). :class:`Returned` is the calls'
+hook (:attr:`CallPolicy.returned <dynflow.cluster._calls.CallPolicy>`): it lowers that
+graph, and
+
+- in a task of its own on a distributed worker, hands it back as a
+  :class:`~dynflow.cluster._dynamic.ReturnedGraph`, which the call splices into the
+  scheduler in the task's place (:mod:`dynflow.cluster._dynamic`);
+- on a local scheduler, computes it here, in this thread (``scheduler="sync"`` gives the
+  same values and errors);
+- inside a batch (several items in one task, which cannot be replaced by one graph),
+  computes it on the worker's cluster from a seceded thread (``worker_client``).
+
+The graph is lowered with the call's failure mode: inside a map item or a sub-flow
+item, failures become records, as everywhere there.
+"""
+
+from __future__ import annotations
+
+import types
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from dask._task_spec import Alias, Task, parse_input
+from distributed import worker_client
+
+from dynflow._containers import find
+from dynflow._context import BATCH_INDEX
+from dynflow.cluster._calls import CallPolicy
+from dynflow.cluster._dynamic import ReturnedGraph
+from dynflow.cluster._failure import Failure
+from dynflow.cluster._items import current_key
+from dynflow.exceptions import SerializationError
+from dynflow.graph._node import Node, find_nodes, replace_nodes
+
+__all__ = ["Returned", "assemble"]
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """The calls' hook (``CallPolicy.returned``): ``hook(policy, value)`` is ``value``
+    itself or, when it holds nodes, its graph (see the module docstring). ``lower`` is
+    the lowering (:func:`dynflow.lowering._lower.lower`, which makes the hook: it
+    travels by reference, as the plan's functions do)."""
+
+    lower: Callable[..., Any]
+
+    def __call__(self, policy: CallPolicy, value: Any) -> Any:
+        if isinstance(value, types.GeneratorType | types.AsyncGeneratorType):
+            raise SerializationError(
+                f"task {policy.task_name!r} returned a generator, which cannot be pickled "
+                "to send it between processes: return a list (of values, or of nodes to "
+                "run them in the task's place)"
+            )
+        nodes = find_nodes(value)
+        if not nodes:
+            return value
+        key = current_key()
+        if key is None or BATCH_INDEX.get() is not None:
+            return self._compute_here(policy, value, nodes, distributed=key is not None)
+        graph = self.lower(nodes, distributed=True, records=policy.records)
+        tasks: dict[Any, Any] = {}
+        annotations: dict[Any, dict] = {}
+        for layer in graph.layers.values():
+            for k, spec in layer.items():
+                tasks[k] = spec
+                if layer.annotations:
+                    annotations[k] = dict(layer.annotations)
+        if isinstance(value, Node):
+            output = value.key
+        else:  # nodes inside a container: one more task rebuilds it
+            output = f"{policy.task_name}-value-{uuid.uuid4().hex}"
+            tasks[output] = Task(output, assemble, policy.records, _spec_of(value))
+        return ReturnedGraph(policy.task_name, tasks, output, annotations)
+
+    def _compute_here(
+        self, policy: CallPolicy, value: Any, nodes: list[Node], distributed: bool
+    ) -> Any:
+        """The returned graph computed from this thread: on a local scheduler
+        (``sync``), or inside a batch on the worker's own cluster."""
+        graph = self.lower(nodes, distributed=distributed, records=policy.records)
+        keys = [n.key for n in nodes]
+        if distributed:
+            with worker_client() as client:
+                results = client.get(dict(graph), keys, sync=True)
+        else:
+            results = dask.get(dict(graph), keys)
+        values = dict(zip(keys, results, strict=True))
+        if isinstance(value, Node):
+            out = values[value.key]
+            if type(out) is Failure and not policy.records:
+                raise out.exception
+            return out
+        return assemble(policy.records, replace_nodes(value, lambda n: values[n.key]))
+
+
+def _spec_of(value: Any) -> Any:
+    return parse_input(replace_nodes(value, lambda n: Alias(n.key), spec=True))
+
+
+def assemble(records: bool, value: Any) -> Any:
+    """A container of a returned graph's values; a failure record among them fails it
+    (its record where failures are records, else its exception)."""
+    for leaf in find(value, lambda o: type(o) is Failure):
+        if records:
+            return leaf
+        raise leaf.exception
+    return value

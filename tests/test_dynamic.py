@@ -1,0 +1,213 @@
+"""Dynamic tasks: a task that returns a graph has it spliced into the scheduler in its place."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from distributed import Event
+from distributed.utils_test import gen_cluster
+from utils import generate_list, no_tasks_left, process, reducer
+
+import dynflow as df
+from dynflow._protocol import SPLICE
+
+
+@df.task
+def add(a, b):
+    return a + b
+
+
+@df.task
+def fib(n):
+    return n if n < 2 else add(fib(n - 1), fib(n - 2))
+
+
+def fib_value(n):
+    return n if n < 2 else fib_value(n - 1) + fib_value(n - 2)
+
+
+@df.task
+def big(x):
+    return ("big", x)
+
+
+@df.task
+def small(x):
+    return ("small", x)
+
+
+@df.task
+def branch(x, threshold=5):
+    return big(x) if x > threshold else small(x)
+
+
+@df.task
+def step(state, n):
+    """A tail loop: each step returns the next step, until the state reaches n."""
+    return state if state >= n else step(state + 1, n)
+
+
+@df.task
+def countdown(n):
+    """Not a tail call: each level waits for the one below (depth n)."""
+    return 0 if n == 0 else add(countdown(n - 1), 1)
+
+
+@df.task
+def fan_out_and_sum(n):
+    return reducer(process.map(generate_list(n), 2))
+
+
+@df.task
+def several(x):
+    return [add(x, 1), {"double": add(x, x)}, "plain"]
+
+
+class Bad(Exception):
+    pass
+
+
+@df.task
+def fails(x):
+    raise Bad(f"bad {x}")
+
+
+@df.task
+def returns_failing(x):
+    return add(fails(x), 1)
+
+
+@df.task
+def returns_generator(n):
+    return (add(i, 1) for i in range(n))
+
+
+@df.task
+async def async_fib(n):
+    await asyncio.sleep(0)
+    return n if n < 2 else add(async_fib(n - 1), async_fib(n - 2))
+
+
+@df.flow
+def inner_flow(n):
+    return reducer(process.map(generate_list(n)))
+
+
+@df.task
+def calls_a_flow(n):
+    node = inner_flow(n)  # inside a task, calling a flow returns its output node
+    assert isinstance(node, df.Node)
+    return add(node, 1000)
+
+
+def spliced_tasks(s):
+    extension = s.extensions.get(SPLICE)  # installed on first use
+    return 0 if extension is None else extension.tasks_added
+
+
+@gen_cluster(client=True)
+async def test_recursive_fib_matches_sync_and_splices_real_tasks(c, s, a, b):
+    before = spliced_tasks(s)
+    assert await fib(12).compute(client=c) == fib_value(12) == 144
+    assert fib(12).compute(scheduler="sync") == 144
+    # every call is a task of its own (fib(12): 465 calls, 232 additions)
+    assert spliced_tasks(s) - before >= 465 + 232 - 1
+    assert {"fib", "add"} <= set(s.task_prefixes)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_branching_mapped_containers_and_dynamic_maps(c, s, a, b):
+    cases = [
+        (branch.map([1, 5, 10]), [("small", 1), ("small", 5), ("big", 10)]),
+        (fan_out_and_sum(10), 2 * sum(range(10))),
+        (several(3), [4, {"double": 6}, "plain"]),
+        (calls_a_flow(5), 1000 + sum(range(5))),
+        (reducer(fib.map([5, 6, 7])), 5 + 8 + 13),
+    ]
+    for node, value in cases:
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_deep_recursion_holds_no_worker_thread(c, s, a):
+    """Depth 100 on one worker with one thread: no level waits in a thread for the next."""
+    assert await countdown(100).compute(client=c) == 100
+    assert await async_fib(8).compute(client=c) == fib_value(8)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_a_tail_loop_holds_a_bounded_number_of_tasks(c, s, a, b):
+    most = 0
+
+    async def watch():
+        nonlocal most
+        while True:
+            most = max(most, len(s.tasks))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        assert await step(0, 2000).compute(client=c) == 2000
+    finally:
+        watcher.cancel()
+    assert most <= 10, most  # the loop's finished steps are forgotten as it goes
+    assert step(0, 50).compute(scheduler="sync") == 50
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_failures_inside_the_returned_graph_keep_their_type(c, s, a, b):
+    with pytest.raises(Bad, match="bad 1") as info:
+        await returns_failing(1).compute(client=c)
+    assert "fails" in "".join(__import__("traceback").format_tb(info.value.__traceback__))
+    del info
+    with pytest.raises(Bad, match="bad 1"):
+        returns_failing(1).compute(scheduler="sync")
+    # in a map: per item, as any item failure
+    m = returns_failing.map([1, 2])
+    with pytest.raises(df.MapItemError, match=r"2 of 2 items failed") as info:
+        await reducer(m).compute(client=c)
+    assert isinstance(info.value.__cause__, Bad)
+    del info
+    got = await df.allow_failure(m).compute(client=c)
+    assert [type(v) for v in got] == [Bad, Bad]
+    assert [type(v) for v in df.allow_failure(m).compute(scheduler="sync")] == [Bad, Bad]
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_batched_items_that_return_graphs(c, s, a, b):
+    m = fib.map(list(range(8)), batch_size=3)
+    assert await m.compute(client=c) == [fib_value(i) for i in range(8)]
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_a_returned_generator_is_refused_naming_the_task(c, s, a, b):
+    with pytest.raises(df.SerializationError, match="task 'returns_generator' returned a gen"):
+        await returns_generator(3).compute(client=c)
+    with pytest.raises(df.SerializationError, match="task 'returns_generator' returned a gen"):
+        returns_generator(3).compute(scheduler="sync")
+    await no_tasks_left(s)
+
+
+@df.task
+def held_then_fib(n, event):
+    Event(event).wait(timeout=30)
+    return fib(n)
+
+
+@gen_cluster(client=True)
+async def test_the_scheduler_is_empty_after_a_cancelled_dynamic_run(c, s, a, b):
+    (fut,) = await df.submit_async(held_then_fib(15, "go"), client=c)
+    await Event("go", client=c).set()
+    while not any(str(k).startswith("add-") for k in s.tasks):
+        await asyncio.sleep(0.01)
+    await fut.cancel()
+    del fut
+    await no_tasks_left(s, timeout=10)
