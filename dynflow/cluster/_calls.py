@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dask._task_spec import Task
-from distributed import Reschedule
 from distributed.protocol.pickle import dumps
 
 from dynflow._compat import secede_async
@@ -118,10 +117,9 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
                 if policy.returned is not None:
                     result = policy.returned(policy, result)
                     if type(result) is ReturnedGraph:
-                        splice_returned(result, current_key())  # raises Reschedule
+                        splice_returned(result, current_key())
+                        return None  # a run the scheduler has replaced: never read
                 return _picklable(policy, result)
-            except Reschedule:
-                raise  # a dynamic task: its graph runs in its place
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
                 error = _call_error(policy, e)
             attempt += 1
@@ -164,10 +162,9 @@ async def _call_async(
                         if type(result) is ReturnedGraph:
                             if key is None:  # inside a batch: the hook computed it
                                 raise ExtensionError("a graph returned inside a batch")
-                            await splice_returned_async(result, key)  # raises Reschedule
+                            await splice_returned_async(result, key)
+                            return None  # a run the scheduler has replaced: never read
                     return _picklable(policy, result)
-                except Reschedule:
-                    raise  # a dynamic task: its graph runs in its place
                 except asyncio.CancelledError as e:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():

@@ -4,18 +4,19 @@ A task's function may return a dynflow node (or nodes inside a list, tuple, dict
 The call's hook (:attr:`CallPolicy.returned <dynflow.cluster._calls.CallPolicy>`, set by
 the lowering) turns it into a :class:`ReturnedGraph`: the task specs of that graph and
 the key of its output. :func:`splice_returned` (:func:`splice_returned_async` from an
-async task) sends them to the scheduler (``dynflow_graph_splice``), which creates the
-tasks and makes the calling task an alias of the output, then ends this run of the task
-with distributed's :class:`~distributed.Reschedule`: no worker thread waits for the
-graph, however deep the recursion.
+async task) sends them to the scheduler (``dynflow_graph_splice``, a request the first
+time, then a message on the worker's stream), which creates the tasks, makes the calling
+task an alias of the output (or has its readers read the output) and ends this run of
+it: the call returns None, which the scheduler refuses as a stale run's result. No
+worker thread waits for the graph, however deep the recursion.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
-from distributed import Reschedule, get_worker
+from distributed import get_worker
 from distributed.protocol.serialize import ToPickle
 from distributed.utils import sync
 
@@ -29,38 +30,62 @@ __all__ = ["ReturnedGraph", "splice_returned", "splice_returned_async"]
 @dataclass(frozen=True, slots=True)
 class ReturnedGraph:
     """The graph a call returned: task specs by key (dependencies first), the key whose
-    value is the call's value, and annotations by key."""
+    value is the call's value, annotations by key, and whether the scheduler may queue
+    its root tasks (``dynflow.queue-items``, read on the worker that made it)."""
 
     task_name: str
     tasks: dict[Any, Any]
     output: Any
     annotations: dict[Any, dict] = field(default_factory=dict)
+    queue: bool = False  # let the scheduler queue its root tasks (dynflow.queue-items)
 
 
-def splice_returned(graph: ReturnedGraph, key: Any) -> NoReturn:
-    """From task ``key``'s own thread: have ``graph`` run in its place (then reschedule)."""
+#: schedulers (by address) known to serve the handler: later splices are one-way messages
+_SERVED: set[str] = set()
+
+
+def splice_returned(graph: ReturnedGraph, key: Any) -> None:
+    """From task ``key``'s own thread: have ``graph`` run in its place.
+
+    The first splice on a scheduler is a request (which says whether the scheduler has
+    the extension); later ones are messages on the worker's stream to the scheduler,
+    queued before this task's own ``task-finished`` message, so the thread never waits
+    for the scheduler.
+    """
     worker = get_worker()
-    reply = sync(worker.loop, _request, graph, key)
-    _check(graph, reply)
-    raise Reschedule()
+    if worker.scheduler.address in _SERVED:
+        worker.loop.add_callback(worker.batched_send, _message(graph, key))
+    else:
+        _check(graph, sync(worker.loop, _request, graph, key))
+        _SERVED.add(worker.scheduler.address)
 
 
-async def splice_returned_async(graph: ReturnedGraph, key: Any) -> NoReturn:
+async def splice_returned_async(graph: ReturnedGraph, key: Any) -> None:
     """:func:`splice_returned` of an async task, on the worker's event loop."""
-    _check(graph, await _request(graph, key))
-    raise Reschedule()
+    worker = get_worker()
+    if worker.scheduler.address in _SERVED:
+        worker.batched_send(_message(graph, key))
+    else:
+        _check(graph, await _request(graph, key))
+        _SERVED.add(worker.scheduler.address)
+
+
+def _message(graph: ReturnedGraph, key: Any) -> dict[str, Any]:
+    return {
+        "op": GRAPH_SPLICE_HANDLER,
+        "key": key,
+        "task_run_id": expander_run_id(key),
+        "tasks": ToPickle(graph.tasks),
+        "output": graph.output,
+        "annotations": graph.annotations or None,
+        "queue": graph.queue,
+    }
 
 
 async def _request(graph: ReturnedGraph, key: Any) -> Any:
-    worker = get_worker()
-    handler = getattr(worker.scheduler, GRAPH_SPLICE_HANDLER)
-    return await handler(
-        key=key,
-        task_run_id=expander_run_id(key),
-        tasks=ToPickle(graph.tasks),
-        output=graph.output,
-        annotations=graph.annotations or None,
-    )
+    msg = _message(graph, key)
+    del msg["op"]
+    return await getattr(get_worker().scheduler, GRAPH_SPLICE_HANDLER)(**msg)
 
 
 def _check(graph: ReturnedGraph, reply: Any) -> None:

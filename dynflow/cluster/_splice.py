@@ -27,15 +27,19 @@ A *dynamic task* (its function returned a graph) calls ``dynflow_graph_splice``
 1. the same staleness check;
 2. the graph's tasks are created (keys that exist are reused: a pure call made twice is
    one task);
-3. ``T`` becomes an alias of ``O``: its task spec is ``Alias(T, O)``, its only
-   dependency ``O`` (its old inputs are released if nothing else wants them), and it is
-   transitioned processing -> released -> waiting, so it finishes when ``O`` does;
-   the worker's run of it is cancelled (``free-keys``);
-4. tail calls collapse: a task that was made an alias of ``T`` (a loop whose step
-   returned the next step) is pointed at ``O`` directly, and ``T``, wanted by nothing
-   else, is forgotten, so a loop of any length holds a bounded number of tasks.
+3. ``T``, if still wanted (step 4), becomes an alias of ``O``: its task spec is
+   ``Alias(T, O)``, its only dependency ``O`` (its old inputs are released if nothing
+   else wants them), and it is transitioned processing -> released -> waiting, so it
+   finishes when ``O`` does; the worker's run of it is cancelled (``free-keys``), and
+   the ``task-finished`` it sends (its value None) is refused as a stale run's;
+4. when ``T`` itself was made by a graph splice (so no client and no run counts it),
+   its dependents read ``O`` instead (their task specs have the key substituted,
+   dask's ``GraphNode.substitute``) and ``T`` is forgotten: no alias task runs. The
+   same for tasks made aliases of ``T`` (tail calls: a loop whose step returned the
+   next step), so a loop of any length holds a bounded number of tasks.
 
-State: the keys made aliases (``aliases``, for step 4), dropped when forgotten;
+State: the keys a graph splice made and the keys made aliases (for step 4), dropped
+when forgotten;
 otherwise none beyond the scheduler's own tasks. Everything a run adds is forgotten by
 the scheduler's usual dependent-driven cleanup when the run's keys are released.
 """
@@ -91,17 +95,22 @@ class SpliceExtension(SchedulerPlugin):
         self.tasks_added = 0
         self.profiler: Any = None  # a cProfile.Profile enabled around each splice, if set
         self.aliases: dict[Any, Any] = {}  # dynamic tasks made aliases -> their output key
+        self.dynamic_keys: set[Any] = set()  # tasks a graph splice created (while they live)
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         scheduler.handlers[SPLICE_HANDLER] = self.splice
         scheduler.handlers[GRAPH_SPLICE_HANDLER] = self.graph_splice
+        # later splices of a worker come as messages on its stream, in order with its
+        # "reschedule" of the same task
+        scheduler.stream_handlers[GRAPH_SPLICE_HANDLER] = self.graph_splice_message
         scheduler.extensions[SPLICE] = self
 
     async def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.handlers.pop(SPLICE_HANDLER, None)
             self.scheduler.handlers.pop(GRAPH_SPLICE_HANDLER, None)
+            self.scheduler.stream_handlers.pop(GRAPH_SPLICE_HANDLER, None)
             self.scheduler.extensions.pop(SPLICE, None)
 
     @log_errors
@@ -180,8 +189,9 @@ class SpliceExtension(SchedulerPlugin):
         return {"status": "OK", "added": len(new)}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish == "forgotten" and self.aliases:
+        if finish == "forgotten" and (self.dynamic_keys or self.aliases):
             self.aliases.pop(key, None)
+            self.dynamic_keys.discard(key)
 
     # ------------------------------------------------------------- dynamic tasks
     @log_errors
@@ -192,12 +202,15 @@ class SpliceExtension(SchedulerPlugin):
         tasks: dict[Any, Any],
         output: Any,
         annotations: dict[Any, dict] | None = None,
+        queue: bool = False,
     ) -> dict[str, Any]:
         """The ``dynflow_graph_splice`` handler: dynamic task ``key`` returned a graph.
 
         ``tasks``: its task specs by key, in dependency order; ``output``: the key whose
-        value is the task's value; ``annotations``: per key (resources, priority). See
-        the module docstring. Returns ``{"status": "OK" | "stale" | "unwanted", "added"}``.
+        value is the task's value; ``annotations``: per key (resources, priority);
+        ``queue``: whether the scheduler may queue its root tasks (as a map's items,
+        they go to the workers as soon as they are ready otherwise). See the module
+        docstring. Returns ``{"status": "OK" | "stale" | "unwanted", "added"}``.
         """
         s = self.scheduler
         assert s is not None
@@ -205,14 +218,19 @@ class SpliceExtension(SchedulerPlugin):
         if ts is None or ts.state != "processing" or ts.run_id != task_run_id:
             return {"status": "stale"}
         stimulus_id = f"dynflow-graph-splice-{time()}"
-        # tail calls: aliases of this task are pointed at the output directly
-        tails = [
-            d for d in ts.dependents if d.state == "waiting" and self.aliases.get(d.key) == key
+        # who needs this task's value reads the output instead: its dependents, when the
+        # task was made by a splice (no client and no run counts it), or else the
+        # aliases of it (a tail call); anything else keeps it, as an alias of the output
+        mine = key in self.dynamic_keys
+        repoint = [
+            d
+            for d in ts.dependents
+            if d.state in ("waiting", "released") and (mine or self.aliases.get(d.key) == key)
         ]
-        wanted = bool(ts.who_wants) or len(ts.dependents) > len(tails)
+        wanted = bool(ts.who_wants) or len(ts.dependents) > len(repoint)
         recommendations: dict[Any, str] = {}
         new: list[TaskState] = []
-        if wanted or tails:
+        if wanted or repoint:
             missing = [
                 d
                 for spec in tasks.values()
@@ -224,20 +242,27 @@ class SpliceExtension(SchedulerPlugin):
             if missing:
                 return {"status": "error", "message": f"keys not in the graph: {missing[:5]}"}
             new = self._create_graph(ts, tasks, annotations or {})
+            if not queue:
+                bypass_queuing(new)
             out = s.tasks[output]
-            for d in tails:
-                self._point(d, ts, out, recommendations)
+            for d in repoint:
+                self._repoint(d, ts, out, recommendations)
             if wanted:
                 self._make_alias(ts, out, recommendations)
         recommendations[key] = "released"  # the worker's run ends (free-keys)
+        ts.run_id = -1  # and its "task-finished" (None) is refused as a stale run's
         observe_spans(s, new)
-        rewired = {t.key: [output] for t in [*tails, *([ts] if wanted else [])]}
+        rewired = {t.key: [output] for t in [*repoint, *([ts] if wanted else [])]}
         self._tell_plugins(new, rewired, stimulus_id, {})
         s.transitions(recommendations, stimulus_id)
         if ts.state == "released" and not ts.dependents and not ts.who_wants:
-            s.transitions({key: "forgotten"}, stimulus_id)  # a collapsed tail step
+            s.transitions({key: "forgotten"}, stimulus_id)  # read by nobody any more
         self.tasks_added += len(new)
-        return {"status": "OK" if wanted or tails else "unwanted", "added": len(new)}
+        return {"status": "OK" if wanted or repoint else "unwanted", "added": len(new)}
+
+    def graph_splice_message(self, worker: str, **msg: Any) -> None:
+        """:meth:`graph_splice` from a message on ``worker``'s stream."""
+        self.graph_splice(**msg)
 
     def _create_graph(
         self, ts: TaskState, tasks: dict[Any, Any], annotations: dict[Any, dict]
@@ -254,6 +279,7 @@ class SpliceExtension(SchedulerPlugin):
             nts = new_task(s, spec, computation)
             nts.priority = (*ts.priority, i)
             new.append(nts)
+            self.dynamic_keys.add(k)
             if annotations.get(k):
                 apply_annotations(s, [nts], annotations[k])
         for nts in new:
@@ -275,17 +301,25 @@ class SpliceExtension(SchedulerPlugin):
         ts.add_dependency(out)
         self.aliases[ts.key] = out.key
 
-    def _point(self, d: TaskState, ts: TaskState, out: TaskState, recommendations: dict) -> None:
-        """Waiting alias ``d`` of ``ts`` becomes an alias of ``out`` (a tail call)."""
+    def _repoint(self, d: TaskState, ts: TaskState, out: TaskState, recommendations: dict) -> None:
+        """``d`` (waiting or released) reads ``out`` where it read ``ts``: its task spec
+        has the key substituted (dask's ``GraphNode.substitute``), its edges follow."""
         d.dependencies.discard(ts)
         ts.dependents.discard(d)
         if ts.waiters:
             ts.waiters.discard(d)
         if d.waiting_on:
             d.waiting_on.discard(ts)
-        d.run_spec = Alias(d.key, out.key)
+        d.run_spec = d.run_spec.substitute({ts.key: out.key})
+        if d.key in self.aliases:
+            self.aliases[d.key] = out.key
         d.add_dependency(out)
-        self.aliases[d.key] = out.key
+        if d.state != "waiting":
+            return  # released: it waits for out when it is wanted again
+        if out.state == "erred":
+            d.exception_blame = out.exception_blame
+            recommendations[d.key] = "erred"
+            return
         if not out.who_has:
             if d.waiting_on is None:
                 d.waiting_on = set()

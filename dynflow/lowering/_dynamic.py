@@ -76,7 +76,8 @@ class Returned:
         else:  # nodes inside a container: one more task rebuilds it
             output = f"{policy.task_name}-value-{uuid.uuid4().hex}"
             tasks[output] = Task(output, assemble, policy.records, _spec_of(value))
-        return ReturnedGraph(policy.task_name, tasks, output, annotations)
+        queue = bool(dask.config.get("dynflow.queue-items"))
+        return ReturnedGraph(policy.task_name, tasks, output, annotations, queue)
 
     def _compute_here(
         self, policy: CallPolicy, value: Any, nodes: list[Node], distributed: bool
