@@ -11,6 +11,8 @@ returning the reduced value), and tears everything down on exit, whatever happen
   ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
 - :func:`ray_seed`: Ray, ``ray.init(num_cpus=2)``; remote generate, ``ray.get`` the list,
   one remote task per item, a remote reducer over all of them.
+- :func:`ray_fib`: Ray nested tasks for ``compare.py --dynamic``: the recursive ``fib(n)``
+  submitting its two calls from inside the task and waiting for them with ``ray.get``.
 
 Both Prefect peers talk to ONE ``prefect server`` (:func:`prefect_server`), started as a
 subprocess on 127.0.0.1 with a throw-away ``PREFECT_HOME`` and stopped on exit; the
@@ -162,6 +164,37 @@ def ray_seed(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
             items = ray.get(r_generate.remote(n))
             refs = [r_process.remote(x, factor) for x in items]
             return ray.get(r_reduce.remote(*refs))
+
+        yield run
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_fib(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
+    """Ray nested tasks: ``fib(n)`` submits ``fib(n - 1)`` and ``fib(n - 2)`` from inside
+    the task and blocks in ``ray.get`` until both are done (Ray lends the blocked task's
+    CPU to others meanwhile, starting more worker processes as needed)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level="warning",
+    )
+    try:
+
+        @ray.remote
+        def fib(n: int) -> int:
+            if n < 2:
+                return n
+            return sum(ray.get([fib.remote(n - 1), fib.remote(n - 2)]))
+
+        def run(n: int) -> int:
+            return ray.get(fib.remote(n))
 
         yield run
     finally:

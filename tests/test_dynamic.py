@@ -211,3 +211,43 @@ async def test_the_scheduler_is_empty_after_a_cancelled_dynamic_run(c, s, a, b):
     await fut.cancel()
     del fut
     await no_tasks_left(s, timeout=10)
+
+
+@gen_cluster(client=True)
+async def test_a_run_counts_dynamic_calls_in_a_box_per_task_name(c, s, a, b):
+    (fut,) = await df.submit_async(fib(10), client=c)
+    assert await fut == fib_value(10)
+    info = await fut.run.info()
+    boxes = {n["label"]: info["nodes"][n["key"]] for n in info["graph"]["nodes"]}
+    # fib(10): 177 calls, the root one is the run's own node; 88 additions
+    assert boxes["fib"] == {"total": 1, "pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert boxes["fib (dynamic)"] == {
+        "total": 176,
+        "pending": 0,
+        "running": 0,
+        "done": 176,
+        "failed": 0,
+    }
+    assert boxes["add (dynamic)"]["total"] == boxes["add (dynamic)"]["done"] == 88
+    edges = {(u.split("-")[0], v) for u, v, _ in info["graph"]["edges"]}
+    assert ("fib", "dynflow-dynamic-add") in edges
+    svg = fut.run.graph.live(info)  # the views draw the dynamic boxes, with their counts
+    assert "fib (dynamic)" in [n.label for n in svg.nodes]
+    del fut
+    await no_tasks_left(s)
+    assert not s.extensions["dynflow-runs"].dynamic
+
+
+@df.task
+def returns_a_foreign_key(x):
+    from dynflow.graph._node import KeyNode
+
+    return KeyNode(add, "add-made-for-another-graph")  # a key this scheduler never had
+
+
+@gen_cluster(client=True)
+async def test_a_graph_referring_to_unknown_keys_fails_naming_the_task(c, s, a, b):
+    await fib(3).compute(client=c)  # the splice request was answered: later ones are messages
+    with pytest.raises(df.ExtensionError, match="task 'returns_a_foreign_key' returned a graph"):
+        await returns_a_foreign_key.map([1, 2]).compute(client=c)
+    await no_tasks_left(s)

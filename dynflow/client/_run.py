@@ -75,7 +75,9 @@ class Run:
         ``{"state", "name", "elapsed", "nodes": {node key: counts}, "failures": ...}``;
         counts are ``total`` (None while a map has not expanded), ``pending``,
         ``running``, ``done`` and ``failed``. None when the scheduler no longer knows the
-        run (older than ``dynflow.dashboard.history`` finished runs).
+        run (older than ``dynflow.dashboard.history`` finished runs). Once dynamic tasks
+        added boxes (``"fib (dynamic)"``, the calls of ``fib`` they made), ``"graph"``
+        holds the run's graph with them (see :meth:`FlowGraph.live`).
         """
         handler = getattr(self.client.scheduler, RUN_STATUS_HANDLER)
         return self.client.sync(handler, run_id=self.id)
@@ -87,13 +89,13 @@ class Run:
     def visualize(self) -> Any:
         """The flow-level graph, coloured by the run's current counts."""
         info = self.info()
-        return FlowSVG(to_svg(self.graph, info["nodes"] if info else None))
+        return FlowSVG(to_svg(self.graph.live(info), info["nodes"] if info else None))
 
     def _repr_html_(self) -> str:
         info = self.info()
         if info is None:
             info = {"name": self.name, "state": "unknown", "nodes": {}, "elapsed": 0.0}
-        return run_html(self.graph, info)
+        return run_html(self.graph.live(info), info)
 
     def _ipython_display_(self) -> None:
         """In a notebook: the HTML view, kept up to date until the run ends."""

@@ -24,7 +24,7 @@ from dynflow._compat import expander_run_id
 from dynflow._protocol import GRAPH_SPLICE_HANDLER
 from dynflow.exceptions import ExtensionError
 
-__all__ = ["ReturnedGraph", "splice_returned", "splice_returned_async"]
+__all__ = ["ReturnedGraph", "refuse", "splice_returned", "splice_returned_async"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +98,9 @@ def _check(graph: ReturnedGraph, reply: Any) -> None:
         )
     if reply.get("status") == "error":
         raise ExtensionError(f"task {graph.task_name!r}: {reply.get('message')}")
+
+
+def refuse(message: str) -> None:
+    """The task spec the scheduler gives a dynamic task whose graph it cannot run: it
+    fails with ``message`` where it runs, as any task error."""
+    raise ExtensionError(message)

@@ -51,7 +51,8 @@ import logging
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
-from dask._task_spec import Alias
+from dask._task_spec import Alias, Task
+from dask.utils import key_split
 from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
@@ -65,6 +66,7 @@ from dynflow._compat import (
     update_graph_extras,
 )
 from dynflow._protocol import GRAPH_SPLICE_HANDLER, SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
+from dynflow.cluster._dynamic import refuse
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -239,8 +241,17 @@ class SpliceExtension(SchedulerPlugin):
             ]
             if output not in tasks and output not in s.tasks:
                 missing.append(output)
-            if missing:
-                return {"status": "error", "message": f"keys not in the graph: {missing[:5]}"}
+            if missing:  # keys made elsewhere: it fails, naming them
+                message = (
+                    f"task {key_split(key)!r} returned a graph that refers to keys the "
+                    f"scheduler does not have (made for another graph or cluster): "
+                    f"{sorted(map(str, missing))[:5]}"
+                )
+                self._make_failing(ts, message, recommendations)
+                recommendations[key] = "released"
+                ts.run_id = -1
+                s.transitions(recommendations, stimulus_id)
+                return {"status": "error", "message": message}
             new = self._create_graph(ts, tasks, annotations or {})
             if not queue:
                 bypass_queuing(new)
@@ -253,7 +264,8 @@ class SpliceExtension(SchedulerPlugin):
         ts.run_id = -1  # and its "task-finished" (None) is refused as a stale run's
         observe_spans(s, new)
         rewired = {t.key: [output] for t in [*repoint, *([ts] if wanted else [])]}
-        self._tell_plugins(new, rewired, stimulus_id, {})
+        dynamic = {"parent": key, "alias": wanted, "tasks": [t.key for t in new]}
+        self._tell_plugins(new, rewired, stimulus_id, {}, dynamic=dynamic)
         s.transitions(recommendations, stimulus_id)
         if ts.state == "released" and not ts.dependents and not ts.who_wants:
             s.transitions({key: "forgotten"}, stimulus_id)  # read by nobody any more
@@ -290,6 +302,14 @@ class SpliceExtension(SchedulerPlugin):
     def _make_alias(self, ts: TaskState, out: TaskState, recommendations: dict) -> None:
         """Processing ``ts`` will wait for ``out`` and take its value; its old inputs
         are released where nothing else wants them."""
+        self._drop_inputs(ts, recommendations)
+        ts.run_spec = Alias(ts.key, out.key)
+        ts.add_dependency(out)
+        self.aliases[ts.key] = out.key
+
+    @staticmethod
+    def _drop_inputs(ts: TaskState, recommendations: dict) -> None:
+        """``ts`` no longer reads its inputs; those nothing else wants are released."""
         for dts in list(ts.dependencies):
             ts.dependencies.discard(dts)
             dts.dependents.discard(ts)
@@ -297,9 +317,11 @@ class SpliceExtension(SchedulerPlugin):
                 dts.waiters.discard(ts)
             if dts.state != "released" and not dts.waiters and not dts.who_wants:
                 recommendations.setdefault(dts.key, "released")
-        ts.run_spec = Alias(ts.key, out.key)
-        ts.add_dependency(out)
-        self.aliases[ts.key] = out.key
+
+    def _make_failing(self, ts: TaskState, message: str, recommendations: dict) -> None:
+        """Processing ``ts`` will run again as a task that fails with ``message``."""
+        self._drop_inputs(ts, recommendations)
+        ts.run_spec = Task(ts.key, refuse, message)
 
     def _repoint(self, d: TaskState, ts: TaskState, out: TaskState, recommendations: dict) -> None:
         """``d`` (waiting or released) reads ``out`` where it read ``ts``: its task spec
@@ -409,6 +431,7 @@ class SpliceExtension(SchedulerPlugin):
         stimulus_id: str,
         lengths: dict,
         failed: Any = None,
+        dynamic: dict | None = None,
     ) -> None:
         """``update_graph`` for the other plugins, as if a client had sent the items.
 
@@ -419,7 +442,9 @@ class SpliceExtension(SchedulerPlugin):
         is told directly, else it fails on every collector it forgets.
         ``dynflow_map_lengths`` (``{item name: (prefix, n, items per task or None)}``)
         tells dynflow's run tracker the maps' lengths; ``dynflow_failed_expander``, the
-        expander whose source failed (its value is the failure record), if it did.
+        expander whose source failed (its value is the failure record), if it did;
+        ``dynflow_dynamic``, after a dynamic task's splice: ``{"parent": its key,
+        "alias": whether it was kept as an alias, "tasks": the keys made}``.
         """
         s = self.scheduler
         assert s is not None
@@ -445,6 +470,7 @@ class SpliceExtension(SchedulerPlugin):
                     stimulus_id=stimulus_id,
                     dynflow_map_lengths=lengths,
                     dynflow_failed_expander=failed,
+                    dynflow_dynamic=dynamic,
                     **extras,
                 )
                 if isinstance(plugin, GraphLayout):

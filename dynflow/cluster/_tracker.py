@@ -30,6 +30,7 @@ from time import time
 from typing import TYPE_CHECKING, Any
 
 import dask.config
+from dask.utils import key_split
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado import web
 
@@ -81,9 +82,12 @@ class NodeState:
     records: set = field(default_factory=set)
     limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
+    spliced: int = 0  # a dynamic box: the calls dynamic tasks made of its task
 
     def weight(self, key: Any) -> int:
         """How many units ``key`` stands for (0: not one of this node's units)."""
+        if self.kind == "dynamic":
+            return 1  # the tracker maps only this box's calls to it
         if self.kind in ("task", "flatten", "key"):
             return 1 if key == self.key else 0
         if (
@@ -103,6 +107,8 @@ class NodeState:
         """Units in all: 1 for a task, a map's items once known (None before)."""
         if self.fixed_total is not None:
             return self.fixed_total
+        if self.kind == "dynamic":
+            return self.spliced
         if not self.lengths:
             return None
         return sum(n for n, _ in self.lengths.values()) + len(self.failed_parents)
@@ -136,6 +142,37 @@ class RunState:
     state: str = "pending"
     nodes: dict[str, NodeState] = field(default_factory=dict)
     outputs_done: set = field(default_factory=set)
+    dynamic: dict[str, NodeState] = field(default_factory=dict)  # task name -> its box
+
+    def dynamic_box(self, name: str, parent: NodeState) -> NodeState:
+        """The box counting the calls of task ``name`` that dynamic tasks made, drawn
+        below ``parent``'s box (an arrow is added unless it would close a cycle)."""
+        ns = self.dynamic.get(name)
+        if ns is None:
+            key = f"dynflow-dynamic-{name}"
+            ns = self.dynamic[name] = self.nodes[key] = NodeState(self, key, "dynamic", None)
+            self.graph["nodes"].append(
+                {"key": key, "name": name, "kind": "dynamic", "label": f"{name} (dynamic)"}
+            )
+        edge = [parent.key, ns.key, "data"]
+        if parent is not ns and edge not in self.graph["edges"] and not self._reaches(ns, parent):
+            self.graph["edges"].append(edge)
+        return ns
+
+    def _reaches(self, a: NodeState, b: NodeState) -> bool:
+        """Whether an arrow path leads from box ``a`` to box ``b``."""
+        children: dict[str, list[str]] = {}
+        for u, v, _ in self.graph["edges"]:
+            children.setdefault(u, []).append(v)
+        seen, stack = set(), [a.key]
+        while stack:
+            k = stack.pop()
+            if k == b.key:
+                return True
+            if k not in seen:
+                seen.add(k)
+                stack.extend(children.get(k, ()))
+        return False
 
     def summary(self, with_graph: bool = False) -> dict[str, Any]:
         end = self.finished if self.finished is not None else time()
@@ -148,7 +185,7 @@ class RunState:
             "nodes": {k: ns.counts() for k, ns in self.nodes.items()},
             "failures": {k: list(ns.failures) for k, ns in self.nodes.items() if ns.failures},
         }
-        if with_graph:
+        if with_graph or self.dynamic:  # dynamic tasks added boxes: the views need them
             out["graph"] = self.graph
         return out
 
@@ -165,6 +202,7 @@ class RunTracker(SchedulerPlugin):
         # node key, and a map's item name (its items' key[0]) -> state
         self.index: dict[str, NodeState] = {}
         self.outputs: dict[Any, list[RunState]] = {}  # output key -> live runs waiting on it
+        self.dynamic: dict[Any, NodeState] = {}  # a task a dynamic task made -> its box
         self.streams: Streams | None = None  # as_completed's streams (once started)
 
     async def start(self, scheduler: Scheduler) -> None:
@@ -197,6 +235,11 @@ class RunTracker(SchedulerPlugin):
         self, run_id: str, name: str, graph: dict, outputs: list, client: str
     ) -> dict[str, str]:
         """Register a run before its graph is sent (``dynflow_run_start``)."""
+        graph = {
+            **graph,
+            "nodes": list(graph["nodes"]),
+            "edges": [list(e) for e in graph["edges"]],
+        }  # dynamic tasks add to them
         run = RunState(run_id, name, client, graph, tuple(_key(k) for k in outputs))
         for node in graph["nodes"]:
             kind = node["kind"]
@@ -264,8 +307,12 @@ class RunTracker(SchedulerPlugin):
                     if self.streams is not None:
                         self.streams.parent_failed(ns, failed, tuple(prefix))
             return
+        dynamic = kwargs.get("dynflow_dynamic")
+        if dynamic:
+            self._dynamic(dynamic["parent"], dynamic["alias"], dynamic["tasks"])
+            return
         if kwargs.get("client") == SPLICE:
-            return  # a dynamic task's graph: no map lengths, no client's run
+            return
         # a client's graph: its tasks are in the scheduler now
         for run in self.runs.values():
             if run.state != "pending" or not all(k in scheduler.tasks for k in run.outputs):
@@ -278,6 +325,10 @@ class RunTracker(SchedulerPlugin):
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         runs = self.outputs.get(key)
         ns = self.index.get(key[0] if type(key) is tuple else key)
+        if ns is None and self.dynamic:
+            ns = self.dynamic.get(key)
+            if ns is not None and finish == "forgotten":
+                del self.dynamic[key]
         if ns is not None and ns.run.finished is None:
             self._count(ns, key, start, finish)
             if finish == "memory" and self.streams is not None and ns.weight(key):
@@ -312,6 +363,24 @@ class RunTracker(SchedulerPlugin):
         for run in list(self.runs.values()):
             if run.client == client and run.finished is None:
                 self._finish(run, "cancelled")
+
+    def _dynamic(self, parent: Any, alias: bool, tasks: list) -> None:
+        """Dynamic task ``parent`` returned a graph, whose new ``tasks`` the splice made:
+        each is counted in its run's box for its task name (``fib (dynamic)``)."""
+        pns = self.dynamic.get(parent)
+        if pns is None:
+            pns = self.index.get(parent[0] if type(parent) is tuple else parent)
+        elif not alias:  # a call a dynamic task made: done, its readers read the graph
+            pns.memory += 1
+        if pns is None or pns.run.finished is not None:
+            return
+        for key in tasks:
+            name = key_split(key)
+            if name.startswith("dynflow-"):
+                continue  # dynflow's own (a map's expander)
+            ns = pns.run.dynamic_box(name, pns)
+            ns.spliced += 1
+            self.dynamic[key] = ns
 
     # ------------------------------------------------------------------ counting
     def _count(self, ns: NodeState, key: Any, start: str, finish: str) -> None:
@@ -360,6 +429,10 @@ class RunTracker(SchedulerPlugin):
             for k in (ns.key, ns.items):
                 if self.index.get(k) is ns:
                     del self.index[k]
+        if run.dynamic:
+            boxes = set(map(id, run.dynamic.values()))
+            for k in [k for k, ns in self.dynamic.items() if id(ns) in boxes]:
+                del self.dynamic[k]
         for k in run.outputs:
             waiting = self.outputs.get(k)
             if waiting and run in waiting:

@@ -174,6 +174,13 @@ class FlowGraph:
             tuple(dict.fromkeys(_key(n) for n in outputs)),
         )
 
+    def live(self, info: Mapping[str, Any] | None) -> FlowGraph:
+        """This graph, or the run tracker's copy in ``info`` (a run's state) when it has
+        more: the boxes of the calls dynamic tasks made (kind ``"dynamic"``)."""
+        if info and info.get("graph"):
+            return FlowGraph.from_dict(info["graph"])
+        return self
+
     def node(self, key: str) -> GraphNode:
         """The box with key ``key``."""
         for n in self.nodes:

@@ -79,7 +79,7 @@ class _Progress:
         if info is None:
             return []
         out = []
-        for node in run.graph.nodes:
+        for node in run.graph.live(info).nodes:
             counts = info["nodes"].get(node.key)
             if counts is not None and counts.get("total") != 0:
                 out.append((node.key, node.label, counts))
@@ -205,7 +205,7 @@ class RunView(_Progress):
         (run,) = self.runs
         info = self.infos.get(run.id)
         if info is not None:
-            self.widget.value = run_html(run.graph, info)
+            self.widget.value = run_html(run.graph.live(info), info)
 
 
 def show_live(run: Run) -> bool:

@@ -41,7 +41,10 @@ FILL = {
     "subflow-map": "#fdf0e1",
     "flatten": "#f1eaf8",
     "key": "#ffffff",
+    "dynamic": "#eaf6ec",  # the calls dynamic tasks made, by task name
 }
+#: boxes that stand for many tasks (drawn stacked, with their count)
+MANY = ("map", "subflow-map", "dynamic")
 #: progress bar colours, in drawing order
 BAR = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4", "pending": "#d9d9d9"}
 #: edge colour and dash pattern by style
@@ -103,7 +106,7 @@ def _box_title(node: GraphNode, counts: Mapping[str, Any] | None) -> str:
     label = node.label
     if len(label) > MAX_LABEL:
         label = label[: MAX_LABEL - 1] + "…"
-    if counts is None or node.kind not in ("map", "subflow-map"):
+    if counts is None or node.kind not in MANY:
         return label
     total = counts.get("total")
     return f"{label} ? items" if total is None else f"{label} ×{total:,}"
@@ -161,7 +164,7 @@ def to_svg(graph: FlowGraph, counts: Mapping[str, NodeCounts] | None = None) -> 
     ``<path class="dynflow-edge" data-source="..." data-target="..." data-style="...">``.
     """
     pos = graph.layout()
-    stacked = {n.key for n in graph.nodes if n.kind in ("map", "subflow-map")}
+    stacked = {n.key for n in graph.nodes if n.kind in MANY}
     live = counts is not None
     per_node = {n.key: (counts or {}).get(n.key) for n in graph.nodes}
     titles = {n.key: _box_title(n, per_node[n.key] if live else None) for n in graph.nodes}
@@ -330,7 +333,7 @@ def to_graphviz(
         if c is not None:
             label += "\n" + short_repr_counts(c)
         attrs = {"fillcolor": FILL.get(n.kind, FILL["task"]), "tooltip": n.key}
-        if n.kind in ("map", "subflow-map"):
+        if n.kind in MANY:
             attrs["shape"] = "box3d"
             attrs["style"] = "filled"
         elif n.kind == "key":
