@@ -4,6 +4,8 @@
     python asv_bench/compare.py --n 1000 10000 --repeat 5 --expansion-n 1000 100000
     python asv_bench/compare.py --profile             # + cProfile of the largest splice
     python asv_bench/compare.py --systems dask dynflow ray --n 10000 --expansion-n
+    python asv_bench/compare.py --dynamic 12 16 --expansion-n \
+        --systems dask-delayed dask-worker-client ray-nested    # dynamic tasks only
 
 One LocalCluster (2 worker processes x 1 thread, the scheduler in this process) serves
 every measurement. The seed pattern is generate_list -> process.map -> reducer with a
@@ -20,8 +22,16 @@ DaskTaskRunner on a LocalCluster of the same shape, both Prefect flavours talkin
 ``prefect server`` started for the purpose. They run after the Dask cluster above is
 closed, one system after the other, at ``--peer-n`` items (default: ``--n`` if given,
 else 1000; Prefect costs tens of ms per item). A peer whose package is not installed is
-skipped with a ``skipped: <reason>`` line. For every system the table gives the client
-(driver) process's peak RSS during its runs, sampled by a psutil thread every 5 ms.
+skipped with a ``skipped: <reason>`` line.
+
+``--dynamic N ...`` adds the dynamic-task comparison (``benchmarks/dynamic.py``): the
+recursive ``fib(N)`` as dynflow dynamic tasks (every call returns ``add(fib(n - 1),
+fib(n - 2))``, spliced in its place), as a static ``dask.delayed`` tree of the same calls
+built on the client, as Dask tasks-from-tasks (``worker_client``) and as Ray nested tasks
+(``ray.get`` inside the task); plus the ``--tail-steps`` tail loop, with the scheduler's
+task count near step 100 and at the end, and dynflow's own scheduler time per spliced task.
+For every system the seed table gives the client (driver) process's peak RSS during its
+runs, sampled by a psutil thread every 5 ms.
 """
 
 from __future__ import annotations
@@ -317,6 +327,104 @@ def expansion_table(client, ns: list[int], repeat: int, profile: bool) -> None:
     print()
 
 
+DYNAMIC = ("dynflow", "dask-delayed", "dask-worker-client", "ray-nested")
+
+
+def dynamic_table(ns: list[int], repeat: int, tail_steps: int, systems: list[str]) -> None:
+    """fib(N) per system, best of ``repeat``; then the tail loop on the same cluster."""
+    from benchmarks import dynamic as dyn
+
+    runs: dict[tuple[int, str], list[float]] = {}
+    splice: dict[int, dict[str, float]] = {}
+
+    def measure(n: int, system: str, run) -> None:
+        t0 = time.perf_counter()
+        run(n)
+        runs.setdefault((n, system), []).append(time.perf_counter() - t0)
+
+    cluster, client = u.start_cluster(processes=True)
+    try:
+        dyn.warm_up_dynamic(client)
+        dask_runs = {
+            "dynflow": lambda n: dyn.fib_dynflow(client, n),
+            "dask-delayed": lambda n: dyn.fib_dask_delayed(client, n),
+            "dask-worker-client": lambda n: dyn.fib_dask_worker_client(client, n),
+        }
+        for n in ns:
+            for _ in range(repeat):
+                for system, run in dask_runs.items():
+                    if system in systems:
+                        u.wait_idle(client)
+                        measure(n, system, run)
+            if "dynflow" in systems:
+                u.wait_idle(client)
+                splice[n] = dyn.time_splices(client, lambda n=n: dyn.fib_dynflow(client, n))
+        tail: dict[str, Any] = {}
+        if tail_steps:
+            probe = dyn.install_task_count_probe(client, window=100)
+            record = dyn.count_tasks(client, probe, lambda: dyn.tail_dynflow(client, tail_steps))
+            u.wait_idle(client)
+            t0 = time.perf_counter()
+            dyn.tail_dask_delayed(client, tail_steps)
+            tail = {"record": record, "chain": time.perf_counter() - t0}
+    finally:
+        u.stop_cluster(cluster, client)
+    if "ray-nested" in systems:
+        lacking = peers.missing("ray")
+        if lacking:
+            needed = ", ".join(lacking)
+            print(f"ray-nested: skipped: {needed} not installed ({peers.INSTALL['ray']})")
+        else:
+            with peers.ray_fib(num_cpus=2) as run:
+                run(8)  # warm-up: worker processes
+                for n in ns:
+                    for _ in range(repeat):
+                        measure(n, "ray-nested", run)
+
+    print(f"Dynamic tasks: recursive fib(N), best of {repeat} runs (2 workers x 1 thread)")
+    print(
+        f"{'N':>4} {'fib calls':>10}  {'system':<20}{'best s':>8}{'median s':>10}"
+        f"{'vs dynflow':>12}{'vs dask-delayed':>16}"
+    )
+    for n in ns:
+        calls = 2 * dyn.fib_value(n + 1) - 1
+        ref = {s: min(runs[n, s]) for s in DYNAMIC if (n, s) in runs}
+        for system in DYNAMIC:
+            if system not in ref:
+                continue
+            b = ref[system]
+            vs_dyn = f"{b / ref['dynflow']:.2f}x" if "dynflow" in ref else "-"
+            vs_dask = f"{b / ref['dask-delayed']:.2f}x" if "dask-delayed" in ref else "-"
+            med = statistics.median(runs[n, system])
+            print(f"{n:>4} {calls:>10}  {system:<20}{b:>8.3f}{med:>10.3f}{vs_dyn:>12}{vs_dask:>16}")
+    print(
+        "dynflow: each fib call is a task that returns add(fib(n-1), fib(n-2)), spliced "
+        "in its place;\ndask-delayed: the static tree of the same calls built on the "
+        "client (a task per leaf and per addition, optimize_graph=False);\n"
+        "dask-worker-client: each call submits its children from the worker and waits "
+        "(worker_client, seceded);\nray-nested: each call submits its children and "
+        "blocks in ray.get (ray.init(num_cpus=2))."
+    )
+    for n, t in splice.items():
+        print(
+            f"scheduler, fib({n}): {t['splices']} splices made {t['tasks']} tasks, "
+            f"{t['us_per_task']:.0f} us per task in the splice handler, of which "
+            f"{t['us_per_task_own']:.0f} us dynflow's own (the rest: distributed's "
+            "transitions of the new tasks)"
+        )
+    if tail:
+        rec, steps = tail["record"], tail_steps
+        print(
+            f"\nTail loop, {steps} steps: {rec['seconds']:.2f} s "
+            f"({rec['seconds'] / steps * 1e3:.2f} ms/step); the static dask.delayed chain "
+            f"of {steps} calls: {tail['chain']:.2f} s. Scheduler tasks, most at once: "
+            f"steps 100-199: {dyn.peak_between(rec, 100, 199)}, last 100 steps: "
+            f"{dyn.peak_between(rec, steps - 100, steps)}, whole loop: "
+            f"{dyn.peak_between(rec, 0, steps)}"
+        )
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -336,10 +444,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--systems",
         nargs="+",
-        choices=SYSTEMS + PEERS,
-        default=list(SYSTEMS + PEERS),
+        choices=SYSTEMS + PEERS + DYNAMIC[1:],
+        default=list(SYSTEMS + PEERS + DYNAMIC[1:]),
         metavar="SYSTEM",
-        help=f"systems to run (default: all of {' '.join(SYSTEMS + PEERS)})",
+        help=f"systems to run (default: all of {' '.join(SYSTEMS + PEERS + DYNAMIC[1:])}; "
+        "dynflow always runs in the --dynamic table)",
     )
     parser.add_argument(
         "--prefect-threads",
@@ -367,6 +476,20 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also print a cProfile of the splice at the largest --expansion-n",
     )
+    parser.add_argument(
+        "--dynamic",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="fib(N) sizes for the dynamic-task comparison (none: skip it; e.g. 12 16)",
+    )
+    parser.add_argument(
+        "--tail-steps",
+        type=int,
+        default=10_000,
+        help="steps of the dynamic tail loop measured with --dynamic (0: skip it)",
+    )
     args = parser.parse_args(argv)
     ns = sorted(args.n) if args.n else [1000, 10000]
     peer_ns = sorted(args.peer_n or args.n or [1000])
@@ -390,6 +513,9 @@ def main(argv: list[str] | None = None) -> None:
                     expansion_table(client, sorted(args.expansion_n), args.repeat, args.profile)
             finally:
                 u.stop_cluster(cluster, client)
+        if args.dynamic:
+            dyn_systems = [s for s in DYNAMIC if s in args.systems or s == "dynflow"]
+            dynamic_table(sorted(args.dynamic), args.repeat, args.tail_steps, dyn_systems)
         peer_table(args.systems, peer_ns, args.repeat, res, args.prefect_threads)
         res.print_table(args.repeat)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())

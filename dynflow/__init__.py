@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         TaskTimeoutError,
     )
     from dynflow.graph._flow import Flow, flow
-    from dynflow.graph._node import FlattenNode, MapNode, Node, unmapped
+    from dynflow.graph._node import FlattenNode, MapNode, Node, quote, unmapped
     from dynflow.graph._task import Task, task
     from dynflow.graph._wrappers import allow_failure, flatten, product
     from dynflow.views._progress import progress
@@ -80,6 +80,7 @@ _EXPORTS = {
     "flow": "dynflow.graph._flow",
     "get_client": "dynflow.client._cluster",
     "product": "dynflow.graph._wrappers",
+    "quote": "dynflow.graph._node",
     "progress": "dynflow.views._progress",
     "submit": "dynflow.client._submit",
     "submit_async": "dynflow.client._submit",
@@ -117,6 +118,7 @@ __all__ = [
     "get_client",
     "product",
     "progress",
+    "quote",
     "submit",
     "submit_async",
     "task",

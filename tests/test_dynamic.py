@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import dask
+import dask.array as da
 import pytest
+from dask.delayed import Delayed
 from distributed import Event
 from distributed.utils_test import gen_cluster
 from utils import generate_list, no_tasks_left, process, reducer
@@ -250,4 +253,89 @@ async def test_a_graph_referring_to_unknown_keys_fails_naming_the_task(c, s, a, 
     await fib(3).compute(client=c)  # the splice request was answered: later ones are messages
     with pytest.raises(df.ExtensionError, match="task 'returns_a_foreign_key' returned a graph"):
         await returns_a_foreign_key.map([1, 2]).compute(client=c)
+    await no_tasks_left(s)
+
+
+# ------------------------------------------------------- returned dask collections
+def square(i):
+    return i * i
+
+
+def inverse(i):
+    return 1 / (i - 2)
+
+
+@df.task
+def delayed_sum(n):
+    return dask.delayed(sum)([dask.delayed(square)(i) for i in range(n)])
+
+
+@df.task
+def array_sum(n):
+    return da.arange(n, chunks=3).sum()
+
+
+@df.task
+def collections_in_a_container(n):
+    return {"delayed": dask.delayed(square)(n), "array": [da.ones(n, chunks=2), "plain"]}
+
+
+@df.task
+def quoted(n):
+    return df.quote(dask.delayed(sum)(list(range(n))))
+
+
+@df.task
+def delayed_inverse(i):
+    return dask.delayed(inverse)(i)
+
+
+@df.task
+def mixed(n):
+    return [add(n, 1), dask.delayed(square)(n)]
+
+
+@gen_cluster(client=True)
+async def test_a_returned_dask_collection_is_spliced_and_computed(c, s, a, b):
+    cases = [
+        (delayed_sum(5), 30),
+        (array_sum(10), 45),
+        (reducer(delayed_sum.map([2, 3, 4])), 1 + 5 + 14),
+        (delayed_sum.map([2, 3, 4], batch_size=2), [1, 5, 14]),
+    ]
+    for node, value in cases:
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+        assert "square" in s.task_prefixes or "arange" in str(list(s.task_prefixes))
+    # several, inside a container: repacked as dask.compute does
+    got = await collections_in_a_container(4).compute(client=c)
+    assert got["delayed"] == 16 and got["array"][1] == "plain"
+    assert got["array"][0].tolist() == [1.0] * 4
+    sync = collections_in_a_container(4).compute(scheduler="sync")
+    assert sync["delayed"] == 16 and sync["array"][0].tolist() == [1.0] * 4
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_a_quoted_collection_is_the_value_and_errors_keep_their_type(c, s, a, b):
+    value = await quoted(4).compute(client=c)
+    assert isinstance(value, Delayed) and value.compute(scheduler="sync") == 6
+    assert isinstance(quoted(4).compute(scheduler="sync"), Delayed)
+    # a failing task of the returned graph: its own exception, alone or in a map
+    with pytest.raises(ZeroDivisionError):
+        await delayed_inverse(2).compute(client=c)
+    with pytest.raises(ZeroDivisionError):
+        delayed_inverse(2).compute(scheduler="sync")
+    m = delayed_inverse.map([1, 2, 3])
+    with pytest.raises(df.MapItemError, match=r"1 of 3 items failed, at index 1"):
+        await reducer(m).compute(client=c)
+    with pytest.raises(df.MapItemError, match=r"1 of 3 items failed, at index 1"):
+        reducer(m).compute(scheduler="sync")
+    got = await df.allow_failure(m).compute(client=c)
+    assert got[0] == -1 and type(got[1]) is ZeroDivisionError and got[2] == 1
+    got = df.allow_failure(m).compute(scheduler="sync")
+    assert got[0] == -1 and type(got[1]) is ZeroDivisionError and got[2] == 1
+    # nodes and collections together: refused, naming the task
+    with pytest.raises(TypeError, match="task 'mixed' returned dynflow nodes and dask coll"):
+        await mixed(2).compute(client=c)
     await no_tasks_left(s)

@@ -55,6 +55,12 @@ CASES = [
         r"^pi ~ 3\.\d+ from 100000 points in 50 simulations \(batch_size=auto\)",
     ),
     (
+        "quad_tree",
+        ["--size", "128", "--min-size", "8"],
+        r"^quad tree of a 128x128 scene: \d+ regions of 8 to \d+ pixels, [1-9]\d* dynamic "
+        r"splits on the cluster",
+    ),
+    (
         "parallel_subflows",
         ["--n", "4"],
         r"^3 of 4 data sets summarised in parallel sub-flows, 1 failed: \d+ rows",

@@ -34,6 +34,7 @@ __all__ = [
     "SubflowMapNode",
     "find_nodes",
     "replace_nodes",
+    "quote",
     "topological",
     "unmapped",
 ]
@@ -515,6 +516,40 @@ class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker 
 
     def __repr__(self) -> str:
         return f"unmapped({self.value!r})"
+
+
+class quote:  # noqa: N801 - lower case like Prefect's ``quote``, a marker in a return
+    """Mark a task's return value as a value: the nodes or dask collections inside it are
+    returned as objects, not run in the task's place.
+
+    A task whose function returns a dynflow node, or a dask collection
+    (``dask.delayed``, a dask array or data frame...), or a container holding them, has
+    that graph run in its place: its value is the graph's value (a *dynamic task*).
+    ``return df.quote(obj)`` returns ``obj`` itself instead (the name, and the idea, are
+    Prefect's ``prefect.utilities.annotations.quote``).
+
+    Parameters
+    ----------
+    value : object
+        Returned unchanged, as the task's value; it must pickle.
+
+    Examples
+    --------
+    >>> import dask, dynflow as df
+    >>> @df.task
+    ... def build(n):
+    ...     return df.quote(dask.delayed(sum)(range(n)))
+    >>> build(4).compute(scheduler="sync").compute()
+    6
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"quote({self.value!r})"
 
 
 # ------------------------------------------------------------------ traversal

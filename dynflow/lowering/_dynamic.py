@@ -1,7 +1,10 @@
 """Dynamic tasks: what a call that returned a graph becomes.
 
 A task's function may return a dynflow node, a map node, a flow's output node, or
-nodes inside a container (resolved as arguments are). :class:`Returned` is the calls'
+nodes inside a container (resolved as arguments are); or a dask collection
+(``dask.delayed``, arrays, data frames: anything with ``__dask_graph__``), or several in
+a container (unpacked as ``dask.compute`` does); ``df.quote(value)`` returns ``value``
+as it is. :class:`Returned` is the calls'
 hook (:attr:`CallPolicy.returned <dynflow.cluster._calls.CallPolicy>`): it lowers that
 graph, and
 
@@ -14,7 +17,8 @@ graph, and
   computes it on the worker's cluster from a seceded thread (``worker_client``).
 
 The graph is lowered with the call's failure mode: inside a map item or a sub-flow
-item, failures become records, as everywhere there.
+item, failures become records, as everywhere there (a dask collection's tasks are
+guarded for this: a task that raises gives a record, which its dependents pass on).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-from dask._task_spec import Alias, Task, parse_input
+from dask._task_spec import Alias, Task, TaskRef, convert_legacy_graph, parse_input
+from dask.base import is_dask_collection, unpack_collections
 from distributed import worker_client
 
 from dynflow._containers import find
@@ -36,9 +41,9 @@ from dynflow.cluster._dynamic import ReturnedGraph
 from dynflow.cluster._failure import Failure
 from dynflow.cluster._items import current_key
 from dynflow.exceptions import SerializationError
-from dynflow.graph._node import Node, find_nodes, replace_nodes
+from dynflow.graph._node import Node, find_nodes, quote, replace_nodes
 
-__all__ = ["Returned", "assemble"]
+__all__ = ["Returned", "assemble", "finish_collections"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +62,17 @@ class Returned:
                 "to send it between processes: return a list (of values, or of nodes to "
                 "run them in the task's place)"
             )
+        if type(value) is quote:
+            return value.value
         nodes = find_nodes(value)
         if not nodes:
-            return value
+            return self._collections(policy, value)
+        if find(value, is_dask_collection):
+            raise TypeError(
+                f"task {policy.task_name!r} returned dynflow nodes and dask collections "
+                "together: return one kind (make the dask part a task of its own), or "
+                "df.quote(value) to return the objects themselves"
+            )
         key = current_key()
         if key is None or BATCH_INDEX.get() is not None:
             return self._compute_here(policy, value, nodes, distributed=key is not None)
@@ -78,6 +91,45 @@ class Returned:
             tasks[output] = Task(output, assemble, policy.records, _spec_of(value))
         queue = bool(dask.config.get("dynflow.queue-items"))
         return ReturnedGraph(policy.task_name, tasks, output, annotations, queue)
+
+    def _collections(self, policy: CallPolicy, value: Any) -> Any:
+        """``value``, or when it is or holds dask collections, their graph (as
+        ``dask.compute(value)`` would run it, after ``dask.optimize``)."""
+        collections, repack = unpack_collections(value)
+        if not collections:
+            return value
+        key = current_key()
+        if key is None or BATCH_INDEX.get() is not None:
+            try:
+                if key is None:
+                    (out,) = dask.compute(value, scheduler="sync")
+                else:
+                    with worker_client() as client:
+                        out = client.compute(value, sync=True)
+            except Exception as e:
+                if not policy.records:
+                    raise
+                return Failure(e, policy.task_name)
+            return out
+        collections = dask.optimize(*collections)
+        tasks: dict[Any, Any] = {}
+        for c in collections:
+            for k, spec in convert_legacy_graph(dict(c.__dask_graph__())).items():
+                if policy.records and isinstance(spec, Task):
+                    spec = Task(k, _Guarded(spec.func, policy.task_name), *spec.args, **spec.kwargs)
+                tasks[k] = spec
+        finals = [(c.__dask_postcompute__(), _refs(c.__dask_keys__())) for c in collections]
+        output = f"{policy.task_name}-value-{uuid.uuid4().hex}"
+        tasks[output] = Task(
+            output,
+            finish_collections,
+            policy.records,
+            repack,
+            [(func, tuple(extra)) for (func, extra), _ in finals],
+            parse_input([refs for _, refs in finals]),
+        )
+        queue = bool(dask.config.get("dynflow.queue-items"))
+        return ReturnedGraph(policy.task_name, tasks, output, {}, queue)
 
     def _compute_here(
         self, policy: CallPolicy, value: Any, nodes: list[Node], distributed: bool
@@ -98,6 +150,44 @@ class Returned:
                 raise out.exception
             return out
         return assemble(policy.records, replace_nodes(value, lambda n: values[n.key]))
+
+
+def _refs(keys: Any) -> Any:
+    """A collection's ``__dask_keys__`` (nested lists) with each key a reference."""
+    if isinstance(keys, list):
+        return [_refs(k) for k in keys]
+    return TaskRef(keys)
+
+
+@dataclass(frozen=True, slots=True)
+class _Guarded:
+    """A returned dask collection's task inside a map item or sub-flow item: a failure
+    record among its arguments is passed on, and an exception becomes a record."""
+
+    func: Callable[..., Any]
+    task_name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for leaf in find((args, kwargs), lambda o: type(o) is Failure):
+            return leaf
+        try:
+            return self.func(*args, **kwargs)
+        except Exception as e:
+            return Failure(e, self.task_name)
+
+
+def finish_collections(
+    records: bool, repack: Callable[[Any], Any], finals: list[tuple[Any, tuple]], results: list
+) -> Any:
+    """The value of returned dask collections: each one's ``__dask_postcompute__``
+    applied to its results, the whole repacked as it was returned. A failure record
+    among the results fails it (see :func:`assemble`)."""
+    for leaf in find(results, lambda o: type(o) is Failure):
+        if records:
+            return leaf
+        raise leaf.exception
+    (value,) = repack([f(r, *extra) for (f, extra), r in zip(finals, results, strict=True)])
+    return value
 
 
 def _spec_of(value: Any) -> Any:
