@@ -339,3 +339,25 @@ async def test_a_quoted_collection_is_the_value_and_errors_keep_their_type(c, s,
     with pytest.raises(TypeError, match="task 'mixed' returned dynflow nodes and dask coll"):
         await mixed(2).compute(client=c)
     await no_tasks_left(s)
+
+
+@df.task(pure=True)
+def calls_itself(x):
+    return calls_itself(x)
+
+
+@df.task(pure=True)
+def needs_itself(x):
+    return add(needs_itself(x), 1)
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_a_graph_that_needs_its_own_value_fails_instead_of_waiting(c, s, a, b):
+    """A pure=True call of the same task with the same arguments is the same task."""
+    for node in (calls_itself(1), needs_itself(1)):
+        name = node.task.name
+        with pytest.raises(df.ExtensionError, match=f"task '{name}' returned a graph that needs"):
+            await node.compute(client=c)
+        with pytest.raises(df.ExtensionError, match=f"task '{name}' returned a graph that needs"):
+            node.compute(scheduler="sync")
+    await no_tasks_left(s)

@@ -241,12 +241,21 @@ class SpliceExtension(SchedulerPlugin):
             ]
             if output not in tasks and output not in s.tasks:
                 missing.append(output)
+            message = None
             if missing:  # keys made elsewhere: it fails, naming them
                 message = (
                     f"task {key_split(key)!r} returned a graph that refers to keys the "
                     f"scheduler does not have (made for another graph or cluster): "
                     f"{sorted(map(str, missing))[:5]}"
                 )
+            elif self._needs_itself(ts, tasks, output):
+                message = (
+                    f"task {key_split(key)!r} returned a graph that needs the task's own "
+                    f"value (key {str(key)!r}): it would wait for itself forever. A "
+                    "pure=True task called again with the same arguments is the same "
+                    "task: change an argument, or use pure=False"
+                )
+            if message is not None:
                 self._make_failing(ts, message, recommendations)
                 recommendations[key] = "released"
                 ts.run_id = -1
@@ -317,6 +326,30 @@ class SpliceExtension(SchedulerPlugin):
                 dts.waiters.discard(ts)
             if dts.state != "released" and not dts.waiters and not dts.who_wants:
                 recommendations.setdefault(dts.key, "released")
+
+    def _needs_itself(self, ts: TaskState, tasks: dict[Any, Any], output: Any) -> bool:
+        """Whether the graph ``tasks`` (output ``output``) returned by ``ts`` needs
+        ``ts``'s own value: it holds ``ts``'s key, or reads, through tasks the scheduler
+        has and has not computed, ``ts`` or an alias of it (a cycle)."""
+        s = self.scheduler
+        assert s is not None
+        if ts.key in tasks or output == ts.key:
+            return True
+        todo = [d for spec in tasks.values() for d in spec.dependencies if d not in tasks]
+        if output not in tasks:
+            todo.append(output)
+        seen: set[Any] = set()
+        while todo:
+            k = todo.pop()
+            if k == ts.key:
+                return True
+            if k in seen:
+                continue
+            seen.add(k)
+            dts = s.tasks.get(k)
+            if dts is not None and dts.state != "memory":
+                todo.extend(d.key for d in dts.dependencies)
+        return False
 
     def _make_failing(self, ts: TaskState, message: str, recommendations: dict) -> None:
         """Processing ``ts`` will run again as a task that fails with ``message``."""

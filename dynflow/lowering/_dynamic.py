@@ -26,6 +26,7 @@ from __future__ import annotations
 import types
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,13 @@ from dynflow.cluster._calls import CallPolicy
 from dynflow.cluster._dynamic import ReturnedGraph
 from dynflow.cluster._failure import Failure
 from dynflow.cluster._items import current_key
-from dynflow.exceptions import SerializationError
+from dynflow.exceptions import ExtensionError, SerializationError
 from dynflow.graph._node import Node, find_nodes, quote, replace_nodes
 
 __all__ = ["Returned", "assemble", "finish_collections"]
+
+#: on a local scheduler, the keys of the returned graphs being computed (outer calls)
+_COMPUTING: ContextVar[frozenset] = ContextVar("dynflow_returned_computing", default=frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,20 @@ class Returned:
             with worker_client() as client:
                 results = client.get(dict(graph), keys, sync=True)
         else:
-            results = dask.get(dict(graph), keys)
+            computing = _COMPUTING.get()
+            again = [k for k in graph if k in computing]
+            if again:  # as the scheduler says it (the splice's cycle check)
+                raise ExtensionError(
+                    f"task {policy.task_name!r} returned a graph that needs the value of a "
+                    f"task it is computing for (key {str(again[0])!r}): it would wait for "
+                    "itself forever. A pure=True task called again with the same arguments "
+                    "is the same task: change an argument, or use pure=False"
+                )
+            token = _COMPUTING.set(computing | set(graph))
+            try:
+                results = dask.get(dict(graph), keys)
+            finally:
+                _COMPUTING.reset(token)
         values = dict(zip(keys, results, strict=True))
         if isinstance(value, Node):
             out = values[value.key]
