@@ -39,6 +39,7 @@ __all__ = [
     "FINAL_STATES",
     "FORWARD_TOPIC",
     "GRAPH_SPLICE_HANDLER",
+    "CACHED_TOPIC",
     "ITEM_TOPIC",
     "LOG_TOPIC",
     "RAW_PREFIX",
@@ -81,6 +82,9 @@ STREAM_CLOSE_HANDLER = "dynflow_stream_close"
 #: worker -> scheduler: an item holds a failure record (``{"key", "index", "label",
 #: "error", "upstream"}``)
 ITEM_TOPIC = "dynflow-item"
+#: worker -> scheduler: the running task's (or batch item's) value was read from the
+#: result storage, the call did not run (``{"key"}``)
+CACHED_TOPIC = "dynflow-cached"
 #: worker -> scheduler: a line a call printed or logged (``{"key", "tag", "stream", "text"}``)
 LOG_TOPIC = "dynflow-log"
 #: scheduler -> the client that submitted a run: those lines
@@ -119,7 +123,7 @@ def lane_key(item_name: str) -> str:
 FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
 
 #: the counts of one node of a run: units are tasks, or items for a map
-COUNTS = ("pending", "running", "done", "failed")
+COUNTS = ("pending", "running", "done", "failed", "cached")
 
 
 def sum_counts(counts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -127,7 +131,7 @@ def sum_counts(counts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     ``total``, and whether every total is ``known`` (a map's is not until it expanded).
 
     >>> sum_counts([{"total": 3, "done": 1, "pending": 2}, {"total": None, "done": 4}])
-    {'pending': 2, 'running': 0, 'done': 5, 'failed': 0, 'total': 3, 'known': False}
+    {'pending': 2, 'running': 0, 'done': 5, 'failed': 0, 'cached': 0, 'total': 3, 'known': False}
     """
     out: dict[str, Any] = {**dict.fromkeys(COUNTS, 0), "total": 0, "known": True}
     for c in counts:

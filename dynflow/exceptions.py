@@ -12,6 +12,7 @@
      ├── RemoteError(DynflowError, RuntimeError)      a worker's exception not rebuildable here
      ├── TaskTimeoutError(DynflowError, TimeoutError) a call ran past its task's timeout
      ├── SchedulerLostError(DynflowError, ConnectionError)  the scheduler went away mid-run
+     ├── ResultStorageError(DynflowError, OSError)    a cached task's storage cannot be written
      └── TaskInterruptedError(DynflowError, RuntimeError)  KeyboardInterrupt/SystemExit in a task
 
 An error raised by user code in a plain task reaches the caller unchanged: original type,
@@ -32,6 +33,7 @@ __all__ = [
     "MapItemError",
     "MapLengthError",
     "RemoteError",
+    "ResultStorageError",
     "SchedulerLostError",
     "SerializationError",
     "TaskInterruptedError",
@@ -164,6 +166,10 @@ class TaskTimeoutError(DynflowError, TimeoutError):
 
 class TaskInterruptedError(DynflowError, RuntimeError):
     """A task raised ``KeyboardInterrupt`` or ``SystemExit`` on a worker (cause attached)."""
+
+
+class ResultStorageError(DynflowError, OSError):
+    """The result storage of a cached task cannot be written (checked at submit)."""
 
 
 class SchedulerLostError(DynflowError, ConnectionError):

@@ -78,6 +78,7 @@ async def test_the_page_and_the_json_answer(c, s, a, b):
         "running": 0,
         "done": 4,
         "failed": 1,
+        "cached": 0,
     }
     assert {n["key"] for n in data["graph"]["nodes"]} == {n.key for n in fut.run.graph.nodes}
     assert (await fetch(s, "/dynflow/runs/0123abcd.json")).code == 404

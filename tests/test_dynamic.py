@@ -223,13 +223,21 @@ async def test_a_run_counts_dynamic_calls_in_a_box_per_task_name(c, s, a, b):
     info = await fut.run.info()
     boxes = {n["label"]: info["nodes"][n["key"]] for n in info["graph"]["nodes"]}
     # fib(10): 177 calls, the root one is the run's own node; 88 additions
-    assert boxes["fib"] == {"total": 1, "pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert boxes["fib"] == {
+        "total": 1,
+        "pending": 0,
+        "running": 0,
+        "done": 1,
+        "failed": 0,
+        "cached": 0,
+    }
     assert boxes["fib (dynamic)"] == {
         "total": 176,
         "pending": 0,
         "running": 0,
         "done": 176,
         "failed": 0,
+        "cached": 0,
     }
     assert boxes["add (dynamic)"]["total"] == boxes["add (dynamic)"]["done"] == 88
     edges = {(u.split("-")[0], v) for u, v, _ in info["graph"]["edges"]}

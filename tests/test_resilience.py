@@ -45,7 +45,7 @@ async def test_a_worker_killed_mid_map_gives_the_exact_result(c, s, a, b):
     assert await fut == 2 * sum(range(n))
     # the run's counts too: recomputed items are not counted twice
     counts = (await fut.run.info())["nodes"][m.key]
-    assert counts == {"total": n, "pending": 0, "running": 0, "done": n, "failed": 0}
+    assert counts == {"total": n, "pending": 0, "running": 0, "done": n, "failed": 0, "cached": 0}
     # nothing duplicated or lost: each item key exists once and the list is complete
     assert await m.compute(client=c) == [2 * i for i in range(n)]
 
@@ -112,4 +112,4 @@ async def test_a_worker_killed_during_expansion_creates_no_duplicates(c, s, a, b
     assert ext.splices == 2 and ext.tasks_added == n
     # and the run's item count is n, not 2n
     counts = (await fut.run.info())["nodes"][m.key]
-    assert counts == {"total": n, "pending": 0, "running": 0, "done": n, "failed": 0}
+    assert counts == {"total": n, "pending": 0, "running": 0, "done": n, "failed": 0, "cached": 0}

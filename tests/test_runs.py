@@ -64,8 +64,22 @@ async def test_counts_of_a_finished_run_per_node(c, s, a, b):
     assert info["name"] == "inverse"
     assert info["state"] == "finished"
     counts = by_label(fut.run, info)
-    assert counts["numbers"] == {"total": 1, "pending": 0, "running": 0, "done": 1, "failed": 0}
-    assert counts["inv.map()"] == {"total": 5, "pending": 0, "running": 0, "done": 4, "failed": 1}
+    assert counts["numbers"] == {
+        "total": 1,
+        "pending": 0,
+        "running": 0,
+        "done": 1,
+        "failed": 0,
+        "cached": 0,
+    }
+    assert counts["inv.map()"] == {
+        "total": 5,
+        "pending": 0,
+        "running": 0,
+        "done": 4,
+        "failed": 1,
+        "cached": 0,
+    }
     assert counts["total"]["done"] == 1
     (failure,) = info["failures"][m.key]
     assert failure["label"] == "inv-0"
@@ -87,7 +101,14 @@ async def test_batched_and_nested_maps_count_items(c, s, a, b):
     assert (counts["inv.map()"]["done"], counts["inv.map()"]["failed"]) == (9, 1)
     assert counts["pair.map()"]["total"] == 4
     assert counts["flatten(pair.map())"]["total"] == 0  # only mapped over: never a task
-    assert counts["ident.map()"] == {"total": 8, "pending": 0, "running": 0, "done": 8, "failed": 0}
+    assert counts["ident.map()"] == {
+        "total": 8,
+        "pending": 0,
+        "running": 0,
+        "done": 8,
+        "failed": 0,
+        "cached": 0,
+    }
 
 
 @df.task
@@ -104,7 +125,14 @@ async def test_a_failed_parent_counts_as_one_failed_item(c, s, a, b):
     got = await fut
     assert isinstance(got[0], ZeroDivisionError) and got[1:] == [1.0, 1.0, 0.5, 0.5]
     counts = by_label(fut.run, await fut.run.info())
-    assert counts["ident.map()"] == {"total": 5, "pending": 0, "running": 0, "done": 4, "failed": 1}
+    assert counts["ident.map()"] == {
+        "total": 5,
+        "pending": 0,
+        "running": 0,
+        "done": 4,
+        "failed": 1,
+        "cached": 0,
+    }
 
 
 @gen_cluster(client=True)

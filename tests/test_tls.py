@@ -217,6 +217,7 @@ def check_results(out: dict, cluster: TLSCluster) -> None:
         "running": 0,
         "done": 12,
         "failed": 0,
+        "cached": 0,
     }
     assert run["counts"]["reducer"]["done"] == 1
     # the script used the TLS scheduler from its config, and every worker is on TLS

@@ -31,9 +31,17 @@ from distributed.protocol.pickle import dumps
 
 from dynflow._compat import secede_async
 from dynflow._context import CURRENT_KEY, RUNNING_ASYNC, RUNNING_TASK
+from dynflow.cluster._cache import MISSING, CachePolicy
 from dynflow.cluster._dynamic import ReturnedGraph, splice_returned, splice_returned_async
 from dynflow.cluster._failure import Failure, portable
-from dynflow.cluster._items import current_key, forwarding, item_index, label, report_failure
+from dynflow.cluster._items import (
+    current_key,
+    forwarding,
+    item_index,
+    label,
+    report_cached,
+    report_failure,
+)
 from dynflow.exceptions import (
     ExtensionError,
     SerializationError,
@@ -71,6 +79,7 @@ class CallPolicy:
     # (policy, value) -> the value, or a ReturnedGraph when it holds nodes (a dynamic
     # task); set by the lowering, which knows what a node is
     returned: Callable[[CallPolicy, Any], Any] | None = None
+    cache: CachePolicy | None = None  # cache=True: results persisted (dynflow.cluster._cache)
 
     def spec(
         self, key: Any, fn: Callable, /, *args: Any, blocking: bool = False, **kwargs: Any
@@ -109,6 +118,9 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
     if passed is not None:
         return passed
     user_args = args[2:] if fn is call_after else args
+    cache_key, cached = _cached(policy, user_args, kwargs)
+    if cached is not MISSING:
+        return cached
     with _calling(policy, user_args, kwargs):
         attempt = 0
         while True:
@@ -119,7 +131,7 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
                     if type(result) is ReturnedGraph:
                         splice_returned(result, current_key())
                         return None  # a run the scheduler has replaced: never read
-                return _picklable(policy, result)
+                return _keep(policy, cache_key, _picklable(policy, result))
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
                 error = _call_error(policy, e)
             attempt += 1
@@ -152,6 +164,9 @@ async def _call_async(
         if secede:
             secede_async(key)
         user_args = args[2:] if fn is call_after else args
+        cache_key, cached = _cached(policy, user_args, kwargs)
+        if cached is not MISSING:
+            return cached
         with _calling(policy, user_args, kwargs):
             attempt = 0
             while True:
@@ -164,7 +179,7 @@ async def _call_async(
                                 raise ExtensionError("a graph returned inside a batch")
                             await splice_returned_async(result, key)
                             return None  # a run the scheduler has replaced: never read
-                    return _picklable(policy, result)
+                    return _keep(policy, cache_key, _picklable(policy, result))
                 except asyncio.CancelledError as e:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -228,6 +243,28 @@ def _upstream_failure(
             report_failure(value, upstream=True)
             return value
     return None
+
+
+def _cached(policy: CallPolicy, args: tuple, kwargs: dict) -> tuple[str | None, Any]:
+    """The call's cache key (None: not cached) and its stored value (or ``MISSING``)."""
+    cache = policy.cache
+    if cache is None:
+        return None, MISSING
+    key = cache.key(policy.task_name, args, kwargs)
+    if key is None or cache.refresh:
+        return key, MISSING
+    value = cache.read(policy.task_name, key)
+    if value is not MISSING:
+        report_cached()
+    return key, value
+
+
+def _keep(policy: CallPolicy, cache_key: str | None, result: Any) -> Any:
+    """``result``, written to the result storage first when the call is cached (never
+    a failure record: a call that passed one on did not succeed)."""
+    if cache_key is not None and policy.cache is not None and type(result) is not Failure:
+        policy.cache.write(policy.task_name, cache_key, result)
+    return result
 
 
 def _call_error(policy: CallPolicy, e: BaseException) -> BaseException:

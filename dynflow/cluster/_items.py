@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from dynflow._context import BATCH_INDEX, CURRENT_KEY
-from dynflow._protocol import ITEM_TOPIC, LOG_TOPIC
+from dynflow._protocol import CACHED_TOPIC, ITEM_TOPIC, LOG_TOPIC
 
 if TYPE_CHECKING:
     from dynflow.cluster._calls import CallPolicy
@@ -38,6 +38,7 @@ __all__ = [
     "forwarding",
     "item_index",
     "label",
+    "report_cached",
     "report_failure",
 ]
 
@@ -144,6 +145,17 @@ def report_failure(failure: Failure, upstream: bool) -> None:
             "upstream": upstream,
         },
     )
+
+
+def report_cached() -> None:
+    """Tell the run tracker that the running task (or batch item) read its value from
+    the result storage instead of running."""
+    worker, key = _worker(), current_key()
+    if worker is None or key is None:
+        return
+    index = item_index()
+    unit = key if BATCH_INDEX.get() is None or index is None else (key[0], *index)
+    worker.log_event(CACHED_TOPIC, {"key": _plain(unit)})
 
 
 def _plain(key: Any) -> Any:

@@ -12,7 +12,9 @@ still queued there), done and failed:
   call it makes (``dynflow_map_lengths``); a batch task counts as the items it holds;
 - an item that fails inside dynflow's retry loop is a finished dask task holding a
   failure record: the worker reports it with an event (``dynflow-item``), and the tracker
-  moves it from done to failed.
+  moves it from done to failed;
+- a call of a cached task whose value was read from the result storage is done too, and
+  reported with an event (``dynflow-cached``): the tracker counts it as cached, not done.
 
 The same data serves ``RunFuture.status()``, ``df.progress``, the HTML reprs and the
 dashboard page. The tracker also forwards task output (``log_prints``) to the client that
@@ -36,6 +38,7 @@ from tornado import web
 
 from dynflow._compat import http_application, send_to_client
 from dynflow._protocol import (
+    CACHED_TOPIC,
     FORWARD_TOPIC,
     ITEM_TOPIC,
     LOG_TOPIC,
@@ -80,6 +83,7 @@ class NodeState:
     # items that finished holding a failure record (a set: an item recomputed after a
     # lost worker reports again)
     records: set = field(default_factory=set)
+    cached: set = field(default_factory=set)  # units whose value came from the result storage
     limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
     spliced: int = 0  # a dynamic box: the calls dynamic tasks made of its task
@@ -115,16 +119,19 @@ class NodeState:
 
     def counts(self) -> dict[str, int | None]:
         failed = self.erred + len(self.records) + len(self.failed_parents)
-        done = max(0, self.memory - len(self.records))
+        finished = max(0, self.memory - len(self.records))
+        cached = min(len(self.cached), finished)
+        done = finished - cached
         total = self.total
-        known = total if total is not None else done + failed + self.running
-        pending = max(0, known - done - failed - self.running)
+        known = total if total is not None else finished + failed + self.running
+        pending = max(0, known - finished - failed - self.running)
         return {
             "total": total,
             "pending": pending,
             "running": self.running,
             "done": done,
             "failed": failed,
+            "cached": cached,
         }
 
 
@@ -351,6 +358,11 @@ class RunTracker(SchedulerPlugin):
                             "error": msg.get("error"),
                         }
                     )
+        elif topic == CACHED_TOPIC:
+            key = _key(msg["key"])
+            ns = self.index.get(key[0] if type(key) is tuple else key)
+            if ns is not None and ns.run.finished is None:
+                ns.cached.add(key)
         elif topic == LOG_TOPIC:
             key = _key(msg["key"])
             ns = self.index.get(key[0] if type(key) is tuple else key)

@@ -12,11 +12,13 @@ from dask.utils import funcname
 from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS, RUNNING_TASK
 from dynflow.graph._node import MapNode, Node, SubflowMapNode, _first, find_nodes, topological
 from dynflow.graph._task import (
+    FLOW_TASK_OPTIONS,
     Bindable,
     Task,
     _bind_instance,
     by_reference,
     check_map_options,
+    check_options,
     dynflow_keywords,
     map_slots,
     wait_for_nodes,
@@ -56,10 +58,10 @@ class Flow(Bindable, Generic[P, R]):
         "__dict__",
         "_bound",
         "_fn",
-        "_log_prints",
         "_map_options",
         "_name",
         "_signature",
+        "_task_options",
     )
 
     def __init__(
@@ -70,15 +72,15 @@ class Flow(Bindable, Generic[P, R]):
         log_prints: bool | None = None,
         wait_for: Node | Iterable[Node] | None = None,
         min_success_ratio: float = 1.0,
+        **task_options: Any,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@flow expects a function, got {type(fn).__name__}")
         if name is not None and not (isinstance(name, str) and name):
             raise TypeError(f"flow {funcname(fn)!r}: option name={name!r}; expected a string")
-        if log_prints is not None and not isinstance(log_prints, bool):
-            raise TypeError(
-                f"flow {funcname(fn)!r}: option log_prints={log_prints!r}; expected None or a bool"
-            )
+        self._task_options = _flow_task_options(
+            funcname(fn), {"log_prints": log_prints, **task_options}
+        )
         try:
             waits = wait_for_nodes(wait_for)
         except TypeError:
@@ -90,7 +92,6 @@ class Flow(Bindable, Generic[P, R]):
         self._bound = None
         self._fn = fn
         self._name = name or funcname(fn)
-        self._log_prints = log_prints
         # defaults of flow.map() (not pickled: a flow run per item travels without them)
         self._map_options = {"wait_for": waits, "min_success_ratio": min_success_ratio}
         self._signature = inspect.signature(fn)
@@ -109,31 +110,39 @@ class Flow(Bindable, Generic[P, R]):
     @property
     def log_prints(self) -> bool | None:
         """Whether its tasks forward prints and logs to the client (None: the config's)."""
-        return self._log_prints
+        return self._task_options.get("log_prints")
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """The options the flow sets for its tasks that leave them unset (``log_prints``,
+        ``cache``, ``cache_expiration``, ``refresh_cache``, ``result_storage``)."""
+        return dict(self._task_options)
 
     def with_options(
         self,
         *,
         name: str | None = None,
-        log_prints: bool | None = None,
         wait_for: Node | Iterable[Node] | None = None,
         min_success_ratio: float | None = None,
+        **task_options: Any,
     ) -> Flow[P, R]:
         """Return a copy of the flow with other options.
 
         ``wait_for`` and ``min_success_ratio`` are defaults of :meth:`map` (the way to
-        set them when the flow has parameters of those names).
+        set them when the flow has parameters of those names); the others are the
+        options the flow sets for its tasks (see :func:`flow`).
         """
         o = self._map_options
+        changed = {k: v for k, v in task_options.items() if v is not None}
         return self._rebound(
             Flow(
                 self._fn,
                 name=name or self._name,
-                log_prints=self._log_prints if log_prints is None else log_prints,
                 wait_for=o["wait_for"] if wait_for is None else wait_for,
                 min_success_ratio=(
                     o["min_success_ratio"] if min_success_ratio is None else min_success_ratio
                 ),
+                **{**self._task_options, **changed},
             )
         )
 
@@ -160,13 +169,13 @@ class Flow(Bindable, Generic[P, R]):
         if self._bound is not None:
             return _bind_instance, self._bound
         # a module-level flow travels as a reference, like a plain function
-        state = {"_name": self._name, "_log_prints": self._log_prints}
+        state = {"_name": self._name, "_task_options": self._task_options}
         return by_reference(self, self._fn) or (Flow, (self._fn,), state)
 
     def __setstate__(self, state: dict) -> None:
         self._bound = None
         self._name = state["_name"]
-        self._log_prints = state.get("_log_prints")
+        self._task_options = state.get("_task_options", {})
         self._map_options = {"wait_for": (), "min_success_ratio": 1.0}
 
     def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
@@ -183,8 +192,8 @@ class Flow(Bindable, Generic[P, R]):
         self._bind("()", args, kwargs)
         token = BUILDING.set(self.name)
         options = FLOW_OPTIONS.get()
-        if self._log_prints is not None:
-            options = {**options, "log_prints": self._log_prints}
+        if self._task_options:  # an inner flow's options win over the outer one's
+            options = {**options, **self._task_options}
         options_token = FLOW_OPTIONS.set(options)
         created: list[Node] = []
         created_token = CREATED.set(created)
@@ -301,9 +310,22 @@ class Flow(Bindable, Generic[P, R]):
         return _compute(self.build(*args, **kwargs), self.name)
 
 
-def flow(
-    fn: Callable | None = None, /, *, name: str | None = None, log_prints: bool | None = None
-) -> Any:
+def _flow_task_options(flow_name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a flow sets for its tasks, checked as task options are (None: unset)."""
+    unknown = sorted(set(options) - set(FLOW_TASK_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"flow {flow_name!r}: unknown option {unknown[0]!r}; expected one of name, "
+            f"wait_for, min_success_ratio, {', '.join(FLOW_TASK_OPTIONS)}"
+        )
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return check_options(flow_name, given)
+    except TypeError as e:
+        raise TypeError(str(e).replace(f"task {flow_name!r}", f"flow {flow_name!r}")) from None
+
+
+def flow(fn: Callable | None = None, /, *, name: str | None = None, **options: Any) -> Any:
     """Turn a function into a :class:`Flow` that composes tasks into one graph.
 
     Called at top level, the flow builds its graph and computes it; inside another flow
@@ -320,6 +342,11 @@ def flow(
         Forward what its tasks print or log to the client, tagged with each call's
         label (tasks that set their own ``log_prints`` keep it). Default: the config
         key ``dynflow.log-prints``.
+    cache, cache_expiration, refresh_cache, result_storage : optional
+        Result caching for the tasks called in the body (and in the flows it calls)
+        that do not set these options themselves; see :func:`task`.
+    wait_for, min_success_ratio : optional
+        Defaults of :meth:`Flow.map`.
 
     Returns
     -------
@@ -344,5 +371,6 @@ def flow(
     3
     """
     if fn is not None:
-        return Flow(fn, name=name, log_prints=log_prints)
-    return lambda f: Flow(f, name=name, log_prints=log_prints)
+        return Flow(fn, name=name, **options)
+    _flow_task_options("<flow>", {k: v for k, v in options.items() if k in FLOW_TASK_OPTIONS})
+    return lambda f: Flow(f, name=name, **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
@@ -15,6 +16,7 @@ from dask.utils import funcname, parse_timedelta
 
 from dynflow._context import FLOW_OPTIONS
 from dynflow._sequences import unmappable
+from dynflow.cluster._cache import CachePolicy, check_storage, task_identity
 from dynflow.cluster._calls import CallPolicy
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._node import MapNode, Node, Slot, unmapped
@@ -23,10 +25,12 @@ if TYPE_CHECKING:
     from distributed import Future
 
 __all__ = [
+    "FLOW_TASK_OPTIONS",
     "Bindable",
     "Task",
     "TaskFunction",
     "by_reference",
+    "check_options",
     "map_slots",
     "positional_labels",
     "task",
@@ -121,6 +125,29 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
         "None, a template such as 'fetch-{account}' or a callable returning a string",
     ),
     "log_prints": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
+    # result caching (dynflow.cluster._cache); None: the flow's, else dynflow.cache.*
+    "cache": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
+    "cache_version": (
+        None,
+        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
+        "None or a non-empty string",
+    ),
+    "cache_key_fn": (
+        None,
+        _check(lambda v: v is None or callable(v)),
+        "None or a callable taking the call's arguments, returning a string",
+    ),
+    "cache_expiration": (
+        None,
+        _duration,
+        "None or a duration: seconds or a string such as '1d'",
+    ),
+    "refresh_cache": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
+    "result_storage": (
+        None,
+        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
+        "None, a local path or an fsspec URL such as 's3://bucket/results'",
+    ),
     # dynflow's keywords of a call, also settable here: a call's keyword that names a
     # parameter of the function goes to the function (see `dynflow_keywords`)
     "wait_for": ((), lambda v: wait_for_nodes(v), "a node or an iterable of nodes"),
@@ -140,6 +167,19 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
         "None or an int >= 1",
     ),
 }
+
+#: the task options a flow sets for the tasks called in its body that leave them unset
+FLOW_TASK_OPTIONS = ("log_prints", "cache", "cache_expiration", "refresh_cache", "result_storage")
+
+
+def result_storage() -> str:
+    """``dynflow.result-storage`` as a location: null is ``~/.cache/dynflow/results``;
+    a local path is made absolute here, where the graph is built."""
+    value = dask.config.get("dynflow.result-storage") or "~/.cache/dynflow/results"
+    if "://" in value:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
 
 #: dynflow's own keywords of ``task(...)`` and ``task.map(...)`` (also task options)
 CALL_KEYWORDS = ("wait_for",)
@@ -178,7 +218,7 @@ def dynflow_keywords(
     return {k: kwargs.pop(k) for k in names if k in kwargs and k not in params}
 
 
-def _check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in options.items():
         if key not in OPTIONS:
@@ -259,7 +299,7 @@ class Task(Bindable, Generic[P, R]):
         self._bound = None
         if not callable(fn):
             raise TypeError(f"@task expects a function, got {type(fn).__name__}")
-        checked = _check_options(funcname(fn), options)
+        checked = check_options(funcname(fn), options)
         opts = {k: default for k, (default, _, _) in OPTIONS.items()}
         opts.update(checked)
         if opts["name"] is None:
@@ -293,6 +333,33 @@ class Task(Bindable, Generic[P, R]):
             log_prints,
             self._params() if o["task_run_name"] is not None else (),
             inspect.iscoroutinefunction(self._fn),
+            cache=self._cache_policy(),
+        )
+
+    def _cache_policy(self) -> CachePolicy | None:
+        """The calls' cache policy (None: not cached): the task's options, else the
+        flow's (``_in_flow``), else ``dynflow.cache.*`` and ``dynflow.result-storage``.
+        The storage is checked here, where the graph is built (:func:`check_storage`)."""
+        o = self._options
+        enabled = o["cache"]
+        if enabled is None:
+            enabled = bool(dask.config.get("dynflow.cache.enabled"))
+        if not enabled:
+            return None
+        storage = o["result_storage"] or result_storage()
+        check_storage(storage)
+        expiration = o["cache_expiration"]
+        if expiration is None:
+            expiration = _duration(dask.config.get("dynflow.cache.expiration"))
+        refresh = o["refresh_cache"]
+        if refresh is None:
+            refresh = bool(dask.config.get("dynflow.cache.refresh"))
+        identity = self.__dict__.get("_identity")
+        if identity is None:
+            identity = task_identity(self.name, self._fn, o["cache_version"])
+            self.__dict__["_identity"] = identity
+        return CachePolicy(
+            storage, identity, o["cache_key_fn"], expiration, refresh, self._params()
         )
 
     def _params(self) -> tuple[str, ...]:
@@ -301,11 +368,15 @@ class Task(Bindable, Generic[P, R]):
         return tuple(p.name for p in self._signature.parameters.values() if p.kind in kinds)
 
     def _in_flow(self) -> Task[P, R]:
-        """This task, or a copy with the options of the flow being built (``log_prints``)."""
-        log_prints = FLOW_OPTIONS.get().get("log_prints")
-        if log_prints is None or self._options["log_prints"] is not None:
-            return self
-        return self.with_options(log_prints=log_prints)
+        """This task, or a copy with the options of the flow being built that the task
+        leaves unset (``log_prints``, the cache options)."""
+        flow_options = FLOW_OPTIONS.get()
+        changes = {
+            k: v
+            for k, v in flow_options.items()
+            if v is not None and k in FLOW_TASK_OPTIONS and self._options[k] is None
+        }
+        return self.with_options(**changes) if changes else self
 
     @property
     def graph_fn(self) -> Callable[P, R]:
@@ -344,7 +415,7 @@ class Task(Bindable, Generic[P, R]):
         3
         """
         merged = dict(self._options)
-        merged.update(_check_options(self.name, options))
+        merged.update(check_options(self.name, options))
         return self._rebound(Task(self._fn, **merged))
 
     def __repr__(self) -> str:
@@ -695,5 +766,5 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
     """
     if fn is not None:
         return Task(fn, **options)
-    _check_options("<task>", options)
+    check_options("<task>", options)
     return lambda f: Task(f, **options)

@@ -36,7 +36,7 @@ def _runs_table(runs: list[dict[str, Any]], chosen: str | None) -> str:
     rows = []
     for r in runs:
         counts = sum_counts(r["nodes"].values())
-        total = {k: counts[k] for k in ("done", "failed", "running", "pending")}
+        total = {k: counts[k] for k in ("done", "failed", "running", "pending", "cached")}
         mark = "&#9654; " if r["id"] == chosen else ""
         rows.append(
             "<tr>"

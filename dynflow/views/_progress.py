@@ -20,7 +20,7 @@ from dask.utils import parse_timedelta
 from distributed.utils import is_kernel
 
 from dynflow._protocol import FINAL_STATES, RUN_STATUS_HANDLER, sum_counts
-from dynflow.views._render import short_repr_counts
+from dynflow.views._render import finished, short_repr_counts
 from dynflow.views._reprs import run_html
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ class TextProgress(_Progress):
             info = self.infos.get(run.id, {})
             nodes = self.nodes(run)
             counts = sum_counts(c for _, _, c in nodes)
-            done, total, known = counts["done"] + counts["failed"], counts["total"], counts["known"]
+            done = finished(counts) + counts["failed"]
+            total, known = counts["total"], counts["known"]
             frac = done / total if total and known else 0.0
             bar = "#" * int(frac * 20)
             of = f"{total}" if known else f"{total}+"
@@ -171,9 +172,9 @@ class WidgetProgress(_Progress):
                 bar = self.bars[run.id, key]
                 total = c["total"]
                 bar.max = max(1, total or 0)
-                bar.value = min(bar.max, (c["done"] or 0) + (c["failed"] or 0))
-                finished = total is not None and c["done"] == total
-                bar.bar_style = "danger" if c["failed"] else ("success" if finished else "")
+                bar.value = min(bar.max, finished(c) + (c["failed"] or 0))
+                complete = total is not None and finished(c) == total
+                bar.bar_style = "danger" if c["failed"] else ("success" if complete else "")
                 items = "? items" if total is None else f"{total:,}"
                 self.texts[run.id, key].value = f"{short_repr_counts(c)} ({items})"
         if changed:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import graphviz
 
 
-__all__ = ["FlowSVG", "short_repr_counts", "to_graphviz", "to_svg", "visualize"]
+__all__ = ["FlowSVG", "finished", "short_repr_counts", "to_graphviz", "to_svg", "visualize"]
 
 FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 #: box fill by kind
@@ -46,7 +46,20 @@ FILL = {
 #: boxes that stand for many tasks (drawn stacked, with their count)
 MANY = ("map", "subflow-map", "dynamic")
 #: progress bar colours, in drawing order
-BAR = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4", "pending": "#d9d9d9"}
+BAR = {
+    "done": "#2ca02c",
+    "cached": "#98df8a",
+    "failed": "#d62728",
+    "running": "#1f77b4",
+    "pending": "#d9d9d9",
+}
+
+
+def finished(counts: dict[str, Any]) -> int:
+    """Units that finished well: done, or read from the result storage (cached)."""
+    return (counts.get("done") or 0) + (counts.get("cached") or 0)
+
+
 #: edge colour and dash pattern by style
 EDGE = {
     "data": ("#555555", None),
@@ -84,16 +97,20 @@ def short_repr_counts(counts: NodeCounts | Mapping[str, Any]) -> str:
     '0/? done'
     >>> short_repr_counts({"pending": 1000, "done": 1500})
     '1,500/2,500 done'
+    >>> short_repr_counts({"total": 10, "done": 3, "cached": 7})
+    '3/10 done, 7 cached'
     """
-    done, failed, running, pending = (
-        counts.get(k) or 0 for k in ("done", "failed", "running", "pending")
+    done, failed, running, pending, cached = (
+        counts.get(k) or 0 for k in ("done", "failed", "running", "pending", "cached")
     )
     if "total" in counts:
         total = counts["total"]
         of = "?" if total is None else f"{total:,}"
     else:
-        of = f"{done + failed + running + pending:,}"
+        of = f"{done + failed + running + pending + cached:,}"
     parts = [f"{done:,}/{of} done"]
+    if cached:
+        parts.append(f"{cached:,} cached")
     if failed:
         parts.append(f"{failed:,} failed")
     if running:
@@ -132,7 +149,7 @@ def _attrs(**attrs: Any) -> str:
 
 
 def _bar(x: float, y: float, width: float, counts: Mapping[str, Any]) -> list[str]:
-    """A stacked progress bar: done, failed, running, then pending."""
+    """A stacked progress bar: done, cached, failed, running, then pending."""
     values = {k: max(0, counts.get(k) or 0) for k in BAR}
     total = counts.get("total")
     whole = max(total or 0, sum(values.values()))
@@ -236,7 +253,7 @@ def to_svg(graph: FlowGraph, counts: Mapping[str, NodeCounts] | None = None) -> 
                 stroke = BAR["failed"]
             elif c.get("running"):
                 stroke = BAR["running"]
-            elif c.get("total") is not None and c.get("done") == c.get("total"):
+            elif c.get("total") is not None and finished(c) == c.get("total"):
                 stroke = BAR["done"]
         fill = FILL.get(n.kind, FILL["task"])
         dash = "4,3" if n.kind == "key" else None

@@ -186,9 +186,10 @@ def run_html(graph: FlowGraph, status: Mapping[str, Any]) -> str:
                 "?" if total is None else f"{total:,}",
                 *(f"{c.get(k) or 0:,}" for k in ("pending", "running", "done")),
                 f'<span style="color:{BAR["failed"]}">{failed:,}</span>' if failed else "0",
+                f"{c.get('cached') or 0:,}",
             )
         )
-    parts.append(_rows(rows, ("node", "total", "pending", "running", "done", "failed")))
+    parts.append(_rows(rows, ("node", "total", "pending", "running", "done", "failed", "cached")))
     labels = {n.key: n.label for n in graph.nodes}
     listed = []
     for k, fs in (status.get("failures") or {}).items():

@@ -1,0 +1,178 @@
+"""Result caching: a call's result persisted in a result storage, read back by later runs.
+
+A task with ``cache=True`` gets a :class:`CachePolicy` in its call policy (made where
+the graph is built, so the storage location travels with the tasks to every worker).
+:func:`~dynflow.cluster._calls.run_call` asks it, per call (per map item, inside batches
+too), for the call's *cache key*: a token of the task's identity (its name, its source
+and ``cache_version``) and of the call's argument values (dask's ``tokenize``,
+deterministic only), or of what ``cache_key_fn`` returns. An entry under that key
+that has not expired is the call's value, and the function does not run; otherwise the
+call runs and a successful result is written. Failed calls are never written.
+
+Storage is any fsspec location (a local path, ``file://``, ``s3://``, ``gcs://``,
+``memory://``): ``<storage>/<task name>/<cache key>``. An entry is dask's serialization
+of ``(written at, value)`` (``distributed.protocol.serialize_bytes``: pickle with
+out-of-band buffers for NumPy and pandas), written to a temporary name beside it and
+then moved into place, so a reader never sees half an entry, and two writers of one
+key leave one whole entry. An entry that cannot be read is missing (with a warning).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from dask.base import tokenize
+from distributed.protocol import deserialize_bytes, serialize_bytes
+
+from dynflow.exceptions import ResultStorageError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MISSING", "CachePolicy", "check_storage", "task_identity"]
+
+MISSING = object()
+
+#: storage locations this process has checked (see :func:`check_storage`)
+_CHECKED: set[str] = set()
+
+
+def task_identity(name: str, fn: Callable, version: str | None) -> str:
+    """A token of what the task computes: its name, its function's source (its code
+    object where the source is not available) and the user's ``cache_version``."""
+    fn = inspect.unwrap(fn)
+    try:
+        source: Any = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        source = (code.co_code, code.co_consts) if code is not None else repr(fn)
+    return tokenize(name, source, version)
+
+
+def check_storage(storage: str) -> None:
+    """Fail now, with the location in the message, when ``storage`` cannot be written
+    (checked once per process: a file is written and removed)."""
+    if storage in _CHECKED:
+        return
+    try:
+        fs, root = fsspec.core.url_to_fs(storage)
+        fs.makedirs(root, exist_ok=True)
+        probe = f"{root.rstrip('/')}/.dynflow-probe-{uuid.uuid4().hex}"
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+    except Exception as e:
+        raise ResultStorageError(
+            f"the result storage {storage!r} cannot be written ({type(e).__name__}: {e}); "
+            "set the task's result_storage option or the config key "
+            "dynflow.result-storage to a location every worker can write"
+        ) from e
+    _CHECKED.add(storage)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How one task's calls are cached (see the module docstring).
+
+    ``storage``: an fsspec URL or an absolute local path; ``identity``: from
+    :func:`task_identity`; ``key_fn``: the user's ``cache_key_fn``, called with the
+    call's arguments, returning a string (or None: this call is not cached);
+    ``expiration``: seconds an entry is valid (None: forever); ``refresh``: recompute
+    and overwrite; ``params``: the function's positional parameter names (to name an
+    argument in a warning).
+    """
+
+    storage: str
+    identity: str
+    key_fn: Callable[..., Any] | None = None
+    expiration: float | None = None
+    refresh: bool = False
+    params: tuple[str, ...] = ()
+
+    def key(self, task_name: str, args: tuple, kwargs: dict) -> str | None:
+        """The call's cache key, or None (not cached: a warning says why)."""
+        if self.key_fn is not None:
+            user = self.key_fn(*args, **kwargs)
+            if user is None:
+                return None
+            return tokenize(self.identity, str(user))
+        try:
+            return tokenize(self.identity, args, kwargs, ensure_deterministic=True)
+        except Exception:  # which argument? (dask raises a RuntimeError, or its own)
+            pass
+        named = [*zip(self.params, args, strict=False), *kwargs.items()]
+        named += [(f"argument {i}", a) for i, a in enumerate(args[len(self.params) :])]
+        culprit = "an argument"
+        for name, value in named:
+            try:
+                tokenize(value, ensure_deterministic=True)
+            except Exception:
+                culprit = f"argument {name!r} ({type(value).__name__})"
+                break
+        warnings.warn(
+            f"task {task_name!r}: {culprit} has no deterministic token, so this call is "
+            "not cached; give its type a __dask_tokenize__ method, or the task a "
+            "cache_key_fn",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+    def _path(self, task_name: str, key: str) -> tuple[Any, str]:
+        fs, root = fsspec.core.url_to_fs(self.storage)
+        folder = task_name.replace("/", "_")
+        return fs, f"{root.rstrip('/')}/{folder}/{key}"
+
+    def read(self, task_name: str, key: str) -> Any:
+        """The entry's value, or :data:`MISSING` (none, expired, or unreadable)."""
+        fs, path = self._path(task_name, key)
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            return MISSING
+        except Exception as e:
+            warnings.warn(
+                f"task {task_name!r}: the cached result {path!r} could not be read "
+                f"({type(e).__name__}: {e}); the call runs",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return MISSING
+        try:
+            written, value = deserialize_bytes(data)
+        except Exception as e:
+            warnings.warn(
+                f"task {task_name!r}: the cached result {path!r} is corrupt "
+                f"({type(e).__name__}: {e}); the call runs and replaces it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return MISSING
+        if self.expiration is not None and time.time() - written > self.expiration:
+            return MISSING
+        return value
+
+    def write(self, task_name: str, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``: written beside, then moved into place. A
+        failure to write is a warning: the call's result stands."""
+        fs, path = self._path(task_name, key)
+        try:
+            data = serialize_bytes((time.time(), value))
+            folder = path.rsplit("/", 1)[0]
+            fs.makedirs(folder, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+        except Exception as e:
+            warnings.warn(
+                f"task {task_name!r}: the result could not be cached at {path!r} "
+                f"({type(e).__name__}: {e})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
