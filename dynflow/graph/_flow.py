@@ -79,7 +79,7 @@ class Flow(Bindable, Generic[P, R]):
         if name is not None and not (isinstance(name, str) and name):
             raise TypeError(f"flow {funcname(fn)!r}: option name={name!r}; expected a string")
         self._task_options = _flow_task_options(
-            funcname(fn), {"log_prints": log_prints, **task_options}
+            name or funcname(fn), {"log_prints": log_prints, **task_options}
         )
         try:
             waits = wait_for_nodes(wait_for)

@@ -1,0 +1,273 @@
+"""Result caching: ``cache=True`` persists each successful call; later runs read it.
+
+The workers of ``gen_cluster`` run in this process, so the calls made are counted in a
+module-level counter (``CALLS``); the storage is a local directory (``tmp_path``) or
+fsspec's ``memory://``.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+import threading
+import uuid
+
+import dask
+import fsspec
+import pytest
+from distributed.utils_test import gen_cluster
+from utils import generate_list, no_tasks_left
+
+import dynflow as df
+
+CALLS: collections.Counter = collections.Counter()
+_LOCK = threading.Lock()
+FAIL: set = set()  # items that fail while listed
+
+
+def called(name, x):
+    with _LOCK:
+        CALLS[name, x] += 1
+
+
+@df.task(cache=True)
+def square(x):
+    called("square", x)
+    if x in FAIL:
+        raise ValueError(f"item {x} fails")
+    return x * x
+
+
+@df.task
+def total(xs):
+    return sum(xs)
+
+
+@df.task
+def plain(x):
+    called("plain", x)
+    return x + 1
+
+
+def entries(storage):
+    """The cache entries under ``storage``, by task name."""
+    fs, root = fsspec.core.url_to_fs(storage)
+    if not fs.exists(root):
+        return {}
+    out = collections.defaultdict(set)
+    for path in fs.find(root):
+        name, key = path[len(root.rstrip("/")) + 1 :].split("/")[-2:]
+        if not name.startswith(".") and ".tmp-" not in key:
+            out[name].add(key)
+    return dict(out)
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    CALLS.clear()
+    FAIL.clear()
+    yield
+    FAIL.clear()
+
+
+def cached_square(storage, **options):
+    return square.with_options(result_storage=str(storage), **options)
+
+
+@gen_cluster(client=True)
+async def test_a_rerun_redoes_only_the_failed_item(c, s, a, b):
+    storage = tempfile.mkdtemp(prefix="dynflow-test-cache-")  # a local directory
+    sq = cached_square(storage)
+    FAIL.add(3)
+    with pytest.raises(df.MapItemError, match="at index 3"):
+        await total(sq.map(generate_list(6))).compute(client=c)
+    assert all(CALLS["square", i] == 1 for i in range(6))
+    assert len(entries(storage)["square"]) == 5  # a failed call is never written
+    FAIL.clear()
+    (fut,) = await df.submit_async(total(sq.map(generate_list(6))), client=c)
+    assert await fut == sum(i * i for i in range(6))
+    assert [CALLS["square", i] for i in range(6)] == [1, 1, 1, 2, 1, 1]
+    # the run's counts: five items read from the storage, one run
+    info = await fut.run.info()
+    counts = next(v for k, v in info["nodes"].items() if "square" in k)
+    assert counts["cached"] == 5 and counts["done"] == 1 and counts["total"] == 6
+    del fut
+    # a third run: every item cached, still one task per item
+    assert await total(sq.map(generate_list(6))).compute(client=c) == 55
+    assert [CALLS["square", i] for i in range(6)] == [1, 1, 1, 2, 1, 1]
+    assert len(entries(storage)["square"]) == 6
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_changed_inputs_functions_and_versions_recompute(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+    sq = cached_square(storage)
+    assert await total(sq.map([1, 2])).compute(client=c) == 5
+    assert await total(sq.map([1, 2, 3])).compute(client=c) == 14  # only 3 is new
+    assert [CALLS["square", i] for i in (1, 2, 3)] == [1, 1, 1]
+    # a new cache_version is a new identity
+    assert await total(sq.with_options(cache_version="2").map([1, 2])).compute(client=c) == 5
+    assert [CALLS["square", i] for i in (1, 2)] == [2, 2]
+    # an edited function (same task name, other source) recomputes
+    namespace: dict = {}
+    exec("def square(x):\n    return x * x * 1\n", namespace)  # noqa: S102 - an edit
+    edited = df.task(namespace["square"], cache=True, result_storage=storage)
+    before = len(entries(storage)["square"])
+    assert await total(edited.map([1, 2])).compute(client=c) == 5
+    assert len(entries(storage)["square"]) == before + 2
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_refresh_and_expiration(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+    sq = cached_square(storage)
+    assert await sq(4).compute(client=c) == 16
+    assert await sq(4).compute(client=c) == 16
+    assert CALLS["square", 4] == 1
+    assert await sq.with_options(refresh_cache=True)(4).compute(client=c) == 16
+    assert CALLS["square", 4] == 2
+    assert await sq.with_options(cache_expiration="1h")(4).compute(client=c) == 16
+    assert CALLS["square", 4] == 2
+    assert await sq.with_options(cache_expiration=0)(4).compute(client=c) == 16
+    assert CALLS["square", 4] == 3
+    with dask.config.set({"dynflow.cache.refresh": True}):
+        assert await sq(4).compute(client=c) == 16
+    assert CALLS["square", 4] == 4
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_nothing_is_cached_by_default_and_config_turns_it_on(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+    with dask.config.set({"dynflow.result-storage": storage}):
+        assert await total(plain.map([1, 2])).compute(client=c) == 5
+        assert await total(plain.map([1, 2])).compute(client=c) == 5
+        assert CALLS["plain", 1] == 2 and not entries(storage)
+        with dask.config.set({"dynflow.cache.enabled": True}):  # read at submit
+            assert await total(plain.map([1, 2])).compute(client=c) == 5
+            assert await total(plain.map([1, 2])).compute(client=c) == 5
+            assert CALLS["plain", 1] == 3
+            assert len(entries(storage)["plain"]) == 2
+            # the task's own option wins over the config
+            node = total(plain.with_options(cache=False).map([1, 2]))
+            assert await node.compute(client=c) == 5
+            assert CALLS["plain", 1] == 4
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_a_flow_sets_the_cache_of_its_tasks(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+
+    @df.flow(cache=True, result_storage=storage)
+    def pipeline(n):
+        return total(plain.map(generate_list(n)))
+
+    assert pipeline.task_options["cache"] is True
+    for _ in range(2):
+        assert await pipeline.build(3).compute(client=c) == 6
+    assert [CALLS["plain", i] for i in range(3)] == [1, 1, 1]
+    assert len(entries(storage)["plain"]) == 3
+    assert "generate_list" in entries(storage)  # every task of the flow
+    # with_options on the flow, and a task that says no
+    off = pipeline.with_options(cache=False)
+    assert await off.build(3).compute(client=c) == 6
+    assert [CALLS["plain", i] for i in range(3)] == [2, 2, 2]
+    with pytest.raises(TypeError, match="flow 'pipeline': option cache_expiration=-1"):
+        pipeline.with_options(cache_expiration=-1)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_batched_items_are_cached_one_by_one(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+    sq = cached_square(storage)
+    assert await total(sq.map(generate_list(7), batch_size=3)).compute(client=c) == 91
+    assert len(entries(storage)["square"]) == 7
+    # unbatched now: the entries are the same calls
+    assert await total(sq.map(generate_list(7))).compute(client=c) == 91
+    assert all(CALLS["square", i] == 1 for i in range(7))
+    (fut,) = await df.submit_async(total(sq.map(generate_list(7), batch_size=3)), client=c)
+    assert await fut == 91
+    info = await fut.run.info()
+    counts = next(v for k, v in info["nodes"].items() if "square" in k)
+    assert counts["cached"] == 7 and counts["done"] == 0
+    del fut
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_concurrent_runs_of_one_flow(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+    sq = cached_square(storage)
+    futures = []
+    for _ in range(3):
+        futures += await df.submit_async(total(sq.map(generate_list(20))), client=c)
+    assert [await f for f in futures] == [sum(i * i for i in range(20))] * 3
+    assert len(entries(storage)["square"]) == 20  # one whole entry per item
+    assert await total(sq.map(generate_list(20))).compute(client=c) == 2470
+    del futures
+    await no_tasks_left(s)
+
+
+def test_sync_mode_reads_and_writes_the_same_entries(tmp_path):
+    sq = cached_square(tmp_path)
+    assert total(sq.map([1, 2, 3])).compute(scheduler="sync") == 14
+    assert total(sq.map([1, 2, 3])).compute(scheduler="sync") == 14
+    assert [CALLS["square", i] for i in (1, 2, 3)] == [1, 1, 1]
+    assert len(entries(tmp_path)["square"]) == 3
+
+
+class Opaque:
+    """No ``__dask_tokenize__``, and it does not pickle (a lock): its token is random."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+
+def test_an_argument_without_a_deterministic_token_is_not_cached(tmp_path):
+    @df.task(cache=True, result_storage=str(tmp_path))
+    def uses(obj, x):
+        called("uses", x)
+        return x
+
+    with pytest.warns(RuntimeWarning, match=r"task 'uses': argument 'obj' \(Opaque\) has no"):
+        assert uses(Opaque(), 1).compute(scheduler="sync") == 1
+    assert not entries(tmp_path)
+    # a cache_key_fn decides instead
+    keyed = uses.with_options(cache_key_fn=lambda obj, x: f"x={x}")
+    assert keyed(Opaque(), 1).compute(scheduler="sync") == 1
+    assert keyed(Opaque(), 1).compute(scheduler="sync") == 1
+    assert CALLS["uses", 1] == 2
+
+
+def test_a_corrupt_entry_is_missing_with_a_warning(tmp_path):
+    sq = cached_square(tmp_path)
+    assert sq(5).compute(scheduler="sync") == 25
+    (key,) = entries(tmp_path)["square"]
+    (tmp_path / "square" / key).write_bytes(b"not an entry")
+    with pytest.warns(RuntimeWarning, match="task 'square': the cached result .* is corrupt"):
+        assert sq(5).compute(scheduler="sync") == 25
+    assert CALLS["square", 5] == 2
+    assert sq(5).compute(scheduler="sync") == 25  # rewritten
+    assert CALLS["square", 5] == 2
+
+
+def test_an_unwritable_storage_fails_when_the_graph_is_built(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for storage in (str(blocker / "results"), "nosuchprotocol://x"):
+        with pytest.raises(df.ResultStorageError, match="the result storage .* cannot be written"):
+            total(cached_square(storage).map([1, 2])).compute(scheduler="sync")
+    assert not CALLS
+
+
+def test_bad_cache_options_name_the_task():
+    with pytest.raises(TypeError, match="task 'square': option cache_expiration='soon'"):
+        square.with_options(cache_expiration="soon")
+    with pytest.raises(TypeError, match="task 'square': option cache_key_fn=3"):
+        square.with_options(cache_key_fn=3)
+    with pytest.raises(TypeError, match="flow 'f': unknown option 'cache_versio'"):
+        df.flow(lambda: None, name="f", cache_versio="1")
