@@ -15,6 +15,7 @@ __all__ = [
     "CREATED",
     "CURRENT_KEY",
     "FLOW_OPTIONS",
+    "LOCAL_KEYS",
     "RUNNING_ASYNC",
     "RUNNING_TASK",
 ]
@@ -37,3 +38,7 @@ BATCH_INDEX: ContextVar[tuple[int, ...] | None] = ContextVar("dynflow_batch_inde
 #: the key of the task a call runs in, where the worker cannot tell (async tasks on the
 #: event loop, the helper thread of a call with a timeout)
 CURRENT_KEY: ContextVar[Any] = ContextVar("dynflow_current_key", default=None)
+#: on a local scheduler, the keys of the calls running in this thread, outermost first
+#: (a call that returns a graph computes it inside itself there: a graph that holds one
+#: of these keys needs its own value)
+LOCAL_KEYS: ContextVar[tuple] = ContextVar("dynflow_local_keys", default=())

@@ -369,3 +369,97 @@ async def test_a_graph_that_needs_its_own_value_fails_instead_of_waiting(c, s, a
         with pytest.raises(df.ExtensionError, match=f"task '{name}' returned a graph that needs"):
             node.compute(scheduler="sync")
     await no_tasks_left(s)
+
+
+# ---------------------------------------------- local scheduler, retries, refusals
+@df.task
+async def async_returns_node(x):
+    await asyncio.sleep(0)
+    return add(x, 1)
+
+
+@df.task
+async def async_returns_delayed(x):
+    await asyncio.sleep(0)
+    return dask.delayed(square)(x)
+
+
+@df.task(pure=True)
+def pure_add(a, b):
+    return a + b
+
+
+@df.task(pure=True)
+def pure_fib(n):
+    return n if n < 2 else pure_add(pure_fib(n - 1), pure_fib(n - 2))
+
+
+CHILD_RUNS: list = []
+
+
+@df.task
+def failing_child(x):
+    CHILD_RUNS.append(x)
+    raise Bad(f"child {x}")
+
+
+@df.task(retries=2)
+def parent_with_retries(x):
+    return failing_child(x)
+
+
+@df.task
+def persisted_sum(n):
+    from distributed import wait, worker_client
+
+    with worker_client():
+        a = da.arange(n, chunks=2).persist()
+        wait(a)
+        return a.sum()
+
+
+@df.task
+def returns_unmapped(x):
+    return df.unmapped(add(x, 1))
+
+
+@gen_cluster(client=True)
+async def test_sync_and_cluster_agree_on_async_deep_and_pure_dynamic_tasks(c, s, a, b):
+    cases = [
+        (async_returns_node(1), 2),
+        (async_returns_delayed(3), 9),
+        (reducer(async_returns_node.map([1, 2])), 5),
+        (async_returns_node.map([1, 2, 3], batch_size=2), [2, 3, 4]),
+        (pure_fib(15), fib_value(15)),  # shared keys: no false "needs itself"
+    ]
+    for node, value in cases:
+        assert await node.compute(client=c) == value
+        assert node.compute(scheduler="sync") == value
+    # deep recursion in one thread: 300 levels of a call computing its returned graph
+    assert countdown(300).compute(scheduler="sync") == 300
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_retries_cover_the_function_not_the_returned_graph(c, s, a, b):
+    CHILD_RUNS.clear()
+    with pytest.raises(Bad, match="child 1"):
+        await parent_with_retries(1).compute(client=c)
+    assert CHILD_RUNS == [1]
+    with pytest.raises(Bad, match="child 2"):
+        parent_with_retries(2).compute(scheduler="sync")
+    assert CHILD_RUNS == [1, 2]
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True)
+async def test_returned_futures_markers_and_quoted_nodes_are_refused(c, s, a, b):
+    with pytest.raises(TypeError, match="task 'persisted_sum' returned a persisted dask"):
+        await persisted_sum(6).compute(client=c)
+    with pytest.raises(TypeError, match=r"task 'returns_unmapped' returned df.unmapped"):
+        await returns_unmapped(1).compute(client=c)
+    with pytest.raises(TypeError, match=r"task 'returns_unmapped' returned df.unmapped"):
+        returns_unmapped(1).compute(scheduler="sync")
+    with pytest.raises(TypeError, match="quote\\(\\) is for dask collections"):
+        df.quote(add(1, 2))
+    await no_tasks_left(s)

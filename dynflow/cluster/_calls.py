@@ -30,7 +30,7 @@ from dask._task_spec import Task
 from distributed.protocol.pickle import dumps
 
 from dynflow._compat import secede_async
-from dynflow._context import CURRENT_KEY, RUNNING_ASYNC, RUNNING_TASK
+from dynflow._context import CURRENT_KEY, LOCAL_KEYS, RUNNING_ASYNC, RUNNING_TASK
 from dynflow.cluster._cache import MISSING, CachePolicy
 from dynflow.cluster._dynamic import ReturnedGraph, splice_returned, splice_returned_async
 from dynflow.cluster._failure import Failure, portable
@@ -55,6 +55,7 @@ __all__ = [
     "run_blocking",
     "run_call",
     "run_call_async",
+    "run_call_local",
     "run_coroutine",
 ]
 
@@ -92,6 +93,8 @@ class CallPolicy:
         (``blocking``: local schedulers; calls inside a batch).
         """
         if not self.asynchronous:
+            if blocking and key is not None:
+                return Task(key, run_call_local, self, key, fn, *args, **kwargs)
             return Task(key, run_call, self, fn, *args, **kwargs)
         runner = run_blocking if blocking or key is None else run_call_async
         return Task(key, runner, self, key, fn, *args, **kwargs)
@@ -113,7 +116,13 @@ def call_after(fn: Callable, _waited: Any, /, *args: Any, **kwargs: Any) -> Any:
 
 
 def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` under ``policy``; see the module docstring."""
+    """Call ``fn`` under ``policy``; see the module docstring.
+
+    Retries cover the function's own attempts; what it returns is then checked, and a
+    returned graph run (spliced, or computed here on a local scheduler), once: a
+    failure inside that graph is not retried by the caller (on a cluster it is a task
+    of its own, with its own retries).
+    """
     passed = _upstream_failure(policy, fn, args, kwargs)
     if passed is not None:
         return passed
@@ -126,12 +135,7 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
         while True:
             try:
                 result = _attempt(policy, fn, args, kwargs)
-                if policy.returned is not None:
-                    result = policy.returned(policy, result)
-                    if type(result) is ReturnedGraph:
-                        splice_returned(result, current_key())
-                        return None  # a run the scheduler has replaced: never read
-                return _keep(policy, cache_key, _picklable(policy, result))
+                break
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
                 error = _call_error(policy, e)
             attempt += 1
@@ -139,6 +143,25 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
             if final:
                 return _failed(policy, error, user_args, kwargs)
             _wait(policy.delay(attempt))
+        try:
+            if policy.returned is not None:
+                result = policy.returned(policy, result)
+                if type(result) is ReturnedGraph:
+                    splice_returned(result, current_key())
+                    return None  # a run the scheduler has replaced: never read
+            return _keep(policy, cache_key, _picklable(policy, result))
+        except BaseException as e:  # noqa: BLE001 - every error becomes the call's
+            return _failed(policy, _call_error(policy, e), user_args, kwargs)
+
+
+def run_call_local(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+    """:func:`run_call` on a local scheduler, with ``key`` among the running calls'
+    keys (:data:`~dynflow._context.LOCAL_KEYS`) while it runs."""
+    token = LOCAL_KEYS.set((*LOCAL_KEYS.get(), key))
+    try:
+        return run_call(policy, fn, *args, **kwargs)
+    finally:
+        LOCAL_KEYS.reset(token)
 
 
 async def run_call_async(
@@ -172,14 +195,7 @@ async def _call_async(
             while True:
                 try:
                     result = await _attempt_async(policy, fn, args, kwargs)
-                    if policy.returned is not None:
-                        result = policy.returned(policy, result)
-                        if type(result) is ReturnedGraph:
-                            if key is None:  # inside a batch: the hook computed it
-                                raise ExtensionError("a graph returned inside a batch")
-                            await splice_returned_async(result, key)
-                            return None  # a run the scheduler has replaced: never read
-                    return _keep(policy, cache_key, _picklable(policy, result))
+                    break
                 except asyncio.CancelledError as e:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -192,6 +208,19 @@ async def _call_async(
                 if final:
                     return _failed(policy, error, user_args, kwargs)
                 await asyncio.sleep(policy.delay(attempt))
+            try:  # as in run_call: the returned graph runs once, outside the retries
+                if policy.returned is not None:
+                    result = policy.returned(policy, result)
+                    if type(result) is ReturnedGraph:
+                        if key is None:  # inside a batch: the hook computed it
+                            raise ExtensionError("a graph returned inside a batch")
+                        await splice_returned_async(result, key)
+                        return None  # a run the scheduler has replaced: never read
+                return _keep(policy, cache_key, _picklable(policy, result))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # noqa: BLE001 - every error becomes the call's
+                return _failed(policy, _call_error(policy, e), user_args, kwargs)
     finally:
         if token is not None:
             CURRENT_KEY.reset(token)
@@ -199,7 +228,12 @@ async def _call_async(
 
 def run_blocking(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """:func:`run_call_async` run to completion here (local schedulers, batches)."""
-    return run_coroutine(_call_async(policy, key, fn, args, kwargs, secede=False))
+    token = LOCAL_KEYS.set((*LOCAL_KEYS.get(), key)) if key is not None else None
+    try:
+        return run_coroutine(_call_async(policy, key, fn, args, kwargs, secede=False))
+    finally:
+        if token is not None:
+            LOCAL_KEYS.reset(token)
 
 
 def run_coroutine(coro: Any) -> Any:

@@ -24,7 +24,7 @@ from dynflow._compat import expander_run_id
 from dynflow._protocol import GRAPH_SPLICE_HANDLER
 from dynflow.exceptions import ExtensionError
 
-__all__ = ["ReturnedGraph", "refuse", "splice_returned", "splice_returned_async"]
+__all__ = ["ReturnedGraph", "needs_itself", "refuse", "splice_returned", "splice_returned_async"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +104,12 @@ def refuse(message: str) -> None:
     """The task spec the scheduler gives a dynamic task whose graph it cannot run: it
     fails with ``message`` where it runs, as any task error."""
     raise ExtensionError(message)
+
+
+def needs_itself(task_name: str, key: Any) -> str:
+    """The error of a returned graph that holds a call being computed (a cycle)."""
+    return (
+        f"task {task_name!r} returned a graph that needs the task's own value (key "
+        f"{str(key)!r}): it would wait for itself forever. A pure=True task called again "
+        "with the same arguments is the same task: change an argument, or use pure=False"
+    )

@@ -66,7 +66,7 @@ from dynflow._compat import (
     update_graph_extras,
 )
 from dynflow._protocol import GRAPH_SPLICE_HANDLER, SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
-from dynflow.cluster._dynamic import refuse
+from dynflow.cluster._dynamic import needs_itself, refuse
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -249,12 +249,7 @@ class SpliceExtension(SchedulerPlugin):
                     f"{sorted(map(str, missing))[:5]}"
                 )
             elif self._needs_itself(ts, tasks, output):
-                message = (
-                    f"task {key_split(key)!r} returned a graph that needs the task's own "
-                    f"value (key {str(key)!r}): it would wait for itself forever. A "
-                    "pure=True task called again with the same arguments is the same "
-                    "task: change an argument, or use pure=False"
-                )
+                message = needs_itself(key_split(key), key)
             if message is not None:
                 self._make_failing(ts, message, recommendations)
                 recommendations[key] = "released"

@@ -519,19 +519,25 @@ class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker 
 
 
 class quote:  # noqa: N801 - lower case like Prefect's ``quote``, a marker in a return
-    """Mark a task's return value as a value: the nodes or dask collections inside it are
-    returned as objects, not run in the task's place.
+    """Mark a task's return value as a value: the dask collections inside it are
+    returned as objects, not computed in the task's place.
 
-    A task whose function returns a dynflow node, or a dask collection
-    (``dask.delayed``, a dask array or data frame...), or a container holding them, has
-    that graph run in its place: its value is the graph's value (a *dynamic task*).
-    ``return df.quote(obj)`` returns ``obj`` itself instead (the name, and the idea, are
-    Prefect's ``prefect.utilities.annotations.quote``).
+    A task whose function returns a dask collection (``dask.delayed``, a dask array or
+    data frame...), or a container holding some, has that graph run in its place: its
+    value is the graph's value (a *dynamic task*). ``return df.quote(obj)`` returns
+    ``obj`` itself instead (the name, and the idea, are Prefect's
+    ``prefect.utilities.annotations.quote``). Dynflow nodes cannot be quoted: they are
+    descriptions of work to run, not values, and do not travel between processes.
 
     Parameters
     ----------
     value : object
         Returned unchanged, as the task's value; it must pickle.
+
+    Raises
+    ------
+    TypeError
+        ``value`` is or holds a dynflow node.
 
     Examples
     --------
@@ -546,6 +552,11 @@ class quote:  # noqa: N801 - lower case like Prefect's ``quote``, a marker in a 
     __slots__ = ("value",)
 
     def __init__(self, value: Any) -> None:
+        if find_nodes(value):
+            raise TypeError(
+                "quote() is for dask collections: a dynflow node is run where a task "
+                "returns it, and cannot be returned as an object"
+            )
         self.value = value
 
     def __repr__(self) -> str:

@@ -23,31 +23,39 @@ guarded for this: a task that raises gives a record, which its dependents pass o
 
 from __future__ import annotations
 
+import sys
 import types
 import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 from dask._task_spec import Alias, Task, TaskRef, convert_legacy_graph, parse_input
 from dask.base import is_dask_collection, unpack_collections
-from distributed import worker_client
+from distributed import Future, worker_client
 
 from dynflow._containers import find
-from dynflow._context import BATCH_INDEX
+from dynflow._context import BATCH_INDEX, LOCAL_KEYS
 from dynflow.cluster._calls import CallPolicy
-from dynflow.cluster._dynamic import ReturnedGraph
+from dynflow.cluster._dynamic import ReturnedGraph, needs_itself
 from dynflow.cluster._failure import Failure
 from dynflow.cluster._items import current_key
 from dynflow.exceptions import ExtensionError, SerializationError
-from dynflow.graph._node import Node, find_nodes, quote, replace_nodes
+from dynflow.graph._node import Node, find_nodes, quote, replace_nodes, unmapped
 
 __all__ = ["Returned", "assemble", "finish_collections"]
 
-#: on a local scheduler, the keys of the returned graphs being computed (outer calls)
-_COMPUTING: ContextVar[frozenset] = ContextVar("dynflow_returned_computing", default=frozenset())
+
+def _refuse_markers(policy: CallPolicy, value: Any) -> None:
+    """Markers of a call's arguments and live futures are not values to return."""
+    for leaf in find(value, lambda o: isinstance(o, unmapped | Future)):
+        what = "df.unmapped(...)" if isinstance(leaf, unmapped) else "a distributed Future"
+        raise TypeError(
+            f"task {policy.task_name!r} returned {what}, which is not a value: return "
+            "the value, or a node to run it in the task's place"
+            + ("" if isinstance(leaf, unmapped) else "; the future is released with the task")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,7 @@ class Returned:
     travels by reference, as the plan's functions do)."""
 
     lower: Callable[..., Any]
+    local: bool = False  # the call runs on a local scheduler
 
     def __call__(self, policy: CallPolicy, value: Any) -> Any:
         if isinstance(value, types.GeneratorType | types.AsyncGeneratorType):
@@ -68,16 +77,16 @@ class Returned:
             )
         if type(value) is quote:
             return value.value
+        _refuse_markers(policy, value)
         nodes = find_nodes(value)
         if not nodes:
             return self._collections(policy, value)
         if find(value, is_dask_collection):
             raise TypeError(
                 f"task {policy.task_name!r} returned dynflow nodes and dask collections "
-                "together: return one kind (make the dask part a task of its own), or "
-                "df.quote(value) to return the objects themselves"
+                "together: return one kind (make the dask part a task of its own)"
             )
-        key = current_key()
+        key = None if self.local else current_key()
         if key is None or BATCH_INDEX.get() is not None:
             return self._compute_here(policy, value, nodes, distributed=key is not None)
         graph = self.lower(nodes, distributed=True, records=policy.records)
@@ -102,7 +111,17 @@ class Returned:
         collections, repack = unpack_collections(value)
         if not collections:
             return value
-        key = current_key()
+        for c in collections:
+            futures = [v for v in dict(c.__dask_graph__()).values() if isinstance(v, Future)]
+            if futures:
+                for f in futures:  # now, not when the error (which holds them) is freed
+                    f.release()
+                raise TypeError(
+                    f"task {policy.task_name!r} returned a persisted dask collection (its "
+                    "graph holds futures, which are released when the task ends): return "
+                    "the collection before .persist(), or compute it in the task"
+                )
+        key = None if self.local else current_key()
         if key is None or BATCH_INDEX.get() is not None:
             try:
                 if key is None:
@@ -146,20 +165,17 @@ class Returned:
             with worker_client() as client:
                 results = client.get(dict(graph), keys, sync=True)
         else:
-            computing = _COMPUTING.get()
-            again = [k for k in graph if k in computing]
+            running = LOCAL_KEYS.get()
+            again = [k for k in running if k in graph]
             if again:  # as the scheduler says it (the splice's cycle check)
-                raise ExtensionError(
-                    f"task {policy.task_name!r} returned a graph that needs the value of a "
-                    f"task it is computing for (key {str(again[0])!r}): it would wait for "
-                    "itself forever. A pure=True task called again with the same arguments "
-                    "is the same task: change an argument, or use pure=False"
-                )
-            token = _COMPUTING.set(computing | set(graph))
+                raise ExtensionError(needs_itself(policy.task_name, again[-1]))
+            # each level of a returned graph nests a few calls deeper in this thread
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(limit, 1000 + 40 * (len(running) + 1)))
             try:
                 results = dask.get(dict(graph), keys)
             finally:
-                _COMPUTING.reset(token)
+                sys.setrecursionlimit(limit)
         values = dict(zip(keys, results, strict=True))
         if isinstance(value, Node):
             out = values[value.key]

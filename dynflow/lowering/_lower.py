@@ -13,8 +13,9 @@ Two shapes, one per place the graph runs:
   task that calls the function per item, in order; no cluster involved, the same
   values and errors.
 
-Every call's policy carries :data:`RETURNED`: a call that returns nodes (a dynamic
-task) has their graph run in its place (:mod:`dynflow.lowering._dynamic`).
+Every call's policy carries :data:`RETURNED` (:data:`RETURNED_LOCAL` on a local
+scheduler): a call that returns nodes (a dynamic task) has their graph run in its
+place (:mod:`dynflow.lowering._dynamic`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _ref(obj: Any) -> Any:
 def _node_task(node: Node, records: bool, distributed: bool) -> Task:
     args = [_ref(a) for a in node._args]
     kwargs = {k: _ref(v) for k, v in node._kwargs.items()}
-    policy = _policy(node, records)
+    policy = _policy(node, records, distributed)
     fn = node.task.graph_fn
     if node._wait_for:
         waits = parse_input([Alias(n.key) for n in node._wait_for])
@@ -91,9 +92,9 @@ def _node_task(node: Node, records: bool, distributed: bool) -> Task:
     return policy.spec(node.key, fn, *args, blocking=not distributed, **kwargs)
 
 
-def _policy(node: Node, records: bool) -> CallPolicy:
+def _policy(node: Node, records: bool, distributed: bool) -> CallPolicy:
     """How ``node``'s calls run; a call that returns a graph has it run in its place."""
-    return replace(node.task.policy(records), returned=RETURNED)
+    return replace(node.task.policy(records), returned=RETURNED if distributed else RETURNED_LOCAL)
 
 
 def _annotations(node: Node) -> dict[str, Any]:
@@ -116,10 +117,13 @@ class PlannedStage(NamedTuple):
     needs: set[Any]  # (template) keys the expander must hold for the items
 
 
-def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
+def plan_stage(
+    node: MapNode, how: dict[tuple[str, int], str], distributed: bool = True
+) -> PlannedStage:
     """The stage of one map: its plan, sources, concrete tuples and the keys its items
     need. ``how``: the slots that join an expansion group (``"stage"``, ``"nest"``); any
-    other mapped node is read whole, raw (:func:`_whole_source`)."""
+    other mapped node is read whole, raw (:func:`_whole_source`). ``distributed``:
+    whether the items run on a cluster (else on a local scheduler)."""
     sources: dict[Any, tuple[str, str]] = {}
     concretes: list[tuple[str, str, int]] = []
     needs: set[Any] = {n.key for n in node.whole_waits}
@@ -165,7 +169,7 @@ def plan_stage(node: MapNode, how: dict[tuple[str, int], str]) -> PlannedStage:
             args,
             kwargs,
             _annotations(node),
-            _policy(node, records=True),
+            _policy(node, records=True, distributed=distributed),
             node.batch_size,
             node.max_concurrency,
             bool(dask.config.get("dynflow.queue-items")),
@@ -336,7 +340,7 @@ def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGrap
     for node in order:
         if not isinstance(node, MapNode):
             continue
-        planned = plan_stage(node, {})
+        planned = plan_stage(node, {}, distributed=False)
         raw = raw_key(node.key)
         exp = Expansion(raw, (planned.stage,), (), planned.sources, tuple(planned.concretes), ())
         data = parse_input({k: Alias(k) for k in sorted(planned.needs)})
@@ -421,3 +425,5 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
 
 #: the calls' hook for returned graphs (dynamic tasks), lowered by :func:`lower`
 RETURNED = Returned(lower)
+#: the same on a local scheduler: the graph is computed inside the call
+RETURNED_LOCAL = Returned(lower, local=True)
