@@ -27,7 +27,7 @@ from dynflow import _config
 _config.load_defaults()
 
 if TYPE_CHECKING:
-    from dynflow.client._cluster import get_client
+    from dynflow.client._cluster import dashboard_link, get_client
     from dynflow.client._run import Run, RunFuture
     from dynflow.client._stream import AsCompleted, as_completed
     from dynflow.client._submit import cancel, compute, submit, submit_async
@@ -78,6 +78,7 @@ _EXPORTS = {
     "as_completed": "dynflow.client._stream",
     "cancel": "dynflow.client._submit",
     "compute": "dynflow.client._submit",
+    "dashboard_link": "dynflow.client._cluster",
     "flatten": "dynflow.graph._wrappers",
     "flow": "dynflow.graph._flow",
     "get_client": "dynflow.client._cluster",
@@ -116,6 +117,7 @@ __all__ = [
     "as_completed",
     "cancel",
     "compute",
+    "dashboard_link",
     "flatten",
     "flow",
     "get_client",

@@ -53,6 +53,7 @@ __all__ = [
     "add_layout_edges",
     "apply_annotations",
     "bypass_queuing",
+    "dashboard_serves",
     "expander_run_id",
     "http_application",
     "local_scheduler",
@@ -155,6 +156,16 @@ def send_to_client(scheduler: Scheduler, client: str, topic: str, event: Any) ->
 def http_application(scheduler: Scheduler) -> Any:
     """The scheduler's tornado application (None without an HTTP server)."""
     return getattr(scheduler, "http_application", None)
+
+
+def dashboard_serves(scheduler: Scheduler, path: str) -> bool:
+    """Whether the scheduler's dashboard serves the bokeh page ``path`` (its pages are
+    those registered before it started)."""
+    app = http_application(scheduler)
+    for bokeh in getattr(app, "applications", None) or ():
+        if path in (getattr(bokeh, "_applications", None) or {}):
+            return True
+    return False
 
 
 def register_dashboard_page(path: str, doc: Callable[..., Any]) -> None:

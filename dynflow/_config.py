@@ -11,7 +11,11 @@ import os
 import dask.config
 import yaml
 
-__all__ = ["load_defaults"]
+__all__ = ["DYNFLOW_FRAMES", "load_defaults"]
+
+#: dynflow's modules, whose frames are left out of users' tracebacks beside those of
+#: dask's ``admin.traceback.shorten`` (``dynflow.shorten-tracebacks``)
+DYNFLOW_FRAMES = r"[\\\/]dynflow[\\\/](client|cluster|graph|lowering|views|_[a-z]+\.py)"
 
 
 def load_defaults() -> None:

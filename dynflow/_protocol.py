@@ -44,6 +44,8 @@ __all__ = [
     "LOG_TOPIC",
     "RAW_PREFIX",
     "RUNS_HANDLER",
+    "PAGE_HANDLER",
+    "RUN_FORGET_HANDLER",
     "RUN_START_HANDLER",
     "RUN_STATUS_HANDLER",
     "SPLICE",
@@ -71,6 +73,10 @@ SPLICE_HANDLER = "dynflow_splice"
 #: a dynamic task (its function returned a graph) asks for that graph in its place
 GRAPH_SPLICE_HANDLER = "dynflow_graph_splice"
 RUN_START_HANDLER = "dynflow_run_start"
+#: client -> scheduler: whether the dashboard serves dynflow's page (the path)
+PAGE_HANDLER = "dynflow_page"
+#: client -> scheduler: a run whose graph could not be sent; the tracker forgets it
+RUN_FORGET_HANDLER = "dynflow_run_forget"
 RUN_STATUS_HANDLER = "dynflow_run_status"
 RUNS_HANDLER = "dynflow_runs"
 #: as_completed: a client streams a map's finished items (open, next window, close)

@@ -9,17 +9,36 @@ dynflow and the modules of the user's tasks, as for any dask graph.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+from dynflow._compat import dashboard_serves
 from dynflow._protocol import SPLICE, TRACKER
 from dynflow.cluster._splice import SpliceExtension
 from dynflow.cluster._tracker import RunTracker
-from dynflow.views._dashboard import register_page
+from dynflow.views._dashboard import PAGE, page_url, register_page
 
 if TYPE_CHECKING:
     from distributed import Scheduler
 
 __all__ = ["dask_setup"]
+
+logger = logging.getLogger("distributed.scheduler")  # beside the scheduler's own lines
+
+
+def dashboard_link_of(scheduler: Scheduler) -> str | None:
+    """The dynflow page's URL as distributed formats the scheduler's dashboard link
+    (``distributed.dashboard.link``); None without a dashboard."""
+    from distributed.utils import format_dashboard_link
+
+    if not dashboard_serves(scheduler, PAGE):
+        return None
+    host = scheduler.address.split("://")[-1].rsplit(":", 1)[0]
+    try:
+        return page_url(format_dashboard_link(host, scheduler.http_server.port))
+    except Exception:  # noqa: BLE001 - a log line, never a failed start
+        return None
+
 
 # the dashboard reads its pages when the scheduler starts, after preloads are imported
 register_page()
@@ -29,3 +48,6 @@ async def dask_setup(scheduler: Scheduler) -> None:
     """Called by distributed when the scheduler starts with this preload."""
     await scheduler.register_scheduler_plugin(SpliceExtension(), name=SPLICE, idempotent=True)
     await scheduler.register_scheduler_plugin(RunTracker(), name=TRACKER, idempotent=True)
+    link = dashboard_link_of(scheduler)
+    if link is not None:
+        logger.info("dynflow page at: %s", link)

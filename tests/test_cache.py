@@ -271,3 +271,79 @@ def test_bad_cache_options_name_the_task():
         square.with_options(cache_key_fn=3)
     with pytest.raises(TypeError, match="flow 'f': unknown option 'cache_versio'"):
         df.flow(lambda: None, name="f", cache_versio="1")
+
+
+def test_defaults_are_bound_and_timedeltas_accepted(tmp_path):
+    import datetime
+
+    @df.task(cache=True, result_storage=str(tmp_path), cache_expiration=datetime.timedelta(days=1))
+    def scaled(x, factor=5):
+        called("scaled", x)
+        return x * factor
+
+    assert scaled(2).compute(scheduler="sync") == 10
+    assert scaled(2, 5).compute(scheduler="sync") == 10
+    assert scaled(x=2, factor=5).compute(scheduler="sync") == 10
+    assert CALLS["scaled", 2] == 1
+    assert scaled(2, 6).compute(scheduler="sync") == 12
+    assert CALLS["scaled", 2] == 2
+
+
+def test_a_script_class_argument_is_not_cached_with_a_warning(tmp_path):
+    point = type("Point", (), {"__module__": "__main__"})  # as a script defines it
+
+    @df.task(cache=True, result_storage=str(tmp_path))
+    def at(p, x):
+        called("at", x)
+        return x
+
+    with pytest.warns(RuntimeWarning, match=r"task 'at': argument 'p' holds a Point defined"):
+        assert at(point(), 1).compute(scheduler="sync") == 1
+    assert not entries(tmp_path)
+
+
+@df.task(cache=True)
+def returns_a_node(x):
+    called("returns_a_node", x)
+    return plain(x)
+
+
+@gen_cluster(client=True)
+async def test_a_call_that_returns_a_graph_is_not_cached_anywhere(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+    dyn = returns_a_node.with_options(result_storage=storage)
+    for _ in range(2):
+        assert await dyn(1).compute(client=c) == 2
+        assert dyn(1).compute(scheduler="sync") == 2
+    assert CALLS["returns_a_node", 1] == 4 and CALLS["plain", 1] == 4
+    assert "returns_a_node" not in entries(storage)
+    await no_tasks_left(s)
+
+
+@df.flow
+def per_item(x):
+    return plain(x)
+
+
+@gen_cluster(client=True)
+async def test_a_flows_cache_reaches_the_sub_flows_it_maps(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+
+    @df.flow(cache=True, result_storage=storage)
+    def outer(xs):
+        return total(per_item.map(xs))
+
+    for _ in range(2):
+        assert await outer.build([1, 2, 3]).compute(client=c) == 9
+    assert [CALLS["plain", i] for i in (1, 2, 3)] == [1, 1, 1]
+    await no_tasks_left(s)
+
+
+def test_a_task_sent_by_value_keeps_its_identity(tmp_path):
+    import cloudpickle
+
+    namespace: dict = {}
+    exec("def twice(x):\n    return 2 * x\n", namespace)  # noqa: S102 - no source file
+    t = df.task(namespace["twice"], cache=True, result_storage=str(tmp_path))
+    copy = cloudpickle.loads(cloudpickle.dumps(t))
+    assert copy._identity() == t._identity()

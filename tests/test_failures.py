@@ -641,3 +641,52 @@ async def test_retry_on_a_callable_decides_from_the_exception(c, s, a, b):
     assert "x" in str(info.value.__context__)
     ATTEMPTS.clear()
     assert fails_as_told(["transient", ""]).compute(scheduler="sync") == 2
+
+
+# ------------------------------------------------- what the user's output shows
+@df.task
+def inverse(x):
+    return 1 / x
+
+
+@df.task
+def plain_fails(x):
+    raise ValueError(f"plain {x}")
+
+
+def test_errors_show_the_users_frames_and_no_internal_compute_failed():
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.ERROR)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    caught = Records()
+    worker_log = logging.getLogger("distributed.worker")  # distributed's own, not propagated
+    worker_log.addHandler(caught)
+    try:
+        with (
+            LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            with pytest.raises(df.MapItemError) as info:
+                total(inverse.map([0, 1, 2])).compute(client=client)
+            files = [f.filename for f in traceback.extract_tb(info.value.__traceback__)]
+            assert files and not any("/dynflow/" in f for f in files), files
+            cause = traceback.extract_tb(info.value.__cause__.__traceback__)
+            assert [f.name for f in cause] == ["inverse"], cause  # the item's own frame
+            with pytest.raises(ValueError, match="plain 1"):
+                plain_fails(1).compute(client=client)
+    finally:
+        worker_log.removeHandler(caught)
+    blocks = [r.getMessage() for r in caught.records if "Compute Failed" in r.getMessage()]
+    assert not any("gather" in b for b in blocks), blocks  # dynflow's collector
+    assert any("plain_fails" in b for b in blocks), blocks  # the user's own task

@@ -183,7 +183,10 @@ def test_address_from_the_environment_is_used(cluster, tmp_path):
     assert lines["address"] == address  # the CLI scheduler, not a LocalCluster
     assert lines["same-client"] == "True"
     assert lines["children"] == "0"  # no LocalCluster worker processes
-    assert "LocalCluster" not in proc.stderr and "dashboard" not in proc.stderr
+    assert "LocalCluster" not in proc.stderr
+    assert "started a local Dask cluster" not in proc.stderr
+    # the first run there says where the dynflow page would be (a plain scheduler: none)
+    assert proc.stderr.count("has no dynflow page (start the scheduler with --preload") == 1
     # the script's client has disconnected, and it left no tasks behind
     wait_until(
         lambda: (

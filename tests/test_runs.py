@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 
 import pytest
 from distributed import Event
@@ -195,8 +196,8 @@ async def test_history_keeps_the_newest_finished_runs(c, s, a, b):
             await fut
         (last,) = await df.submit_async(inc(9), client=c, name="last")
         await last
-    names = [r["name"] for r in s.extensions[TRACKER].list_runs()]
-    assert names == ["last", "run-3", "run-2"]  # two finished runs kept, then the new one
+        names = [r["name"] for r in s.extensions[TRACKER].list_runs()]
+    assert names == ["last", "run-3"]  # two finished runs at every moment
 
 
 def test_progress_rejects_plain_values():
@@ -224,3 +225,87 @@ async def test_the_live_view_of_a_run_follows_it_to_the_end(c, s, a, b):
     html = view.widget.value
     assert "live" in html and "finished" in html
     assert "inc.map() ×3" in html  # the map's box shows its item count
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@gen_cluster(client=True)
+async def test_progress_in_a_terminal_redraws_within_its_width(c, s, a, b, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    fail = inv.map(numbers(6))  # item 0 fails: 5 done, 1 failed
+    (fut,) = await df.submit_async(total(df.allow_failure(fail)), client=c, name="term")
+    text = TextProgress([fut.run], interval=0.01, file=_Terminal())
+    await text.listen()
+    out = text.file.getvalue()
+    assert "term: inv.map()" in out and "5/6 done, 1 failed" in out
+    visible = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    assert max(len(line) for line in visible.splitlines()) <= 80
+    assert "\x1b[" in out  # redrawn in place (cursor moves), not a line per update
+
+
+def test_a_bar_shows_done_and_failed_in_proportion():
+    from dynflow.views._progress import _counts_bar
+
+    bar = _counts_bar({"total": 6, "done": 5, "failed": 1}, 30)
+    assert bar == [("━" * 25, "green"), ("━" * 5, "red")]
+    bar = _counts_bar({"total": 1000, "done": 999, "failed": 1}, 30)
+    assert ("━", "red") in bar and sum(len(ch) for ch, _ in bar) == 30
+
+
+@gen_cluster(client=True)
+async def test_runs_say_who_started_them_and_why_they_ended(c, s, a, b):
+    import socket
+
+    (ok,) = await df.submit_async(inc(1), client=c, name="same")
+    (bad,) = await df.submit_async(inv(0), client=c, name="same")
+    await ok
+    with pytest.raises(ZeroDivisionError):
+        await bad
+    infos = [await f.run.info() for f in (ok, bad)]
+    assert infos[0]["id"] != infos[1]["id"]  # runs of one flow told apart
+    for info in infos:
+        assert info["host"] == socket.gethostname() and info["client"] == c.id
+        assert info["started"] <= info["finished"]
+    assert infos[0]["reason"] is None
+    assert infos[1]["state"] == "failed"
+    assert infos[1]["reason"].startswith("ZeroDivisionError(")
+    # cancelled by the client, and a client that leaves
+    (held_run,) = await df.submit_async(total(inc.map(held("never", 2))), client=c)
+    run = held_run.run
+    await held_run.cancel()
+    tracker = s.extensions[TRACKER]
+    await async_poll_for(lambda: tracker.runs[run.id].finished is not None, timeout=10)
+    assert tracker.runs[run.id].reason == "cancelled by the client"
+    from distributed import Client
+
+    async with Client(s.address, asynchronous=True) as other:
+        (gone,) = await df.submit_async(total(inc.map(held("never", 2))), client=other)
+        gone_id = gone.run.id
+    await async_poll_for(lambda: tracker.runs[gone_id].finished is not None, timeout=10)
+    assert tracker.runs[gone_id].reason == "client disconnected"
+    await Event("never", client=c).set()
+
+
+@gen_cluster(client=True)
+async def test_failed_submits_and_malformed_registrations_leave_nothing(c, s, a, b):
+    import threading
+
+    tracker = s.extensions.get(TRACKER)
+    await df.submit_async(inc(1), client=c)  # installs the tracker
+    tracker = s.extensions[TRACKER]
+    before = set(tracker.runs)
+    with pytest.raises(df.SerializationError):
+        await df.submit_async(inc(threading.Lock()), client=c)
+    await async_poll_for(lambda: set(tracker.runs) - before == set(), timeout=5)
+    for bad in (
+        {"run_id": "r1", "name": "x", "graph": {"nodes": [{}], "edges": []}},
+        {"run_id": "r2", "name": "x", "graph": None},
+        {"run_id": "r3", "name": "x", "graph": {"nodes": [], "edges": []}, "client": "nobody"},
+    ):
+        args = {"outputs": [], "client": c.id, **bad}
+        reply = tracker.run_start(**args)
+        assert reply["status"] == "error", reply
+    assert set(tracker.runs) == before and all(k not in tracker.runs for k in ("r1", "r2", "r3"))

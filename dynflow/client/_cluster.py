@@ -30,15 +30,23 @@ from distributed.security import Security
 
 from dynflow import __version__ as dynflow_version
 from dynflow._compat import SUPPORTED_DISTRIBUTED, supported_distributed
-from dynflow._protocol import FORWARD_TOPIC, SPLICE, TRACKER
+from dynflow._protocol import FORWARD_TOPIC, PAGE_HANDLER, SPLICE, TRACKER
 from dynflow.cluster._splice import SpliceExtension
 from dynflow.cluster._tracker import RunTracker
 from dynflow.exceptions import ExtensionError
-from dynflow.views._dashboard import register_page
+from dynflow.views._dashboard import PAGE, page_url, register_page
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_versions", "get_client", "install", "print_forwarded"]
+__all__ = [
+    "announce",
+    "check_versions",
+    "dashboard_link",
+    "get_client",
+    "install",
+    "page_link",
+    "print_forwarded",
+]
 
 _lock = threading.Lock()
 _embedded: dict[str, Any] = {}  # "cluster", "client": the embedded LocalCluster, once made
@@ -46,6 +54,9 @@ _address_clients: dict[str, Client] = {}  # address from config -> the client ma
 # client -> id of the scheduler it installed the extensions on (a restarted scheduler at
 # the same address has a new id and needs them again)
 _installed: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+# scheduler id -> the dynflow page's URL there ("" where its dashboard has no such page)
+_pages: dict[str, str] = {}
+_announced: set[str] = set()  # scheduler ids whose page link this process has printed
 
 
 def get_client(client: Client | None = None) -> Client:
@@ -278,3 +289,53 @@ def print_forwarded(event: tuple[float, dict], out: Callable[[str], Any] | None 
     # the client instead of the one running now
     stream = sys.stderr if msg.get("stream") == "stderr" else sys.stdout
     contextvars.Context().run(print, text, file=stream)
+
+
+async def page_link(client: Client) -> str | None:
+    """The URL of the dynflow page on ``client``'s scheduler (a coroutine); None where
+    its dashboard does not serve it (a scheduler started without dynflow's preload, or
+    without a dashboard)."""
+    sid = client.scheduler_info().get("id", client.scheduler.address)
+    if sid not in _pages:
+        await install(client)
+        link = client.dashboard_link
+        served = link is not None and await getattr(client.scheduler, PAGE_HANDLER)(path=PAGE)
+        _pages[sid] = page_url(link) if served else ""
+    return _pages[sid] or None
+
+
+async def announce(client: Client) -> str | None:
+    """Print the dynflow page's URL once per scheduler and process (to stderr, which a
+    notebook shows under the cell), the first time a run is submitted there."""
+    link = await page_link(client)
+    sid = client.scheduler_info().get("id", client.scheduler.address)
+    if sid not in _announced:
+        _announced.add(sid)
+        if link:
+            text = f"dynflow: runs on {client.scheduler.address} are shown at {link}"
+        else:
+            text = (
+                f"dynflow: the dashboard of {client.scheduler.address} has no dynflow page "
+                "(start the scheduler with --preload dynflow.scheduler to add it)"
+            )
+        contextvars.Context().run(print, text, file=sys.stderr)
+    return link
+
+
+def dashboard_link(client: Client | None = None) -> str | None:
+    """The URL of dynflow's dashboard page (runs, per-node counts, failures, the graph).
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Default: the cluster :func:`get_client` finds (which may start the embedded one).
+
+    Returns
+    -------
+    str or None
+        None where the scheduler's dashboard does not serve the page: it was started
+        without ``--preload dynflow.scheduler``, or without a dashboard. With an
+        asynchronous client, an awaitable of it.
+    """
+    client = get_client(client)
+    return client.sync(page_link, client)

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
+import socket
 import uuid
 from collections.abc import Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import dask.config
 from distributed import Future
 from distributed.client import FutureCancelledError
 
-from dynflow._protocol import RUN_START_HANDLER, RUN_STATUS_HANDLER
+from dynflow._config import DYNFLOW_FRAMES
+from dynflow._protocol import RUN_FORGET_HANDLER, RUN_START_HANDLER, RUN_STATUS_HANDLER
 from dynflow.cluster._failure import Failure
-from dynflow.exceptions import RemoteError, SchedulerLostError
+from dynflow.exceptions import DynflowError, ExtensionError, RemoteError, SchedulerLostError
 from dynflow.graph._flowgraph import FlowGraph
 from dynflow.graph._node import Node
 from dynflow.views._progress import progress, show_live
@@ -30,7 +35,7 @@ from dynflow.views._reprs import run_html
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["Run", "RunFuture"]
+__all__ = ["Run", "RunFuture", "user_traceback"]
 
 
 class Run:
@@ -51,6 +56,7 @@ class Run:
         self.name = name
         self.graph = graph
         self.client = client
+        self.link: str | None = None  # the dynflow page showing it (set at submit)
 
     @classmethod
     def of(cls, nodes: Sequence[Node], client: Client, name: str | None = None) -> Run:
@@ -59,15 +65,28 @@ class Run:
         names = dict.fromkeys(n.flow_name or n.name for n in nodes)
         return cls(name or ", ".join(names), graph, client)
 
-    def register(self) -> Any:
-        """Tell the scheduler's run tracker about the run (a coroutine)."""
-        return getattr(self.client.scheduler, RUN_START_HANDLER)(
+    async def register(self) -> None:
+        """Tell the scheduler's run tracker about the run.
+
+        Raises
+        ------
+        ExtensionError
+            The tracker refused the registration (its message says why).
+        """
+        reply = await getattr(self.client.scheduler, RUN_START_HANDLER)(
             run_id=self.id,
             name=self.name,
             graph=self.graph.to_dict(),
             outputs=list(self.graph.outputs),
             client=self.client.id,
+            host=socket.gethostname(),
         )
+        if isinstance(reply, dict) and reply.get("status") == "error":
+            raise ExtensionError(f"run {self.name!r}: {reply.get('message')}")
+
+    async def forget(self) -> None:
+        """Tell the run tracker that this run's graph was never sent."""
+        await getattr(self.client.scheduler, RUN_FORGET_HANDLER)(run_id=self.id)
 
     def info(self) -> dict[str, Any] | None:
         """The run's live state, from the scheduler (awaitable with an asynchronous client).
@@ -95,7 +114,7 @@ class Run:
         info = self.info()
         if info is None:
             info = {"name": self.name, "state": "unknown", "nodes": {}, "elapsed": 0.0}
-        return run_html(self.graph.live(info), info)
+        return run_html(self.graph.live(info), {**info, "link": self.link})
 
     def _ipython_display_(self) -> None:
         """In a notebook: the HTML view, kept up to date until the run ends."""
@@ -105,7 +124,8 @@ class Run:
             display(HTML(self._repr_html_()))
 
     def __repr__(self) -> str:
-        return f"<Run {self.name!r} id={self.id[:8]}>"
+        link = f", dashboard: {self.link}" if self.link else ""
+        return f"<Run {self.name!r} id={self.id[:8]}{link}>"
 
 
 def client_error(error: BaseException, client: Client, what: str) -> BaseException:
@@ -138,6 +158,50 @@ def client_error(error: BaseException, client: Client, what: str) -> BaseExcepti
             if isinstance(rebuilt, BaseException):
                 return rebuilt.with_traceback(error.__traceback__)
     return error
+
+
+class user_traceback:  # noqa: N801 - a context manager, named like dask's
+    """Leave library frames out of an error's traceback and out of its causes' (remote)
+    tracebacks: those of the modules in dask's ``admin.traceback.shorten`` (dask's and
+    distributed's) and dynflow's own (``dynflow.shorten-tracebacks: false`` keeps all), as
+    ``dask.utils.shorten_traceback`` does, but also at the ends; a traceback made of
+    library frames only keeps its last. A failed map then reads as the user's call, the
+    one-line ``MapItemError`` and the failed item's own frames."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        if error is None or not dask.config.get("dynflow.shorten-tracebacks", default=True):
+            return
+        paths = [*(dask.config.get("admin.traceback.shorten", default=None) or ()), DYNFLOW_FRAMES]
+        library = re.compile(".*(" + "|".join(paths) + ")")
+        seen: set[int] = set()
+        while error is not None and id(error) not in seen and len(seen) < 20:
+            seen.add(id(error))
+            # dynflow's own errors say what happened: where dynflow raised them is noise
+            keep_last = not isinstance(error, DynflowError)
+            error.__traceback__ = _without(error.__traceback__, library, keep_last)
+            error = error.__cause__ or error.__context__
+
+
+def _without(
+    tb: TracebackType | None, library: re.Pattern, keep_last: bool
+) -> TracebackType | None:
+    """``tb`` without the frames whose file ``library`` matches (the last one stays if
+    nothing else would, and ``keep_last``)."""
+    entries = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    kept = [t for t in entries if not library.match(t.tb_frame.f_code.co_filename)]
+    if not kept and keep_last:
+        kept = entries[-1:]
+    for a, b in zip(kept, [*kept[1:], None], strict=False):
+        a.tb_next = b
+    return kept[0] if kept else None
 
 
 def output_value(value: Any) -> Any:
@@ -205,13 +269,14 @@ class RunFuture(Future):
     def result(self, timeout: float | None = None) -> Any:
         """The run's output (distributed's ``Future.result``), with the errors of
         :func:`dynflow.compute`."""
-        try:
-            return super().result(timeout)
-        except RuntimeError as e:
-            error = stop_iteration(e)
-            if error is e:
-                raise
-            raise error from None
+        with user_traceback():
+            try:
+                return super().result(timeout)
+            except RuntimeError as e:
+                error = stop_iteration(e)
+                if error is e:
+                    raise
+                raise error from None
 
     async def _result(self, raiseit: bool = True) -> Any:
         # distributed's result(): the same errors as dynflow.compute() (client_error)
@@ -230,4 +295,5 @@ class RunFuture(Future):
         self.run._ipython_display_()
 
     def __repr__(self) -> str:
-        return f"<RunFuture {self.run.name!r}: {self.status}, key: {self.key}>"
+        link = f", dashboard: {self.run.link}" if self.run.link else ""
+        return f"<RunFuture {self.run.name!r}: {self.status}, key: {self.key}{link}>"

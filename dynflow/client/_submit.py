@@ -7,6 +7,7 @@ returns it to be awaited.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -16,14 +17,21 @@ from distributed import Client, Future, get_worker, worker_client
 
 from dynflow._compat import local_scheduler
 from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
-from dynflow.client._cluster import get_client, install
-from dynflow.client._run import Run, RunFuture, client_error, output_value, stop_iteration
+from dynflow.client._cluster import announce, get_client, install
+from dynflow.client._run import (
+    Run,
+    RunFuture,
+    client_error,
+    output_value,
+    stop_iteration,
+    user_traceback,
+)
 from dynflow.exceptions import SerializationError
 from dynflow.graph._node import MapNode, Node, replace_nodes, topological
 from dynflow.graph._task import positional_labels
 from dynflow.lowering._lower import lower
 
-__all__ = ["cancel", "compute", "submit", "submit_async"]
+__all__ = ["cancel", "compute", "submit", "submit_async", "user_traceback"]
 
 #: the local schedulers ``compute(scheduler=...)`` accepts; no cluster is used
 LOCAL_SCHEDULERS = ("sync", "synchronous", "single-threaded", "threads", "threading")
@@ -149,14 +157,19 @@ async def _submit(
     run = Run.of(nodes, client, name)
     graph = lower(nodes, distributed=True)
     await run.register()
-    if before_send is not None:
-        await before_send(run)
+    run.link = await announce(client)
     try:
+        if before_send is not None:
+            await before_send(run)
         futures = client.get(graph, [n.key for n in nodes], sync=False)
-    except (pickle.PicklingError, TypeError, AttributeError) as e:
-        if "pickle" not in str(e).lower() and "serializ" not in str(e).lower():
-            raise
-        raise _diagnose_pickling(nodes, e) from e
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # the run never started: forget it
+            await run.forget()
+        if isinstance(e, (pickle.PicklingError, TypeError, AttributeError)) and (
+            "pickle" in str(e).lower() or "serializ" in str(e).lower()
+        ):
+            raise _diagnose_pickling(nodes, e) from e
+        raise
     out = [RunFuture(f.key, client, run) for f in futures]
     for f in futures:
         f.release()
@@ -210,37 +223,38 @@ def compute(
     >>> df.compute(a, inc(a), scheduler="sync")
     (2, 3)
     """
-    nodes = _check_nodes(nodes)
-    if client is None and scheduler is None and RUNNING_TASK.get() is not None:
-        if _in_task_thread():
-            # inside a task: its cluster; the task secedes while it waits, so its slot
-            # runs the graph's tasks meanwhile (a one-thread worker does not deadlock)
-            with worker_client() as c:
-                return compute(*nodes, client=c, name=name)
-        if not _on_worker():  # inside a task run by a local scheduler: locally too
-            values = compute(*nodes, scheduler="sync")
-            return _awaitable(values) if RUNNING_ASYNC.get() else values
-    if scheduler is not None:
-        if client is not None:
-            raise TypeError("compute(): pass either client= or scheduler=, not both")
-        if scheduler not in LOCAL_SCHEDULERS:
-            raise ValueError(
-                f"compute(): scheduler={scheduler!r}; expected one of "
-                f"{', '.join(LOCAL_SCHEDULERS)} (or client= for a cluster)"
-            )
-        get = local_scheduler(scheduler)
-        graph = lower(nodes, distributed=False)
-        return tuple(map(output_value, get(dict(graph), [n.key for n in nodes])))
-    client = get_client(client)
-    if client.asynchronous:
-        return client.sync(_compute, nodes, client, name)  # to be awaited
-    try:
-        return client.sync(_compute, nodes, client, name)
-    except RuntimeError as e:
-        error = stop_iteration(e)
-        if error is e:
-            raise
-        raise error from None
+    with user_traceback():  # the user's frames, not dynflow's
+        nodes = _check_nodes(nodes)
+        if client is None and scheduler is None and RUNNING_TASK.get() is not None:
+            if _in_task_thread():
+                # inside a task: its cluster; the task secedes while it waits, so its slot
+                # runs the graph's tasks meanwhile (a one-thread worker does not deadlock)
+                with worker_client() as c:
+                    return compute(*nodes, client=c, name=name)
+            if not _on_worker():  # inside a task run by a local scheduler: locally too
+                values = compute(*nodes, scheduler="sync")
+                return _awaitable(values) if RUNNING_ASYNC.get() else values
+        if scheduler is not None:
+            if client is not None:
+                raise TypeError("compute(): pass either client= or scheduler=, not both")
+            if scheduler not in LOCAL_SCHEDULERS:
+                raise ValueError(
+                    f"compute(): scheduler={scheduler!r}; expected one of "
+                    f"{', '.join(LOCAL_SCHEDULERS)} (or client= for a cluster)"
+                )
+            get = local_scheduler(scheduler)
+            graph = lower(nodes, distributed=False)
+            return tuple(map(output_value, get(dict(graph), [n.key for n in nodes])))
+        client = get_client(client)
+        if client.asynchronous:
+            return client.sync(_compute, nodes, client, name)  # to be awaited
+        try:
+            return client.sync(_compute, nodes, client, name)
+        except RuntimeError as e:
+            error = stop_iteration(e)
+            if error is e:
+                raise
+            raise error from None
 
 
 async def _compute(nodes: tuple[Node, ...], client: Client, name: str | None) -> tuple:

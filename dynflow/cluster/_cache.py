@@ -28,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
 import fsspec
 from dask.base import tokenize
 from distributed.protocol import deserialize_bytes, serialize_bytes
 
+from dynflow._containers import find
 from dynflow.exceptions import ResultStorageError
 
 logger = logging.getLogger(__name__)
@@ -45,14 +47,19 @@ _CHECKED: set[str] = set()
 
 
 def task_identity(name: str, fn: Callable, version: str | None) -> str:
-    """A token of what the task computes: its name, its function's source (its code
-    object where the source is not available) and the user's ``cache_version``."""
+    """A token of what the task computes: its name, its function's source (where the
+    source is not available, the function pickled by value, which holds the functions
+    of the script it calls) and the user's ``cache_version``. Made where the task is
+    defined (the client), and sent with the task."""
     fn = inspect.unwrap(fn)
     try:
         source: Any = inspect.getsource(fn)
     except (OSError, TypeError):
-        code = getattr(fn, "__code__", None)
-        source = (code.co_code, code.co_consts) if code is not None else repr(fn)
+        try:
+            source = cloudpickle.dumps(fn)
+        except Exception:  # noqa: BLE001 - then what the code object says
+            code = getattr(fn, "__code__", None)
+            source = (code.co_code, code.co_consts, code.co_names) if code else repr(fn)
     return tokenize(name, source, version)
 
 
@@ -76,6 +83,33 @@ def check_storage(storage: str) -> None:
     _CHECKED.add(storage)
 
 
+def _arguments(named: dict[str, Any], extra: tuple) -> list[tuple[str, Any]]:
+    return [*named.items(), *((f"argument {len(named) + i}", a) for i, a in enumerate(extra))]
+
+
+def _unstable(named: dict[str, Any], extra: tuple) -> str | None:
+    """An argument whose token differs between runs although dask calls it
+    deterministic: an instance of a class defined in the script (``__main__``), which
+    dask tokenizes by pickling the class itself, differently in each process."""
+    for name, value in _arguments(named, extra):
+        for leaf in find(value, lambda o: type(o).__module__ == "__main__"):
+            if not hasattr(leaf, "__dask_tokenize__"):
+                return (
+                    f"argument {name!r} holds a {type(leaf).__name__} defined in the "
+                    "script (__main__), whose token changes from run to run"
+                )
+    return None
+
+
+def _culprit(named: dict[str, Any], extra: tuple) -> str:
+    for name, value in _arguments(named, extra):
+        try:
+            tokenize(value, ensure_deterministic=True)
+        except Exception:  # noqa: BLE001 - dask's TokenizationError, or the object's
+            return f"argument {name!r} ({type(value).__name__}) has no deterministic token"
+    return "an argument has no deterministic token"
+
+
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
     """How one task's calls are cached (see the module docstring).
@@ -84,8 +118,9 @@ class CachePolicy:
     :func:`task_identity`; ``key_fn``: the user's ``cache_key_fn``, called with the
     call's arguments, returning a string (or None: this call is not cached);
     ``expiration``: seconds an entry is valid (None: forever); ``refresh``: recompute
-    and overwrite; ``params``: the function's positional parameter names (to name an
-    argument in a warning).
+    and overwrite; ``params``: the function's positional parameter names;
+    ``defaults``: its parameters with defaults, ``(name, value)`` (a call is keyed by
+    its arguments bound to the parameters, defaults filled in).
     """
 
     storage: str
@@ -94,6 +129,7 @@ class CachePolicy:
     expiration: float | None = None
     refresh: bool = False
     params: tuple[str, ...] = ()
+    defaults: tuple[tuple[str, Any], ...] = ()
 
     def key(self, task_name: str, args: tuple, kwargs: dict) -> str | None:
         """The call's cache key, or None (not cached: a warning says why)."""
@@ -102,23 +138,22 @@ class CachePolicy:
             if user is None:
                 return None
             return tokenize(self.identity, str(user))
-        try:
-            return tokenize(self.identity, args, kwargs, ensure_deterministic=True)
-        except Exception:  # which argument? (dask raises a RuntimeError, or its own)
-            pass
-        named = [*zip(self.params, args, strict=False), *kwargs.items()]
-        named += [(f"argument {i}", a) for i, a in enumerate(args[len(self.params) :])]
-        culprit = "an argument"
-        for name, value in named:
+        named = dict(zip(self.params, args, strict=False))
+        extra = args[len(self.params) :]
+        named.update(kwargs)
+        for name, value in self.defaults:
+            named.setdefault(name, value)
+        named = dict(sorted(named.items()))
+        culprit = _unstable(named, extra)
+        if culprit is None:
             try:
-                tokenize(value, ensure_deterministic=True)
-            except Exception:
-                culprit = f"argument {name!r} ({type(value).__name__})"
-                break
+                return tokenize(self.identity, named, extra, ensure_deterministic=True)
+            except Exception:  # which argument? (dask raises its TokenizationError)
+                culprit = _culprit(named, extra)
         warnings.warn(
-            f"task {task_name!r}: {culprit} has no deterministic token, so this call is "
-            "not cached; give its type a __dask_tokenize__ method, or the task a "
-            "cache_key_fn",
+            f"task {task_name!r}: {culprit}, so this call is not cached; define its type "
+            "in a module (not the script), give it a __dask_tokenize__ method, or give "
+            "the task a cache_key_fn",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -145,10 +145,12 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
             _wait(policy.delay(attempt))
         try:
             if policy.returned is not None:
-                result = policy.returned(policy, result)
+                raw, result = result, policy.returned(policy, result)
                 if type(result) is ReturnedGraph:
                     splice_returned(result, current_key())
                     return None  # a run the scheduler has replaced: never read
+                if result is not raw:  # a graph computed here: not the call's own value
+                    cache_key = None
             return _keep(policy, cache_key, _picklable(policy, result))
         except BaseException as e:  # noqa: BLE001 - every error becomes the call's
             return _failed(policy, _call_error(policy, e), user_args, kwargs)
@@ -210,12 +212,14 @@ async def _call_async(
                 await asyncio.sleep(policy.delay(attempt))
             try:  # as in run_call: the returned graph runs once, outside the retries
                 if policy.returned is not None:
-                    result = policy.returned(policy, result)
+                    raw, result = result, policy.returned(policy, result)
                     if type(result) is ReturnedGraph:
                         if key is None:  # inside a batch: the hook computed it
                             raise ExtensionError("a graph returned inside a batch")
                         await splice_returned_async(result, key)
                         return None  # a run the scheduler has replaced: never read
+                    if result is not raw:  # a graph computed here: not the call's value
+                        cache_key = None
                 return _keep(policy, cache_key, _picklable(policy, result))
             except asyncio.CancelledError:
                 raise

@@ -256,7 +256,7 @@ class SpliceExtension(SchedulerPlugin):
                 ts.run_id = -1
                 s.transitions(recommendations, stimulus_id)
                 return {"status": "error", "message": message}
-            new = self._create_graph(ts, tasks, annotations or {})
+            new = self._create_graph(ts, tasks, output, annotations or {})
             if not queue:
                 bypass_queuing(new)
             out = s.tasks[output]
@@ -281,16 +281,26 @@ class SpliceExtension(SchedulerPlugin):
         self.graph_splice(**msg)
 
     def _create_graph(
-        self, ts: TaskState, tasks: dict[Any, Any], annotations: dict[Any, dict]
+        self, ts: TaskState, tasks: dict[Any, Any], output: Any, annotations: dict[Any, dict]
     ) -> list[TaskState]:
-        """Released tasks for the specs whose keys do not exist yet, after ``ts`` in
-        priority, with their annotations and dependencies."""
+        """Released tasks for the specs ``output`` needs whose keys do not exist yet,
+        after ``ts`` in priority, with their annotations and dependencies."""
         s = self.scheduler
         assert s is not None
         computation = s.computations[-1] if s.computations else None
+        # only what the output needs and the scheduler lacks: with pure keys, parts of
+        # the graph may exist already (then their inputs are not needed again)
+        needed: set[Any] = set()
+        todo = [output]
+        while todo:
+            k = todo.pop()
+            if k in needed or k in s.tasks or k not in tasks:
+                continue
+            needed.add(k)
+            todo.extend(tasks[k].dependencies)
         new: list[TaskState] = []
         for i, (k, spec) in enumerate(tasks.items()):
-            if k in s.tasks:
+            if k not in needed:
                 continue
             nts = new_task(s, spec, computation)
             nts.priority = (*ts.priority, i)

@@ -36,12 +36,14 @@ from dask.utils import key_split
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado import web
 
-from dynflow._compat import http_application, send_to_client
+from dynflow._compat import dashboard_serves, http_application, send_to_client
 from dynflow._protocol import (
     CACHED_TOPIC,
     FORWARD_TOPIC,
     ITEM_TOPIC,
     LOG_TOPIC,
+    PAGE_HANDLER,
+    RUN_FORGET_HANDLER,
     RUN_START_HANDLER,
     RUN_STATUS_HANDLER,
     RUNS_HANDLER,
@@ -150,6 +152,8 @@ class RunState:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     outputs_done: set = field(default_factory=set)
     dynamic: dict[str, NodeState] = field(default_factory=dict)  # task name -> its box
+    host: str | None = None  # where the submitting client runs
+    reason: str | None = None  # why a run that did not finish ended
 
     def dynamic_box(self, name: str, parent: NodeState) -> NodeState:
         """The box counting the calls of task ``name`` that dynamic tasks made, drawn
@@ -187,7 +191,11 @@ class RunState:
             "id": self.id,
             "name": self.name,
             "state": self.state,
+            "reason": self.reason,
+            "client": self.client,
+            "host": self.host,
             "started": self.started,
+            "finished": self.finished,
             "elapsed": end - self.started,
             "nodes": {k: ns.counts() for k, ns in self.nodes.items()},
             "failures": {k: list(ns.failures) for k, ns in self.nodes.items() if ns.failures},
@@ -215,6 +223,8 @@ class RunTracker(SchedulerPlugin):
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         scheduler.handlers[RUN_START_HANDLER] = self.run_start
+        scheduler.handlers[RUN_FORGET_HANDLER] = self.run_forget
+        scheduler.handlers[PAGE_HANDLER] = self.page
         scheduler.handlers[RUN_STATUS_HANDLER] = self.run_status
         scheduler.handlers[RUNS_HANDLER] = self.list_runs
         scheduler.handlers[STREAM_OPEN_HANDLER] = self.stream_open
@@ -228,6 +238,8 @@ class RunTracker(SchedulerPlugin):
         if self.scheduler is not None:
             for h in (
                 RUN_START_HANDLER,
+                RUN_FORGET_HANDLER,
+                PAGE_HANDLER,
                 RUN_STATUS_HANDLER,
                 RUNS_HANDLER,
                 STREAM_OPEN_HANDLER,
@@ -239,21 +251,40 @@ class RunTracker(SchedulerPlugin):
 
     # ------------------------------------------------------------------ handlers
     def run_start(
-        self, run_id: str, name: str, graph: dict, outputs: list, client: str
+        self,
+        run_id: str,
+        name: str,
+        graph: dict,
+        outputs: list,
+        client: str,
+        host: str | None = None,
     ) -> dict[str, str]:
-        """Register a run before its graph is sent (``dynflow_run_start``)."""
-        graph = {
-            **graph,
-            "nodes": list(graph["nodes"]),
-            "edges": [list(e) for e in graph["edges"]],
-        }  # dynamic tasks add to them
-        run = RunState(run_id, name, client, graph, tuple(_key(k) for k in outputs))
-        for node in graph["nodes"]:
-            kind = node["kind"]
-            total = None if kind in ("map", "subflow-map") else 1
-            ns = NodeState(run, node["key"], kind, total, node.get("items"))
-            run.nodes[node["key"]] = ns
-            self.index[node["key"]] = ns
+        """Register a run before its graph is sent (``dynflow_run_start``). A malformed
+        registration, or one of a client the scheduler does not know, is refused and
+        leaves nothing behind."""
+        try:
+            graph = {
+                **graph,
+                "nodes": [dict(n) for n in graph["nodes"]],
+                "edges": [list(e) for e in graph["edges"]],
+            }  # dynamic tasks add to them
+            run = RunState(run_id, str(name), client, graph, tuple(_key(k) for k in outputs))
+            run.host = host
+            nodes = []
+            for node in graph["nodes"]:
+                kind = node["kind"]
+                total = None if kind in ("map", "subflow-map") else 1
+                nodes.append(NodeState(run, str(node["key"]), kind, total, node.get("items")))
+        except (KeyError, TypeError, ValueError) as e:
+            return {"status": "error", "message": f"malformed run registration: {e!r}"}
+        if run_id in self.runs:
+            return {"status": "error", "message": f"run {run_id!r} is registered already"}
+        s = self.scheduler
+        if s is not None and client not in s.clients:
+            return {"status": "error", "message": f"no client {client!r} on this scheduler"}
+        for ns in nodes:
+            run.nodes[ns.key] = ns
+            self.index[ns.key] = ns
             if ns.items is not None:  # a map's items are (items, *prefix, i)
                 self.index[ns.items] = ns
         for k in run.outputs:
@@ -261,6 +292,18 @@ class RunTracker(SchedulerPlugin):
         self.runs[run_id] = run
         self._trim()
         return {"status": "OK"}
+
+    def page(self, path: str) -> bool:
+        """Whether the dashboard serves dynflow's page at ``path`` (``dynflow_page``)."""
+        return self.scheduler is not None and dashboard_serves(self.scheduler, path)
+
+    def run_forget(self, run_id: str) -> None:
+        """Forget a registered run whose graph never reached the scheduler
+        (``dynflow_run_forget``: its submit failed)."""
+        run = self.runs.get(run_id)
+        if run is not None and run.finished is None:
+            self._finish(run, "cancelled", "submit failed")
+            del self.runs[run_id]
 
     def run_status(self, run_id: str, graph: bool = False) -> dict[str, Any] | None:
         """The counts of one run (``dynflow_run_status``); None if unknown."""
@@ -341,7 +384,7 @@ class RunTracker(SchedulerPlugin):
             if finish == "memory" and self.streams is not None and ns.weight(key):
                 self.streams.finished(ns, key)
         if runs:
-            self._output(key, finish, runs)
+            self._output(key, finish, runs, str(kwargs.get("stimulus_id") or ""))
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == ITEM_TOPIC:
@@ -374,7 +417,7 @@ class RunTracker(SchedulerPlugin):
             self.streams.remove_client(client)
         for run in list(self.runs.values()):
             if run.client == client and run.finished is None:
-                self._finish(run, "cancelled")
+                self._finish(run, "cancelled", "client disconnected")
 
     def _dynamic(self, parent: Any, alias: bool, tasks: list) -> None:
         """Dynamic task ``parent`` returned a graph, whose new ``tasks`` the splice made:
@@ -417,19 +460,32 @@ class RunTracker(SchedulerPlugin):
             if finish == "forgotten":
                 setattr(ns, was, getattr(ns, was) + w)
 
-    def _output(self, key: Any, finish: str, runs: list[RunState]) -> None:
+    def _output(self, key: Any, finish: str, runs: list[RunState], stimulus: str = "") -> None:
         for run in list(runs):
             if finish == "memory":
                 run.outputs_done.add(key)
                 if len(run.outputs_done) == len(run.outputs):
                     self._finish(run, "finished")
             elif finish == "erred":
-                self._finish(run, "failed")
+                self._finish(run, "failed", self._error_of(key))
             elif finish == "forgotten":
-                self._finish(run, "cancelled")
+                # the client released the output: cancelled it, or went away
+                gone = stimulus.startswith("remove-client")
+                why = "client disconnected" if gone else "cancelled by the client"
+                self._finish(run, "cancelled", why)
 
-    def _finish(self, run: RunState, state: str) -> None:
+    def _error_of(self, key: Any) -> str | None:
+        """What failed, for an erred task: the ``repr`` of its exception, as the worker
+        reported it (``ValueError('three')``), trimmed to 500 characters."""
+        ts = None if self.scheduler is None else self.scheduler.tasks.get(key)
+        if ts is None:
+            return None
+        blame = ts.exception_blame or ts
+        return (blame.exception_text or "")[:500] or None
+
+    def _finish(self, run: RunState, state: str, reason: str | None = None) -> None:
         run.state = state
+        run.reason = reason
         run.finished = time()
         if self.streams is not None:
             self.streams.ended(run)
@@ -451,6 +507,7 @@ class RunTracker(SchedulerPlugin):
                 waiting.remove(run)
                 if not waiting:
                     del self.outputs[k]
+        self._trim()
 
     def _trim(self) -> None:
         keep = dask.config.get("dynflow.dashboard.history")

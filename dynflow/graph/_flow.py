@@ -35,9 +35,10 @@ R = TypeVar("R")
 
 def _compute(node: Node, name: str) -> Any:
     """``node.compute()`` as a run named ``name`` (awaitable with an asynchronous client)."""
-    from dynflow.client._submit import compute  # facade: client
+    from dynflow.client._submit import compute, user_traceback  # facade: client
 
-    out = compute(node, name=name)
+    with user_traceback():
+        out = compute(node, name=name)
     return _first(out) if inspect.isawaitable(out) else out[0]
 
 
@@ -292,6 +293,15 @@ class Flow(Bindable, Generic[P, R]):
         task = Task(self._fn, name=self.name)
         # the instance is already the first (unmapped) argument: the unbound flow runs
         flow = self if self._bound is None else self._bound[0]
+        # built on the workers, outside this flow's body: the options of the flow being
+        # built (cache, log_prints...) go with it, under its own
+        outer = {
+            k: v
+            for k, v in FLOW_OPTIONS.get().items()
+            if v is not None and flow._task_options.get(k) is None
+        }
+        if outer:
+            flow = flow.with_options(**outer)
         return SubflowMapNode(flow, task, slots, kwslots, waits, min_success_ratio=ratio)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:

@@ -267,9 +267,10 @@ class Node:
         Exception
             A plain task's own exception, with its remote traceback.
         """
-        from dynflow.client._submit import compute  # facade: client
+        from dynflow.client._submit import compute, user_traceback  # facade: client
 
-        out = compute(self, client=client, scheduler=scheduler)
+        with user_traceback():
+            out = compute(self, client=client, scheduler=scheduler)
         if inspect.isawaitable(out):
             return _first(out)
         return out[0]

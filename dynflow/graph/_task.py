@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import importlib
 import inspect
@@ -43,6 +44,8 @@ R = TypeVar("R")
 def _duration(value: Any) -> float | None:
     if value is None:
         return None
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise TypeError
     seconds = parse_timedelta(value, default="seconds")
@@ -140,7 +143,7 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "cache_expiration": (
         None,
         _duration,
-        "None or a duration: seconds or a string such as '1d'",
+        "None or a duration: seconds, a timedelta or a string such as '1d'",
     ),
     "refresh_cache": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
     "result_storage": (
@@ -173,12 +176,27 @@ FLOW_TASK_OPTIONS = ("log_prints", "cache", "cache_expiration", "refresh_cache",
 
 
 def result_storage() -> str:
-    """``dynflow.result-storage`` as a location: null is ``~/.cache/dynflow/results``;
-    a local path is made absolute here, where the graph is built."""
-    value = dask.config.get("dynflow.result-storage") or "~/.cache/dynflow/results"
+    """``dynflow.result-storage``; null is ``~/.cache/dynflow/results``."""
+    return dask.config.get("dynflow.result-storage") or "~/.cache/dynflow/results"
+
+
+def absolute_storage(value: str) -> str:
+    """A storage location as every worker reads it: an fsspec URL as it is, a local path
+    made absolute here, where the graph is built."""
     if "://" in value:
         return value
     return os.path.abspath(os.path.expanduser(value))
+
+
+def _defaults(signature: inspect.Signature) -> tuple[tuple[str, Any], ...]:
+    """The function's parameters with defaults, in order (a call's cache key counts
+    ``f(1)`` and ``f(1, b=5)`` as one call when ``b=5`` is the default)."""
+    return tuple(
+        (p.name, p.default)
+        for p in signature.parameters.values()
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
 
 
 #: dynflow's own keywords of ``task(...)`` and ``task.map(...)`` (also task options)
@@ -346,7 +364,7 @@ class Task(Bindable, Generic[P, R]):
             enabled = bool(dask.config.get("dynflow.cache.enabled"))
         if not enabled:
             return None
-        storage = o["result_storage"] or result_storage()
+        storage = absolute_storage(o["result_storage"] or result_storage())
         check_storage(storage)
         expiration = o["cache_expiration"]
         if expiration is None:
@@ -354,12 +372,14 @@ class Task(Bindable, Generic[P, R]):
         refresh = o["refresh_cache"]
         if refresh is None:
             refresh = bool(dask.config.get("dynflow.cache.refresh"))
-        identity = self.__dict__.get("_identity")
-        if identity is None:
-            identity = task_identity(self.name, self._fn, o["cache_version"])
-            self.__dict__["_identity"] = identity
         return CachePolicy(
-            storage, identity, o["cache_key_fn"], expiration, refresh, self._params()
+            storage,
+            self._identity(),
+            o["cache_key_fn"],
+            expiration,
+            refresh,
+            self._params(),
+            _defaults(self._signature),
         )
 
     def _params(self) -> tuple[str, ...]:
@@ -429,8 +449,21 @@ class Task(Bindable, Generic[P, R]):
     def __reduce__(self) -> tuple:
         if self._bound is not None:
             return _bind_instance, self._bound
-        # a module-level task travels as a reference, like a plain function
-        return by_reference(self, self._fn) or (_make_task, (self._fn, dict(self._options)))
+        # a module-level task travels as a reference, like a plain function; any other
+        # by value, with its cache identity made here (a worker may not have the source)
+        identity = self._identity() if self._options["cache"] else None
+        return by_reference(self, self._fn) or (
+            _make_task,
+            (self._fn, dict(self._options), identity),
+        )
+
+    def _identity(self) -> str:
+        """The task's cache identity (:func:`task_identity`), made once."""
+        identity = self.__dict__.get("_cache_identity")
+        if identity is None:
+            identity = task_identity(self.name, self._fn, self._options["cache_version"])
+            self.__dict__["_cache_identity"] = identity
+        return identity
 
     # ---------------------------------------------------------------- building
     def _waits(self, how: str, ours: Mapping[str, Any]) -> tuple[Node, ...]:
@@ -559,8 +592,11 @@ def check_map_options(
         )
 
 
-def _make_task(fn: Callable, options: dict[str, Any]) -> Task:
-    return Task(fn, **options)
+def _make_task(fn: Callable, options: dict[str, Any], identity: str | None = None) -> Task:
+    task = Task(fn, **options)
+    if identity is not None:
+        task.__dict__["_cache_identity"] = identity
+    return task
 
 
 class TaskFunction:

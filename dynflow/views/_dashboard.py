@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from distributed import Scheduler
 
 
-__all__ = ["PAGE", "dynflow_doc", "register_page"]
+__all__ = ["PAGE", "dynflow_doc", "page_url", "register_page"]
 
 #: the page's path in the dashboard
 PAGE = "/individual-dynflow"
@@ -95,6 +95,21 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
     doc.add_root(column(select, table, detail, sizing_mode="stretch_width"))
     update()
     doc.add_periodic_callback(update, 1000 * refresh_interval())
+
+
+def page_url(dashboard_link: str) -> str:
+    """The dynflow page's URL, from a client's ``dashboard_link`` (which ends in
+    ``/status``, after any proxy prefix).
+
+    >>> page_url("http://127.0.0.1:8787/status")
+    'http://127.0.0.1:8787/individual-dynflow'
+    >>> page_url("https://hub.example.org/user/me/proxy/8787/status")
+    'https://hub.example.org/user/me/proxy/8787/individual-dynflow'
+    """
+    base = dashboard_link.split("?", 1)[0].rstrip("/")
+    if base.endswith("/status"):
+        base = base[: -len("/status")]
+    return base + PAGE
 
 
 def register_page() -> None:

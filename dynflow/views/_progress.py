@@ -93,7 +93,13 @@ class _Progress:
 
 
 class TextProgress(_Progress):
-    """One line per update in a terminal: each run's done/total and each node's counts."""
+    """Progress in a terminal: a bar per node, redrawn in place within the terminal's
+    width (``rich``'s live display); where the output is not a terminal (a log, a
+    pipe), a line each time the counts change.
+
+    ``line()`` is the current state of every run on one line; ``last`` the last one
+    written.
+    """
 
     def __init__(
         self, runs: list[Run], interval: float | None = None, file: IO[str] | None = None
@@ -101,6 +107,23 @@ class TextProgress(_Progress):
         super().__init__(runs, interval)
         self.file = file if file is not None else sys.stdout
         self.last = ""
+        self._live: Any = None
+        self._tasks: dict[tuple[str, str], Any] = {}
+        isatty = getattr(self.file, "isatty", None)
+        if isatty is not None and isatty():
+            from rich.console import Console
+            from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+            self._live = Progress(
+                TextColumn("{task.description}", justify="left"),
+                _CountsBar(),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                console=Console(file=self.file),
+                auto_refresh=False,
+                transient=False,
+            )
+            self._live.start()
 
     def line(self) -> str:
         """The current state of every run, on one line."""
@@ -123,14 +146,80 @@ class TextProgress(_Progress):
 
     def update(self) -> None:
         line = self.line()
-        if line != self.last:
-            self.file.write("\r" + line)
+        if self._live is not None:
+            self._draw()
+        elif line != self.last:
+            self.file.write(line + "\n")
             self.file.flush()
-            self.last = line
+        self.last = line
+
+    def _draw(self) -> None:
+        for run in self.runs:
+            info = self.infos.get(run.id, {})
+            for key, label, c in self.nodes(run):
+                task = self._tasks.get((run.id, key))
+                if task is None:
+                    task = self._live.add_task(f"{run.name}: {label}", counts="", c={})
+                    self._tasks[run.id, key] = task
+                total = c.get("total")
+                self._live.update(
+                    task,
+                    total=total,
+                    completed=finished(c) + (c.get("failed") or 0),
+                    counts=f"{short_repr_counts(c)} [{info.get('state', 'pending')}]",
+                    c=c,
+                )
+        self._live.refresh()
 
     def finish(self) -> None:
-        self.file.write("\n")
+        if self._live is not None:
+            self._draw()
+            self._live.stop()
+            return
+        if not self.last:
+            self.file.write("\n")
         self.file.flush()
+
+
+def _counts_bar(c: dict[str, Any], width: int) -> list[tuple[str, str]]:
+    """(characters, colour) segments of a bar ``width`` wide: done, cached, failed and
+    running in proportion, the rest pending."""
+    parts = (("done", "green"), ("cached", "bright_green"), ("failed", "red"), ("running", "blue"))
+    total = c.get("total") or 0
+    whole = max(total, sum(c.get(k) or 0 for k, _ in parts))
+    widths = {}
+    for k, _ in parts:
+        n = c.get(k) or 0
+        if n and whole:  # a nonzero part is never invisible
+            widths[k] = max(1, int(width * n / whole))
+    while sum(widths.values()) > width:
+        widths[max(widths, key=widths.__getitem__)] -= 1
+    complete = whole and total and sum(c.get(k) or 0 for k, _ in parts) >= total
+    if complete and widths and sum(widths.values()) < width:  # rounding: fill it
+        widths[max(widths, key=widths.__getitem__)] += width - sum(widths.values())
+    out = [("━" * widths[k], colour) for k, colour in parts if widths.get(k)]
+    used = sum(widths.values())
+    if used < width:
+        out.append(("━" * (width - used), "grey37"))
+    return out
+
+
+try:
+    from rich.progress import ProgressColumn as _ProgressColumn
+except ImportError:  # pragma: no cover - rich is a dependency
+    _ProgressColumn = object  # type: ignore[assignment,misc]
+
+
+class _CountsBar(_ProgressColumn):  # type: ignore[misc,valid-type]
+    """A bar of a node's counts, in proportion (rich's own bar has one colour)."""
+
+    def render(self, task: Any) -> Any:
+        from rich.text import Text
+
+        text = Text()
+        for chars, colour in _counts_bar(task.fields.get("c") or {}, 30):
+            text.append(chars, style=colour)
+        return text
 
 
 class WidgetProgress(_Progress):
@@ -206,7 +295,7 @@ class RunView(_Progress):
         (run,) = self.runs
         info = self.infos.get(run.id)
         if info is not None:
-            self.widget.value = run_html(run.graph.live(info), info)
+            self.widget.value = run_html(run.graph.live(info), {**info, "link": run.link})
 
 
 def show_live(run: Run) -> bool:

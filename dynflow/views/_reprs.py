@@ -169,11 +169,16 @@ def run_html(graph: FlowGraph, status: Mapping[str, Any]) -> str:
     counts: Mapping[str, Any] = status.get("nodes") or {}
     colour = STATE_COLOURS.get(state, "#888888")
     overall = {k: sum(c.get(k) or 0 for c in counts.values()) for k in BAR}
+    reason = status.get("reason")
+    link = status.get("link")
     parts = [
         f"<div {_BOX}><div><strong>{_E(str(status.get('name', 'run')))}</strong> "
         f'<span style="color:#fff;background:{colour};border-radius:3px;padding:0 5px">'
         f"{_E(state)}</span> {_E(format_elapsed(float(status.get('elapsed') or 0.0)))}, "
-        f"{_E(short_repr_counts(overall))}</div>"
+        f"{_E(short_repr_counts(overall))}"
+        + (f" &mdash; {_E(str(reason))}" if reason else "")
+        + (f' (<a href="{_E(link)}" target="_blank">dashboard</a>)' if link else "")
+        + "</div>"
     ]
     rows = []
     for n in graph.nodes:
