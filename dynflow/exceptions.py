@@ -24,6 +24,7 @@ original exception with its remote traceback.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "DynflowError",
@@ -38,7 +39,20 @@ __all__ = [
     "SerializationError",
     "TaskInterruptedError",
     "TaskTimeoutError",
+    "index_text",
 ]
+
+
+def index_text(index: Any) -> str:
+    """An item's index as every view and error writes it (after the word "index"):
+    ``3`` for the fourth item, ``(1, 2)`` for item 2 of parent 1 (a nested map).
+
+    >>> index_text(3), index_text((3,)), index_text([1, 2])
+    ('3', '3', '(1, 2)')
+    """
+    if isinstance(index, (tuple, list)):
+        return str(index[0]) if len(index) == 1 else f"({', '.join(map(str, index))})"
+    return str(index)
 
 
 class DynflowError(Exception):
@@ -115,9 +129,12 @@ class MapItemError(DynflowError, RuntimeError):
         if len(first) > 1000:
             first = first[:1000] + f"... [{len(first) - 1000} more characters]"
         self.first_error = first
-        shown = ", ".join(
-            f"{i} ({self.labels[i]})" if i in self.labels else str(i) for i in failed[:20]
-        ) + (", ..." if len(failed) > 20 else "")
+        shown = (
+            ", ".join(  # an int is an item; a tuple a failed parent, (1,), of a flatten
+                f"{i} ({self.labels[i]})" if i in self.labels else str(i) for i in failed[:20]
+            )
+            + (", ..." if len(failed) > 20 else "")
+        )
         where = "" if origin == task_name else f" (failed in task {origin!r})"
         super().__init__(
             f"{task_name}.map(): {len(failed)} of {total} items failed, at index "

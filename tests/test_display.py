@@ -407,7 +407,7 @@ def test_run_html():
     }
     text = run_html(g, status)
     assert "my-run" in text and "running" in text and "1 min 15 s" in text
-    assert "ZeroDivisionError()" in text and "item 3" in text
+    assert "ZeroDivisionError()" in text and "index 3" in text
     rows = [r for r in text.split("<tr>")[2:]]
     assert len([r for r in rows if "<code>" in r]) == len(g.nodes)
     later_row = next(r for r in rows if "shout.map()" in r)

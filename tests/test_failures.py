@@ -330,7 +330,7 @@ async def test_timeout_names_the_task(c, s, a, b):
         with pytest.raises(df.MapItemError, match=r"hangs.map\(\): 2 of 2") as info:
             await hangs.map([1, 2]).compute(client=c)
         assert isinstance(info.value.__cause__, TimeoutError)
-        assert "task 'hangs' (item 0) did not finish" in str(info.value.__cause__)
+        assert "task 'hangs' (index 0) did not finish" in str(info.value.__cause__)
     finally:
         RELEASE.set()  # let the abandoned calls finish before the thread-leak check
 
@@ -586,10 +586,10 @@ async def test_a_timed_out_item_in_a_batch_is_named_by_its_index(c, s, a, b):
     try:
         with pytest.raises(df.MapItemError, match=r"at index 2") as info:
             await slow_third.map(range(4), batch_size=3).compute(client=c)
-        assert "task 'slow_third' (item 2) did not finish" in str(info.value.__cause__)
+        assert "task 'slow_third' (index 2) did not finish" in str(info.value.__cause__)
         with pytest.raises(df.MapItemError) as info:
             slow_third.map(range(4), batch_size=3).compute(scheduler="sync")
-        assert "(item 2)" in str(info.value.__cause__)
+        assert "(index 2)" in str(info.value.__cause__)
     finally:
         RELEASE.set()
 

@@ -282,7 +282,7 @@ async def test_async_tasks_retry_and_time_out(c, s, a, b):
         await async_hangs(1).compute(client=c)
     with pytest.raises(df.MapItemError) as info:
         await async_hangs.map([1, 2]).compute(client=c)
-    assert "(item 1) did not finish" in str(info.value.errors[1])
+    assert "(index 1) did not finish" in str(info.value.errors[1])
     with pytest.raises(df.TaskTimeoutError):
         async_hangs(1).compute(scheduler="sync")
 

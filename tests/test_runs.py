@@ -309,3 +309,44 @@ async def test_failed_submits_and_malformed_registrations_leave_nothing(c, s, a,
         reply = tracker.run_start(**args)
         assert reply["status"] == "error", reply
     assert set(tracker.runs) == before and all(k not in tracker.runs for k in ("r1", "r2", "r3"))
+
+
+@gen_cluster(client=True)
+async def test_live_views_are_swapped_for_a_static_copy_when_the_run_ends(c, s, a, b):
+    """What a notebook saved without widget state keeps: HTML and a text line."""
+    import IPython.display
+
+    from dynflow.views._progress import RunView, Static
+
+    class Handle:
+        def __init__(self, obj):
+            self.shown, self.updates = obj, []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    handles = []
+
+    def fake_display(obj, display_id=None):
+        assert display_id is True
+        handles.append(Handle(obj))
+        return handles[-1]
+
+    (fut,) = await df.submit_async(total(df.allow_failure(inv.map(numbers(4)))), client=c)
+    orig = IPython.display.display
+    IPython.display.display = fake_display
+    try:
+        bar = WidgetProgress([fut.run], interval=0.01)
+        bar._ipython_display_()
+        view = RunView(fut.run, interval=0.01)
+        view.display.show(view.widget)
+        await asyncio.gather(bar.listen(), view.listen())
+    finally:
+        IPython.display.display = orig
+    assert [type(h.shown).__name__ for h in handles] == ["VBox", "HTML"]  # live widgets
+    for h in handles:
+        (static,) = h.updates
+        assert isinstance(static, Static)
+        assert "finished" in static._repr_html_() and "inv.map()" in static._repr_html_()
+        assert repr(static).startswith(f"{fut.run.name}: finished, ")
+        assert "3/5 done, 1 failed" in repr(static) or "failed" in repr(static)

@@ -47,6 +47,7 @@ from dynflow.exceptions import (
     SerializationError,
     TaskInterruptedError,
     TaskTimeoutError,
+    index_text,
 )
 
 __all__ = [
@@ -343,7 +344,7 @@ def _failed(policy: CallPolicy, error: BaseException, user_args: tuple, kwargs: 
 def _item() -> str:
     """`` (item 3)`` while a map item runs (also inside a batch); else empty."""
     index = item_index()
-    return "" if index is None else f" (item {', '.join(map(str, index))})"
+    return "" if index is None else f" (index {index_text(index)})"
 
 
 def _picklable(policy: CallPolicy, result: Any) -> Any:

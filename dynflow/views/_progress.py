@@ -222,8 +222,52 @@ class _CountsBar(_ProgressColumn):  # type: ignore[misc,valid-type]
         return text
 
 
+class Static:
+    """What a notebook keeps of a live view once its run ended: HTML, with a text
+    fallback (a notebook saved without widget state shows this, not "model not
+    found")."""
+
+    def __init__(self, html: str, text: str) -> None:
+        self.html, self.text = html, text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Swapped:
+    """A live ipywidget displayed under a display id, replaced in place by a
+    :class:`Static` copy when the run ends (``update_display_data``)."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def show(self, widget: Any) -> None:
+        from IPython.display import display
+
+        self.handle = display(widget, display_id=True)
+
+    def swap(self, static: Static) -> None:
+        if self.handle is not None:
+            self.handle.update(static)
+
+
+def _summary(run: Run, info: dict[str, Any]) -> str:
+    """One line of text for a run: name, state (and why), counts."""
+    counts = sum_counts(info.get("nodes", {}).values())
+    reason = f" ({info['reason']})" if info.get("reason") else ""
+    return (
+        f"{run.name}: {info.get('state', 'unknown')}{reason}, "
+        f"{short_repr_counts(counts)}, {info.get('elapsed', 0.0):.1f} s"
+    )
+
+
 class WidgetProgress(_Progress):
-    """ipywidgets: per run a title, per node a bar whose maximum grows as maps expand."""
+    """ipywidgets: per run a title, per node a bar whose maximum grows as maps expand.
+    When the runs end, the widgets are replaced in place by a static copy of each run's
+    view (:class:`Static`), which a saved notebook keeps."""
 
     def __init__(self, runs: list[Run], interval: float | None = None) -> None:
         import ipywidgets
@@ -236,6 +280,16 @@ class WidgetProgress(_Progress):
         self.box = ipywidgets.VBox([])
         self._rows: list[Any] = []
         self._shown = False
+        self._display = _Swapped()
+
+    def finish(self) -> None:
+        parts, lines = [], []
+        for run in self.runs:
+            info = self.infos.get(run.id)
+            if info is not None:
+                parts.append(run_html(run.graph.live(info), {**info, "link": run.link}))
+                lines.append(_summary(run, info))
+        self._display.swap(Static("".join(parts), "\n".join(lines)))
 
     def _row(self, run: Run, key: str, label: str) -> None:
         w = self._w
@@ -273,10 +327,8 @@ class WidgetProgress(_Progress):
         # shown once: progress() displays it, and a cell ending in `df.progress(fut)`
         # would display the returned bar again (`display(bar.box)` shows it anew)
         if not self._shown:
-            from IPython.display import display
-
             self._shown = True
-            display(self.box)
+            self._display.show(self.box)
 
 
 class RunView(_Progress):
@@ -290,6 +342,7 @@ class RunView(_Progress):
 
         super().__init__([run], interval)
         self.widget = ipywidgets.HTML()  # filled by the first poll, which is at once
+        self.display = _Swapped()
 
     def update(self) -> None:
         (run,) = self.runs
@@ -297,18 +350,24 @@ class RunView(_Progress):
         if info is not None:
             self.widget.value = run_html(run.graph.live(info), {**info, "link": run.link})
 
+    def finish(self) -> None:
+        (run,) = self.runs
+        info = self.infos.get(run.id)
+        if info is not None:
+            self.display.swap(Static(self.widget.value, _summary(run, info)))
+
 
 def show_live(run: Run) -> bool:
     """Display ``run``'s live view in a notebook; False where widgets are unavailable."""
     try:
         import ipywidgets  # noqa: F401
-        from IPython.display import display
+        from IPython.display import display  # noqa: F401 - available?
     except ImportError:
         return False
     if not is_kernel():
         return False
     view = RunView(run)
-    display(view.widget)
+    view.display.show(view.widget)
     run.client.loop.add_callback(view.listen)
     return True
 

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from dynflow.exceptions import index_text
 from dynflow.graph._flowgraph import FlowGraph, node_kind, node_label
 from dynflow.graph._node import MapNode, Node, find_nodes
 from dynflow.graph._task import OPTIONS
@@ -200,7 +201,9 @@ def run_html(graph: FlowGraph, status: Mapping[str, Any]) -> str:
     for k, fs in (status.get("failures") or {}).items():
         for f in list(fs)[:5]:  # the tracker keeps up to 20 per node
             index = f.get("index")
-            where = f.get("label") or ("" if index is None else f"item {index}")
+            where = "" if index is None else f"index {index_text(index)}"
+            if f.get("label"):
+                where = f"{where} ({f['label']})" if where else str(f["label"])
             listed.append(
                 f"<li><code>{_E(labels.get(k, str(k)))}</code> {_E(str(where))}: "
                 f"{_E(str(f.get('error', '')))}</li>"
