@@ -47,6 +47,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 
@@ -136,10 +137,27 @@ class RssSampler:
 
 # -------------------------------------------------------------------------- Ray
 @contextlib.contextmanager
-def ray_seed(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
-    """Ray with 2 CPUs: the driver pulls the list, then one remote task per item."""
+def _ray(num_cpus: int) -> Iterator[Any]:
+    """``ray`` started with ``num_cpus`` CPUs, no dashboard, quiet; shut down on exit."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
+
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level="warning",
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_seed(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
+    """Ray with 2 CPUs: the driver pulls the list, then one remote task per item."""
 
     def generate(n: int) -> list[int]:
         return list(range(n))
@@ -150,14 +168,7 @@ def ray_seed(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
     def reduce(*results: int) -> int:  # top-level ObjectRef arguments are resolved
         return sum(results)
 
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=True,
-        logging_level="warning",
-    )
-    try:
+    with _ray(num_cpus) as ray:
         r_generate, r_process, r_reduce = (ray.remote(f) for f in (generate, process, reduce))
 
         def run(n: int, factor: int = 2) -> int:
@@ -166,8 +177,6 @@ def ray_seed(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
             return ray.get(r_reduce.remote(*refs))
 
         yield run
-    finally:
-        ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -175,17 +184,7 @@ def ray_fib(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
     """Ray nested tasks: ``fib(n)`` submits ``fib(n - 1)`` and ``fib(n - 2)`` from inside
     the task and blocks in ``ray.get`` until both are done (Ray lends the blocked task's
     CPU to others meanwhile, starting more worker processes as needed)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=True,
-        logging_level="warning",
-    )
-    try:
+    with _ray(num_cpus) as ray:
 
         @ray.remote
         def fib(n: int) -> int:
@@ -197,8 +196,6 @@ def ray_fib(num_cpus: int = 2) -> Iterator[Callable[[int], int]]:
             return ray.get(fib.remote(n))
 
         yield run
-    finally:
-        ray.shutdown()
 
 
 # ---------------------------------------------------------------------- Prefect
