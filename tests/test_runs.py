@@ -350,3 +350,38 @@ async def test_live_views_are_swapped_for_a_static_copy_when_the_run_ends(c, s, 
         assert "finished" in static._repr_html_() and "inv.map()" in static._repr_html_()
         assert repr(static).startswith(f"{fut.run.name}: finished, ")
         assert "3/5 done, 1 failed" in repr(static) or "failed" in repr(static)
+
+
+@df.task
+def thirty(p):
+    return list(range(30))
+
+
+@df.task
+def slow_ident(x):
+    import time
+
+    time.sleep(0.0005)
+    return x
+
+
+@gen_cluster(client=True)
+async def test_counts_never_go_down_while_a_flatten_pipeline_runs(c, s, a, b):
+    m = slow_ident.map(df.flatten(thirty.map(numbers(40))))
+    (fut,) = await df.submit_async(total(m), client=c)
+    tracker = s.extensions[TRACKER]
+    seen: dict[str, int] = {}
+    polls = 0
+    while fut.status == "pending":
+        info = tracker.run_status(fut.run.id)
+        for key, counts in info["nodes"].items():
+            finished = counts["done"] + counts["failed"] + counts["cached"]
+            assert finished >= seen.get(key, 0), (key, seen.get(key), counts)
+            seen[key] = finished
+        polls += 1
+        await asyncio.sleep(0.002)
+    assert await fut == 40 * sum(range(30))
+    assert polls > 10  # it was watched while it ran
+    counts = by_label(fut.run, await fut.run.info())
+    assert counts["slow_ident.map()"]["done"] == 1200
+    assert counts["thirty.map()"]["done"] == 40

@@ -451,14 +451,14 @@ class RunTracker(SchedulerPlugin):
         elif finish == "erred":
             ns.erred += w
         elif start in ("memory", "erred") and finish == "released":
-            # released: forgotten next (the result was used: still counts) or
-            # recomputed (a lost worker: counts again when it finishes)
-            setattr(ns, start, getattr(ns, start) - w)
+            # released: forgotten next (the result was used), or kept released while
+            # others still read it: it still counts (counts never go down while a run
+            # progresses); only a recomputation (a lost worker) takes it back
             ns.limbo[key] = (start, w)
         elif start == "released" and key in ns.limbo:
             was, w = ns.limbo.pop(key)
-            if finish == "forgotten":
-                setattr(ns, was, getattr(ns, was) + w)
+            if finish != "forgotten":  # recomputed: counts again when it finishes
+                setattr(ns, was, getattr(ns, was) - w)
 
     def _output(self, key: Any, finish: str, runs: list[RunState], stimulus: str = "") -> None:
         for run in list(runs):
@@ -491,8 +491,6 @@ class RunTracker(SchedulerPlugin):
             self.streams.ended(run)
         for ns in run.nodes.values():
             ns.running = 0
-            for was, w in ns.limbo.values():
-                setattr(ns, was, getattr(ns, was) + w)
             ns.limbo.clear()
             for k in (ns.key, ns.items):
                 if self.index.get(k) is ns:

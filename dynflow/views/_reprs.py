@@ -185,6 +185,8 @@ def run_html(graph: FlowGraph, status: Mapping[str, Any]) -> str:
     for n in graph.nodes:
         c = counts.get(n.key, {})
         total = c.get("total")
+        if total == 0:
+            continue  # nothing to run (a flatten whose items are mapped directly)
         failed = c.get("failed") or 0
         rows.append(
             (
