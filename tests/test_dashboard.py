@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tornado.websocket import websocket_connect
 import dynflow as df
 import dynflow.scheduler  # noqa: F401  (registers the page before any scheduler starts)
 from dynflow.views._dashboard import PAGE
+from dynflow.views._render import short_repr_counts
 
 DASHBOARD = {"dashboard": True, "dashboard_address": "127.0.0.1:0"}
 
@@ -46,6 +48,17 @@ def square(x):
 @df.task
 def total(xs):
     return sum(x for x in xs if not isinstance(x, BaseException))
+
+
+@df.task
+def gated_numbers(n, gate):
+    """``numbers(n)`` once the file ``gate`` exists (the test holds the run there)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{gate} never appeared")
+        time.sleep(0.05)
+    return list(range(n))
 
 
 async def fetch(s, path):
@@ -133,11 +146,51 @@ def test_chromium_screenshot_shows_the_run(tmp_path):
         greens = sum(n for n, (r, g, b_) in colours if g > r + 40 and g > b_ + 40)
         reds = sum(n for n, (r, g, b_) in colours if r > g + 80 and r > b_ + 80)
         assert greens > 100 and reds > 20, "the run's progress is not on the page"
+
+        # a 10,000-item map with a failed item: during the run (held before its list
+        # exists), then after it; the page says what the JSON says
+        gate = tmp_path / "gate"
+        node = total(df.allow_failure(square.map(gated_numbers(10_000, str(gate)))))
+        (fut,) = df.submit(node, client=client, name="ten-thousand")
+        url = _dashboard(client) + PAGE
+        during = tmp_path / "during.png"
+        asyncio.run(screenshot(chromium, url, during, tmp_path, text := []))
+        page = text[0]
+        assert "ten-thousand" in page and fut.run.id[:8] in page, page[:2000]
+        assert "running" in page or "pending" in page, page[:2000]
+        gate.write_text("")
+        assert fut.result() == sum(x * x for x in range(10_000)) - 9
+        runs = json.loads(urllib.request.urlopen(_dashboard(client) + "/dynflow/runs.json").read())
+        (run,) = [r for r in runs if r["id"] == fut.run.id]
+        assert run["state"] == "finished"
+        square_map = next(n.key for n in fut.run.graph.nodes if n.label == "square.map()")
+        expected = short_repr_counts(run["nodes"][square_map])
+        assert expected == "9,999/10,000 done, 1 failed", expected
+        after = tmp_path / "after.png"
+        asyncio.run(screenshot(chromium, url, after, tmp_path, text := []))
+        page = text[0]
+        assert expected in page and "finished" in page, page[:3000]
+        assert "index 3" in page  # the failed item, written as every view writes it
+        if keep:
+            shutil.copy(after, Path(keep) / "dynflow-page-10k.png")
+        del fut
     finally:
         if client is not None:
             client.close()
         cluster.stop()
 
+
+# the page's text, inside bokeh's shadow DOM too
+PAGE_TEXT = """(function text(root) {
+  let t = [];
+  const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  while (walk.nextNode()) {
+    const p = walk.currentNode.parentNode;
+    if (!p || !['STYLE', 'SCRIPT'].includes(p.nodeName)) t.push(walk.currentNode.nodeValue);
+  }
+  for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) t.push(text(el.shadowRoot)); }
+  return t.join(' ');
+})(document)"""
 
 # counts the flow graph's boxes, inside bokeh's shadow DOM too
 COUNT_BOXES = """(function count(root) {
@@ -147,12 +200,14 @@ COUNT_BOXES = """(function count(root) {
 })(document)"""
 
 
-async def screenshot(chromium: str, url: str, path: Path, tmp: Path) -> int:
+async def screenshot(
+    chromium: str, url: str, path: Path, tmp: Path, text: list | None = None
+) -> int:
     """Open ``url`` in headless Chromium, wait until the graph is drawn, save a PNG.
 
     Driven over the DevTools protocol: the page draws itself after bokeh's websocket
     delivers the document, which a one-shot ``--screenshot`` does not wait for.
-    Returns the number of graph boxes on the page.
+    Returns the number of graph boxes on the page; ``text`` gets the page's text.
     """
     proc = subprocess.Popen(
         [
@@ -205,6 +260,9 @@ async def screenshot(chromium: str, url: str, path: Path, tmp: Path) -> int:
                 await asyncio.sleep(0.2)
         shot = await call("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
+        if text is not None:
+            found = await call("Runtime.evaluate", expression=PAGE_TEXT, returnByValue=True)
+            text.append(found["result"]["value"])
         ws.close()
         return boxes
     finally:

@@ -296,10 +296,18 @@ async def test_failed_submits_and_malformed_registrations_leave_nothing(c, s, a,
     tracker = s.extensions.get(TRACKER)
     await df.submit_async(inc(1), client=c)  # installs the tracker
     tracker = s.extensions[TRACKER]
-    before = set(tracker.runs)
-    with pytest.raises(df.SerializationError):
-        await df.submit_async(inc(threading.Lock()), client=c)
-    await async_poll_for(lambda: set(tracker.runs) - before == set(), timeout=5)
+    import dask.config
+
+    with dask.config.set({"dynflow.dashboard.history": 2}):
+        for i in range(2):
+            (fut,) = await df.submit_async(inc(i), client=c)
+            await fut
+        before = set(tracker.runs)
+        assert len(before) == 2
+        with pytest.raises(df.SerializationError):
+            await df.submit_async(inc(threading.Lock()), client=c)
+        # nothing left of it, and it did not push a finished run out of the history
+        assert set(tracker.runs) == before
     for bad in (
         {"run_id": "r1", "name": "x", "graph": {"nodes": [{}], "edges": []}},
         {"run_id": "r2", "name": "x", "graph": None},

@@ -302,8 +302,8 @@ class RunTracker(SchedulerPlugin):
         (``dynflow_run_forget``: its submit failed)."""
         run = self.runs.get(run_id)
         if run is not None and run.finished is None:
+            del self.runs[run_id]  # first: it must not count in the history it trims
             self._finish(run, "cancelled", "submit failed")
-            del self.runs[run_id]
 
     def run_status(self, run_id: str, graph: bool = False) -> dict[str, Any] | None:
         """The counts of one run (``dynflow_run_status``); None if unknown."""

@@ -223,7 +223,10 @@ class Flow(Bindable, Generic[P, R]):
         node = self.build(*args, **kwargs)
         if BUILDING.get() is not None or RUNNING_TASK.get() is not None:
             return node
-        return _compute(node, self.name)
+        from dynflow.client._submit import user_traceback  # facade: client
+
+        with user_traceback():  # this frame too
+            return _compute(node, self.name)
 
     def map(self, *args: Any, **kwargs: Any) -> MapNode:
         """Run the whole flow once per item; a map node of the flow's outputs.

@@ -13,6 +13,7 @@ same data is JSON at ``/dynflow/runs.json`` (the run tracker's routes,
 from __future__ import annotations
 
 import html
+import time
 from typing import TYPE_CHECKING, Any
 
 from dynflow._compat import register_dashboard_page
@@ -38,13 +39,19 @@ def _runs_table(runs: list[dict[str, Any]], chosen: str | None) -> str:
         counts = sum_counts(r["nodes"].values())
         total = {k: counts[k] for k in ("done", "failed", "running", "pending", "cached")}
         mark = "&#9654; " if r["id"] == chosen else ""
+        state = html.escape(r["state"])
+        if r.get("reason"):
+            state += f" <small>({html.escape(str(r['reason'])[:120])})</small>"
         rows.append(
             "<tr>"
             + "".join(
                 f'<td style="padding:2px 16px 2px 0">{cell}</td>'
                 for cell in (
                     mark + html.escape(r["name"]),
-                    html.escape(r["state"]),
+                    f"<code>{html.escape(r['id'][:8])}</code>",
+                    _clock(r.get("started")),
+                    html.escape(str(r.get("host") or "")),
+                    state,
                     f"{r['elapsed']:.1f} s",
                     html.escape(short_repr_counts(total)),
                 )
@@ -56,12 +63,17 @@ def _runs_table(runs: list[dict[str, Any]], chosen: str | None) -> str:
         "<tr>"
         + "".join(
             f'<th style="text-align:left;padding:2px 16px 2px 0">{h}</th>'
-            for h in ("run", "state", "elapsed", "tasks and items")
+            for h in ("run", "id", "started", "host", "state", "elapsed", "tasks and items")
         )
         + "</tr>"
         + "".join(rows)
         + "</table>"
     )
+
+
+def _clock(t: float | None) -> str:
+    """A run's start, as the time of day on the scheduler (``14:03:27``)."""
+    return "" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
 
 
 def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
@@ -76,7 +88,10 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
     def update() -> None:
         tracker = scheduler.extensions.get(TRACKER)
         runs = tracker.list_runs() if tracker is not None else []
-        options = [(r["id"], f"{r['name']} ({r['state']})") for r in runs]
+        options = [
+            (r["id"], f"{r['name']} {r['id'][:8]}, {_clock(r.get('started'))} ({r['state']})")
+            for r in runs
+        ]
         if options != select.options:
             select.options = options
         ids = [r["id"] for r in runs]

@@ -107,6 +107,7 @@ class TextProgress(_Progress):
         super().__init__(runs, interval)
         self.file = file if file is not None else sys.stdout
         self.last = ""
+        self._last_state = ""
         self._live: Any = None
         self._tasks: dict[tuple[str, str], Any] = {}
         isatty = getattr(self.file, "isatty", None)
@@ -114,9 +115,10 @@ class TextProgress(_Progress):
             from rich.console import Console
             from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
+            self._bar = _CountsBar()
             self._live = Progress(
-                TextColumn("{task.description}", justify="left"),
-                _CountsBar(),
+                TextColumn("{task.description}", justify="left", table_column=_name_column()),
+                self._bar,
                 TextColumn("{task.fields[counts]}"),
                 TimeElapsedColumn(),
                 console=Console(file=self.file),
@@ -125,8 +127,9 @@ class TextProgress(_Progress):
             )
             self._live.start()
 
-    def line(self) -> str:
-        """The current state of every run, on one line."""
+    def line(self, elapsed: bool = True) -> str:
+        """The current state of every run, on one line (``elapsed``: with each run's
+        time so far)."""
         parts = []
         for run in self.runs:
             info = self.infos.get(run.id, {})
@@ -139,21 +142,33 @@ class TextProgress(_Progress):
             of = f"{total}" if known else f"{total}+"
             each = " | ".join(f"{label} {short_repr_counts(c)}" for _, label, c in nodes)
             parts.append(
-                f"[{bar:<20}] {run.name} {info.get('state', 'pending')} "
-                f"{done}/{of} | {each} | {info.get('elapsed', 0.0):.1f}s"
+                f"[{bar:<20}] {run.name} {info.get('state', 'pending')} {done}/{of} | {each}"
+                + (f" | {info.get('elapsed', 0.0):.1f}s" if elapsed else "")
             )
         return "  ".join(parts)
 
     def update(self) -> None:
-        line = self.line()
+        line, state = self.line(), self.line(elapsed=False)
         if self._live is not None:
             self._draw()
-        elif line != self.last:
+        elif state != self._last_state:  # not a line per refresh: per change of counts
             self.file.write(line + "\n")
             self.file.flush()
-        self.last = line
+        self.last, self._last_state = line, state
 
     def _draw(self) -> None:
+        # the bar gets what the name and the counts leave of the terminal's width, so
+        # that nothing of it (its failed and running parts are at the end) is cut off
+        rows = [
+            (f"{run.name}: {label}", short_repr_counts(c))
+            for run in self.runs
+            for _, label, c in self.nodes(run)
+        ]
+        if rows:
+            name = min(max(len(r[0]) for r in rows), 32)
+            counts = max(len(r[1]) for r in rows) + 12  # the state, in brackets
+            room = self._live.console.width - name - counts - 12  # the time, the gaps
+            self._bar.width = max(0, min(30, room))
         for run in self.runs:
             info = self.infos.get(run.id, {})
             for key, label, c in self.nodes(run):
@@ -210,14 +225,24 @@ except ImportError:  # pragma: no cover - rich is a dependency
     _ProgressColumn = object  # type: ignore[assignment,misc]
 
 
+def _name_column() -> Any:
+    """The names' column: at most 32 characters, cut with an ellipsis."""
+    from rich.table import Column
+
+    return Column(max_width=32, no_wrap=True, overflow="ellipsis")
+
+
 class _CountsBar(_ProgressColumn):  # type: ignore[misc,valid-type]
-    """A bar of a node's counts, in proportion (rich's own bar has one colour)."""
+    """A bar of a node's counts, in proportion (rich's own bar has one colour),
+    ``width`` characters (0: none, in a terminal too narrow for one)."""
+
+    width = 30
 
     def render(self, task: Any) -> Any:
         from rich.text import Text
 
         text = Text()
-        for chars, colour in _counts_bar(task.fields.get("c") or {}, 30):
+        for chars, colour in _counts_bar(task.fields.get("c") or {}, self.width):
             text.append(chars, style=colour)
         return text
 

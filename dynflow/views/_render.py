@@ -98,7 +98,7 @@ def short_repr_counts(counts: NodeCounts | Mapping[str, Any]) -> str:
     >>> short_repr_counts({"pending": 1000, "done": 1500})
     '1,500/2,500 done'
     >>> short_repr_counts({"total": 10, "done": 3, "cached": 7})
-    '3/10 done, 7 cached'
+    '10/10 done, 7 cached'
     """
     done, failed, running, pending, cached = (
         counts.get(k) or 0 for k in ("done", "failed", "running", "pending", "cached")
@@ -108,7 +108,7 @@ def short_repr_counts(counts: NodeCounts | Mapping[str, Any]) -> str:
         of = "?" if total is None else f"{total:,}"
     else:
         of = f"{done + failed + running + pending + cached:,}"
-    parts = [f"{done:,}/{of} done"]
+    parts = [f"{done + cached:,}/{of} done"]  # cached ones are done too
     if cached:
         parts.append(f"{cached:,} cached")
     if failed:
@@ -154,12 +154,17 @@ def _bar(x: float, y: float, width: float, counts: Mapping[str, Any]) -> list[st
     total = counts.get("total")
     whole = max(total or 0, sum(values.values()))
     out = [f"<rect{_attrs(x=x, y=y, width=width, height=6, rx=2, fill=BAR['pending'])}/>"]
+    shown = [k for k in BAR if k != "pending" and whole and values[k]]
+    # in proportion, but a part that is there is never invisible (1 failed in 10,000)
+    widths = {k: max(2.0, width * values[k] / whole) for k in shown}
+    excess = sum(widths.values()) - width
+    if excess > 0 and widths:
+        widest = max(widths, key=widths.__getitem__)
+        widths[widest] = max(0.0, widths[widest] - excess)
     at = x
-    for k, colour in BAR.items():
-        if k == "pending" or not whole or not values[k]:
-            continue
-        w = round(width * values[k] / whole, 2)
-        out.append(f"<rect{_attrs(x=round(at, 2), y=y, width=w, height=6, fill=colour)}/>")
+    for k in shown:
+        w = round(widths[k], 2)
+        out.append(f"<rect{_attrs(x=round(at, 2), y=y, width=w, height=6, fill=BAR[k])}/>")
         at += w
     return out
 
