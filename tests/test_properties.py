@@ -171,3 +171,66 @@ def test_random_pipelines_match_plain_python_and_sync_mode(
         assert on_cluster[4:] == ("affine", "ItemFailed")
     else:
         assert on_cluster == ("value", [None if i in failed else x for i, x in enumerate(items)])
+
+
+def _snapshot(dask_scheduler, run_id):
+    """On the scheduler, at one moment: each node's counts, and the units of each node
+    that dask itself has in processing (weighted as the tracker weighs them)."""
+    from dynflow._protocol import TRACKER
+
+    tracker = dask_scheduler.extensions[TRACKER]
+    run = tracker.runs.get(run_id)
+    if run is None:
+        return None
+    processing = dict.fromkeys(run.nodes, 0)
+    if run.finished is None:
+        for ts in dask_scheduler.tasks.values():
+            if ts.state != "processing":
+                continue
+            key = ts.key
+            ns = tracker.index.get(key[0] if type(key) is tuple else key)
+            if ns is not None and ns.run is run:
+                processing[ns.key] += ns.weight(key)
+    return {
+        "state": run.state,
+        "counts": {k: ns.counts() for k, ns in run.nodes.items()},
+        "processing": processing,
+    }
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    base=st.lists(st.integers(0, 20), min_size=1, max_size=8),
+    program=ops,
+    batch=st.sampled_from([None, 2]),
+)
+def test_counts_follow_the_scheduler_and_never_go_down(shared_client, base, program, batch):
+    """Polled while random pipelines run: each node's running units are the ones dask
+    has in processing, the counts add up to the total, and finished units never go
+    down; at the end every unit is finished."""
+    node, items = build(base, program, False, batch)
+    (fut,) = df.submit(describe(df.allow_failure(node)), client=shared_client)
+    last: dict[str, int] = {}
+    while True:
+        snap = shared_client.run_on_scheduler(_snapshot, run_id=fut.run.id)
+        assert snap is not None
+        for key, c in snap["counts"].items():
+            finished = c["done"] + c["failed"] + c["cached"]
+            assert finished >= last.get(key, 0), (key, last.get(key), c)
+            last[key] = finished
+            if snap["state"] in ("pending", "running"):
+                assert c["running"] == snap["processing"][key], (key, c, snap)
+            if c["total"] is not None:
+                assert finished + c["running"] + c["pending"] == c["total"], (key, c)
+        if snap["state"] != "pending" and snap["state"] != "running":
+            break
+    assert snap["state"] == "finished"
+    fut.result()
+    for key, c in snap["counts"].items():
+        assert c["running"] == c["pending"] == 0, (key, c)
+        assert c["done"] + c["failed"] + c["cached"] == (c["total"] or 0), (key, c)
+    del fut

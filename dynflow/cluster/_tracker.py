@@ -85,6 +85,9 @@ class NodeState:
     # items that finished holding a failure record (a set: an item recomputed after a
     # lost worker reports again)
     records: set = field(default_factory=set)
+    # records reported while their task still runs (the event comes before the task's
+    # result): counted as failed once the task has finished, not twice before
+    early: set = field(default_factory=set)
     cached: set = field(default_factory=set)  # units whose value came from the result storage
     limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
@@ -107,6 +110,29 @@ class NodeState:
         if size is None:
             return 1
         return max(0, min(size, n - key[-1] * size))
+
+    def task_of(self, unit: Any) -> Any:
+        """The scheduler task that computes ``unit`` (an item's batch, for a batched
+        map; the unit itself otherwise)."""
+        if type(unit) is not tuple or self.depth is None or len(unit) != self.depth + 2:
+            return unit
+        _, size = self.lengths.get(unit[1:-1], (0, None))
+        return unit if size is None else (*unit[:-1], unit[-1] // size)
+
+    def settle(self, task: Any) -> None:
+        """``task`` finished: the records reported while it ran now count."""
+        if type(task) is not tuple or self.depth is None or len(task) != self.depth + 2:
+            units: Any = [task]
+        else:
+            n, size = self.lengths.get(task[1:-1], (0, None))
+            b = task[-1]
+            start = b * size if size is not None else b
+            stop = min(n, start + size) if size is not None else b + 1
+            units = [(*task[:-1], i) for i in range(start, stop)]
+        for unit in units:
+            if unit in self.early:
+                self.early.discard(unit)
+                self.records.add(unit)
 
     @property
     def total(self) -> int | None:
@@ -391,7 +417,9 @@ class RunTracker(SchedulerPlugin):
             key = _key(msg["key"])
             ns = self.index.get(key[0] if type(key) is tuple else key)
             if ns is not None and ns.run.finished is None:
-                ns.records.add(key)
+                task = ns.task_of(key)
+                ts = None if self.scheduler is None else self.scheduler.tasks.get(task)
+                (ns.early if ts is not None and ts.state == "processing" else ns.records).add(key)
                 if not msg.get("upstream"):
                     index = msg.get("index")
                     ns.failures.append(
@@ -448,6 +476,8 @@ class RunTracker(SchedulerPlugin):
             ns.running += w
         if finish == "memory":
             ns.memory += w
+            if ns.early:
+                ns.settle(key)
         elif finish == "erred":
             ns.erred += w
         elif start in ("memory", "erred") and finish == "released":
