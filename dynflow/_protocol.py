@@ -41,11 +41,13 @@ __all__ = [
     "GRAPH_SPLICE_HANDLER",
     "CACHED_TOPIC",
     "ITEM_TOPIC",
+    "LABEL_TOPIC",
     "LOG_TOPIC",
     "RAW_PREFIX",
     "RUNS_HANDLER",
     "PAGE_HANDLER",
     "RUN_FORGET_HANDLER",
+    "RUN_ITEMS_HANDLER",
     "RUN_START_HANDLER",
     "RUN_STATUS_HANDLER",
     "SPLICE",
@@ -75,6 +77,8 @@ GRAPH_SPLICE_HANDLER = "dynflow_graph_splice"
 RUN_START_HANDLER = "dynflow_run_start"
 #: client -> scheduler: whether the dashboard serves dynflow's page (the path)
 PAGE_HANDLER = "dynflow_page"
+#: a page of a map's items, by state and label (the dashboard's list of items)
+RUN_ITEMS_HANDLER = "dynflow_run_items"
 #: client -> scheduler: a run whose graph could not be sent; the tracker forgets it
 RUN_FORGET_HANDLER = "dynflow_run_forget"
 RUN_STATUS_HANDLER = "dynflow_run_status"
@@ -91,6 +95,9 @@ ITEM_TOPIC = "dynflow-item"
 #: worker -> scheduler: the running task's (or batch item's) value was read from the
 #: result storage, the call did not run (``{"key"}``)
 CACHED_TOPIC = "dynflow-cached"
+#: worker -> scheduler: a map item's label (``task_run_name``), as it starts (``{"key",
+#: "label"}``): the dashboard lists and searches items by label
+LABEL_TOPIC = "dynflow-label"
 #: worker -> scheduler: a line a call printed or logged (``{"key", "tag", "stream", "text"}``)
 LOG_TOPIC = "dynflow-log"
 #: scheduler -> the client that submitted a run: those lines

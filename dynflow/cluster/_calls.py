@@ -41,6 +41,7 @@ from dynflow.cluster._items import (
     label,
     report_cached,
     report_failure,
+    report_label,
 )
 from dynflow.exceptions import (
     ExtensionError,
@@ -258,6 +259,7 @@ def _calling(policy: CallPolicy, user_args: tuple, kwargs: dict) -> Iterator[Non
     output is forwarded where ``log_prints`` asks."""
     token = RUNNING_TASK.set(policy.task_name)
     async_token = RUNNING_ASYNC.set(policy.asynchronous)
+    report_label(policy, user_args, kwargs)
     try:
         with forwarding(policy, user_args, kwargs):
             yield

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from dynflow._context import BATCH_INDEX, CURRENT_KEY
-from dynflow._protocol import CACHED_TOPIC, ITEM_TOPIC, LOG_TOPIC
+from dynflow._protocol import CACHED_TOPIC, ITEM_TOPIC, LABEL_TOPIC, LOG_TOPIC
 
 if TYPE_CHECKING:
     from dynflow.cluster._calls import CallPolicy
@@ -39,6 +39,7 @@ __all__ = [
     "item_index",
     "label",
     "report_cached",
+    "report_label",
     "report_failure",
 ]
 
@@ -145,6 +146,19 @@ def report_failure(failure: Failure, upstream: bool) -> None:
             "upstream": upstream,
         },
     )
+
+
+def report_label(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> None:
+    """Tell the run tracker the running map item's label (tasks with a
+    ``task_run_name`` only), so that the dashboard can list and search items by it."""
+    if policy.run_name is None:
+        return
+    index = item_index()
+    worker, key = _worker(), current_key()
+    if index is None or worker is None or key is None:
+        return
+    unit = key if BATCH_INDEX.get() is None else (key[0], *index)
+    worker.log_event(LABEL_TOPIC, {"key": _plain(unit), "label": label(policy, args, kwargs)})
 
 
 def report_cached() -> None:

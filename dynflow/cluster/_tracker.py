@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from time import time
 from typing import TYPE_CHECKING, Any
@@ -41,9 +42,11 @@ from dynflow._protocol import (
     CACHED_TOPIC,
     FORWARD_TOPIC,
     ITEM_TOPIC,
+    LABEL_TOPIC,
     LOG_TOPIC,
     PAGE_HANDLER,
     RUN_FORGET_HANDLER,
+    RUN_ITEMS_HANDLER,
     RUN_START_HANDLER,
     RUN_STATUS_HANDLER,
     RUNS_HANDLER,
@@ -61,6 +64,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunTracker"]
+
+
+#: per map, the failed items whose error the tracker keeps (the dashboard lists them)
+MAX_ERRORS = 1000
 
 
 @dataclass(slots=True)
@@ -89,6 +96,11 @@ class NodeState:
     # result): counted as failed once the task has finished, not twice before
     early: set = field(default_factory=set)
     cached: set = field(default_factory=set)  # units whose value came from the result storage
+    # maps, for the dashboard's list of items: labels (task_run_name), seconds of
+    # compute (a batch's shared by its items) and errors (the first MAX_ERRORS)
+    labels: dict = field(default_factory=dict)
+    durations: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
     limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
     spliced: int = 0  # a dynamic box: the calls dynamic tasks made of its task
@@ -119,20 +131,88 @@ class NodeState:
         _, size = self.lengths.get(unit[1:-1], (0, None))
         return unit if size is None else (*unit[:-1], unit[-1] // size)
 
+    def timed(self, task: Any, startstops: list) -> None:
+        """``task`` of this map finished: its compute time goes to each of its units."""
+        seconds = sum(s["stop"] - s["start"] for s in startstops if s.get("action") == "compute")
+        units = self.units_of(task)
+        for unit in units:
+            self.durations[unit] = seconds / len(units)
+
+    def units_of(self, task: Any) -> list:
+        """The units (items) scheduler task ``task`` computes: a batch's, or itself."""
+        if type(task) is not tuple or self.depth is None or len(task) != self.depth + 2:
+            return [task]
+        n, size = self.lengths.get(task[1:-1], (0, None))
+        if size is None:
+            return [task]
+        start = task[-1] * size
+        return [(*task[:-1], i) for i in range(start, min(n, start + size))]
+
     def settle(self, task: Any) -> None:
         """``task`` finished: the records reported while it ran now count."""
-        if type(task) is not tuple or self.depth is None or len(task) != self.depth + 2:
-            units: Any = [task]
-        else:
-            n, size = self.lengths.get(task[1:-1], (0, None))
-            b = task[-1]
-            start = b * size if size is not None else b
-            stop = min(n, start + size) if size is not None else b + 1
-            units = [(*task[:-1], i) for i in range(start, stop)]
-        for unit in units:
+        for unit in self.units_of(task):
             if unit in self.early:
                 self.early.discard(unit)
                 self.records.add(unit)
+
+    def unit_state(self, unit: Any, tasks: Mapping[Any, Any]) -> str:
+        """One item's state, from the tracker's records and dask's task states."""
+        if unit in self.records or unit in self.early:
+            return "failed"
+        if unit in self.cached:
+            return "cached"
+        if self.run.state == "finished":
+            return "done"
+        task = self.task_of(unit)
+        ts = tasks.get(task)
+        if ts is None:  # made and forgotten: it finished (or its run ended before)
+            return "done" if self.run.finished is None else "-"
+        if ts.state == "erred":
+            return "failed"
+        if ts.state == "released" and task in self.limbo:  # finished, still read
+            return "failed" if self.limbo[task][0] == "erred" else "done"
+        return {"processing": "running", "memory": "done"}.get(ts.state, "pending")
+
+    def list_items(
+        self,
+        tasks: Mapping[Any, Any],
+        offset: int = 0,
+        limit: int = 50,
+        query: str = "",
+        state: str = "",
+    ) -> dict[str, Any]:
+        """A page of this map's items: ``{"total", "matched", "items": [{"index",
+        "label", "state", "seconds", "error"}]}``, in item order; ``query``: a part of
+        the label (any case), ``state``: one state. Filtering reads each item once."""
+        prefixes = sorted(self.lengths) + sorted(p for p in self.failed_parents)
+        query = query.lower()
+        matched, page = 0, []
+        for prefix in prefixes:
+            n = self.lengths.get(prefix, (0, None))[0]
+            for i in range(n):
+                unit = (self.items, *prefix, i)
+                label = self.labels.get(unit)
+                if query and (label is None or query not in label.lower()):
+                    continue
+                st = (
+                    self.unit_state(unit, tasks)
+                    if state or offset <= matched < offset + limit
+                    else ""
+                )
+                if state and st != state:
+                    continue
+                if offset <= matched < offset + limit:
+                    page.append(
+                        {
+                            "index": [*prefix, i],
+                            "label": label,
+                            "state": st,
+                            "seconds": self.durations.get(unit),
+                            "error": self.errors.get(unit),
+                        }
+                    )
+                matched += 1
+        return {"total": self.total, "matched": matched, "items": page}
 
     @property
     def total(self) -> int | None:
@@ -251,6 +331,7 @@ class RunTracker(SchedulerPlugin):
         scheduler.handlers[RUN_START_HANDLER] = self.run_start
         scheduler.handlers[RUN_FORGET_HANDLER] = self.run_forget
         scheduler.handlers[PAGE_HANDLER] = self.page
+        scheduler.handlers[RUN_ITEMS_HANDLER] = self.run_items
         scheduler.handlers[RUN_STATUS_HANDLER] = self.run_status
         scheduler.handlers[RUNS_HANDLER] = self.list_runs
         scheduler.handlers[STREAM_OPEN_HANDLER] = self.stream_open
@@ -266,6 +347,7 @@ class RunTracker(SchedulerPlugin):
                 RUN_START_HANDLER,
                 RUN_FORGET_HANDLER,
                 PAGE_HANDLER,
+                RUN_ITEMS_HANDLER,
                 RUN_STATUS_HANDLER,
                 RUNS_HANDLER,
                 STREAM_OPEN_HANDLER,
@@ -330,6 +412,25 @@ class RunTracker(SchedulerPlugin):
         if run is not None and run.finished is None:
             del self.runs[run_id]  # first: it must not count in the history it trims
             self._finish(run, "cancelled", "submit failed")
+
+    def run_items(
+        self,
+        run_id: str,
+        node: str,
+        offset: int = 0,
+        limit: int = 50,
+        query: str = "",
+        state: str = "",
+    ) -> dict[str, Any] | None:
+        """A page of the items of map ``node`` of run ``run_id`` (``dynflow_run_items``;
+        see :meth:`NodeState.list_items`); None for an unknown run or a node that is not
+        a map."""
+        run = self.runs.get(run_id)
+        ns = None if run is None else run.nodes.get(node)
+        if ns is None or ns.items is None or self.scheduler is None:
+            return None
+        limit = max(1, min(int(limit), 1000))
+        return ns.list_items(self.scheduler.tasks, max(0, int(offset)), limit, query, state)
 
     def run_status(self, run_id: str, graph: bool = False) -> dict[str, Any] | None:
         """The counts of one run (``dynflow_run_status``); None if unknown."""
@@ -407,6 +508,8 @@ class RunTracker(SchedulerPlugin):
                 del self.dynamic[key]
         if ns is not None and ns.run.finished is None:
             self._count(ns, key, start, finish)
+            if finish == "memory" and ns.items is not None and kwargs.get("startstops"):
+                ns.timed(key, kwargs["startstops"])
             if finish == "memory" and self.streams is not None and ns.weight(key):
                 self.streams.finished(ns, key)
         if runs:
@@ -417,6 +520,10 @@ class RunTracker(SchedulerPlugin):
             key = _key(msg["key"])
             ns = self.index.get(key[0] if type(key) is tuple else key)
             if ns is not None and ns.run.finished is None:
+                if len(ns.errors) < MAX_ERRORS and msg.get("error"):
+                    ns.errors[key] = msg["error"]
+                    if msg.get("label") is not None:
+                        ns.labels.setdefault(key, msg["label"])
                 task = ns.task_of(key)
                 ts = None if self.scheduler is None else self.scheduler.tasks.get(task)
                 (ns.early if ts is not None and ts.state == "processing" else ns.records).add(key)
@@ -429,6 +536,11 @@ class RunTracker(SchedulerPlugin):
                             "error": msg.get("error"),
                         }
                     )
+        elif topic == LABEL_TOPIC:
+            key = _key(msg["key"])
+            ns = self.index.get(key[0] if type(key) is tuple else key)
+            if ns is not None and ns.run.finished is None and ns.items is not None:
+                ns.labels[key] = msg.get("label")
         elif topic == CACHED_TOPIC:
             key = _key(msg["key"])
             ns = self.index.get(key[0] if type(key) is tuple else key)
@@ -550,6 +662,28 @@ def _key(k: Any) -> Any:
 
 
 # ------------------------------------------------------------------- HTTP routes
+class _ItemsHandler(web.RequestHandler):
+    """``/dynflow/runs/<id>/items.json?node=<map key>&offset=&limit=&q=&state=``: a
+    page of a map's items (see :meth:`NodeState.list_items`)."""
+
+    def initialize(self, tracker: RunTracker) -> None:
+        self.tracker = tracker
+
+    def get(self, run_id: str) -> None:
+        self.set_header("Content-Type", "application/json")
+        arg = self.get_argument
+        try:
+            offset, limit = int(arg("offset", "0")), int(arg("limit", "50"))
+        except ValueError:
+            raise web.HTTPError(400, "offset and limit are integers") from None
+        page = self.tracker.run_items(
+            run_id, arg("node", ""), offset, limit, arg("q", ""), arg("state", "")
+        )
+        if page is None:
+            raise web.HTTPError(404, f"no map {arg('node', '')!r} in dynflow run {run_id!r}")
+        self.write(json.dumps(page, default=str))
+
+
 class _RunsHandler(web.RequestHandler):
     """``/dynflow/runs.json`` (every run) and ``/dynflow/runs/<id>.json`` (one, with
     its graph), served by the scheduler's HTTP server."""
@@ -579,5 +713,6 @@ def _add_routes(scheduler: Scheduler, tracker: RunTracker) -> None:
         [
             (r"/dynflow/runs\.json", _RunsHandler, args),
             (r"/dynflow/runs/([0-9a-f]+)\.json", _RunsHandler, args),
+            (r"/dynflow/runs/([0-9a-f]+)/items\.json", _ItemsHandler, args),
         ],
     )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dynflow._compat import register_dashboard_page
 from dynflow._protocol import TRACKER, sum_counts
+from dynflow.exceptions import index_text
 from dynflow.graph._flowgraph import FlowGraph
 from dynflow.views._progress import refresh_interval
 from dynflow.views._render import short_repr_counts
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from distributed import Scheduler
 
 
-__all__ = ["PAGE", "dynflow_doc", "page_url", "register_page"]
+__all__ = ["PAGE", "dynflow_doc", "items_table", "page_url", "register_page"]
 
 #: the page's path in the dashboard
 PAGE = "/individual-dynflow"
@@ -71,6 +72,46 @@ def _runs_table(runs: list[dict[str, Any]], chosen: str | None) -> str:
     )
 
 
+#: the states an item is listed in, and how many items a page shows
+ITEM_STATES = ("pending", "running", "done", "cached", "failed")
+ITEMS_PER_PAGE = 50
+
+
+def items_table(page: dict[str, Any], offset: int) -> str:
+    """A page of a map's items (:meth:`RunTracker.run_items`) as an HTML table."""
+    rows = []
+    for it in page["items"]:
+        seconds = it.get("seconds")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f'<td style="padding:1px 14px 1px 0">{cell}</td>'
+                for cell in (
+                    f"index {html.escape(index_text(it['index']))}",
+                    html.escape(str(it.get("label") or "")),
+                    html.escape(it["state"]),
+                    "" if seconds is None else f"{seconds * 1e3:.1f} ms",
+                    html.escape(str(it.get("error") or ""))[:300],
+                )
+            )
+            + "</tr>"
+        )
+    shown = f"{offset + 1:,}-{offset + len(page['items']):,}" if page["items"] else "none"
+    return (
+        f"<div>items {shown} of {page['matched']:,} matching "
+        f"({page['total'] if page['total'] is not None else '?'} in all)</div>"
+        '<table class="dynflow-items" style="border-collapse:collapse">'
+        + "<tr>"
+        + "".join(
+            f'<th style="text-align:left;padding:1px 14px 1px 0">{h}</th>'
+            for h in ("item", "label", "state", "compute", "error")
+        )
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _clock(t: float | None) -> str:
     """A run's start, as the time of day on the scheduler (``14:03:27``)."""
     return "" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
@@ -78,12 +119,37 @@ def _clock(t: float | None) -> str:
 
 def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
     """The bokeh document of the dynflow page (signature of distributed's dashboard apps)."""
-    from bokeh.layouts import column
-    from bokeh.models import Div, Select
+    from bokeh.layouts import column, row
+    from bokeh.models import Button, Div, Select, TextInput
 
     select = Select(title="Run", options=[], value="", width=500)
     table = Div(text="", sizing_mode="stretch_width")
     detail = Div(text="<p>No dynflow runs yet.</p>", sizing_mode="stretch_width")
+    # the items of one map of the chosen run: by state and label, a page at a time
+    which = Select(title="Items of", options=[], value="", width=300)
+    state = Select(title="State", options=["", *ITEM_STATES], value="", width=120)
+    search = TextInput(title="Label contains", value="", width=250)
+    back, forward = Button(label="◀", width=40), Button(label="▶", width=40)
+    items = Div(text="", sizing_mode="stretch_width")
+    at = {"offset": 0}
+
+    def show_items() -> None:
+        tracker = scheduler.extensions.get(TRACKER)
+        if tracker is None or not which.value:
+            items.text = ""
+            return
+        page = tracker.run_items(
+            select.value, which.value, at["offset"], ITEMS_PER_PAGE, search.value, state.value
+        )
+        items.text = "" if page is None else items_table(page, at["offset"])
+
+    def move(step: int) -> None:
+        at["offset"] = max(0, at["offset"] + step * ITEMS_PER_PAGE)
+        show_items()
+
+    def refilter(attr: str, old: Any, new: Any) -> None:
+        at["offset"] = 0
+        show_items()
 
     def update() -> None:
         tracker = scheduler.extensions.get(TRACKER)
@@ -104,10 +170,33 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
         run = tracker.run_status(select.value, graph=True)
         if run is not None:
             detail.text = run_html(FlowGraph.from_dict(run["graph"]), run)
+            maps = [
+                (n["key"], n.get("label") or n["key"])
+                for n in run["graph"]["nodes"]
+                if n.get("items") is not None
+            ]
+            if maps != which.options:
+                which.options = maps
+            if which.value not in [k for k, _ in maps]:
+                which.value = maps[0][0] if maps else ""
+        show_items()
 
     select.on_change("value", lambda attr, old, new: update())
+    for widget in (which, state, search):
+        widget.on_change("value", refilter)
+    back.on_click(lambda: move(-1))
+    forward.on_click(lambda: move(1))
     doc.title = "Dask: dynflow"
-    doc.add_root(column(select, table, detail, sizing_mode="stretch_width"))
+    doc.add_root(
+        column(
+            select,
+            table,
+            detail,
+            row(which, state, search, back, forward),
+            items,
+            sizing_mode="stretch_width",
+        )
+    )
     update()
     doc.add_periodic_callback(update, 1000 * refresh_interval())
 
