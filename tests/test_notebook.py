@@ -87,13 +87,25 @@ class TestExecutedTour:
             errors = [o for o in cell.outputs if o.output_type == "error"]
             assert not errors, f"{cell.source}\n{errors}"
 
-    def test_progress_is_an_ipywidget(self, executed):
-        # live while the run goes on; replaced in place by a static copy when it ends
-        # (tests/test_runs.py checks the swap: nbclient applies display updates only
-        # from the cell running at the time, JupyterLab from any)
-        cell = cell_with(executed, "df.progress(fut)")
-        outputs = [out.get("data", {}) for out in cell.outputs]
-        assert any(WIDGET in d or "squares: finished" in d.get("text/plain", "") for d in outputs)
+    def test_live_views_end_as_static_html_a_saved_notebook_keeps(self, executed):
+        # the progress bars and the run's view are ipywidgets while the run goes on,
+        # replaced in place (display id) by a static copy when it ends
+        for source in ("df.progress(fut)", "fut = squares.submit(40)"):
+            cell = cell_with(executed, source)
+            data = [out.get("data", {}) for out in cell.outputs]
+            assert not any(WIDGET in d for d in data), (source, cell.outputs)
+            html = "".join(d.get("text/html", "") for d in data)
+            assert "finished" in html and "slow_square.map()" in html, (source, cell.outputs)
+            plain = "".join(d.get("text/plain", "") for d in data)
+            assert "squares: finished" in plain, plain  # the text fallback
+        # saved without widget state and converted: each run's final state
+        from nbconvert import HTMLExporter
+
+        saved = nbformat.reads(nbformat.writes(executed), as_version=4)  # as saved, read
+        saved.metadata.pop("widgets", None)
+        body, _ = HTMLExporter().from_notebook_node(saved)
+        assert "squares" in body and "40/40 done" in body
+        assert "model not found" not in body.lower()
 
     def test_visualize_draws_an_svg(self, executed):
         cell = cell_with(executed, ".visualize()")

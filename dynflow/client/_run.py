@@ -28,7 +28,7 @@ from dynflow.cluster._failure import Failure
 from dynflow.exceptions import DynflowError, ExtensionError, RemoteError, SchedulerLostError
 from dynflow.graph._flowgraph import FlowGraph
 from dynflow.graph._node import Node
-from dynflow.views._progress import progress, show_live
+from dynflow.views._progress import progress, settle, show_live
 from dynflow.views._render import FlowSVG, to_svg
 from dynflow.views._reprs import run_html
 
@@ -277,6 +277,9 @@ class RunFuture(Future):
                 if error is e:
                     raise
                 raise error from None
+            finally:
+                if self.run.__dict__.get("views"):
+                    settle(self.run)  # notebook views show the end from this cell
 
     async def _result(self, raiseit: bool = True) -> Any:
         # distributed's result(): the same errors as dynflow.compute() (client_error)

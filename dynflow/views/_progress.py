@@ -11,6 +11,7 @@ the runs end).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from dynflow.views._reprs import run_html
 if TYPE_CHECKING:
     from dynflow.client._run import Run
 
-__all__ = ["RunView", "TextProgress", "WidgetProgress", "progress", "show_live"]
+__all__ = ["RunView", "TextProgress", "WidgetProgress", "progress", "settle", "show_live"]
 
 
 def refresh_interval() -> float:
@@ -59,19 +60,37 @@ class _Progress:
         self.runs = runs
         self.interval = interval if interval is not None else refresh_interval()
         self.infos: dict[str, dict[str, Any]] = {}
+        self.ended = False
 
     async def listen(self) -> None:
         """Poll until every run has finished, failed or been cancelled."""
-        while True:
-            for run in self.runs:
-                info = await getattr(run.client.scheduler, RUN_STATUS_HANDLER)(run_id=run.id)
-                if info is not None:
-                    self.infos[run.id] = info
-            self.update()
-            if all(self.infos.get(r.id, {}).get("state") in FINAL_STATES for r in self.runs):
-                self.finish()
-                return
+        while not await self.poll():
             await asyncio.sleep(self.interval)
+
+    async def poll(self) -> bool:
+        """Read the runs' counts once and show them; True once every run has ended (the
+        view then shows its final state, once)."""
+        if self.ended:
+            return True
+        for run in self.runs:
+            info = await getattr(run.client.scheduler, RUN_STATUS_HANDLER)(run_id=run.id)
+            if info is not None:
+                self.infos[run.id] = info
+        self.update()
+        if self.ended:  # another poll ended it meanwhile
+            return True
+        if all(self.infos.get(r.id, {}).get("state") in FINAL_STATES for r in self.runs):
+            self.ended = True
+            self.finish()
+            return True
+        return False
+
+    def follow(self) -> None:
+        """Register with each run, so that a result read in the notebook settles this
+        view at once (:func:`settle`), from the cell that reads it."""
+        for run in self.runs:
+            views = run.__dict__.setdefault("views", [])
+            views.append(self)
 
     def nodes(self, run: Run) -> list[tuple[str, str, dict[str, Any]]]:
         """``(key, label, counts)`` of the run's nodes that have work, in graph order."""
@@ -276,7 +295,10 @@ class _Swapped:
 
     def swap(self, static: Static) -> None:
         if self.handle is not None:
-            self.handle.update(static)
+            # in an empty context: ipykernel then sends it as part of the cell running
+            # now (the loop thread's context holds the header of the cell that started
+            # the client), which every frontend, nbclient too, applies
+            contextvars.Context().run(self.handle.update, static)
 
 
 def _summary(run: Run, info: dict[str, Any]) -> str:
@@ -382,6 +404,17 @@ class RunView(_Progress):
             self.display.swap(Static(self.widget.value, _summary(run, info)))
 
 
+def settle(run: Run) -> None:
+    """Show the final state of ``run``'s live notebook views now (called where its
+    result is read: in a notebook, the cell that reads it then carries the update)."""
+    for view in list(run.__dict__.get("views", ())):
+        if not view.ended and not run.client.asynchronous:
+            try:
+                run.client.sync(view.poll)
+            except Exception:  # noqa: BLE001 - a view never fails the result
+                pass
+
+
 def show_live(run: Run) -> bool:
     """Display ``run``'s live view in a notebook; False where widgets are unavailable."""
     try:
@@ -393,6 +426,7 @@ def show_live(run: Run) -> bool:
         return False
     view = RunView(run)
     view.display.show(view.widget)
+    view.follow()
     run.client.loop.add_callback(view.listen)
     return True
 
@@ -432,6 +466,7 @@ def progress(*futures: Any, notebook: bool | None = None, interval: float | None
         from IPython.display import display
 
         display(bar)
+        bar.follow()
         client.loop.add_callback(bar.listen)
         return bar
     text = TextProgress(runs, interval)
