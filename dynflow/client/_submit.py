@@ -8,8 +8,9 @@ returns it to be awaited.
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import cloudpickle
@@ -161,7 +162,8 @@ async def _submit(
     try:
         if before_send is not None:
             await before_send(run)
-        futures = client.get(graph, [n.key for n in nodes], sync=False)
+        with _quiet_pickle_errors():  # dynflow says which task and argument instead
+            futures = client.get(graph, [n.key for n in nodes], sync=False)
     except BaseException as e:
         with contextlib.suppress(Exception):  # the run never started: forget it
             await run.forget()
@@ -174,6 +176,25 @@ async def _submit(
     for f in futures:
         f.release()
     return out
+
+
+class _NoPickleErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to serialize")
+
+
+@contextlib.contextmanager
+def _quiet_pickle_errors() -> Iterator[None]:
+    """While a graph is sent: distributed's log of a graph that fails to pickle (three
+    chained tracebacks) is left out; the ``SerializationError`` raised says which
+    task and which argument."""
+    log = logging.getLogger("distributed.protocol.pickle")
+    quiet = _NoPickleErrors()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def compute(
