@@ -347,3 +347,45 @@ def test_a_task_sent_by_value_keeps_its_identity(tmp_path):
     t = df.task(namespace["twice"], cache=True, result_storage=str(tmp_path))
     copy = cloudpickle.loads(cloudpickle.dumps(t))
     assert copy._identity() == t._identity()
+
+
+def test_a_large_argument_is_hashed_once_not_per_call(tmp_path, monkeypatch):
+    """An unmapped array every item receives, and an upstream cached result, are not
+    hashed again by each cached call in the same process."""
+    import numpy as np
+    from dask.base import normalize_token
+
+    hashed = []
+    real = normalize_token.dispatch(np.ndarray)
+
+    def counting(x):
+        if x.nbytes >= 2**20:
+            hashed.append(x.nbytes)
+        return real(x)
+
+    monkeypatch.setattr("dynflow.cluster._cache._TOKENS", {}, raising=False)
+    normalize_token.register(np.ndarray)(counting)
+    try:
+        _hash_once(tmp_path, np, hashed)
+    finally:
+        normalize_token.register(np.ndarray)(real)
+
+
+def _hash_once(tmp_path, np, hashed):
+
+    @df.task(cache=True, result_storage=str(tmp_path))
+    def big():
+        return np.ones(2**18)  # 2 MB
+
+    @df.task(cache=True, result_storage=str(tmp_path))
+    def scale(x, arr):
+        return float(arr.sum()) * x
+
+    arr = big()
+    assert scale.map(list(range(20)), arr=df.unmapped(arr)).compute(scheduler="sync") == [
+        2**18 * x for x in range(20)
+    ]
+    assert len(hashed) == 0  # big's result is known by its cache key
+    data = np.ones(2**18)
+    assert scale.map(list(range(20)), arr=df.unmapped(data)).compute(scheduler="sync")[1] == 2**18
+    assert len(hashed) == 1  # an array from elsewhere: hashed once, not per item

@@ -24,6 +24,7 @@ import logging
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ from dynflow.exceptions import ResultStorageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MISSING", "CachePolicy", "check_storage", "task_identity"]
+__all__ = ["LARGE", "MISSING", "CachePolicy", "check_storage", "remember", "task_identity"]
 
 MISSING = object()
 
@@ -101,6 +102,60 @@ def _unstable(named: dict[str, Any], extra: tuple) -> str | None:
     return None
 
 
+class _Token:
+    """An argument whose token is known already (see :func:`_known`)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+#: in this process: large argument values, by ``id``, with their token (a weak
+#: reference tells whether the object is still the same one)
+_TOKENS: dict[int, tuple[Any, str]] = {}
+#: values this size or larger are hashed once per process, not once per call
+LARGE = 1 << 20
+
+
+def remember(value: Any, token: str) -> None:
+    """``value`` (a cached call's result, large) has ``token``: its cache key, so that a
+    cached call that receives it here does not hash it again."""
+    _note(value, f"dynflow-cached-{token}")
+
+
+def _note(value: Any, token: str) -> None:
+    at = id(value)
+    try:
+        ref = weakref.ref(value, lambda _: _TOKENS.pop(at, None))
+    except TypeError:  # lists, dicts, ints: no weak reference (and mostly small)
+        return
+    _TOKENS[id(value)] = (ref, token)
+
+
+def _known(value: Any) -> Any:
+    """``value``, or for a large value seen before in this process its token: an
+    upstream cached result by its cache key, any other large value (an unmapped array
+    every item receives) hashed once. Values in a dask graph are not changed in place."""
+    entry = _TOKENS.get(id(value))
+    if entry is not None and entry[0]() is value:
+        return _Token(entry[1])
+    size = getattr(value, "nbytes", None)
+    if isinstance(size, int) and size >= LARGE:
+        token = tokenize(value, ensure_deterministic=True)
+        _note(value, token)
+        return _Token(token)
+    return value
+
+
+def _large(value: Any) -> bool:
+    size = getattr(value, "nbytes", None)
+    return isinstance(size, int) and size >= LARGE
+
+
 def _culprit(named: dict[str, Any], extra: tuple) -> str:
     for name, value in _arguments(named, extra):
         try:
@@ -147,6 +202,8 @@ class CachePolicy:
         culprit = _unstable(named, extra)
         if culprit is None:
             try:
+                named = {k: _known(v) for k, v in named.items()}
+                extra = tuple(_known(v) for v in extra)
                 return tokenize(self.identity, named, extra, ensure_deterministic=True)
             except Exception:  # which argument? (dask raises its TokenizationError)
                 culprit = _culprit(named, extra)
@@ -191,11 +248,15 @@ class CachePolicy:
             return MISSING
         if self.expiration is not None and time.time() - written > self.expiration:
             return MISSING
+        if _large(value):
+            remember(value, key)
         return value
 
     def write(self, task_name: str, key: str, value: Any) -> None:
         """Store ``value`` under ``key``: written beside, then moved into place. A
         failure to write is a warning: the call's result stands."""
+        if _large(value):
+            remember(value, key)
         fs, path = self._path(task_name, key)
         try:
             data = serialize_bytes((time.time(), value))
