@@ -15,7 +15,7 @@ import uuid
 import dask
 import fsspec
 import pytest
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster
 from utils import generate_list, no_tasks_left
 
 import dynflow as df
@@ -389,3 +389,22 @@ def _hash_once(tmp_path, np, hashed):
     data = np.ones(2**18)
     assert scale.map(list(range(20)), arr=df.unmapped(data)).compute(scheduler="sync")[1] == 2**18
     assert len(hashed) == 1  # an array from elsewhere: hashed once, not per item
+
+
+@pytest.mark.filterwarnings("ignore:task 'square'.*:RuntimeWarning")  # in-process workers
+@gen_cluster(client=True)
+async def test_a_workers_cache_warning_reaches_the_client(c, s, a, b):
+    storage = f"memory://dynflow-test-{uuid.uuid4().hex}"
+    sq = cached_square(storage)
+    assert await sq(6).compute(client=c) == 36
+    fs, root = fsspec.core.url_to_fs(storage)
+    (key,) = entries(storage)["square"]
+    fs.pipe_file(f"{root.rstrip('/')}/square/{key}", b"not an entry")
+    seen = []
+    c.subscribe_topic("dynflow-log-forward", lambda event: seen.append(event[1]))
+    assert await sq(6).compute(client=c) == 36  # recomputed, and the client is told
+    await async_poll_for(lambda: seen, timeout=5)
+    assert seen[0]["tag"] == "square" and seen[0]["stream"] == "stderr"
+    assert "RuntimeWarning: task 'square': the cached result" in seen[0]["text"]
+    assert "is corrupt" in seen[0]["text"]
+    await no_tasks_left(s)

@@ -35,6 +35,7 @@ from dask.base import tokenize
 from distributed.protocol import deserialize_bytes, serialize_bytes
 
 from dynflow._containers import find
+from dynflow.cluster._items import tell_client
 from dynflow.exceptions import ResultStorageError
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,13 @@ def _known(value: Any) -> Any:
     return value
 
 
+def _warn(task_name: str, message: str) -> None:
+    """A ``RuntimeWarning`` where the call runs and, on a worker, also a line on the
+    stderr of the client that submitted the run (a worker's warnings stay in its log)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    tell_client(task_name, f"RuntimeWarning: {message}")
+
+
 def _large(value: Any) -> bool:
     size = getattr(value, "nbytes", None)
     return isinstance(size, int) and size >= LARGE
@@ -207,12 +215,11 @@ class CachePolicy:
                 return tokenize(self.identity, named, extra, ensure_deterministic=True)
             except Exception:  # which argument? (dask raises its TokenizationError)
                 culprit = _culprit(named, extra)
-        warnings.warn(
+        _warn(
+            task_name,
             f"task {task_name!r}: {culprit}, so this call is not cached; define its type "
             "in a module (not the script), give it a __dask_tokenize__ method, or give "
             "the task a cache_key_fn",
-            RuntimeWarning,
-            stacklevel=2,
         )
         return None
 
@@ -229,21 +236,19 @@ class CachePolicy:
         except FileNotFoundError:
             return MISSING
         except Exception as e:
-            warnings.warn(
+            _warn(
+                task_name,
                 f"task {task_name!r}: the cached result {path!r} could not be read "
                 f"({type(e).__name__}: {e}); the call runs",
-                RuntimeWarning,
-                stacklevel=2,
             )
             return MISSING
         try:
             written, value = deserialize_bytes(data)
         except Exception as e:
-            warnings.warn(
+            _warn(
+                task_name,
                 f"task {task_name!r}: the cached result {path!r} is corrupt "
                 f"({type(e).__name__}: {e}); the call runs and replaces it",
-                RuntimeWarning,
-                stacklevel=2,
             )
             return MISSING
         if self.expiration is not None and time.time() - written > self.expiration:
@@ -266,9 +271,8 @@ class CachePolicy:
             fs.pipe_file(tmp, data)
             fs.mv(tmp, path)
         except Exception as e:
-            warnings.warn(
+            _warn(
+                task_name,
                 f"task {task_name!r}: the result could not be cached at {path!r} "
                 f"({type(e).__name__}: {e})",
-                RuntimeWarning,
-                stacklevel=2,
             )

@@ -40,6 +40,7 @@ __all__ = [
     "label",
     "report_cached",
     "report_label",
+    "tell_client",
     "report_failure",
 ]
 
@@ -159,6 +160,16 @@ def report_label(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> 
         return
     unit = key if BATCH_INDEX.get() is None else (key[0], *index)
     worker.log_event(LABEL_TOPIC, {"key": _plain(unit), "label": label(policy, args, kwargs)})
+
+
+def tell_client(tag: str, text: str) -> None:
+    """Send a line to the client that submitted the running task's run (to its stderr,
+    tagged): warnings of the worker side that the user must see."""
+    worker, key = _worker(), current_key()
+    if worker is None or key is None:
+        return
+    msg = {"key": _plain(key), "tag": tag, "stream": "stderr", "text": text}
+    worker.log_event(LOG_TOPIC, msg)
 
 
 def report_cached() -> None:
