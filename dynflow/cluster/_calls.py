@@ -191,7 +191,7 @@ async def _call_async(
         if secede:
             secede_async(key)
         user_args = args[2:] if fn is call_after else args
-        cache_key, cached = _cached(policy, user_args, kwargs)
+        cache_key, cached = await _off_loop(policy, _cached, policy, user_args, kwargs)
         if cached is not MISSING:
             return cached
         with _calling(policy, user_args, kwargs):
@@ -222,7 +222,7 @@ async def _call_async(
                         return None  # a run the scheduler has replaced: never read
                     if result is not raw:  # a graph computed here: not the call's value
                         cache_key = None
-                return _keep(policy, cache_key, _picklable(policy, result))
+                return await _off_loop(policy, _keep, policy, cache_key, _picklable(policy, result))
             except asyncio.CancelledError:
                 raise
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
@@ -284,6 +284,14 @@ def _upstream_failure(
             report_failure(value, upstream=True)
             return value
     return None
+
+
+async def _off_loop(policy: CallPolicy, fn: Callable, *args: Any) -> Any:
+    """``fn(*args)``; in a thread when the task is cached (the result storage's I/O must
+    not hold the worker's event loop), else here."""
+    if policy.cache is None:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 def _cached(policy: CallPolicy, args: tuple, kwargs: dict) -> tuple[str | None, Any]:
