@@ -267,7 +267,7 @@ async def install(client: Client) -> None:
     Also subscribes the client to its runs' forwarded output (``log_prints``). A
     coroutine: ``client.sync(install, client)`` from synchronous code.
     """
-    scheduler_id = client.scheduler_info().get("id")
+    scheduler_id = _scheduler_id(client)
     if _installed.get(client) == scheduler_id:
         return
     check_versions(await client.get_versions(packages=["dynflow"]), await _imports(client))
@@ -291,11 +291,16 @@ def print_forwarded(event: tuple[float, dict], out: Callable[[str], Any] | None 
     contextvars.Context().run(print, text, file=stream)
 
 
+def _scheduler_id(client: Client) -> str:
+    """The id of the scheduler ``client`` talks to (a restarted one has a new id)."""
+    return client.scheduler_info().get("id", client.scheduler.address)
+
+
 async def page_link(client: Client) -> str | None:
     """The URL of the dynflow page on ``client``'s scheduler (a coroutine); None where
     its dashboard does not serve it (a scheduler started without dynflow's preload, or
     without a dashboard)."""
-    sid = client.scheduler_info().get("id", client.scheduler.address)
+    sid = _scheduler_id(client)
     if sid not in _pages:
         await install(client)
         link = client.dashboard_link
@@ -308,7 +313,7 @@ async def announce(client: Client) -> str | None:
     """Print the dynflow page's URL once per scheduler and process (to stderr, which a
     notebook shows under the cell), the first time a run is submitted there."""
     link = await page_link(client)
-    sid = client.scheduler_info().get("id", client.scheduler.address)
+    sid = _scheduler_id(client)
     if sid not in _announced:
         _announced.add(sid)
         if link:

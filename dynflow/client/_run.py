@@ -30,7 +30,7 @@ from dynflow.graph._flowgraph import FlowGraph
 from dynflow.graph._node import Node
 from dynflow.views._progress import progress, settle, show_live
 from dynflow.views._render import FlowSVG, to_svg
-from dynflow.views._reprs import run_html
+from dynflow.views._reprs import live_run_html
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -57,6 +57,7 @@ class Run:
         self.graph = graph
         self.client = client
         self.link: str | None = None  # the dynflow page showing it (set at submit)
+        self.views: list[Any] = []  # its live notebook views (settled when read)
 
     @classmethod
     def of(cls, nodes: Sequence[Node], client: Client, name: str | None = None) -> Run:
@@ -114,7 +115,7 @@ class Run:
         info = self.info()
         if info is None:
             info = {"name": self.name, "state": "unknown", "nodes": {}, "elapsed": 0.0}
-        return run_html(self.graph.live(info), {**info, "link": self.link})
+        return live_run_html(self, info)
 
     def _ipython_display_(self) -> None:
         """In a notebook: the HTML view, kept up to date until the run ends."""
@@ -278,7 +279,7 @@ class RunFuture(Future):
                     raise
                 raise error from None
             finally:
-                if self.run.__dict__.get("views"):
+                if self.run.views:
                     settle(self.run)  # notebook views show the end from this cell
 
     async def _result(self, raiseit: bool = True) -> Any:

@@ -144,8 +144,7 @@ def _known(value: Any) -> Any:
     entry = _TOKENS.get(id(value))
     if entry is not None and entry[0]() is value:
         return _Token(entry[1])
-    size = getattr(value, "nbytes", None)
-    if isinstance(size, int) and size >= LARGE:
+    if _large(value):
         token = tokenize(value, ensure_deterministic=True)
         _note(value, token)
         return _Token(token)

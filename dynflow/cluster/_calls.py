@@ -146,13 +146,10 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
                 return _failed(policy, error, user_args, kwargs)
             _wait(policy.delay(attempt))
         try:
-            if policy.returned is not None:
-                raw, result = result, policy.returned(policy, result)
-                if type(result) is ReturnedGraph:
-                    splice_returned(result, current_key())
-                    return None  # a run the scheduler has replaced: never read
-                if result is not raw:  # a graph computed here: not the call's own value
-                    cache_key = None
+            result, cache_key = _returned(policy, result, cache_key)
+            if type(result) is ReturnedGraph:
+                splice_returned(result, current_key())
+                return None  # a run the scheduler has replaced: never read
             return _keep(policy, cache_key, _picklable(policy, result))
         except BaseException as e:  # noqa: BLE001 - every error becomes the call's
             return _failed(policy, _call_error(policy, e), user_args, kwargs)
@@ -161,11 +158,29 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
 def run_call_local(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """:func:`run_call` on a local scheduler, with ``key`` among the running calls'
     keys (:data:`~dynflow._context.LOCAL_KEYS`) while it runs."""
-    token = LOCAL_KEYS.set((*LOCAL_KEYS.get(), key))
-    try:
+    with _running_locally(key):
         return run_call(policy, fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _running_locally(key: Any) -> Iterator[None]:
+    """``key`` is among the running calls' keys on a local scheduler (None: no key)."""
+    token = LOCAL_KEYS.set((*LOCAL_KEYS.get(), key)) if key is not None else None
+    try:
+        yield
     finally:
-        LOCAL_KEYS.reset(token)
+        if token is not None:
+            LOCAL_KEYS.reset(token)
+
+
+def _returned(policy: CallPolicy, result: Any, cache_key: str | None) -> tuple[Any, Any]:
+    """The call's value, or the graph it returned (``ReturnedGraph``), through the
+    ``returned`` hook; and its cache key (None when the hook computed a returned graph
+    here: that value is not the call's own)."""
+    if policy.returned is None:
+        return result, cache_key
+    value = policy.returned(policy, result)
+    return value, (cache_key if value is result else None)
 
 
 async def run_call_async(
@@ -213,15 +228,12 @@ async def _call_async(
                     return _failed(policy, error, user_args, kwargs)
                 await asyncio.sleep(policy.delay(attempt))
             try:  # as in run_call: the returned graph runs once, outside the retries
-                if policy.returned is not None:
-                    raw, result = result, policy.returned(policy, result)
-                    if type(result) is ReturnedGraph:
-                        if key is None:  # inside a batch: the hook computed it
-                            raise ExtensionError("a graph returned inside a batch")
-                        await splice_returned_async(result, key)
-                        return None  # a run the scheduler has replaced: never read
-                    if result is not raw:  # a graph computed here: not the call's value
-                        cache_key = None
+                result, cache_key = _returned(policy, result, cache_key)
+                if type(result) is ReturnedGraph:
+                    if key is None:  # inside a batch: the hook computed it
+                        raise ExtensionError("a graph returned inside a batch")
+                    await splice_returned_async(result, key)
+                    return None  # a run the scheduler has replaced: never read
                 return await _off_loop(policy, _keep, policy, cache_key, _picklable(policy, result))
             except asyncio.CancelledError:
                 raise
@@ -234,12 +246,8 @@ async def _call_async(
 
 def run_blocking(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """:func:`run_call_async` run to completion here (local schedulers, batches)."""
-    token = LOCAL_KEYS.set((*LOCAL_KEYS.get(), key)) if key is not None else None
-    try:
+    with _running_locally(key):
         return run_coroutine(_call_async(policy, key, fn, args, kwargs, secede=False))
-    finally:
-        if token is not None:
-            LOCAL_KEYS.reset(token)
 
 
 def run_coroutine(coro: Any) -> Any:

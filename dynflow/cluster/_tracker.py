@@ -111,25 +111,33 @@ class NodeState:
             return 1  # the tracker maps only this box's calls to it
         if self.kind in ("task", "flatten", "key"):
             return 1 if key == self.key else 0
+        span = self._span(key)
+        if span is None:
+            return 0  # a collector or a per-parent list
+        n, size = span
+        if size is None:
+            return 1
+        return max(0, min(size, n - key[-1] * size))
+
+    def _span(self, key: Any) -> tuple[int, int | None] | None:
+        """For an item's or a batch's key ``(items, *prefix, i)`` of this map: its
+        prefix's ``(items, items per task or None)``; None for any other key."""
         if (
             type(key) is not tuple
             or key[0] != self.items
             or self.depth is None
             or len(key) != self.depth + 2
         ):
-            return 0  # a collector or a per-parent list
-        n, size = self.lengths.get(key[1:-1], (0, None))
-        if size is None:
-            return 1
-        return max(0, min(size, n - key[-1] * size))
+            return None
+        return self.lengths.get(key[1:-1], (0, None))
 
     def task_of(self, unit: Any) -> Any:
         """The scheduler task that computes ``unit`` (an item's batch, for a batched
         map; the unit itself otherwise)."""
-        if type(unit) is not tuple or self.depth is None or len(unit) != self.depth + 2:
+        span = self._span(unit)
+        if span is None or span[1] is None:
             return unit
-        _, size = self.lengths.get(unit[1:-1], (0, None))
-        return unit if size is None else (*unit[:-1], unit[-1] // size)
+        return (*unit[:-1], unit[-1] // span[1])
 
     def timed(self, task: Any, startstops: list) -> None:
         """``task`` of this map finished: its compute time goes to each of its units."""
@@ -140,11 +148,10 @@ class NodeState:
 
     def units_of(self, task: Any) -> list:
         """The units (items) scheduler task ``task`` computes: a batch's, or itself."""
-        if type(task) is not tuple or self.depth is None or len(task) != self.depth + 2:
+        span = self._span(task)
+        if span is None or span[1] is None:
             return [task]
-        n, size = self.lengths.get(task[1:-1], (0, None))
-        if size is None:
-            return [task]
+        n, size = span
         start = task[-1] * size
         return [(*task[:-1], i) for i in range(start, min(n, start + size))]
 
@@ -326,34 +333,29 @@ class RunTracker(SchedulerPlugin):
         self.dynamic: dict[Any, NodeState] = {}  # a task a dynamic task made -> its box
         self.streams: Streams | None = None  # as_completed's streams (once started)
 
+    def _handlers(self) -> dict[str, Any]:
+        return {
+            RUN_START_HANDLER: self.run_start,
+            RUN_FORGET_HANDLER: self.run_forget,
+            PAGE_HANDLER: self.page,
+            RUN_ITEMS_HANDLER: self.run_items,
+            RUN_STATUS_HANDLER: self.run_status,
+            RUNS_HANDLER: self.list_runs,
+            STREAM_OPEN_HANDLER: self.stream_open,
+            STREAM_NEXT_HANDLER: self.stream_next,
+            STREAM_CLOSE_HANDLER: self.stream_close,
+        }
+
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        scheduler.handlers[RUN_START_HANDLER] = self.run_start
-        scheduler.handlers[RUN_FORGET_HANDLER] = self.run_forget
-        scheduler.handlers[PAGE_HANDLER] = self.page
-        scheduler.handlers[RUN_ITEMS_HANDLER] = self.run_items
-        scheduler.handlers[RUN_STATUS_HANDLER] = self.run_status
-        scheduler.handlers[RUNS_HANDLER] = self.list_runs
-        scheduler.handlers[STREAM_OPEN_HANDLER] = self.stream_open
-        scheduler.handlers[STREAM_NEXT_HANDLER] = self.stream_next
-        scheduler.handlers[STREAM_CLOSE_HANDLER] = self.stream_close
+        scheduler.handlers.update(self._handlers())
         self.streams = Streams(scheduler)
         scheduler.extensions[TRACKER] = self
         _add_routes(scheduler, self)
 
     async def close(self) -> None:
         if self.scheduler is not None:
-            for h in (
-                RUN_START_HANDLER,
-                RUN_FORGET_HANDLER,
-                PAGE_HANDLER,
-                RUN_ITEMS_HANDLER,
-                RUN_STATUS_HANDLER,
-                RUNS_HANDLER,
-                STREAM_OPEN_HANDLER,
-                STREAM_NEXT_HANDLER,
-                STREAM_CLOSE_HANDLER,
-            ):
+            for h in self._handlers():
                 self.scheduler.handlers.pop(h, None)
             self.scheduler.extensions.pop(TRACKER, None)
 
@@ -501,7 +503,7 @@ class RunTracker(SchedulerPlugin):
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         runs = self.outputs.get(key)
-        ns = self.index.get(key[0] if type(key) is tuple else key)
+        ns = self._node_of(key)
         if ns is None and self.dynamic:
             ns = self.dynamic.get(key)
             if ns is not None and finish == "forgotten":
@@ -518,7 +520,7 @@ class RunTracker(SchedulerPlugin):
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == ITEM_TOPIC:
             key = _key(msg["key"])
-            ns = self.index.get(key[0] if type(key) is tuple else key)
+            ns = self._node_of(key)
             if ns is not None and ns.run.finished is None:
                 if len(ns.errors) < MAX_ERRORS and msg.get("error"):
                     ns.errors[key] = msg["error"]
@@ -538,19 +540,24 @@ class RunTracker(SchedulerPlugin):
                     )
         elif topic == LABEL_TOPIC:
             key = _key(msg["key"])
-            ns = self.index.get(key[0] if type(key) is tuple else key)
+            ns = self._node_of(key)
             if ns is not None and ns.run.finished is None and ns.items is not None:
                 ns.labels[key] = msg.get("label")
         elif topic == CACHED_TOPIC:
             key = _key(msg["key"])
-            ns = self.index.get(key[0] if type(key) is tuple else key)
+            ns = self._node_of(key)
             if ns is not None and ns.run.finished is None:
                 ns.cached.add(key)
         elif topic == LOG_TOPIC:
             key = _key(msg["key"])
-            ns = self.index.get(key[0] if type(key) is tuple else key)
+            ns = self._node_of(key)
             if ns is not None and self.scheduler is not None:
                 send_to_client(self.scheduler, ns.run.client, FORWARD_TOPIC, msg)
+
+    def _node_of(self, key: Any) -> NodeState | None:
+        """The live node a task or unit ``key`` counts for: a map's by its items' name
+        (``key[0]``), any other by its key."""
+        return self.index.get(key[0] if type(key) is tuple else key)
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
         if self.streams is not None:
@@ -564,7 +571,7 @@ class RunTracker(SchedulerPlugin):
         each is counted in its run's box for its task name (``fib (dynamic)``)."""
         pns = self.dynamic.get(parent)
         if pns is None:
-            pns = self.index.get(parent[0] if type(parent) is tuple else parent)
+            pns = self._node_of(parent)
         elif not alias:  # a call a dynamic task made: done, its readers read the graph
             pns.memory += 1
         if pns is None or pns.run.finished is not None:

@@ -11,18 +11,14 @@ from dask.utils import funcname
 
 from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS, RUNNING_TASK
 from dynflow.graph._node import MapNode, Node, SubflowMapNode, _first, find_nodes, topological
-from dynflow.graph._task import (
+from dynflow.graph._options import (
     FLOW_TASK_OPTIONS,
-    Bindable,
-    Task,
-    _bind_instance,
-    by_reference,
     check_map_options,
     check_options,
     dynflow_keywords,
-    map_slots,
     wait_for_nodes,
 )
+from dynflow.graph._task import Bindable, Task, _bind_instance, by_reference, map_slots
 
 if TYPE_CHECKING:
     from distributed import Future

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
 import importlib
 import inspect
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import dask.config
-from dask.utils import funcname, parse_timedelta
+from dask.utils import funcname
 
 from dynflow._context import FLOW_OPTIONS
 from dynflow._sequences import unmappable
@@ -21,17 +19,28 @@ from dynflow.cluster._cache import CachePolicy, check_storage, task_identity
 from dynflow.cluster._calls import CallPolicy
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._node import MapNode, Node, Slot, unmapped
+from dynflow.graph._options import (
+    CALL_KEYWORDS,
+    FLOW_TASK_OPTIONS,
+    MAP_KEYWORDS,
+    OPTIONS,
+    absolute_storage,
+    check_map_options,
+    check_options,
+    duration,
+    dynflow_keywords,
+    result_storage,
+    wait_for_nodes,
+)
 
 if TYPE_CHECKING:
     from distributed import Future
 
 __all__ = [
-    "FLOW_TASK_OPTIONS",
     "Bindable",
     "Task",
     "TaskFunction",
     "by_reference",
-    "check_options",
     "map_slots",
     "positional_labels",
     "task",
@@ -39,153 +48,6 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _duration(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError
-    seconds = parse_timedelta(value, default="seconds")
-    if seconds < 0:
-        raise ValueError
-    return float(seconds)
-
-
-def _delays(value: Any) -> float | tuple[float, ...]:
-    """A retry delay, or a list of one per retry (the last one repeats)."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise ValueError
-        return tuple(_duration(v) for v in value)  # type: ignore[misc]
-    return _duration(value)  # type: ignore[return-value]
-
-
-def _retry_on(value: Any) -> tuple[type[BaseException], ...] | Callable[[BaseException], bool]:
-    """Exception classes to retry, or a callable deciding from the exception."""
-    if callable(value) and not (isinstance(value, type) and issubclass(value, BaseException)):
-        return value
-    types = value if isinstance(value, tuple) else (value,)
-    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
-        raise TypeError
-    return types
-
-
-def _check(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if not predicate(value):
-            raise TypeError
-        return value
-
-    return check
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-#: option name -> (default, validator returning the stored value, what is expected)
-OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
-    "name": (
-        None,
-        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
-        "a non-empty string",
-    ),
-    "retries": (0, _check(lambda v: _is_int(v) and v >= 0), "an int >= 0"),
-    "retry_delay": (
-        0.0,
-        _delays,
-        "a duration (seconds or a string such as '2s'), or a list of one per retry",
-    ),
-    "retry_backoff": (1.0, _check(lambda v: _is_number(v) and v >= 1), "a number >= 1"),
-    "retry_jitter": (
-        0.0,
-        _check(lambda v: _is_number(v) and 0 <= v <= 1),
-        "a number in [0, 1]",
-    ),
-    "retry_on": (
-        (Exception,),
-        _retry_on,
-        "an exception class, a tuple of them, or a callable (exception) -> bool",
-    ),
-    "timeout": (None, _duration, "None or a duration: seconds or a string such as '30s'"),
-    "pure": (False, _check(lambda v: isinstance(v, bool)), "a bool"),
-    "resources": (
-        None,
-        _check(lambda v: v is None or isinstance(v, dict)),
-        "a dict such as {'GPU': 1}",
-    ),
-    "priority": (0, _check(_is_int), "an int"),
-    "task_run_name": (
-        None,
-        _check(lambda v: v is None or (isinstance(v, str) and bool(v)) or callable(v)),
-        "None, a template such as 'fetch-{account}' or a callable returning a string",
-    ),
-    "log_prints": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
-    # result caching (dynflow.cluster._cache); None: the flow's, else dynflow.cache.*
-    "cache": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
-    "cache_version": (
-        None,
-        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
-        "None or a non-empty string",
-    ),
-    "cache_key_fn": (
-        None,
-        _check(lambda v: v is None or callable(v)),
-        "None or a callable taking the call's arguments, returning a string",
-    ),
-    "cache_expiration": (
-        None,
-        _duration,
-        "None or a duration: seconds, a timedelta or a string such as '1d'",
-    ),
-    "refresh_cache": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
-    "result_storage": (
-        None,
-        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
-        "None, a local path or an fsspec URL such as 's3://bucket/results'",
-    ),
-    # dynflow's keywords of a call, also settable here: a call's keyword that names a
-    # parameter of the function goes to the function (see `dynflow_keywords`)
-    "wait_for": ((), lambda v: wait_for_nodes(v), "a node or an iterable of nodes"),
-    "min_success_ratio": (
-        1.0,
-        _check(lambda v: _is_number(v) and 0 <= v <= 1),
-        "a number in [0, 1]",
-    ),
-    "batch_size": (
-        None,
-        _check(lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1)),
-        "None, an int >= 1 or 'auto'",
-    ),
-    "max_concurrency": (
-        None,
-        _check(lambda v: v is None or (_is_int(v) and v >= 1)),
-        "None or an int >= 1",
-    ),
-}
-
-#: the task options a flow sets for the tasks called in its body that leave them unset
-FLOW_TASK_OPTIONS = ("log_prints", "cache", "cache_expiration", "refresh_cache", "result_storage")
-
-
-def result_storage() -> str:
-    """``dynflow.result-storage``; null is ``~/.cache/dynflow/results``."""
-    return dask.config.get("dynflow.result-storage") or "~/.cache/dynflow/results"
-
-
-def absolute_storage(value: str) -> str:
-    """A storage location as every worker reads it: an fsspec URL as it is, a local path
-    made absolute here, where the graph is built."""
-    if "://" in value:
-        return value
-    return os.path.abspath(os.path.expanduser(value))
 
 
 def _defaults(signature: inspect.Signature) -> tuple[tuple[str, Any], ...]:
@@ -197,59 +59,6 @@ def _defaults(signature: inspect.Signature) -> tuple[tuple[str, Any], ...]:
         if p.default is not inspect.Parameter.empty
         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     )
-
-
-#: dynflow's own keywords of ``task(...)`` and ``task.map(...)`` (also task options)
-CALL_KEYWORDS = ("wait_for",)
-MAP_KEYWORDS = ("wait_for", "min_success_ratio", "batch_size", "max_concurrency")
-
-
-def wait_for_nodes(value: Any) -> tuple[Node, ...]:
-    """``wait_for`` as a tuple of nodes (``None``: none; one node: that one)."""
-    if value is None:
-        return ()
-    if isinstance(value, Node):
-        return (value,)
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError
-    nodes = tuple(value)
-    if not all(isinstance(n, Node) for n in nodes):
-        raise TypeError
-    return nodes
-
-
-def dynflow_keywords(
-    signature: inspect.Signature, kwargs: dict[str, Any], names: Iterable[str]
-) -> dict[str, Any]:
-    """Take dynflow's keywords ``names`` out of a call's ``kwargs``; return them.
-
-    A keyword that names a parameter of the function stays in ``kwargs``: the user's
-    value always reaches the function (``def train(cfg, batch_size=64)`` gets
-    ``train.map(grid, batch_size=32)``'s 32). dynflow's option of that name is then set
-    with ``with_options``.
-    """
-    params = {
-        p.name
-        for p in signature.parameters.values()
-        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    return {k: kwargs.pop(k) for k in names if k in kwargs and k not in params}
-
-
-def check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in options.items():
-        if key not in OPTIONS:
-            raise TypeError(
-                f"task {fn_name!r}: unknown option {key!r}; expected one of "
-                f"{', '.join(sorted(OPTIONS))}"
-            )
-        _, validate, what = OPTIONS[key]
-        try:
-            out[key] = validate(value)
-        except (TypeError, ValueError, KeyError):
-            raise TypeError(f"task {fn_name!r}: option {key}={value!r}; expected {what}") from None
-    return out
 
 
 class Bindable:
@@ -368,7 +177,7 @@ class Task(Bindable, Generic[P, R]):
         check_storage(storage)
         expiration = o["cache_expiration"]
         if expiration is None:
-            expiration = _duration(dask.config.get("dynflow.cache.expiration"))
+            expiration = duration(dask.config.get("dynflow.cache.expiration"))
         refresh = o["refresh_cache"]
         if refresh is None:
             refresh = bool(dask.config.get("dynflow.cache.refresh"))
@@ -570,26 +379,6 @@ class Task(Bindable, Generic[P, R]):
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
         return self(*args, **kwargs).submit()
-
-
-def check_map_options(
-    name: str, min_success_ratio: Any, batch_size: Any, max_concurrency: Any
-) -> None:
-    """Raise a ``TypeError`` naming ``name.map()`` for a bad map option."""
-    if not (_is_number(min_success_ratio) and 0 <= min_success_ratio <= 1):
-        raise TypeError(
-            f"{name}.map(): min_success_ratio={min_success_ratio!r}; expected a number in [0, 1]"
-        )
-    if not (
-        batch_size is None or batch_size == "auto" or (_is_int(batch_size) and batch_size >= 1)
-    ):
-        raise TypeError(
-            f"{name}.map(): batch_size={batch_size!r}; expected None, an int >= 1 or 'auto'"
-        )
-    if max_concurrency is not None and not (_is_int(max_concurrency) and max_concurrency >= 1):
-        raise TypeError(
-            f"{name}.map(): max_concurrency={max_concurrency!r}; expected None or an int >= 1"
-        )
 
 
 def _make_task(fn: Callable, options: dict[str, Any], identity: str | None = None) -> Task:

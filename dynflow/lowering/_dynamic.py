@@ -86,9 +86,9 @@ class Returned:
                 f"task {policy.task_name!r} returned dynflow nodes and dask collections "
                 "together: return one kind (make the dask part a task of its own)"
             )
-        key = None if self.local else current_key()
-        if key is None or BATCH_INDEX.get() is not None:
-            return self._compute_here(policy, value, nodes, distributed=key is not None)
+        key = self._splice_key()
+        if key is None:
+            return self._compute_here(policy, value, nodes, distributed=self._on_worker())
         graph = self.lower(nodes, distributed=True, records=policy.records)
         tasks: dict[Any, Any] = {}
         annotations: dict[Any, dict] = {}
@@ -104,6 +104,17 @@ class Returned:
             tasks[output] = Task(output, assemble, policy.records, _spec_of(value))
         queue = bool(dask.config.get("dynflow.queue-items"))
         return ReturnedGraph(policy.task_name, tasks, output, annotations, queue)
+
+    def _splice_key(self) -> Any:
+        """The key of the task this call is, when its returned graph can be spliced in
+        its place; None on a local scheduler and inside a batch (computed here then)."""
+        if self.local or BATCH_INDEX.get() is not None:
+            return None
+        return current_key()
+
+    def _on_worker(self) -> bool:
+        """Whether this call runs in a task on a cluster (not a local scheduler)."""
+        return not self.local and current_key() is not None
 
     def _collections(self, policy: CallPolicy, value: Any) -> Any:
         """``value``, or when it is or holds dask collections, their graph (as
@@ -121,10 +132,9 @@ class Returned:
                     "graph holds futures, which are released when the task ends): return "
                     "the collection before .persist(), or compute it in the task"
                 )
-        key = None if self.local else current_key()
-        if key is None or BATCH_INDEX.get() is not None:
+        if self._splice_key() is None:
             try:
-                if key is None:
+                if not self._on_worker():
                     (out,) = dask.compute(value, scheduler="sync")
                 else:
                     with worker_client() as client:
@@ -215,10 +225,9 @@ def finish_collections(
     """The value of returned dask collections: each one's ``__dask_postcompute__``
     applied to its results, the whole repacked as it was returned. A failure record
     among the results fails it (see :func:`assemble`)."""
-    for leaf in find(results, lambda o: type(o) is Failure):
-        if records:
-            return leaf
-        raise leaf.exception
+    checked = assemble(records, results)
+    if type(checked) is Failure:
+        return checked
     (value,) = repack([f(r, *extra) for (f, extra), r in zip(finals, results, strict=True)])
     return value
 

@@ -34,6 +34,17 @@ __all__ = ["PAGE", "dynflow_doc", "items_table", "page_url", "register_page"]
 PAGE = "/individual-dynflow"
 
 
+_TABLE = "border-collapse:collapse;margin-bottom:1em"
+
+
+def _table(css: str, header: tuple[str, ...], rows: list[tuple[str, ...]], pad: str) -> str:
+    """An HTML table of the page; cells are HTML already (escape before)."""
+    cell = f'style="text-align:left;padding:{pad}"'
+    head = "".join(f"<th {cell}>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td {cell}>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{css}" style="{_TABLE}">' + f"<tr>{head}</tr>" + body + "</table>"
+
+
 def _runs_table(runs: list[dict[str, Any]], chosen: str | None) -> str:
     rows = []
     for r in runs:
@@ -44,32 +55,18 @@ def _runs_table(runs: list[dict[str, Any]], chosen: str | None) -> str:
         if r.get("reason"):
             state += f" <small>({html.escape(str(r['reason'])[:120])})</small>"
         rows.append(
-            "<tr>"
-            + "".join(
-                f'<td style="padding:2px 16px 2px 0">{cell}</td>'
-                for cell in (
-                    mark + html.escape(r["name"]),
-                    f"<code>{html.escape(r['id'][:8])}</code>",
-                    _clock(r.get("started")),
-                    html.escape(str(r.get("host") or "")),
-                    state,
-                    f"{r['elapsed']:.1f} s",
-                    html.escape(short_repr_counts(total)),
-                )
+            (
+                mark + html.escape(r["name"]),
+                f"<code>{html.escape(r['id'][:8])}</code>",
+                _clock(r.get("started")),
+                html.escape(str(r.get("host") or "")),
+                state,
+                f"{r['elapsed']:.1f} s",
+                html.escape(short_repr_counts(total)),
             )
-            + "</tr>"
         )
-    return (
-        '<table class="dynflow-runs" style="border-collapse:collapse;margin-bottom:1em">'
-        "<tr>"
-        + "".join(
-            f'<th style="text-align:left;padding:2px 16px 2px 0">{h}</th>'
-            for h in ("run", "id", "started", "host", "state", "elapsed", "tasks and items")
-        )
-        + "</tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+    header = ("run", "id", "started", "host", "state", "elapsed", "tasks and items")
+    return _table("dynflow-runs", header, rows, "2px 16px 2px 0")
 
 
 #: the states an item is listed in, and how many items a page shows
@@ -83,32 +80,20 @@ def items_table(page: dict[str, Any], offset: int) -> str:
     for it in page["items"]:
         seconds = it.get("seconds")
         rows.append(
-            "<tr>"
-            + "".join(
-                f'<td style="padding:1px 14px 1px 0">{cell}</td>'
-                for cell in (
-                    f"index {html.escape(index_text(it['index']))}",
-                    html.escape(str(it.get("label") or "")),
-                    html.escape(it["state"]),
-                    "" if seconds is None else f"{seconds * 1e3:.1f} ms",
-                    html.escape(str(it.get("error") or ""))[:300],
-                )
+            (
+                f"index {html.escape(index_text(it['index']))}",
+                html.escape(str(it.get("label") or "")),
+                html.escape(it["state"]),
+                "" if seconds is None else f"{seconds * 1e3:.1f} ms",
+                html.escape(str(it.get("error") or ""))[:300],
             )
-            + "</tr>"
         )
     shown = f"{offset + 1:,}-{offset + len(page['items']):,}" if page["items"] else "none"
+    header = ("item", "label", "state", "compute", "error")
     return (
         f"<div>items {shown} of {page['matched']:,} matching "
         f"({page['total'] if page['total'] is not None else '?'} in all)</div>"
-        '<table class="dynflow-items" style="border-collapse:collapse">'
-        + "<tr>"
-        + "".join(
-            f'<th style="text-align:left;padding:1px 14px 1px 0">{h}</th>'
-            for h in ("item", "label", "state", "compute", "error")
-        )
-        + "</tr>"
-        + "".join(rows)
-        + "</table>"
+        + _table("dynflow-items", header, rows, "1px 14px 1px 0")
     )
 
 

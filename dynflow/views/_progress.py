@@ -22,7 +22,7 @@ from distributed.utils import is_kernel
 
 from dynflow._protocol import FINAL_STATES, RUN_STATUS_HANDLER, sum_counts
 from dynflow.views._render import finished, short_repr_counts
-from dynflow.views._reprs import run_html
+from dynflow.views._reprs import live_run_html
 
 if TYPE_CHECKING:
     from dynflow.client._run import Run
@@ -89,8 +89,7 @@ class _Progress:
         """Register with each run, so that a result read in the notebook settles this
         view at once (:func:`settle`), from the cell that reads it."""
         for run in self.runs:
-            views = run.__dict__.setdefault("views", [])
-            views.append(self)
+            run.views.append(self)
 
     def nodes(self, run: Run) -> list[tuple[str, str, dict[str, Any]]]:
         """``(key, label, counts)`` of the run's nodes that have work, in graph order."""
@@ -327,16 +326,16 @@ class WidgetProgress(_Progress):
         self.box = ipywidgets.VBox([])
         self._rows: list[Any] = []
         self._shown = False
-        self._display = _Swapped()
+        self.display = _Swapped()
 
     def finish(self) -> None:
         parts, lines = [], []
         for run in self.runs:
             info = self.infos.get(run.id)
             if info is not None:
-                parts.append(run_html(run.graph.live(info), {**info, "link": run.link}))
+                parts.append(live_run_html(run, info))
                 lines.append(_summary(run, info))
-        self._display.swap(Static("".join(parts), "\n".join(lines)))
+        self.display.swap(Static("".join(parts), "\n".join(lines)))
 
     def _row(self, run: Run, key: str, label: str) -> None:
         w = self._w
@@ -375,7 +374,7 @@ class WidgetProgress(_Progress):
         # would display the returned bar again (`display(bar.box)` shows it anew)
         if not self._shown:
             self._shown = True
-            self._display.show(self.box)
+            self.display.show(self.box)
 
 
 class RunView(_Progress):
@@ -395,7 +394,7 @@ class RunView(_Progress):
         (run,) = self.runs
         info = self.infos.get(run.id)
         if info is not None:
-            self.widget.value = run_html(run.graph.live(info), {**info, "link": run.link})
+            self.widget.value = live_run_html(run, info)
 
     def finish(self) -> None:
         (run,) = self.runs
@@ -407,12 +406,13 @@ class RunView(_Progress):
 def settle(run: Run) -> None:
     """Show the final state of ``run``'s live notebook views now (called where its
     result is read: in a notebook, the cell that reads it then carries the update)."""
-    for view in list(run.__dict__.get("views", ())):
+    for view in list(run.views):
         if not view.ended and not run.client.asynchronous:
             try:
                 run.client.sync(view.poll)
             except Exception:  # noqa: BLE001 - a view never fails the result
                 pass
+    run.views[:] = [v for v in run.views if not v.ended]
 
 
 def show_live(run: Run) -> bool:

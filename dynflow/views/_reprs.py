@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dynflow.exceptions import index_text
 from dynflow.graph._flowgraph import FlowGraph, node_kind, node_label
 from dynflow.graph._node import MapNode, Node, find_nodes
-from dynflow.graph._task import OPTIONS
+from dynflow.graph._options import OPTIONS
 from dynflow.views._render import (
     BAR,
     SHORT_REPR,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from dynflow.graph._flow import Flow
     from dynflow.graph._task import Task
 
-__all__ = ["flow_html", "node_html", "run_html", "task_html"]
+__all__ = ["flow_html", "live_run_html", "node_html", "run_html", "task_html"]
 
 _E = html.escape
 
@@ -157,6 +157,12 @@ def node_html(node: Node) -> str:
     if len(graph.nodes) > 1:
         parts.append(f'<div style="overflow:auto">{to_svg(graph)}</div>')
     return "".join(parts) + "</div>"
+
+
+def live_run_html(run: Any, status: Mapping[str, Any]) -> str:
+    """:func:`run_html` of a submitted run (a ``dynflow.Run``): its graph with the boxes
+    dynamic tasks added, and a link to the dynflow page where it is known."""
+    return run_html(run.graph.live(status), {**status, "link": run.link})
 
 
 def run_html(graph: FlowGraph, status: Mapping[str, Any]) -> str:
