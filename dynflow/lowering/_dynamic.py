@@ -47,6 +47,20 @@ from dynflow.graph._node import Node, find_nodes, quote, replace_nodes, unmapped
 __all__ = ["Returned", "assemble", "finish_collections"]
 
 
+#: values that never hold a graph: returned as they are, without a walk
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def _special(obj: Any) -> bool:
+    """Whether ``obj`` is something a returned value is not returned as it is: a node,
+    a marker, a future, a generator, or a dask collection."""
+    if type(obj) in _SCALARS:
+        return False
+    return isinstance(
+        obj, Node | unmapped | quote | Future | types.GeneratorType | types.AsyncGeneratorType
+    ) or is_dask_collection(obj)
+
+
 def _refuse_markers(policy: CallPolicy, value: Any) -> None:
     """Markers of a call's arguments and live futures are not values to return."""
     for leaf in find(value, lambda o: isinstance(o, unmapped | Future)):
@@ -69,6 +83,8 @@ class Returned:
     local: bool = False  # the call runs on a local scheduler
 
     def __call__(self, policy: CallPolicy, value: Any) -> Any:
+        if type(value) in _SCALARS or not find(value, _special):
+            return value  # plain data (every map item's usual value): one walk, no more
         if isinstance(value, types.GeneratorType | types.AsyncGeneratorType):
             raise SerializationError(
                 f"task {policy.task_name!r} returned a generator, which cannot be pickled "
