@@ -315,14 +315,16 @@ async def test_a_maps_items_by_state_and_label(c, s, a, b):
 
 def test_listing_items_stays_fast_at_100k():
     """The page's queries scan the items once: filtering 100,000 by label or state."""
+    from dynflow.cluster._itemtable import FAILED
     from dynflow.cluster._tracker import NodeState, RunState
 
     run = RunState("r", "big", "client", {"nodes": [], "edges": []}, ())
     ns = NodeState(run, "m", "map", None, "m-items", 0)
     n = 100_000
-    ns.lengths[()] = (n, None)
+    ns.sized((), n, None)
     ns.labels = {("m-items", i): f"tile-{i}" for i in range(n)}
-    ns.records = {("m-items", i) for i in range(0, n, 1000)}
+    for i in range(0, n, 1000):
+        ns.table.set(("m-items", i), FAILED)
     ns.memory = n
     t0 = time.perf_counter()
     page = ns.list_items({}, 0, 50)

@@ -393,3 +393,34 @@ async def test_counts_never_go_down_while_a_flatten_pipeline_runs(c, s, a, b):
     counts = by_label(fut.run, await fut.run.info())
     assert counts["slow_ident.map()"]["done"] == 1200
     assert counts["thirty.map()"]["done"] == 40
+
+
+def _retained_bytes(obj):
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parent.parent / "asv_bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from benchmarks._util import retained_bytes
+
+    return retained_bytes(obj)
+
+
+@pytest.mark.parametrize("batch_size", ["auto", None])
+@gen_cluster(client=True)
+async def test_finished_runs_keep_a_few_bytes_per_item(c, s, a, b, batch_size):
+    """The items table's data (states, seconds, labels and errors where they exist)
+    costs the scheduler a few bytes per item, kept for every run in the history."""
+    n = 20_000 if batch_size else 2_000
+    (fut,) = await df.submit_async(total(inc.map(numbers(n), batch_size=batch_size)), client=c)
+    await fut
+    tracker = s.extensions[TRACKER]
+    run = tracker.runs[fut.run.id]
+    assert run.state == "finished"
+    (ns,) = [ns for ns in run.nodes.values() if ns.items is not None]
+    page = ns.list_items(s.tasks, 0, 3)
+    assert [i["state"] for i in page["items"]] == ["done"] * 3
+    assert all(i["seconds"] is not None for i in page["items"])  # compute times kept
+    per_item = _retained_bytes(run) / n
+    assert per_item < 16, per_item  # ~5; a dict entry per item was ~150

@@ -36,7 +36,7 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 import dynflow as df
-from dynflow._protocol import EXPANDER_PREFIX, SPLICE, SPLICE_TOPIC
+from dynflow._protocol import EXPANDER_PREFIX, SPLICE, SPLICE_TOPIC, TRACKER
 
 #: the splice extension's name, and the topic of the event it logs after each splice
 SPLICE_EXTENSION, SPLICE_TOPIC = SPLICE, SPLICE_TOPIC
@@ -142,6 +142,42 @@ def run_seed(system: str, client: Client, n: int) -> int:
     if out != expected(n):
         raise AssertionError(f"{system} seed pipeline, n={n}: got {out}, want {expected(n)}")
     return out
+
+
+# ------------------------------------------------------------- scheduler memory
+def retained_bytes(obj: Any) -> int:
+    """Bytes of every object reachable from ``obj`` (``sys.getsizeof`` each, once),
+    not counting classes, modules, functions and the scheduler's own state: what a
+    tracker structure keeps alive by itself."""
+    import gc
+    import types
+
+    from distributed import Scheduler
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, Scheduler)
+    seen: set[int] = set()
+    todo, total = [obj], 0
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or isinstance(o, skip):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        todo.extend(gc.get_referents(o))
+    return total
+
+
+def _tracker_bytes(dask_scheduler: Any) -> int:
+    """Bytes the run tracker keeps for the newest run (see :func:`retained_bytes`)."""
+    tracker = dask_scheduler.extensions[TRACKER]
+    return retained_bytes(next(reversed(tracker.runs.values())))
+
+
+def tracker_bytes_per_item(client: Client, n: int) -> float:
+    """Scheduler bytes the run tracker keeps, per item, for a finished batched seed run
+    of ``n`` items (kept for each run in ``dynflow.dashboard.history``)."""
+    run_seed("dynflow-auto", client, n)
+    return client.run_on_scheduler(_tracker_bytes) / n
 
 
 # ----------------------------------------------------------------------- clusters

@@ -18,6 +18,7 @@ from ._util import (
     start_cluster,
     stop_cluster,
     stream_all,
+    tracker_bytes_per_item,
     warm_up,
 )
 
@@ -139,6 +140,13 @@ class BatchedSeedSuite(_WallTimeSuite):
     def peakmem_dynflow_auto(self, n: int) -> None:
         """Peak RSS of the client-and-scheduler process over a batched run with n items."""
         run_seed("dynflow-auto", self.client, n)
+
+    def track_scheduler_bytes_per_item(self, n: int) -> float:
+        """Bytes per item the scheduler's run tracker keeps for a finished batched run
+        (the dashboard's items table; kept for each run in the history)."""
+        return tracker_bytes_per_item(self.client, n)
+
+    track_scheduler_bytes_per_item.unit = "bytes"  # type: ignore[attr-defined]
 
 
 class AsCompletedSuite(_WallTimeSuite):

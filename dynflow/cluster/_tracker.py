@@ -56,6 +56,7 @@ from dynflow._protocol import (
     STREAM_OPEN_HANDLER,
     TRACKER,
 )
+from dynflow.cluster._itemtable import CACHED, EARLY, FAILED, ItemTable
 from dynflow.cluster._streams import Streams
 
 if TYPE_CHECKING:
@@ -89,21 +90,30 @@ class NodeState:
     running: int = 0
     memory: int = 0  # units that finished in dask (failure records included)
     erred: int = 0
-    # items that finished holding a failure record (a set: an item recomputed after a
-    # lost worker reports again)
-    records: set = field(default_factory=set)
-    # records reported while their task still runs (the event comes before the task's
-    # result): counted as failed once the task has finished, not twice before
-    early: set = field(default_factory=set)
-    cached: set = field(default_factory=set)  # units whose value came from the result storage
-    # maps, for the dashboard's list of items: labels (task_run_name), seconds of
-    # compute (a batch's shared by its items) and errors (the first MAX_ERRORS)
+    # per unit, a few bytes (dynflow.cluster._itemtable): FAILED, items that finished
+    # holding a failure record (a flag: an item recomputed after a lost worker reports
+    # again); EARLY, records reported while their task still runs (the event comes
+    # before the task's result: counted as failed once the task has finished, not twice
+    # before); CACHED, units whose value came from the result storage; and seconds of
+    # compute (a batch's shared by its items)
+    table: ItemTable = field(init=False)
+    # maps, for the dashboard's list of items: labels (task_run_name) and errors (the
+    # first MAX_ERRORS), which only some items have
     labels: dict = field(default_factory=dict)
-    durations: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
     limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
     spliced: int = 0  # a dynamic box: the calls dynamic tasks made of its task
+
+    def __post_init__(self) -> None:
+        self.table = ItemTable(self.items)
+
+    def sized(self, prefix: tuple, n: int, size: int | None) -> None:
+        """The splice made prefix ``prefix``'s ``n`` items, ``size`` to a task (None: one
+        task each); said again after a lost worker, it overwrites, never adds."""
+        self.depth = len(prefix)
+        self.lengths[prefix] = (n, size)
+        self.table.sized(prefix, n)
 
     def weight(self, key: Any) -> int:
         """How many units ``key`` stands for (0: not one of this node's units)."""
@@ -143,8 +153,7 @@ class NodeState:
         """``task`` of this map finished: its compute time goes to each of its units."""
         seconds = sum(s["stop"] - s["start"] for s in startstops if s.get("action") == "compute")
         units = self.units_of(task)
-        for unit in units:
-            self.durations[unit] = seconds / len(units)
+        self.table.time(units, seconds / len(units))
 
     def units_of(self, task: Any) -> list:
         """The units (items) scheduler task ``task`` computes: a batch's, or itself."""
@@ -158,15 +167,15 @@ class NodeState:
     def settle(self, task: Any) -> None:
         """``task`` finished: the records reported while it ran now count."""
         for unit in self.units_of(task):
-            if unit in self.early:
-                self.early.discard(unit)
-                self.records.add(unit)
+            if self.table.clear(unit, EARLY):
+                self.table.set(unit, FAILED)
 
     def unit_state(self, unit: Any, tasks: Mapping[Any, Any]) -> str:
         """One item's state, from the tracker's records and dask's task states."""
-        if unit in self.records or unit in self.early:
+        flags = self.table.flags(unit)
+        if flags & (FAILED | EARLY):
             return "failed"
-        if unit in self.cached:
+        if flags & CACHED:
             return "cached"
         if self.run.state == "finished":
             return "done"
@@ -214,7 +223,7 @@ class NodeState:
                             "index": [*prefix, i],
                             "label": label,
                             "state": st,
-                            "seconds": self.durations.get(unit),
+                            "seconds": self.table.seconds(unit),
                             "error": self.errors.get(unit),
                         }
                     )
@@ -233,9 +242,10 @@ class NodeState:
         return sum(n for n, _ in self.lengths.values()) + len(self.failed_parents)
 
     def counts(self) -> dict[str, int | None]:
-        failed = self.erred + len(self.records) + len(self.failed_parents)
-        finished = max(0, self.memory - len(self.records))
-        cached = min(len(self.cached), finished)
+        records = self.table.count(FAILED)
+        failed = self.erred + records + len(self.failed_parents)
+        finished = max(0, self.memory - records)
+        cached = min(self.table.count(CACHED), finished)
         done = finished - cached
         total = self.total
         known = total if total is not None else finished + failed + self.running
@@ -479,8 +489,7 @@ class RunTracker(SchedulerPlugin):
                 ns = self.index.get(key)
                 if ns is None:
                     continue
-                ns.depth = len(prefix)
-                ns.lengths[tuple(prefix)] = (n, size)
+                ns.sized(tuple(prefix), n, size)
                 if failed is not None:
                     ns.failed_parents[tuple(prefix)] = failed
                     if self.streams is not None:
@@ -528,7 +537,7 @@ class RunTracker(SchedulerPlugin):
                         ns.labels.setdefault(key, msg["label"])
                 task = ns.task_of(key)
                 ts = None if self.scheduler is None else self.scheduler.tasks.get(task)
-                (ns.early if ts is not None and ts.state == "processing" else ns.records).add(key)
+                ns.table.set(key, EARLY if ts is not None and ts.state == "processing" else FAILED)
                 if not msg.get("upstream"):
                     index = msg.get("index")
                     ns.failures.append(
@@ -547,7 +556,7 @@ class RunTracker(SchedulerPlugin):
             key = _key(msg["key"])
             ns = self._node_of(key)
             if ns is not None and ns.run.finished is None:
-                ns.cached.add(key)
+                ns.table.set(key, CACHED)
         elif topic == LOG_TOPIC:
             key = _key(msg["key"])
             ns = self._node_of(key)
@@ -595,7 +604,7 @@ class RunTracker(SchedulerPlugin):
             ns.running += w
         if finish == "memory":
             ns.memory += w
-            if ns.early:
+            if ns.table.count(EARLY):
                 ns.settle(key)
         elif finish == "erred":
             ns.erred += w
