@@ -136,6 +136,23 @@ def nested(client: Client, parents: int, m: int) -> int:
     return out
 
 
+@df.task
+def scaled(item: int, table: Any) -> float:
+    """An item's work that reads a large table every item receives."""
+    return float(table[item % len(table)])
+
+
+def large_unmapped(client: Client, n: int, mbytes: int) -> float:
+    """``n`` items each receiving the same ``mbytes`` MB array (``df.unmapped``)."""
+    import numpy as np
+
+    table = np.ones(mbytes * 125_000)
+    out = reducer(scaled.map(generate_list(n), df.unmapped(table))).compute(client=client)
+    if out != n:
+        raise AssertionError(f"large unmapped argument, n={n}: got {out}, want {n}")
+    return out
+
+
 def run_seed(system: str, client: Client, n: int) -> int:
     fn = {"dynflow": seed_dynflow, "dynflow-auto": seed_dynflow_auto, "dask": seed_plain}[system]
     out = fn(client, n)

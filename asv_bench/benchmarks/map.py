@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._util import (
     chained,
     install_probe,
+    large_unmapped,
     measure_expansion,
     nested,
     run_seed,
@@ -189,3 +190,15 @@ class NestedSuite(_WallTimeSuite):
     def time_nested(self, parents: int, children: int) -> None:
         """Wall time of parents -> children.map -> process.map(flatten(...)) -> reducer."""
         nested(self.client, parents, children)
+
+
+class LargeArgumentSuite(_WallTimeSuite):
+    """A map whose items all receive one large array (``df.unmapped``): the array is a
+    key of its own, sent to each worker once, not inside each item's task."""
+
+    params = [[100], [40]]
+    param_names = ["n", "mbytes"]
+
+    def time_large_unmapped(self, n: int, mbytes: int) -> None:
+        """Wall time of n items that each read the same mbytes MB array."""
+        large_unmapped(self.client, n, mbytes)

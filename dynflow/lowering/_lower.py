@@ -21,15 +21,18 @@ place (:mod:`dynflow.lowering._dynamic`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
 import dask.config
-from dask._task_spec import Alias, Task, TaskRef, parse_input
+from dask._task_spec import Alias, DataNode, Task, TaskRef, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.sizeof import sizeof
+from dask.utils import parse_bytes
 
+from dynflow._containers import substitute
 from dynflow._protocol import EXPANDER_PREFIX, raw_key
 from dynflow.cluster._calls import CallPolicy, call_after
 from dynflow.cluster._collect import concat_raw, gather_raw, tolerate
@@ -45,6 +48,7 @@ from dynflow.graph._node import (
     find_nodes,
     replace_nodes,
     topological,
+    unmapped,
 )
 from dynflow.lowering._dynamic import Returned
 from dynflow.lowering._groups import ExpansionGroups
@@ -59,6 +63,7 @@ from dynflow.lowering._plan import (
     Stage,
     StageItem,
     SubflowStage,
+    key_node,
 )
 
 __all__ = ["lower", "lower_distributed", "lower_local"]
@@ -77,14 +82,64 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
     return lower_local(outputs, records)
 
 
-def _ref(obj: Any) -> Any:
-    """``obj`` as a task-spec argument: nodes become references to their keys."""
-    return parse_input(replace_nodes(obj, lambda n: Alias(n.key), spec=True))
+class LargeValues:
+    """Large concrete values found in the arguments while a graph is lowered for a
+    cluster, each made a data task of its own (``dynflow-data-<token>``) that the tasks
+    reading it depend on (``dynflow.large-argument``): the value is sent to each worker
+    that needs it once, not inside every task's spec (a ``df.unmapped(array)`` that
+    every item of a map receives). Subtrees holding nodes are never data."""
+
+    def __init__(self) -> None:
+        self.limit = parse_bytes(dask.config.get("dynflow.large-argument"))
+        self.tasks: dict[str, DataNode] = {}
+        self._keys: dict[int, str] = {}  # id(value) -> its key (one token per value)
+
+    def is_large(self, obj: Any) -> bool:
+        if type(obj) in _SMALL or isinstance(obj, (Node, unmapped)):
+            return False
+        return sizeof(obj) >= self.limit and not find_nodes(obj)
+
+    def key(self, value: Any) -> str:
+        """The key of the data task holding ``value`` (made the first time)."""
+        key = self._keys.get(id(value))
+        if key is None:
+            key = self._keys[id(value)] = f"dynflow-data-{tokenize(value)}"
+            self.tasks.setdefault(key, DataNode(key, value))
+        return key
+
+    def replace(self, obj: Any, fn: Callable[[Any], Any], spec: bool = False) -> Any:
+        """``obj`` with nodes, and large values, given to ``fn`` (a large value as a
+        :class:`~dynflow.graph._node.KeyNode` of its data task)."""
+
+        def leaf(o: Any) -> Any:
+            if isinstance(o, Node):
+                return fn(o)
+            if isinstance(o, unmapped):
+                return unmapped(self.replace(o.value, fn))
+            return fn(key_node(self.key(o)))
+
+        return substitute(
+            obj, lambda o: isinstance(o, (Node, unmapped)) or self.is_large(o), leaf, spec
+        )
 
 
-def _node_task(node: Node, records: bool, distributed: bool) -> Task:
-    args = [_ref(a) for a in node._args]
-    kwargs = {k: _ref(v) for k, v in node._kwargs.items()}
+#: values never large enough to matter (their sizeof is not worth asking)
+_SMALL = frozenset({int, float, complex, bool, type(None)})
+
+
+def _ref(obj: Any, large: LargeValues | None = None) -> Any:
+    """``obj`` as a task-spec argument: nodes become references to their keys (and,
+    given ``large``, large values references to their data tasks)."""
+    if large is None:
+        return parse_input(replace_nodes(obj, lambda n: Alias(n.key), spec=True))
+    return parse_input(large.replace(obj, lambda n: Alias(n.key), spec=True))
+
+
+def _node_task(
+    node: Node, records: bool, distributed: bool, large: LargeValues | None = None
+) -> Task:
+    args = [_ref(a, large) for a in node._args]
+    kwargs = {k: _ref(v, large) for k, v in node._kwargs.items()}
     policy = _policy(node, records, distributed)
     fn = node.task.graph_fn
     if node._wait_for:
@@ -119,22 +174,38 @@ class PlannedStage(NamedTuple):
 
 
 def plan_stage(
-    node: MapNode, how: dict[tuple[str, int], str], distributed: bool = True
+    node: MapNode,
+    how: dict[tuple[str, int], str],
+    distributed: bool = True,
+    large: LargeValues | None = None,
 ) -> PlannedStage:
     """The stage of one map: its plan, sources, concrete tuples and the keys its items
     need. ``how``: the slots that join an expansion group (``"stage"``, ``"nest"``); any
     other mapped node is read whole, raw (:func:`_whole_source`). ``distributed``:
-    whether the items run on a cluster (else on a local scheduler)."""
+    whether the items run on a cluster (else on a local scheduler); ``large``: where
+    large concrete values become data tasks (see :class:`LargeValues`)."""
     sources: dict[Any, tuple[str, str]] = {}
     concretes: list[tuple[str, str, int]] = []
     needs: set[Any] = {n.key for n in node.whole_waits}
     subflow = isinstance(node, SubflowMapNode)
-    # a sub-flow is built from plain values and nodes; a task call from a task spec
-    ref = (lambda v: replace_nodes(v, lambda n: Existing(n.key))) if subflow else _ref
+
+    def ref(v: Any) -> Any:
+        """A sub-flow is built from plain values and nodes (``Existing`` keys); a task
+        call from a task spec. The keys read are needed by the expander, so that they
+        still exist when the items are made."""
+
+        def fn(n: Node) -> Any:
+            needs.add(n.key)
+            return Existing(n.key) if subflow else Alias(n.key)
+
+        if large is not None:
+            out = large.replace(v, fn, spec=not subflow)
+        else:
+            out = replace_nodes(v, fn, spec=not subflow)
+        return out if subflow else parse_input(out)
 
     def arg(i: int, slot: Any) -> Any:
         if not slot.mapped:
-            needs.update(n.key for n in find_nodes(slot.value))
             return ref(slot.value)
         kind = how.get((node.key, i))
         if kind in ("stage", "wait"):
@@ -144,7 +215,6 @@ def plan_stage(
         elif isinstance(slot.value, Node):
             src = _whole_source(slot.value)
         else:
-            needs.update(n.key for n in find_nodes(slot.value))
             concretes.append((node.name, slot.label, len(slot.value)))
             return Concrete(tuple(ref(v) for v in slot.value))
         sources.setdefault(src, (node.name, slot.label))
@@ -240,9 +310,9 @@ class _Graph:
         self.deps: dict[Any, set] = {}
         self.annotations: dict[Any, dict] = {}
 
-    def add(self, task: Task, deps: set, annotations: dict | None = None) -> None:
+    def add(self, task: Any, deps: set, annotations: dict | None = None) -> None:
         self.layers[task.key] = {task.key: task}
-        self.deps[task.key] = set(deps)
+        self.deps[task.key] = set(deps) | task.dependencies
         if annotations:
             self.annotations[task.key] = annotations
 
@@ -253,9 +323,11 @@ class _Graph:
         flat_raws: set[str],
         recorded: set[str],
         distributed: bool,
+        large: LargeValues | None = None,
     ) -> None:
         """The tasks of plain nodes used whole (``recorded``: failures as records), of
-        ``allow_failure`` of a plain node, and the raw lists of flattens read whole."""
+        ``allow_failure`` of a plain node, and the raw lists of flattens read whole;
+        ``large``: where large concrete arguments become data tasks."""
         for node in order:
             if node.key in flat_raws:
                 key, source = raw_key(node.key), raw_key(node.source.key)
@@ -267,7 +339,7 @@ class _Graph:
                     source = node.source.key
                     self.add(Task(node.key, tolerate, TaskRef(source)), {source})
             else:
-                task = _node_task(node, node.key in recorded, distributed)
+                task = _node_task(node, node.key in recorded, distributed, large)
                 self.add(task, {d.key for d in node.dependencies}, _annotations(node))
 
     def hlg(self) -> HighLevelGraph:
@@ -371,7 +443,10 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     whole, raw_lists, flat_raws = _whole(order, outputs, groups.how)
     tolerant = _tolerant(order, whole)
     recorded = _recorded(order, whole, records)
-    planned = {n.key: plan_stage(n, groups.how) for n in order if isinstance(n, MapNode)}
+    large = LargeValues()
+    planned = {
+        n.key: plan_stage(n, groups.how, large=large) for n in order if isinstance(n, MapNode)
+    }
     maps = {n.key: n for n in order if isinstance(n, MapNode)}
 
     # the collectors each group makes: a used list at its own level, concatenated at
@@ -428,7 +503,9 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         g.add(Task(exp.expander, expand, exp, (), data), set(exp.needs))
         for c in exp.collectors:
             g.add(Task(c.key, unspliced, TaskRef(exp.expander), c.task_name), {exp.expander})
-    g.add_plain(order, whole, set(flat_raws), recorded, distributed=True)
+    g.add_plain(order, whole, set(flat_raws), recorded, distributed=True, large=large)
+    for data in large.tasks.values():
+        g.add(data, set())
     return g.hlg()
 
 
