@@ -189,16 +189,17 @@ def plan_stage(
     needs: set[Any] = {n.key for n in node.whole_waits}
     subflow = isinstance(node, SubflowMapNode)
 
-    def ref(v: Any) -> Any:
+    def ref(v: Any, whole: bool = True) -> Any:
         """A sub-flow is built from plain values and nodes (``Existing`` keys); a task
         call from a task spec. The keys read are needed by the expander, so that they
-        still exist when the items are made."""
+        still exist when the items are made. ``whole``: every item reads ``v`` (a large
+        value becomes a data task); else it is one item's (it travels once anyway)."""
 
         def fn(n: Node) -> Any:
             needs.add(n.key)
             return Existing(n.key) if subflow else Alias(n.key)
 
-        if large is not None:
+        if large is not None and whole:
             out = large.replace(v, fn, spec=not subflow)
         else:
             out = replace_nodes(v, fn, spec=not subflow)
@@ -216,7 +217,7 @@ def plan_stage(
             src = _whole_source(slot.value)
         else:
             concretes.append((node.name, slot.label, len(slot.value)))
-            return Concrete(tuple(ref(v) for v in slot.value))
+            return Concrete(tuple(ref(v, whole=False) for v in slot.value))
         sources.setdefault(src, (node.name, slot.label))
         needs.add(src)
         return ItemOf(src)
