@@ -261,8 +261,11 @@ def _install_tees() -> None:
 @contextlib.contextmanager
 def forwarding(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> Iterator[None]:
     """Forward what the call prints or logs to the client (``log_prints``), on a worker."""
+    if not policy.log_prints:
+        yield
+        return
     worker, key = _worker(), current_key()
-    if not policy.log_prints or worker is None or key is None:
+    if worker is None or key is None:
         yield
         return
     _install_tees()
