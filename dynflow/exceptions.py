@@ -40,6 +40,7 @@ __all__ = [
     "TaskInterruptedError",
     "TaskTimeoutError",
     "index_text",
+    "short_text",
 ]
 
 
@@ -53,6 +54,18 @@ def index_text(index: Any) -> str:
     if isinstance(index, (tuple, list)):
         return str(index[0]) if len(index) == 1 else f"({', '.join(map(str, index))})"
     return str(index)
+
+
+def short_text(text: str, limit: int = 1000) -> str:
+    """``text``, at most ``limit`` characters and a note of how many more there were, as
+    every error cuts a long message.
+
+    >>> short_text("abcdef", 3), short_text("abc", 3)
+    ('abc... [3 more characters]', 'abc')
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
 
 
 class DynflowError(Exception):
@@ -98,9 +111,15 @@ class MapItemError(DynflowError, RuntimeError):
     origin : str
         The task the first failure came from (a chained or flattened map's upstream).
     labels : dict[int, str]
-        The failed items' labels (the task's ``task_run_name``), where it has one.
+        The failed items' labels (the task's ``task_run_name``), where it has one (a
+        label is cut at 1000 characters; the message shows 100 of each).
     errors : dict[int, BaseException]
-        The exceptions of the first :data:`MAX_ERRORS` failed items, by index.
+        The exceptions of the first :data:`MAX_ERRORS` failed items, by index. The
+        first is the original, whole (``__cause__``); the others are bounded copies of
+        theirs, of the same type: long texts in their ``args`` and attributes cut at
+        1000 characters, their tracebacks at their innermost frames, so that the error
+        stays small in bytes whatever the messages. The failed items' own exceptions
+        (those an ``allow_failure`` consumer receives) are never changed.
     """
 
     #: how many failed items' exceptions an error carries
@@ -120,18 +139,18 @@ class MapItemError(DynflowError, RuntimeError):
         self.failed = list(failed)
         self.total = total
         self.origin = origin
-        self.labels = dict(labels or {})
+        self.labels = {i: short_text(str(text), 1000) for i, text in (labels or {}).items()}
         self.errors = dict(list((errors or {}).items())[: self.MAX_ERRORS])
         if isinstance(first, RemoteError):  # its message starts with the original type
             first = str(first)
         elif isinstance(first, BaseException):
             first = f"{type(first).__name__}: {first}"
-        if len(first) > 1000:
-            first = first[:1000] + f"... [{len(first) - 1000} more characters]"
+        first = short_text(first, 1000)
         self.first_error = first
         shown = (
             ", ".join(  # an int is an item; a tuple a failed parent, (1,), of a flatten
-                f"{i} ({self.labels[i]})" if i in self.labels else str(i) for i in failed[:20]
+                f"{i} ({short_text(self.labels[i], 100)})" if i in self.labels else str(i)
+                for i in failed[:20]
             )
             + (", ..." if len(failed) > 20 else "")
         )
@@ -142,14 +161,16 @@ class MapItemError(DynflowError, RuntimeError):
         )
 
     def __reduce__(self) -> tuple:
-        fields = (self.task_name, self.failed, self.total, self.origin, self.first_error)
-        return (_rebuild_map_item_error, (fields, self.labels, self.errors, self.__cause__))
+        # its state as it is, __init__ not called again (it would cut the cut texts again)
+        return (_rebuild_map_item_error, (type(self), self.args, self.__dict__, self.__cause__))
 
 
 def _rebuild_map_item_error(
-    fields: tuple, labels: dict, errors: dict, cause: BaseException | None
+    cls: type[MapItemError], args: tuple, state: dict, cause: BaseException | None
 ) -> MapItemError:
-    error = MapItemError(*fields, labels, errors)
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
     error.__cause__ = cause
     return error
 

@@ -18,7 +18,7 @@ from fractions import Fraction
 from typing import Any
 
 from dynflow._sequences import concatenate
-from dynflow.cluster._failure import Failure
+from dynflow.cluster._failure import Failure, summary
 from dynflow.exceptions import MapItemError
 
 __all__ = [
@@ -57,7 +57,10 @@ def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
         return [None if type(x) is Failure else x for x in items]
     first = items[failed[0]]
     labels = {i: items[i].label for i in failed if items[i].label is not None}
-    errors = {i: items[i].exception for i in failed[: MapItemError.MAX_ERRORS]}
+    # the first exception whole (it is the cause), bounded copies of the others: ten
+    # 10 MB messages never make a 100 MB error (the records keep the originals)
+    errors = {failed[0]: first.exception}
+    errors.update((i, summary(items[i].exception)) for i in failed[1 : MapItemError.MAX_ERRORS])
     error = MapItemError(
         task_name, failed, len(items), first.task_name, first.exception, labels, errors
     )

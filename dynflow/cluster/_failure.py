@@ -3,21 +3,34 @@
 A map item (and every task of a sub-flow run per item) never errs in dask: it returns a
 :class:`Failure`, which the map's collector turns into the user's semantics
 (:mod:`dynflow.cluster._collect`). :func:`portable` makes any exception fit to cross
-processes: long tracebacks trimmed, an exception that does not survive pickling replaced
-by a :class:`~dynflow.RemoteError`.
+processes: long tracebacks trimmed; an exception whose ``__init__`` does not take back
+its ``args`` (``def __init__(self, msg, code, *, detail)``) pickled through
+:func:`_reduce_exception`, which rebuilds it without calling ``__init__``; only an
+exception whose state cannot be pickled at all replaced by a
+:class:`~dynflow.RemoteError`. :func:`summary` is the bounded copy of an exception that
+a :class:`~dynflow.MapItemError` carries for each failed item but the first.
+
+On a local scheduler (``scheduler="sync"``) nothing is pickled: every exception stays
+the object the call raised.
 """
 
 from __future__ import annotations
 
+import copyreg
 import traceback
+import types
+from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
+from distributed import get_worker
 from distributed.protocol.pickle import dumps, loads
 from tblib import Traceback
 
-from dynflow.exceptions import RemoteError
+from dynflow._context import LOCAL_KEYS
+from dynflow.exceptions import RemoteError, short_text
 
-__all__ = ["Failure", "portable"]
+__all__ = ["Failure", "portable", "summary"]
 
 
 class Failure:
@@ -37,7 +50,9 @@ class Failure:
 
     def __reduce__(self) -> tuple:
         exc = self.exception
-        tb = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ else None
+        # pickled through _reduce_exception, the exception carries its traceback itself
+        own = copyreg.dispatch_table.get(type(exc)) is _reduce_exception
+        tb = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ and not own else None
         return _rebuild_failure, (exc, tb, self.task_name, self.label)
 
     def __repr__(self) -> str:
@@ -71,26 +86,323 @@ def _trim_traceback(tb: TracebackType | None) -> TracebackType | None:
 
 
 def portable(exc: BaseException) -> BaseException:
-    """``exc``, made sure to travel between processes: a long traceback is trimmed (also
-    on its causes), and an exception that does not survive pickling (its class cannot be
-    pickled, or rebuilt from its pickle) is replaced by a :class:`~dynflow.RemoteError`
-    with its type, message and traceback text.
+    """``exc``, made sure to travel between processes.
+
+    A long traceback is trimmed (also on its causes). An exception whose class pickles
+    as ``BaseException`` does (``cls(*args)`` when it is loaded), which fails or gives
+    other ``args`` when its ``__init__`` does not take them back, is pickled from then
+    on, in this process, without calling ``__init__`` (:func:`_reduce_exception`: its
+    class, ``args``, attributes, cause, context and traceback). Only an exception that
+    cannot be pickled even so (its state cannot be pickled, its class refuses it) is
+    replaced by a :class:`~dynflow.RemoteError` with its type, message and traceback
+    text. On a local scheduler nothing is pickled: ``exc`` itself, always.
+
+    Parameters
+    ----------
+    exc : BaseException
+        A call's exception.
+
+    Returns
+    -------
+    BaseException
+        ``exc``, or a :class:`~dynflow.RemoteError` standing in for it.
     """
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen and len(seen) < 20:
-        seen.add(id(e))
+    for e in _chain(exc):
         e.__traceback__ = _trim_traceback(e.__traceback__)
-        e = e.__cause__ or e.__context__
+    if _stays_here():
+        return exc
+    why = _round_trip(exc)
+    if why is None:
+        return exc
+    registered = _pickle_without_init(exc)
+    # again, also when nothing was registered now (another thread may just have): it
+    # pickles now, and other args could only be ones that compare by identity
+    if not isinstance(_round_trip(exc), Exception):
+        return exc
+    if isinstance(why, str):  # it travelled before, if with other args: as it was
+        for cls, previous in registered:
+            if previous is None:
+                copyreg.dispatch_table.pop(cls, None)
+            else:
+                copyreg.dispatch_table[cls] = previous
+        return exc
+    # (a class that failed either way keeps the pickling that fails less often)
+    return _stand_in(exc, f"{type(why).__name__}: {why}")
+
+
+def _stays_here() -> bool:
+    """Whether the running call's errors stay in this process: a call on a local
+    scheduler, or no worker's task at all (nothing will pickle them)."""
+    if LOCAL_KEYS.get():
+        return True
     try:
-        loads(dumps(exc))
+        get_worker()
+    except ValueError:
+        return True
+    return False
+
+
+def _round_trip(exc: BaseException) -> Exception | str | None:
+    """None when ``exc`` comes back from pickling as it is (same type, equal ``args``);
+    else why not: the exception pickling raised, or ``"args"`` when it came back with
+    other ``args`` (a class whose ``__init__`` rewrites them)."""
+    try:
+        back = loads(dumps(exc))
     except Exception as why:
-        text = "".join(traceback.format_exception(exc))
-        stand_in = RemoteError(
-            f"{type(exc).__name__}: {exc} (the original exception could not be pickled "
-            f"to send it between processes: {type(why).__name__}: {why})",
-            f"{type(exc).__module__}.{type(exc).__qualname__}",
-            text,
+        return why
+    try:
+        same = type(back) is type(exc) and bool(back.args == exc.args)
+    except Exception:  # args that cannot be compared (arrays): the type is what counts
+        same = type(back) is type(exc)
+    return None if same else "args"
+
+
+def _stand_in(exc: BaseException, why: str) -> RemoteError:
+    text = "".join(traceback.format_exception(exc))
+    stand_in = RemoteError(
+        f"{type(exc).__name__}: {exc} (the original exception could not be pickled "
+        f"to send it between processes: {why})",
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        text,
+    )
+    return stand_in.with_traceback(exc.__traceback__)
+
+
+def _chain(exc: BaseException, limit: int = 50) -> Iterator[BaseException]:
+    """``exc``, its causes and contexts, and an exception group's exceptions (each
+    once, at most ``limit``)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < limit:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+        if isinstance(e, BaseExceptionGroup):
+            todo += list(e.exceptions)
+
+
+# ------------------------------------------------ pickling without calling __init__
+def _pickles_as_base(cls: type) -> bool:
+    """Whether ``cls`` pickles as the builtin exceptions do (``cls(*args)`` when loaded):
+    its ``__reduce__`` is a builtin exception's and its ``__reduce_ex__`` object's. A
+    class with pickling of its own (which may refuse to pickle on purpose) is left
+    alone."""
+    if cls.__reduce_ex__ is not object.__reduce_ex__:
+        return False
+    for klass in cls.__mro__:
+        if "__reduce__" in vars(klass):
+            return klass.__module__ == "builtins"
+    return False
+
+
+def _pickle_without_init(exc: BaseException) -> list[tuple[type, Any]]:
+    """Have pickle use :func:`_reduce_exception` for the classes of ``exc`` and of its
+    chain that pickle as the builtins do and do not come back as they were; returns
+    them with what ``copyreg`` had for them before."""
+    registered: list[tuple[type, Any]] = []
+    for e in _chain(exc):
+        cls = type(e)
+        previous = copyreg.dispatch_table.get(cls)
+        if previous is _reduce_exception or cls.__module__ == "builtins":
+            continue  # a builtin exception pickles as it is, whatever its args
+        if not _pickles_as_base(cls):
+            continue
+        if e is not exc and _round_trip(e) is None:
+            continue  # a cause that travels as it is
+        copyreg.pickle(cls, _reduce_exception)
+        registered.append((cls, previous))
+    return registered
+
+
+def _members(exc: BaseException) -> dict[str, Any]:
+    """The values of ``exc``'s slots: a Python class's ``__slots__`` and a builtin base's
+    fields (``OSError.errno``, ``.filename``, ...), which ``__dict__`` does not hold."""
+    out: dict[str, Any] = {}
+    for klass in type(exc).__mro__:
+        for name, attr in vars(klass).items():
+            if (
+                isinstance(attr, types.MemberDescriptorType)
+                and name not in out
+                and name != "__suppress_context__"
+            ):
+                try:
+                    out[name] = attr.__get__(exc, type(exc))
+                except AttributeError:  # an empty slot
+                    pass
+    return out
+
+
+def _new_args(exc: BaseException) -> tuple:
+    """What ``cls.__new__`` needs besides the class: an exception group's message and
+    exceptions, else nothing."""
+    if isinstance(exc, BaseExceptionGroup):
+        return (exc.message, exc.exceptions)
+    return ()
+
+
+def _reduce_exception(exc: BaseException) -> tuple:
+    """``exc`` pickled without calling its ``__init__`` when it is loaded: its class,
+    ``args``, ``__dict__``, slots, cause, context and traceback (the traceback through
+    tblib). The state comes after the object (pickle's ``state_setter``), so a cause
+    that refers back to ``exc`` pickles too."""
+    tb = exc.__traceback__
+    state = (
+        exc.args,
+        exc.__dict__,
+        _members(exc),
+        exc.__cause__,
+        exc.__context__,
+        exc.__suppress_context__,
+        Traceback(tb).to_dict() if tb is not None else None,
+    )
+    return (_new_exception, (type(exc), _new_args(exc)), state, None, None, _restore_exception)
+
+
+def _new_exception(cls: type, new_args: tuple) -> BaseException:
+    """An instance of ``cls``, ``__init__`` not called. ``cls`` pickles the same way
+    from this process on (a collector's error carries the items' exceptions on)."""
+    if (
+        copyreg.dispatch_table.get(cls) is None
+        and cls.__module__ != "builtins"
+        and not issubclass(cls, RemoteError)
+    ):
+        copyreg.pickle(cls, _reduce_exception)
+    return cls.__new__(cls, *new_args)
+
+
+def _restore_exception(exc: BaseException, state: tuple) -> None:
+    args, attributes, members, cause, context, suppress, tb = state
+    exc.args = args
+    if type(exc).__setstate__ is not BaseException.__setstate__:
+        exc.__setstate__(attributes)  # as pickle would
+    else:
+        exc.__dict__.update(attributes)
+    for name, value in members.items():
+        try:
+            setattr(exc, name, value)
+        except (AttributeError, TypeError):  # read-only (a group's exceptions: __new__ has them)
+            pass
+    exc.__cause__, exc.__context__ = cause, context
+    exc.__suppress_context__ = suppress
+    if tb is not None:
+        exc.__traceback__ = Traceback.from_dict(tb).as_traceback()
+
+
+# ------------------------------------------------ bounded copies
+#: characters kept of a long text in a summary (:func:`~dynflow.exceptions.short_text`),
+#: frames kept of its traceback, and the bytes a summary may take pickled
+SUMMARY_CHARS, SUMMARY_FRAMES, SUMMARY_BYTES = 1000, 5, 64 * 1024
+#: exceptions of a summary's chain (causes, contexts, groups) that are summarized too
+_SUMMARY_DEPTH = 2
+
+
+def summary(exc: BaseException) -> BaseException:
+    """A bounded copy of ``exc``: what a :class:`~dynflow.MapItemError` keeps of each
+    failed item's exception but the first.
+
+    The copy has ``exc``'s type, made without calling ``__init__``; long texts in its
+    ``args`` and attributes are cut to :data:`SUMMARY_CHARS` characters (with a note
+    of how many more there were), its traceback keeps its innermost
+    :data:`SUMMARY_FRAMES` frames, its causes and contexts are summaries too. Where that
+    is still over :data:`SUMMARY_BYTES` pickled, its large attributes are left out;
+    where even that does not fit, or the class cannot be made so, a
+    :class:`~dynflow.RemoteError` with the short message stands in. ``exc`` itself is
+    never changed (an ``allow_failure`` consumer may hold it).
+
+    Parameters
+    ----------
+    exc : BaseException
+        A failed item's exception.
+
+    Returns
+    -------
+    BaseException
+        A copy of ``exc`` whose pickle stays small.
+    """
+    try:
+        copy = _summarized(exc, 0)
+    except Exception as why:  # its class cannot be made without __init__
+        return _short_stand_in(exc, f"{type(why).__name__}: {why}")
+    if _stays_here():
+        return copy  # nothing is pickled
+    copy = portable(copy)
+    if _pickled_size(copy) <= SUMMARY_BYTES:
+        return copy
+    for name, value in list(vars(copy).items()):  # keep the type, leave out what is big
+        if _pickled_size(value) > SUMMARY_CHARS:
+            delattr(copy, name)
+    copy.__cause__ = copy.__context__ = None
+    copy = portable(copy)
+    if _pickled_size(copy) <= SUMMARY_BYTES:
+        return copy
+    return _short_stand_in(exc, f"its summary still takes over {SUMMARY_BYTES} bytes")
+
+
+def _pickled_size(value: Any) -> float:
+    try:
+        return len(dumps(value))
+    except Exception:  # noqa: BLE001 - cannot travel: as if too large
+        return float("inf")
+
+
+def _short_stand_in(exc: BaseException, why: str) -> RemoteError:
+    return RemoteError(
+        short_text(f"{type(exc).__name__}: {exc} (a summary of it could not be made: {why})"),
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        short_text("".join(traceback.format_tb(exc.__traceback__, limit=-SUMMARY_FRAMES))),
+    )
+
+
+def _summarized(exc: BaseException, depth: int) -> BaseException:
+    cls = type(exc)
+    if isinstance(exc, BaseExceptionGroup):  # its first ten exceptions, summarized
+        message = short_text(exc.message, SUMMARY_CHARS)
+        exceptions = [_summarized(e, depth + 1) for e in exc.exceptions[:10]]
+        copy = cls.__new__(cls, message, exceptions)
+        copy.args = (message, exceptions)
+    else:
+        copy = cls.__new__(cls)
+        copy.args = tuple(_short(a, depth) for a in exc.args)
+    copy.__dict__.update({k: _short(v, depth) for k, v in vars(exc).items()})
+    for name, value in _members(exc).items():
+        try:
+            setattr(copy, name, _short(value, depth))
+        except (AttributeError, TypeError):
+            pass
+    if depth < _SUMMARY_DEPTH:
+        copy.__cause__ = None if exc.__cause__ is None else _summarized(exc.__cause__, depth + 1)
+        copy.__context__ = (
+            None if exc.__context__ is None else _summarized(exc.__context__, depth + 1)
         )
-        return stand_in.with_traceback(exc.__traceback__)
-    return exc
+    copy.__suppress_context__ = exc.__suppress_context__
+    copy.__traceback__ = _innermost(exc.__traceback__, SUMMARY_FRAMES)
+    return copy
+
+
+def _short(value: Any, depth: int) -> Any:
+    """``value`` with its long texts cut and its exceptions summarized (in lists,
+    tuples and dicts too); anything else as it is."""
+    kind = type(value)
+    if kind is str:
+        return short_text(value, SUMMARY_CHARS)
+    if kind in (bytes, bytearray) and len(value) > SUMMARY_CHARS:
+        return value[:SUMMARY_CHARS] + f"... [{len(value) - SUMMARY_CHARS} more bytes]".encode()
+    if isinstance(value, BaseException):
+        return _summarized(value, depth + 1) if depth < _SUMMARY_DEPTH else None
+    if kind in (list, tuple):
+        return kind(_short(v, depth) for v in value)
+    if kind is dict:
+        return {k: _short(v, depth) for k, v in value.items()}
+    return value
+
+
+def _innermost(tb: TracebackType | None, frames: int) -> TracebackType | None:
+    """A new traceback of the last ``frames`` frames of ``tb`` (``tb`` is not changed)."""
+    entries = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    return Traceback(entries[-frames:][0]).as_traceback() if entries else None
