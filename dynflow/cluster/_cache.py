@@ -12,15 +12,27 @@ call runs and a successful result is written. Failed calls are never written.
 Storage is any fsspec location (a local path, ``file://``, ``s3://``, ``gcs://``,
 ``memory://``): ``<storage>/<task name>/<cache key>``. An entry is dask's serialization
 of ``(written at, value)`` (``distributed.protocol.serialize_bytes``: pickle with
-out-of-band buffers for NumPy and pandas), written to a temporary name beside it and
-then moved into place, so a reader never sees half an entry, and two writers of one
-key leave one whole entry. An entry that cannot be read is missing (with a warning).
+out-of-band buffers for NumPy and pandas), written to a temporary file
+(``<storage>/.dynflow-tmp/<task name>/<cache key>.tmp-<seconds>-<uuid>``, the seconds
+when it was started) and then moved into place, so a reader never sees half an entry,
+and two writers of one key leave one whole entry. An entry that cannot be read is
+missing (with a warning).
+
+Temporary files outlive only a writer killed mid-write: a process that writes an entry
+of a task then removes that task's temporary files started more than
+:data:`STALE_AFTER` seconds ago (after its first write there, then at most every
+:data:`STALE_AFTER` seconds: a write in progress takes seconds, not an hour). A
+directory where an entry should be (a stray ``mkdir``) is never written into: the write
+is refused with a warning naming it, and a read treats it as missing.
 """
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
+import os
+import reprlib
 import time
 import uuid
 import warnings
@@ -33,14 +45,25 @@ import cloudpickle
 import fsspec
 from dask.base import tokenize
 from distributed.protocol import deserialize_bytes, serialize_bytes
+from fsspec.implementations.local import LocalFileSystem
 
 from dynflow._containers import find
-from dynflow.cluster._items import tell_client
-from dynflow.exceptions import ResultStorageError
+from dynflow.cluster._items import item_index, tell_client
+from dynflow.exceptions import ResultStorageError, index_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LARGE", "MISSING", "CachePolicy", "check_storage", "remember", "task_identity"]
+__all__ = [
+    "LARGE",
+    "MISSING",
+    "STALE_AFTER",
+    "TEMPORARY",
+    "CachePolicy",
+    "check_storage",
+    "function_token",
+    "remember",
+    "task_identity",
+]
 
 MISSING = object()
 
@@ -48,11 +71,12 @@ MISSING = object()
 _CHECKED: set[str] = set()
 
 
-def task_identity(name: str, fn: Callable, version: str | None) -> str:
-    """A token of what the task computes: its name, its function's source (where the
-    source is not available, the function pickled by value, which holds the functions
-    of the script it calls) and the user's ``cache_version``. Made where the task is
-    defined (the client), and sent with the task."""
+def function_token(fn: Callable) -> str:
+    """A token of a task's function: its source (where the source is not available, the
+    function pickled by value, which holds the functions of the script it calls). Made
+    where the task is defined (the client), then sent with the task and kept by its
+    ``with_options`` copies, so that a worker that cannot read the script's source keys
+    its calls as the client does."""
     fn = inspect.unwrap(fn)
     try:
         source: Any = inspect.getsource(fn)
@@ -62,7 +86,13 @@ def task_identity(name: str, fn: Callable, version: str | None) -> str:
         except Exception:  # noqa: BLE001 - then what the code object says
             code = getattr(fn, "__code__", None)
             source = (code.co_code, code.co_consts, code.co_names) if code else repr(fn)
-    return tokenize(name, source, version)
+    return tokenize(source)
+
+
+def task_identity(name: str, function: str, version: str | None) -> str:
+    """A token of what the task computes: its name, its function (the token of
+    :func:`function_token`) and the user's ``cache_version``."""
+    return tokenize(name, function, version)
 
 
 def check_storage(storage: str) -> None:
@@ -178,11 +208,12 @@ class CachePolicy:
 
     ``storage``: an fsspec URL or an absolute local path; ``identity``: from
     :func:`task_identity`; ``key_fn``: the user's ``cache_key_fn``, called with the
-    call's arguments, returning a string (or None: this call is not cached);
-    ``expiration``: seconds an entry is valid (None: forever); ``refresh``: recompute
-    and overwrite; ``params``: the function's positional parameter names;
-    ``defaults``: its parameters with defaults, ``(name, value)`` (a call is keyed by
-    its arguments bound to the parameters, defaults filled in).
+    call's arguments by name (see :meth:`key`), returning a string (or None: this call
+    is not cached); ``expiration``: seconds an entry is valid (None: forever);
+    ``refresh``: recompute and overwrite; ``params``: the function's positional
+    parameter names; ``defaults``: its parameters with defaults, ``(name, value)`` (a
+    call is keyed by its arguments bound to the parameters, defaults filled in);
+    ``varargs``: the name of its ``*args`` parameter, if any.
     """
 
     storage: str
@@ -192,19 +223,22 @@ class CachePolicy:
     refresh: bool = False
     params: tuple[str, ...] = ()
     defaults: tuple[tuple[str, Any], ...] = ()
+    varargs: str | None = None
 
     def key(self, task_name: str, args: tuple, kwargs: dict) -> str | None:
-        """The call's cache key, or None (not cached: a warning says why)."""
-        if self.key_fn is not None:
-            user = self.key_fn(*args, **kwargs)
-            if user is None:
-                return None
-            return tokenize(self.identity, str(user))
+        """The call's cache key, or None (not cached: a warning says why).
+
+        With a ``key_fn``, what it returns for the call's arguments (see
+        :meth:`_user_key`); it raising, or returning anything but a string or None,
+        raises here: the call fails.
+        """
         named = dict(zip(self.params, args, strict=False))
         extra = args[len(self.params) :]
         named.update(kwargs)
         for name, value in self.defaults:
             named.setdefault(name, value)
+        if self.key_fn is not None:
+            return self._user_key(task_name, named, extra)
         named = dict(sorted(named.items()))
         culprit = _unstable(named, extra)
         if culprit is None:
@@ -222,6 +256,33 @@ class CachePolicy:
         )
         return None
 
+    def _user_key(self, task_name: str, named: dict[str, Any], extra: tuple) -> str | None:
+        """The key from ``key_fn``, called with the call's arguments by name: bound to
+        the function's parameters, defaults filled in, ``*args`` as one tuple under its
+        parameter's name, ``**kwargs`` spread (as a ``task_run_name`` callable is
+        called). It must return a string (or None: the call is not cached); anything
+        else, or an exception, is the call's error (a ``TypeError``, a
+        ``RuntimeError`` with the exception as its cause), naming the task."""
+        if extra:
+            named[self.varargs or "args"] = extra
+        try:
+            user = self.key_fn(**named)  # type: ignore[misc]
+        except Exception as e:
+            raise RuntimeError(
+                f"task {task_name!r}{_at_item()}: its cache_key_fn raised "
+                f"{type(e).__name__}: {e} (it is called with the call's arguments by "
+                f"name: {', '.join(named) or 'none'}); the call did not run"
+            ) from e
+        if user is None:
+            return None
+        if not isinstance(user, str):
+            raise TypeError(
+                f"task {task_name!r}{_at_item()}: its cache_key_fn returned "
+                f"{reprlib.repr(user)}, of type {type(user).__name__}; expected a str, "
+                "the call's key (or None: the call is not cached); the call did not run"
+            )
+        return tokenize(self.identity, user)
+
     def _path(self, task_name: str, key: str) -> tuple[Any, str]:
         fs, root = fsspec.core.url_to_fs(self.storage)
         folder = task_name.replace("/", "_")
@@ -232,7 +293,7 @@ class CachePolicy:
         fs, path = self._path(task_name, key)
         try:
             data = fs.cat_file(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):  # a directory: write() says so
             return MISSING
         except Exception as e:
             _warn(
@@ -257,21 +318,110 @@ class CachePolicy:
         return value
 
     def write(self, task_name: str, key: str, value: Any) -> None:
-        """Store ``value`` under ``key``: written beside, then moved into place. A
-        failure to write is a warning: the call's result stands."""
+        """Store ``value`` under ``key``: written to a temporary file, then moved into
+        place (see the module docstring). A failure to write is a warning naming the
+        path (the temporary file removed): the call's result stands."""
         if _large(value):
             remember(value, key)
         fs, path = self._path(task_name, key)
+        root, folder, _ = path.rsplit("/", 2)
+        temporary = f"{root}/{TEMPORARY}/{folder}"
+        tmp = None
         try:
             data = serialize_bytes((time.time(), value))
-            folder = path.rsplit("/", 1)[0]
-            fs.makedirs(folder, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, path)
+            tmp = f"{temporary}/{key}.tmp-{int(time.time())}-{uuid.uuid4().hex}"
+            try:
+                fs.pipe_file(tmp, data)
+            except FileNotFoundError:  # the first write there (folders made on demand)
+                fs.makedirs(temporary, exist_ok=True)
+                fs.pipe_file(tmp, data)
+            try:
+                _move(fs, tmp, path)
+            except FileNotFoundError:
+                fs.makedirs(f"{root}/{folder}", exist_ok=True)
+                _move(fs, tmp, path)
+            tmp = None
         except Exception as e:
+            if tmp is not None:
+                _remove(fs, tmp)
+            if isinstance(e, IsADirectoryError) or _isdir(fs, path):
+                why = "a directory is in the entry's place: remove it to cache this call"
+            else:
+                why = f"{type(e).__name__}: {e}"
             _warn(
                 task_name,
-                f"task {task_name!r}: the result could not be cached at {path!r} "
-                f"({type(e).__name__}: {e})",
+                f"task {task_name!r}: the result could not be cached at {path!r} ({why})",
             )
+        _sweep(fs, temporary)
+
+
+#: the folder, under the storage's root, of the entries being written (one per task)
+TEMPORARY = ".dynflow-tmp"
+#: seconds after which a temporary file is a killed writer's, removed (see the module
+#: docstring)
+STALE_AFTER = 3600.0
+#: (file system, temporary folder) -> when this process last swept it (monotonic)
+_SWEPT: dict[tuple[str, str], float] = {}
+
+
+def _sweep(fs: Any, temporary: str) -> None:
+    """Remove the files in the folder ``temporary`` whose write started more than
+    :data:`STALE_AFTER` seconds ago (the time is in their name): their writer was
+    killed mid-write. Once per folder and process, then at most every
+    :data:`STALE_AFTER` seconds; a failure to list or remove is only logged."""
+    now = time.monotonic()
+    where = (type(fs).__name__, temporary)
+    last = _SWEPT.get(where)
+    if last is not None and now - last < STALE_AFTER:
+        return
+    _SWEPT[where] = now
+    cutoff = time.time() - STALE_AFTER
+    try:
+        names = fs.ls(temporary, detail=False)
+    except Exception as e:  # noqa: BLE001 - a sweep never fails a write
+        logger.debug("could not list %s: %s", temporary, e)
+        return
+    for name in names:
+        started = _started(name)
+        if started is not None and started < cutoff:
+            _remove(fs, name)
+
+
+def _started(name: str) -> int | None:
+    """When the write of the temporary file ``name`` started (seconds), from its name
+    ``<key>.tmp-<seconds>-<uuid>``; None for another file."""
+    _, _, tail = name.rpartition(".tmp-")
+    seconds, _, rest = tail.partition("-")
+    return int(seconds) if seconds.isdigit() and rest else None
+
+
+def _remove(fs: Any, path: str) -> None:
+    try:
+        fs.rm_file(path)
+    except Exception as e:  # noqa: BLE001 - best effort: the sweep retries it later
+        logger.debug("could not remove %s: %s", path, e)
+
+
+def _move(fs: Any, tmp: str, path: str) -> None:
+    """Move the file ``tmp`` to ``path``, replacing a file there; a directory at
+    ``path`` raises ``IsADirectoryError`` (fsspec's ``mv`` would move the file into it,
+    where no reader looks)."""
+    if isinstance(fs, LocalFileSystem):
+        os.replace(tmp, path)  # atomic; refuses a directory
+        return
+    if fs.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    fs.mv(tmp, path)
+
+
+def _isdir(fs: Any, path: str) -> bool:
+    try:
+        return bool(fs.isdir(path))
+    except Exception:  # noqa: BLE001 - only for the warning's words
+        return False
+
+
+def _at_item() -> str:
+    """`` (index 3)`` while a map item runs (also inside a batch); else empty."""
+    index = item_index()
+    return "" if index is None else f" (index {index_text(index)})"

@@ -129,7 +129,10 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
     if passed is not None:
         return passed
     user_args = args[2:] if fn is call_after else args
-    cache_key, cached = _cached(policy, user_args, kwargs)
+    try:
+        cache_key, cached = _cached(policy, user_args, kwargs)
+    except BaseException as e:  # noqa: BLE001 - a cache_key_fn's error is the call's
+        return _failed(policy, _call_error(policy, e), user_args, kwargs)
     if cached is not MISSING:
         return cached
     with _calling(policy, user_args, kwargs):
@@ -206,7 +209,12 @@ async def _call_async(
         if secede:
             secede_async(key)
         user_args = args[2:] if fn is call_after else args
-        cache_key, cached = await _off_loop(policy, _cached, policy, user_args, kwargs)
+        try:
+            cache_key, cached = await _off_loop(policy, _cached, policy, user_args, kwargs)
+        except asyncio.CancelledError:
+            raise  # cancelled from outside (the worker closes): not the call's
+        except BaseException as e:  # noqa: BLE001 - a cache_key_fn's error is the call's
+            return _failed(policy, _call_error(policy, e), user_args, kwargs)
         if cached is not MISSING:
             return cached
         with _calling(policy, user_args, kwargs):
@@ -296,14 +304,27 @@ def _upstream_failure(
 
 async def _off_loop(policy: CallPolicy, fn: Callable, *args: Any) -> Any:
     """``fn(*args)``; in a thread when the task is cached (the result storage's I/O must
-    not hold the worker's event loop), else here."""
+    not hold the worker's event loop), else here. The thread is told the task's key
+    (the worker cannot tell it: inside a batch, the key is the batch thread's), so that
+    what it reports (an item read from the storage, a warning for the client) reaches
+    the run."""
     if policy.cache is None:
         return fn(*args)
-    return await asyncio.to_thread(fn, *args)
+    token = CURRENT_KEY.set(current_key())
+    try:
+        return await asyncio.to_thread(fn, *args)
+    finally:
+        CURRENT_KEY.reset(token)
 
 
 def _cached(policy: CallPolicy, args: tuple, kwargs: dict) -> tuple[str | None, Any]:
-    """The call's cache key (None: not cached) and its stored value (or ``MISSING``)."""
+    """The call's cache key (None: not cached) and its stored value (or ``MISSING``).
+
+    Raises when the task's ``cache_key_fn`` raises or returns something that is not a
+    key (:meth:`CachePolicy.key`): the callers make that the call's failure, as if the
+    function had raised it (a map item's failure record, a plain task's error), without
+    retries (the function never ran).
+    """
     cache = policy.cache
     if cache is None:
         return None, MISSING

@@ -75,17 +75,16 @@ class Flow(Bindable, Generic[P, R]):
             raise TypeError(f"@flow expects a function, got {type(fn).__name__}")
         if name is not None and not (isinstance(name, str) and name):
             raise TypeError(f"flow {funcname(fn)!r}: option name={name!r}; expected a string")
-        self._task_options = _flow_task_options(
-            name or funcname(fn), {"log_prints": log_prints, **task_options}
-        )
+        called = name or funcname(fn)
+        self._task_options = _flow_task_options(called, {"log_prints": log_prints, **task_options})
         try:
             waits = wait_for_nodes(wait_for)
         except TypeError:
             raise TypeError(
-                f"flow {funcname(fn)!r}: option wait_for={wait_for!r}; expected a node or "
+                f"flow {called!r}: option wait_for={wait_for!r}; expected a node or "
                 "an iterable of nodes"
             ) from None
-        check_map_options(funcname(fn), min_success_ratio, None, None)
+        check_map_options(called, min_success_ratio, None, None)
         self._bound = None
         self._fn = fn
         self._name = name or funcname(fn)
@@ -328,10 +327,7 @@ def _flow_task_options(flow_name: str, options: dict[str, Any]) -> dict[str, Any
             f"wait_for, min_success_ratio, {', '.join(FLOW_TASK_OPTIONS)}"
         )
     given = {k: v for k, v in options.items() if v is not None}
-    try:
-        return check_options(flow_name, given)
-    except TypeError as e:
-        raise TypeError(str(e).replace(f"task {flow_name!r}", f"flow {flow_name!r}")) from None
+    return check_options(flow_name, given, kind="flow")
 
 
 def flow(fn: Callable | None = None, /, *, name: str | None = None, **options: Any) -> Any:
@@ -352,8 +348,10 @@ def flow(fn: Callable | None = None, /, *, name: str | None = None, **options: A
         label (tasks that set their own ``log_prints`` keep it). Default: the config
         key ``dynflow.log-prints``.
     cache, cache_expiration, refresh_cache, result_storage : optional
-        Result caching for the tasks called in the body (and in the flows it calls)
-        that do not set these options themselves; see :func:`task`.
+        Result caching for the tasks called in the body (and in the flows it calls or
+        maps) that do not set these options themselves; a dynamic task among them
+        passes ``cache_expiration``, ``refresh_cache`` and ``result_storage`` on to
+        the graph its call returns (not ``cache``); see :func:`task`.
     wait_for, min_success_ratio : optional
         Defaults of :meth:`Flow.map`.
 
@@ -365,7 +363,9 @@ def flow(fn: Callable | None = None, /, *, name: str | None = None, **options: A
     Raises
     ------
     TypeError
-        ``fn`` is not callable, or an option does not fit.
+        ``fn`` is not callable, or an option does not fit, naming the flow (its
+        ``name``, else the function's), the option and what is expected; options
+        given without the function are checked when the decorator is applied.
 
     Examples
     --------
@@ -381,5 +381,5 @@ def flow(fn: Callable | None = None, /, *, name: str | None = None, **options: A
     """
     if fn is not None:
         return Flow(fn, name=name, **options)
-    _flow_task_options("<flow>", {k: v for k, v in options.items() if k in FLOW_TASK_OPTIONS})
+    # checked when applied, naming the function (or the name option)
     return lambda f: Flow(f, name=name, **options)

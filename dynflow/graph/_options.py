@@ -7,6 +7,8 @@ import datetime
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import dask.config
@@ -15,11 +17,14 @@ from dask.utils import parse_timedelta
 from dynflow.graph._node import Node
 
 __all__ = [
+    "CALLER_OPTIONS",
     "CALL_KEYWORDS",
     "FLOW_TASK_OPTIONS",
     "MAP_KEYWORDS",
     "OPTIONS",
+    "PASSED_ON",
     "absolute_storage",
+    "cache_config",
     "check_map_options",
     "check_options",
     "duration",
@@ -126,7 +131,8 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "cache_key_fn": (
         None,
         _check(lambda v: v is None or callable(v)),
-        "None or a callable taking the call's arguments, returning a string",
+        "None or a callable taking the call's arguments by name, returning a string (or "
+        "None: that call is not cached)",
     ),
     "cache_expiration": (
         None,
@@ -163,9 +169,57 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
 FLOW_TASK_OPTIONS = ("log_prints", "cache", "cache_expiration", "refresh_cache", "result_storage")
 
 
-def result_storage() -> str:
-    """``dynflow.result-storage``; null is ``~/.cache/dynflow/results``."""
-    return dask.config.get("dynflow.result-storage") or "~/.cache/dynflow/results"
+#: the cache options a task passes on to the tasks of the graph its call returns (a
+#: dynamic task), for those that leave them unset (``cache`` itself is not passed on: a
+#: task's ``cache=True`` caches that task; a flow's, the tasks in its body)
+PASSED_ON = ("cache_expiration", "refresh_cache", "result_storage")
+
+#: while the graph a call returned (or a sub-flow item) is lowered: the :data:`PASSED_ON`
+#: options of the task (or of the flows) it comes from, which its tasks take where they
+#: leave them unset (after their own and their flow's, before the dask config)
+CALLER_OPTIONS: ContextVar[Mapping[str, Any]] = ContextVar(
+    "dynflow_caller_options",
+    default=MappingProxyType({}),  # noqa: B039 - never mutated
+)
+
+#: dask config key -> (how it is checked, what is expected)
+_CONFIG: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "dynflow.cache.enabled": (
+        _check(lambda v: v is None or isinstance(v, bool)),
+        "true or false",
+    ),
+    "dynflow.cache.expiration": (
+        duration,
+        "null or a duration: seconds or a string such as '1d' or '12h'",
+    ),
+    "dynflow.cache.refresh": (
+        _check(lambda v: v is None or isinstance(v, bool)),
+        "true or false",
+    ),
+    "dynflow.result-storage": (
+        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
+        "null, a local path or an fsspec URL such as 's3://bucket/results'",
+    ),
+}
+
+
+def cache_config(key: str, task_name: str | None = None) -> Any:
+    """The dask config value ``key`` (one of the ``dynflow.cache.*`` keys or
+    ``dynflow.result-storage``), checked: a bad value raises a ``ValueError`` naming the
+    key, the value, what is expected and the task that reads it."""
+    value = dask.config.get(key)
+    check, what = _CONFIG[key]
+    try:
+        return check(value)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        who = f"task {task_name!r}: " if task_name is not None else ""
+        raise ValueError(f"{who}the dask config key {key} is {value!r}; expected {what}") from None
+
+
+def result_storage(task_name: str | None = None) -> str:
+    """``dynflow.result-storage`` (checked, see :func:`cache_config`); null is
+    ``~/.cache/dynflow/results``."""
+    return cache_config("dynflow.result-storage", task_name) or "~/.cache/dynflow/results"
 
 
 def absolute_storage(value: str) -> str:
@@ -213,19 +267,22 @@ def dynflow_keywords(
     return {k: kwargs.pop(k) for k in names if k in kwargs and k not in params}
 
 
-def check_options(fn_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def check_options(name: str, options: Mapping[str, Any], kind: str = "task") -> dict[str, Any]:
+    """``options`` checked and converted; a bad one raises a ``TypeError`` naming the
+    ``kind`` (``"task"`` or ``"flow"``) called ``name``, the option, its value and what
+    is expected."""
     out = {}
     for key, value in options.items():
         if key not in OPTIONS:
             raise TypeError(
-                f"task {fn_name!r}: unknown option {key!r}; expected one of "
+                f"{kind} {name!r}: unknown option {key!r}; expected one of "
                 f"{', '.join(sorted(OPTIONS))}"
             )
         _, validate, what = OPTIONS[key]
         try:
             out[key] = validate(value)
-        except (TypeError, ValueError, KeyError):
-            raise TypeError(f"task {fn_name!r}: option {key}={value!r}; expected {what}") from None
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise TypeError(f"{kind} {name!r}: option {key}={value!r}; expected {what}") from None
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import importlib
 import inspect
@@ -15,19 +16,21 @@ from dask.utils import funcname
 
 from dynflow._context import FLOW_OPTIONS
 from dynflow._sequences import unmappable
-from dynflow.cluster._cache import CachePolicy, check_storage, task_identity
+from dynflow.cluster._cache import CachePolicy, check_storage, function_token, task_identity
 from dynflow.cluster._calls import CallPolicy
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._node import MapNode, Node, Slot, unmapped
 from dynflow.graph._options import (
     CALL_KEYWORDS,
+    CALLER_OPTIONS,
     FLOW_TASK_OPTIONS,
     MAP_KEYWORDS,
     OPTIONS,
+    PASSED_ON,
     absolute_storage,
+    cache_config,
     check_map_options,
     check_options,
-    duration,
     dynflow_keywords,
     result_storage,
     wait_for_nodes,
@@ -126,7 +129,8 @@ class Task(Bindable, Generic[P, R]):
         self._bound = None
         if not callable(fn):
             raise TypeError(f"@task expects a function, got {type(fn).__name__}")
-        checked = check_options(funcname(fn), options)
+        name = options.get("name")
+        checked = check_options(name if isinstance(name, str) and name else funcname(fn), options)
         opts = {k: default for k, (default, _, _) in OPTIONS.items()}
         opts.update(checked)
         if opts["name"] is None:
@@ -164,23 +168,34 @@ class Task(Bindable, Generic[P, R]):
         )
 
     def _cache_policy(self) -> CachePolicy | None:
-        """The calls' cache policy (None: not cached): the task's options, else the
-        flow's (``_in_flow``), else ``dynflow.cache.*`` and ``dynflow.result-storage``.
-        The storage is checked here, where the graph is built (:func:`check_storage`)."""
+        """The calls' cache policy (None: not cached).
+
+        Each option is the task's own; else the flow's (``_in_flow``, made when the node
+        was); else, for ``cache_expiration``, ``refresh_cache`` and ``result_storage``,
+        what the task whose call returned this graph passes on (:func:`passed_on`);
+        else the dask config's (``dynflow.cache.*``, ``dynflow.result-storage``, checked
+        by :func:`cache_config`). The storage is checked here, where the graph is built
+        (:func:`check_storage`)."""
         o = self._options
         enabled = o["cache"]
         if enabled is None:
-            enabled = bool(dask.config.get("dynflow.cache.enabled"))
+            enabled = bool(cache_config("dynflow.cache.enabled", self.name))
         if not enabled:
             return None
-        storage = absolute_storage(o["result_storage"] or result_storage())
+        caller = CALLER_OPTIONS.get()
+        storage = o["result_storage"] or caller.get("result_storage") or result_storage(self.name)
+        storage = absolute_storage(storage)
         check_storage(storage)
         expiration = o["cache_expiration"]
         if expiration is None:
-            expiration = duration(dask.config.get("dynflow.cache.expiration"))
+            expiration = caller.get("cache_expiration")
+        if expiration is None:
+            expiration = cache_config("dynflow.cache.expiration", self.name)
         refresh = o["refresh_cache"]
         if refresh is None:
-            refresh = bool(dask.config.get("dynflow.cache.refresh"))
+            refresh = caller.get("refresh_cache")
+        if refresh is None:
+            refresh = bool(cache_config("dynflow.cache.refresh", self.name))
         return CachePolicy(
             storage,
             self._identity(),
@@ -189,12 +204,41 @@ class Task(Bindable, Generic[P, R]):
             refresh,
             self._params(),
             _defaults(self._signature),
+            self._varargs() if o["cache_key_fn"] is not None else None,
         )
+
+    def passed_on(self) -> tuple[tuple[str, Any], ...]:
+        """The cache options this task passes on to the tasks of a graph its call
+        returns (a dynamic task), for those that leave them unset: ``cache_expiration``,
+        ``refresh_cache`` and ``result_storage``, each its own, else the one passed on
+        to it (:data:`CALLER_OPTIONS`: from its caller, and for the storage,
+        ``dynflow.result-storage`` as read where the top graph was built), so that a
+        returned graph's tasks store where their caller does. ``cache`` is not passed
+        on (see :data:`PASSED_ON`)."""
+        o = self._options
+        caller = CALLER_OPTIONS.get()
+        out = []
+        for k in PASSED_ON:
+            v = o[k]
+            if v is None:
+                v = caller.get(k)
+            elif k == "result_storage":
+                v = absolute_storage(v)
+            if v is not None:
+                out.append((k, v))
+        return tuple(out)
 
     def _params(self) -> tuple[str, ...]:
         """Names of the positional parameters, in order (to label calls by argument)."""
         kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         return tuple(p.name for p in self._signature.parameters.values() if p.kind in kinds)
+
+    def _varargs(self) -> str | None:
+        """The name of the ``*args`` parameter, if the function has one."""
+        for p in self._signature.parameters.values():
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                return p.name
+        return None
 
     def _in_flow(self) -> Task[P, R]:
         """This task, or a copy with the options of the flow being built that the task
@@ -245,7 +289,13 @@ class Task(Bindable, Generic[P, R]):
         """
         merged = dict(self._options)
         merged.update(check_options(self.name, options))
-        return self._rebound(Task(self._fn, **merged))
+        task = Task(self._fn, **merged)
+        # the same function: its cache identity's token goes with it (it may be read
+        # where the source cannot be, on a worker building a sub-flow)
+        source = self.__dict__.get("_cache_source")
+        if source is not None:
+            task.__dict__["_cache_source"] = source
+        return self._rebound(task)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}{self._signature}>"
@@ -259,18 +309,28 @@ class Task(Bindable, Generic[P, R]):
         if self._bound is not None:
             return _bind_instance, self._bound
         # a module-level task travels as a reference, like a plain function; any other
-        # by value, with its cache identity made here (a worker may not have the source)
-        identity = self._identity() if self._options["cache"] else None
+        # by value, with its function's token made here (a worker may not have the
+        # source), unless it can never be cached
+        source = self._source() if self._options["cache"] is not False else None
         return by_reference(self, self._fn) or (
             _make_task,
-            (self._fn, dict(self._options), identity),
+            (self._fn, dict(self._options), source),
         )
+
+    def _source(self) -> str:
+        """The token of the task's function (:func:`function_token`), made once, and
+        kept by copies made with :meth:`with_options`."""
+        source = self.__dict__.get("_cache_source")
+        if source is None:
+            source = self.__dict__["_cache_source"] = function_token(self._fn)
+        return source
 
     def _identity(self) -> str:
         """The task's cache identity (:func:`task_identity`), made once."""
         identity = self.__dict__.get("_cache_identity")
         if identity is None:
-            identity = task_identity(self.name, self._fn, self._options["cache_version"])
+            o = self._options
+            identity = task_identity(o["name"], self._source(), o["cache_version"])
             self.__dict__["_cache_identity"] = identity
         return identity
 
@@ -381,10 +441,11 @@ class Task(Bindable, Generic[P, R]):
         return self(*args, **kwargs).submit()
 
 
-def _make_task(fn: Callable, options: dict[str, Any], identity: str | None = None) -> Task:
+def _make_task(fn: Callable, options: dict[str, Any], source: str | None = None) -> Task:
+    """A task sent by value, with the token of its function made where it was defined."""
     task = Task(fn, **options)
-    if identity is not None:
-        task.__dict__["_cache_identity"] = identity
+    if source is not None:
+        task.__dict__["_cache_source"] = source
     return task
 
 
@@ -520,6 +581,12 @@ def task(
     priority: int = ...,
     task_run_name: str | Callable[..., str] | None = ...,
     log_prints: bool | None = ...,
+    cache: bool | None = ...,
+    cache_version: str | None = ...,
+    cache_key_fn: Callable[..., str | None] | None = ...,
+    cache_expiration: float | str | datetime.timedelta | None = ...,
+    refresh_cache: bool | None = ...,
+    result_storage: str | None = ...,
     wait_for: Node | Iterable[Node] | None = ...,
     min_success_ratio: float = ...,
     batch_size: int | str | None = ...,
@@ -565,6 +632,34 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
     log_prints : bool, optional
         Forward what the call prints or logs to the client, tagged with its label.
         Default: the enclosing flow's ``log_prints``, else ``dynflow.log-prints``.
+    cache : bool, optional
+        Persist each successful call's result in the result storage and read it back
+        in later calls with the same cache key instead of running (README, "Resume
+        and caching"). Default: the enclosing flow's ``cache``, else
+        ``dynflow.cache.enabled``.
+    cache_version : str, optional
+        Part of the task's identity in its cache keys: change it to recompute.
+    cache_key_fn : callable, optional
+        Makes the call's cache key instead of the arguments' token. It is called with
+        the call's arguments by name, bound to the function's parameters, defaults
+        filled in (``*args`` as one tuple under its parameter's name, ``**kwargs``
+        spread), as a ``task_run_name`` callable is: write it
+        ``lambda account, **kw: account["id"]``. It returns a ``str`` (or ``None``:
+        that call is not cached). Anything else, or an exception, fails that call
+        only (a ``TypeError``, or a ``RuntimeError`` with the exception as its cause,
+        naming the task; in a map, that item's failure), without running it.
+    cache_expiration : float, str or timedelta, optional
+        How long an entry is valid (seconds, a duration string such as ``"1d"``, or a
+        ``timedelta``); an older one is recomputed. Default: the enclosing flow's or
+        calling task's, else ``dynflow.cache.expiration`` (forever).
+    refresh_cache : bool, optional
+        Recompute and overwrite the entries instead of reading them. Default: the
+        enclosing flow's or calling task's, else ``dynflow.cache.refresh``.
+    result_storage : str, optional
+        Where entries are stored: a local path or an fsspec URL. Default: the
+        enclosing flow's or calling task's (a task passes its own, or the one passed
+        to it, on to the graph its call returns), else ``dynflow.result-storage``,
+        read where the graph is built.
     wait_for, min_success_ratio, batch_size, max_concurrency
         Defaults for every call (``wait_for``) and every map of the task; see
         :meth:`Task.map`. A call's own keyword of that name adds to ``wait_for`` and
@@ -578,7 +673,9 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
     Raises
     ------
     TypeError
-        An unknown option, or a value that does not fit it (naming both).
+        An unknown option, or a value that does not fit it, naming the task (its
+        ``name``, else the function's), the option and what is expected; options
+        given without the function are checked when the decorator is applied.
 
     Examples
     --------
@@ -591,5 +688,5 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
     """
     if fn is not None:
         return Task(fn, **options)
-    check_options("<task>", options)
+    # checked when applied, naming the function (or the name option)
     return lambda f: Task(f, **options)

@@ -19,6 +19,10 @@ graph, and
 The graph is lowered with the call's failure mode: inside a map item or a sub-flow
 item, failures become records, as everywhere there (a dask collection's tasks are
 guarded for this: a task that raises gives a record, which its dependents pass on).
+It is lowered with the cache options the calling task passes on (``inherit``, from
+:meth:`Task.passed_on <dynflow.graph._task.Task.passed_on>`, made where the caller's
+own graph was lowered), which its tasks take where they leave them unset
+(:data:`~dynflow.graph._options.CALLER_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dynflow.cluster._failure import Failure
 from dynflow.cluster._items import current_key
 from dynflow.exceptions import ExtensionError, SerializationError
 from dynflow.graph._node import Node, find_nodes, quote, replace_nodes, unmapped
+from dynflow.graph._options import CALLER_OPTIONS
 
 __all__ = ["Returned", "assemble", "finish_collections"]
 
@@ -77,10 +82,20 @@ class Returned:
     """The calls' hook (``CallPolicy.returned``): ``hook(policy, value)`` is ``value``
     itself or, when it holds nodes, its graph (see the module docstring). ``lower`` is
     the lowering (:func:`dynflow.lowering._lower.lower`, which makes the hook: it
-    travels by reference, as the plan's functions do)."""
+    travels by reference, as the plan's functions do); ``inherit``: the cache options
+    the calling task passes on to the tasks of its returned graph, ``(name, value)``."""
 
     lower: Callable[..., Any]
     local: bool = False  # the call runs on a local scheduler
+    inherit: tuple[tuple[str, Any], ...] = ()
+
+    def _lower(self, nodes: list[Node], distributed: bool, records: bool) -> Any:
+        """The returned graph, lowered with the options the caller passes on."""
+        token = CALLER_OPTIONS.set(dict(self.inherit))
+        try:
+            return self.lower(nodes, distributed=distributed, records=records)
+        finally:
+            CALLER_OPTIONS.reset(token)
 
     def __call__(self, policy: CallPolicy, value: Any) -> Any:
         if type(value) in _SCALARS or not find(value, _special):
@@ -105,7 +120,7 @@ class Returned:
         key = self._splice_key()
         if key is None:
             return self._compute_here(policy, value, nodes, distributed=self._on_worker())
-        graph = self.lower(nodes, distributed=True, records=policy.records)
+        graph = self._lower(nodes, distributed=True, records=policy.records)
         tasks: dict[Any, Any] = {}
         annotations: dict[Any, dict] = {}
         for layer in graph.layers.values():
@@ -185,7 +200,7 @@ class Returned:
     ) -> Any:
         """The returned graph computed from this thread: on a local scheduler
         (``sync``), or inside a batch on the worker's own cluster."""
-        graph = self.lower(nodes, distributed=distributed, records=policy.records)
+        graph = self._lower(nodes, distributed=distributed, records=policy.records)
         keys = [n.key for n in nodes]
         if distributed:
             with worker_client() as client:

@@ -13,8 +13,9 @@ Two shapes, one per place the graph runs:
   task that calls the function per item, in order; no cluster involved, the same
   values and errors.
 
-Every call's policy carries :data:`RETURNED` (:data:`RETURNED_LOCAL` on a local
-scheduler): a call that returns nodes (a dynamic task) has their graph run in its
+Every call's policy carries a :class:`~dynflow.lowering._dynamic.Returned` hook
+(:data:`RETURNED`, or :data:`RETURNED_LOCAL` on a local scheduler, with the cache options
+the task passes on): a call that returns nodes (a dynamic task) has their graph run in its
 place (:mod:`dynflow.lowering._dynamic`).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import dask.config
@@ -50,6 +51,7 @@ from dynflow.graph._node import (
     topological,
     unmapped,
 )
+from dynflow.graph._options import CALLER_OPTIONS, absolute_storage, result_storage
 from dynflow.lowering._dynamic import Returned
 from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._plan import (
@@ -77,9 +79,29 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
     (:class:`~dynflow.cluster._failure.Failure`) instead of errors, as inside a sub-flow
     run per item.
     """
-    if distributed:
-        return lower_distributed(outputs, records)
-    return lower_local(outputs, records)
+    token = _storage_here()
+    try:
+        if distributed:
+            return lower_distributed(outputs, records)
+        return lower_local(outputs, records)
+    finally:
+        if token is not None:
+            CALLER_OPTIONS.reset(token)
+
+
+def _storage_here() -> Any:
+    """Where no caller passes a result storage on (a graph built on the client), the
+    config's ``dynflow.result-storage``, read here, once, as the storage its tasks pass
+    on to the graphs built on workers (sub-flow items, graphs their calls return): the
+    token to reset :data:`CALLER_OPTIONS` with, or None."""
+    caller = CALLER_OPTIONS.get()
+    if "result_storage" in caller:
+        return None
+    try:
+        storage = absolute_storage(result_storage())
+    except ValueError:  # a bad config: said by the cached tasks that read it
+        return None
+    return CALLER_OPTIONS.set({**caller, "result_storage": storage})
 
 
 class LargeValues:
@@ -149,8 +171,53 @@ def _node_task(
 
 
 def _policy(node: Node, records: bool, distributed: bool) -> CallPolicy:
-    """How ``node``'s calls run; a call that returns a graph has it run in its place."""
-    return replace(node.task.policy(records), returned=RETURNED if distributed else RETURNED_LOCAL)
+    """How ``node``'s calls run; a call that returns a graph has it run in its place,
+    its tasks taking the cache options the task passes on (:meth:`Task.passed_on`)."""
+    return replace(node.task.policy(records), returned=_returned(node.task, distributed))
+
+
+#: the calls' hooks for returned graphs, by (distributed, options passed on): one
+#: object per kind, shared by the tasks of a graph
+_HOOKS: dict[tuple[bool, tuple], Returned] = {}
+
+
+def _returned(task: Any, distributed: bool) -> Returned:
+    """The hook of ``task``'s calls: made once per task and lowering (the options it
+    passes on depend on :data:`CALLER_OPTIONS`, one mapping per lowering)."""
+    caller = CALLER_OPTIONS.get()
+    memo = task.__dict__.get("_dynflow_hook")
+    if memo is not None and memo[0] is caller and memo[1] is distributed:
+        return memo[2]
+    inherit = task.passed_on()
+    hook = _HOOKS.get((distributed, inherit))
+    if hook is None:
+        if len(_HOOKS) > 256:  # options seldom vary: a bound, not an eviction policy
+            _HOOKS.clear()
+        hook = _HOOKS[distributed, inherit] = Returned(lower, not distributed, inherit)
+    task.__dict__["_dynflow_hook"] = (caller, distributed, hook)
+    return hook
+
+
+@dataclass(frozen=True, slots=True)
+class _LowerSubflow:
+    """:func:`lower` for the sub-flows of a flow mapped per item, built on a worker:
+    their tasks take the cache options passed on where the map was lowered (by the
+    task whose returned graph holds it, and ``dynflow.result-storage`` as read where
+    the top graph was built), as the tasks beside the map do."""
+
+    inherit: tuple[tuple[str, Any], ...]
+
+    def __call__(self, outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> Any:
+        token = CALLER_OPTIONS.set(dict(self.inherit))
+        try:
+            return lower(outputs, distributed=distributed, records=records)
+        finally:
+            CALLER_OPTIONS.reset(token)
+
+
+def _subflow_lowering() -> _LowerSubflow:
+    """The lowering of a mapped flow's items: see :class:`_LowerSubflow`."""
+    return _LowerSubflow(tuple(sorted(CALLER_OPTIONS.get().items())))
 
 
 def _annotations(node: Node) -> dict[str, Any]:
@@ -231,7 +298,7 @@ def plan_stage(
     waits = tuple(arg(nslots + j, Slot("wait_for", True, w)) for j, w in enumerate(node.item_waits))
     if subflow:
         stage: Stage = SubflowStage(
-            node.item_name, node.name, node.flow, args, kwargs, {}, lower=lower
+            node.item_name, node.name, node.flow, args, kwargs, {}, lower=_subflow_lowering()
         )
     else:
         stage = Stage(
@@ -510,7 +577,8 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     return g.hlg()
 
 
-#: the calls' hook for returned graphs (dynamic tasks), lowered by :func:`lower`
+#: the calls' hook for returned graphs (dynamic tasks), lowered by :func:`lower`, for a
+#: task that passes no cache options on (:func:`_policy` gives each task its own)
 RETURNED = Returned(lower)
 #: the same on a local scheduler: the graph is computed inside the call
 RETURNED_LOCAL = Returned(lower, local=True)
