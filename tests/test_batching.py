@@ -201,3 +201,36 @@ async def test_batched_chains_pipeline_batch_by_batch(c, s, a):
     # items of a batched map read item by item from an unbatched chain too
     assert await slow_step.map("h", first).compute(client=c) == list(range(8))
     assert slow_step.map("h", first).compute(scheduler="sync") == list(range(8))
+
+
+@df.task
+async def adouble(x, scale):
+    return 2 * x * scale["k"]
+
+
+@df.task
+def pair_sum(x, y, z=0):
+    return x + y + z
+
+
+@gen_cluster(client=True)
+async def test_batches_give_what_items_of_their_own_give(c, s, a, b):
+    """Every kind of argument a batch reads for its items (a mapped node, a chained
+    batched map, a concrete list, a shared node, a value, wait_for item by item, an
+    async function), failures in place: the same lists as unbatched and as sync."""
+    shared = generate_list(3)
+
+    def build(k):
+        first = double.map(generate_list(12), bad=df.unmapped((5,)), batch_size=k)
+        second = pair_sum.map(first, list(range(12)), z=df.unmapped(shared), batch_size=k)
+        waiting = double.map(generate_list(12), wait_for=first, batch_size=k)
+        scaled = adouble.map(generate_list(12), df.unmapped({"k": 3}), batch_size=k)
+        return [df.allow_failure(m) for m in (first, second, waiting, scaled)]
+
+    def plain(values):
+        return [[repr(v) if isinstance(v, BaseException) else v for v in m] for m in values]
+
+    expected = plain(df.compute(*build(None), scheduler="sync"))
+    for k in (None, 1, 5, "auto"):
+        futures = await df.submit_async(*build(k), client=c)
+        assert plain(await c.gather(list(futures))) == expected, k

@@ -101,6 +101,13 @@ class CallPolicy:
         runner = run_blocking if blocking or key is None else run_call_async
         return Task(key, runner, self, key, fn, *args, **kwargs)
 
+    def run(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+        """A call of ``fn`` inside another task (a batch's item), now: what
+        ``spec(None, fn, ...)`` would compute, without making the spec."""
+        if self.asynchronous:
+            return run_blocking(self, None, fn, *args, **kwargs)
+        return run_call(self, fn, *args, **kwargs)
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         if isinstance(self.retry_delay, tuple):  # one per retry, the last repeats
@@ -275,8 +282,11 @@ def _calling(policy: CallPolicy, user_args: tuple, kwargs: dict) -> Iterator[Non
     output is forwarded where ``log_prints`` asks."""
     token = RUNNING_TASK.set(policy.task_name)
     async_token = RUNNING_ASYNC.set(policy.asynchronous)
-    report_label(policy, user_args, kwargs)
     try:
+        report_label(policy, user_args, kwargs)
+        if not policy.log_prints:
+            yield
+            return
         with forwarding(policy, user_args, kwargs):
             yield
     finally:

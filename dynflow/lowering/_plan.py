@@ -23,11 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dask._task_spec import Alias, List, Task, TaskRef, parse_input
+from dask._task_spec import Alias, GraphNode, List, Task, TaskRef, parse_input
 from dask.local import get_sync
 from dask.utils import key_split
 
 from dynflow._containers import find, substitute
+from dynflow._context import BATCH_INDEX
 from dynflow._protocol import RAW_PREFIX, at, lane_key
 from dynflow._sequences import positional, unmappable
 from dynflow.cluster._calls import CallPolicy, call_after
@@ -254,12 +255,77 @@ def done(_result: Any) -> None:
 def run_batch(
     stage: Stage, prefix: Prefix, start: int, stop: int, refs: ItemRefs, data: dict
 ) -> list:
-    """A batch, on the worker: each item's spec made and run in turn (results per item)."""
+    """A batch, on the worker: each item run in turn (results per item), as its own
+    task would run it. Where every mapped argument is a whole argument (the usual case),
+    items are called directly (:func:`_direct`); else each item's spec is made and run."""
+    direct = _direct(stage, prefix, refs, data)
     out = []
+    if direct is not None:
+        for i in range(start, stop):
+            token = BATCH_INDEX.set((*prefix, i))
+            try:
+                out.append(direct(i))
+            finally:
+                BATCH_INDEX.reset(token)
+        return out
     for i in range(start, stop):
         with at_index((*prefix, i)):
             out.append(stage.call(None, prefix, i, refs)(data))
     return out
+
+
+def _direct(
+    stage: Stage, prefix: Prefix, refs: ItemRefs, data: Mapping[Any, Any]
+) -> Callable[[int], Any] | None:
+    """Item ``i``'s call, ``direct(i)``, made without a task spec: the arguments every
+    item shares are evaluated once, and each mapped argument read for ``i`` as its item
+    marker says (the values :meth:`Stage.call`'s spec would give). None when a marker
+    sits inside a container (a spec evaluates that)."""
+    parts = (*stage.waits, *stage.args, *stage.kwargs.values())
+    if any(type(a) not in _MARKERS and find(a, _is_marker) for a in parts):
+        return None
+
+    def reader(a: Any) -> Callable[[int], Any]:
+        t = type(a)
+        if t is ItemOf:
+            key = resolve(a.key, prefix)
+            if key in refs.from_expander:
+                values = data[refs.expander][key]
+            else:
+                values = data[key]
+            return values.__getitem__
+        if t is StageItem:
+            size = refs.batches.get(a.key)
+            if size is None:
+                return lambda i: data[(a.key, *prefix, i)]
+            return lambda i: data[(a.key, *prefix, i // size)][i % size]
+        if t is Concrete:
+
+            def concrete(i: int) -> Any:
+                v = a.values[i - a.offset]
+                return v(data) if isinstance(v, GraphNode) else v
+
+            return concrete
+        value = a(data) if isinstance(a, GraphNode) else a  # the same for every item
+        return lambda i: value
+
+    waits = [reader(w) for w in stage.waits]
+    args = [reader(a) for a in stage.args]
+    kwargs = [(name, reader(v)) for name, v in stage.kwargs.items()]
+    policy, fn = stage.policy, stage.fn
+    assert policy is not None
+
+    def direct(i: int) -> Any:
+        values = [r(i) for r in args]
+        named = {name: r(i) for name, r in kwargs}
+        if waits:  # waited for, not passed: as Stage.call's call_after
+            waited = [w(i) for w in waits]
+            return policy.run(
+                call_after, fn, waited[0] if len(waited) == 1 else waited, *values, **named
+            )
+        return policy.run(fn, *values, **named)
+
+    return direct
 
 
 class ItemRefs(NamedTuple):
@@ -578,6 +644,50 @@ class Expansion:
             at(c.key, prefix): c.task(prefix, n, nthreads=nthreads) for c in self.collectors
         }
         return stages, collectors
+
+    def refuse_splice(
+        self, n: int, prefix: Prefix, listed: Any, subflow_tasks: Mapping[Any, Any], failed: bool
+    ) -> str | None:
+        """Why a splice request at ``prefix`` is not one this plan's expander can make
+        (None: it can), checked on the scheduler before anything is built, in
+        O(sources + stages), never per item: no items for a failed source; ``n`` the
+        length of every concrete mapped tuple; ``listed`` among the mapped sources; the
+        sub-flow stages' tasks for exactly those stages, at least one group per item."""
+        if failed:
+            if n or listed or subflow_tasks:
+                return (
+                    "a failed source has no items: expected n=0, no listed sources and no "
+                    f"sub-flow tasks, got n={n}, {len(listed)} listed, "
+                    f"{len(subflow_tasks)} sub-flow stages"
+                )
+            return None
+        for task_name, label, length in self.consts:
+            if n != length:
+                return (
+                    f"{task_name}.map() argument {label!r} has {length} items; the request "
+                    f"says n={n}"
+                )
+        sources = {resolve(k, prefix) for k in self.sources}
+        if len(listed) > len(sources) or any(k not in sources for k in listed):
+            return (
+                f"listed sources must be among the mapped ones "
+                f"{sorted(map(str, sources))[:5]}, got {sorted(map(str, listed))[:5]}"
+            )
+        expected = {i for i, s in enumerate(self.stages) if isinstance(s, SubflowStage)}
+        if set(subflow_tasks) != expected:
+            return (
+                f"sub-flow tasks are expected for stages {sorted(expected)}, got "
+                f"{sorted(map(str, subflow_tasks))[:5]}"
+            )
+        for i in expected:
+            groups = subflow_tasks[i]
+            if not isinstance(groups, list) or len(groups) < n:
+                got = f"{len(groups)}" if isinstance(groups, list) else type(groups).__name__
+                return (
+                    f"sub-flow stage {i} must send a list of at least {n} task groups (one "
+                    f"per item at least), got {got}"
+                )
+        return None
 
     def lengths(self, n: int, prefix: Prefix, nthreads: int = 1) -> dict[str, tuple]:
         """``{stage key: (prefix, n, items per task or None)}`` for progress tracking."""
