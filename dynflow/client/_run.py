@@ -16,7 +16,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dask.config
 from distributed import Future
@@ -254,7 +254,11 @@ def _stand_in(module: str, name: str) -> type:
     return type(name, (RemoteError,), namespace)
 
 
-class RunFuture(Future):
+#: a run's output type
+R = TypeVar("R")
+
+
+class RunFuture(Future[R]):
     """A ``distributed.Future`` of one output of a submitted run, knowing its :class:`Run`.
 
     It is a plain Future for distributed's tools (``wait``, ``as_completed``,
@@ -267,7 +271,7 @@ class RunFuture(Future):
         super().__init__(key, client)
         self.run = run
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> R:
         """The run's output (distributed's ``Future.result``), with the errors of
         :func:`dynflow.compute`."""
         with user_traceback():

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import pickle
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import cloudpickle
 from distributed import Client, Future, get_worker, worker_client
@@ -197,8 +197,56 @@ def _quiet_pickle_errors() -> Iterator[None]:
         log.removeFilter(quiet)
 
 
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+
+
+@overload
 def compute(
-    *nodes: Node,
+    a: Node[T1],
+    /,
+    *,
+    client: Client | None = ...,
+    scheduler: str | None = ...,
+    name: str | None = ...,
+) -> tuple[T1]: ...
+@overload
+def compute(
+    a: T1,
+    /,
+    *,
+    client: Client | None = ...,
+    scheduler: str | None = ...,
+    name: str | None = ...,
+) -> tuple[T1]: ...
+@overload
+def compute(
+    a: T1,
+    b: T2,
+    /,
+    *,
+    client: Client | None = ...,
+    scheduler: str | None = ...,
+    name: str | None = ...,
+) -> tuple[T1, T2]: ...
+@overload
+def compute(
+    a: T1,
+    b: T2,
+    c: T3,
+    /,
+    *,
+    client: Client | None = ...,
+    scheduler: str | None = ...,
+    name: str | None = ...,
+) -> tuple[T1, T2, T3]: ...
+@overload
+def compute(
+    *nodes: Any, client: Client | None = ..., scheduler: str | None = ..., name: str | None = ...
+) -> tuple[Any, ...]: ...
+def compute(
+    *nodes: Any,
     client: Client | None = None,
     scheduler: str | None = None,
     name: str | None = None,

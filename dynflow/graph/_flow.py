@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from dask.utils import funcname
 
 from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS, RUNNING_TASK
-from dynflow.graph._node import MapNode, Node, SubflowMapNode, _first, find_nodes, topological
+from dynflow.graph._node import Node, SubflowMapNode, _first, find_nodes, topological
 from dynflow.graph._options import (
     FLOW_TASK_OPTIONS,
+    FlowOptions,
     check_map_options,
     check_options,
     dynflow_keywords,
@@ -21,9 +22,9 @@ from dynflow.graph._options import (
 from dynflow.graph._task import Bindable, Task, _bind_instance, by_reference, map_slots
 
 if TYPE_CHECKING:
-    from distributed import Future
+    from dynflow.client._run import RunFuture
 
-__all__ = ["Flow", "flow"]
+__all__ = ["Flow", "FlowDecorator", "flow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,14 +115,7 @@ class Flow(Bindable, Generic[P, R]):
         ``cache``, ``cache_expiration``, ``refresh_cache``, ``result_storage``)."""
         return dict(self._task_options)
 
-    def with_options(
-        self,
-        *,
-        name: str | None = None,
-        wait_for: Node | Iterable[Node] | None = None,
-        min_success_ratio: float | None = None,
-        **task_options: Any,
-    ) -> Flow[P, R]:
+    def with_options(self, **options: Unpack[FlowOptions]) -> Flow[P, R]:
         """Return a copy of the flow with other options.
 
         ``wait_for`` and ``min_success_ratio`` are defaults of :meth:`map` (the way to
@@ -129,7 +123,11 @@ class Flow(Bindable, Generic[P, R]):
         options the flow sets for its tasks (see :func:`flow`).
         """
         o = self._map_options
-        changed = {k: v for k, v in task_options.items() if v is not None}
+        given: dict[str, Any] = dict(options)
+        name = given.pop("name", None)
+        wait_for = given.pop("wait_for", None)
+        min_success_ratio = given.pop("min_success_ratio", None)
+        changed = {k: v for k, v in given.items() if v is not None}
         return self._rebound(
             Flow(
                 self._fn,
@@ -182,7 +180,7 @@ class Flow(Bindable, Generic[P, R]):
                 f"{self.name}{how}: {e}; the flow's signature is {self.name}{self._signature}"
             ) from None
 
-    def build(self, *args: P.args, **kwargs: P.kwargs) -> Node:
+    def build(self, *args: P.args, **kwargs: P.kwargs) -> Node[R]:
         """Run the body to build the graph; return its output node (nothing runs)."""
         args = self._with_instance(args)
         self._bind("()", args, kwargs)
@@ -212,18 +210,18 @@ class Flow(Bindable, Generic[P, R]):
             outer.append(out)  # made in the body of the flow that called this one
         return out
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """At top level: build and compute, return the value. In a flow, and inside a
         task (which may return it to have it run in its place): the output node."""
         node = self.build(*args, **kwargs)
         if BUILDING.get() is not None or RUNNING_TASK.get() is not None:
-            return node
+            return node  # type: ignore[return-value] # a type checker sees the value
         from dynflow.client._submit import user_traceback  # facade: client
 
         with user_traceback():  # this frame too
             return _compute(node, self.name)
 
-    def map(self, *args: Any, **kwargs: Any) -> MapNode:
+    def map(self, *args: Any, **kwargs: Any) -> list[R]:
         """Run the whole flow once per item; a map node of the flow's outputs.
 
         Parameters
@@ -300,20 +298,21 @@ class Flow(Bindable, Generic[P, R]):
         }
         if outer:
             flow = flow.with_options(**outer)
-        return SubflowMapNode(flow, task, slots, kwslots, waits, min_success_ratio=ratio)
+        node = SubflowMapNode(flow, task, slots, kwslots, waits, min_success_ratio=ratio)
+        return node  # type: ignore[return-value] # a type checker sees the list
 
-    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future:
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> RunFuture[R]:
         """Build the graph and start it as a run named after the flow; return its future."""
         from dynflow.client._submit import submit  # facade: client
 
         (future,) = submit(self.build(*args, **kwargs), name=self.name)
-        return future
+        return future  # type: ignore[no-any-return]
 
     def compute(
         self,
         *args: P.args,
         **kwargs: P.kwargs,
-    ) -> Any:
+    ) -> R:
         """Same as calling the flow at top level."""
         return _compute(self.build(*args, **kwargs), self.name)
 
@@ -330,6 +329,16 @@ def _flow_task_options(flow_name: str, options: dict[str, Any]) -> dict[str, Any
     return check_options(flow_name, given, kind="flow")
 
 
+class FlowDecorator(Protocol):
+    """What ``@df.flow(...)`` with options returns: applied to a function, a flow."""
+
+    def __call__(self, fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+@overload
+def flow(**options: Unpack[FlowOptions]) -> FlowDecorator: ...
 def flow(fn: Callable | None = None, /, *, name: str | None = None, **options: Any) -> Any:
     """Turn a function into a :class:`Flow` that composes tasks into one graph.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from dask.base import tokenize
 
@@ -20,8 +20,9 @@ from dynflow._context import BUILDING, CREATED, RUNNING_TASK
 from dynflow.exceptions import LazyValueError
 
 if TYPE_CHECKING:
-    from distributed import Client, Future
+    from distributed import Client
 
+    from dynflow.client._run import RunFuture
     from dynflow.graph._task import Task
 
 __all__ = [
@@ -40,10 +41,18 @@ __all__ = [
 ]
 
 
-class Node:
+#: a node's value type
+R = TypeVar("R", covariant=True)
+T = TypeVar("T")
+
+
+class Node(Generic[R]):
     """A lazy call of a task: nothing runs until it is computed.
 
     Created by calling a :func:`~dynflow.task` (``node = inc(1)``), never directly.
+    ``Node[R]`` is a node whose value is an ``R``: what ``flow.build(...)`` returns for a
+    flow whose function returns ``R``. (Type checkers see a task's call inside a flow as
+    its value, ``R`` itself: see the README's "Types".)
 
     Examples
     --------
@@ -240,7 +249,7 @@ class Node:
         )
 
     # -------------------------------------------------------------- execution
-    def compute(self, client: Client | None = None, scheduler: str | None = None) -> Any:
+    def compute(self, client: Client | None = None, scheduler: str | None = None) -> R:
         """Run the graph that ends at this node and return its value.
 
         Parameters
@@ -272,10 +281,10 @@ class Node:
         with user_traceback():
             out = compute(self, client=client, scheduler=scheduler)
         if inspect.isawaitable(out):
-            return _first(out)
-        return out[0]
+            return _first(out)  # type: ignore[return-value] # an asynchronous client's
+        return out[0]  # type: ignore[no-any-return]
 
-    def submit(self, client: Client | None = None) -> Future:
+    def submit(self, client: Client | None = None) -> RunFuture[R]:
         """Start the graph that ends at this node, as a run.
 
         Parameters
@@ -291,7 +300,7 @@ class Node:
         from dynflow.client._submit import submit  # facade: client
 
         (future,) = submit(self, client=client)
-        return future
+        return future  # type: ignore[no-any-return]
 
 
 def _refuse(symbol: str) -> Callable[..., Any]:
@@ -328,7 +337,7 @@ class Slot(NamedTuple):
     value: Any  # mapped: a Node, a MapNode, or a tuple of concrete values; else the value
 
 
-class MapNode(Node):
+class MapNode(Node[list[Any]]):
     """A lazy per-item call of a task over mapped arguments; its value is the list of results.
 
     Created by ``task.map(...)``. Its length is known only when it runs; on a
@@ -419,7 +428,7 @@ class MapNode(Node):
         return f"<MapNode {self._key}: {self.name}.map()>"
 
 
-class FlattenNode(Node):
+class FlattenNode(Node[list[Any]]):
     """``flatten(x)``: the elements of ``x``'s items, in order; made by :func:`dynflow.flatten`.
 
     Used whole, its value is the concatenated list. Mapped over (``g.map(flatten(m))``
@@ -435,7 +444,7 @@ class FlattenNode(Node):
         return self._args[0]
 
 
-class KeyNode(Node):
+class KeyNode(Node[Any]):
     """A node standing for a key that already exists on the cluster (no task of its own).
 
     Used when a sub-flow is built on a worker, per item, to refer to the values around
@@ -479,7 +488,7 @@ class SubflowMapNode(MapNode):
         return f"<MapNode {self._key}: {self.name}.map() (flow)>"
 
 
-class AllowFailureNode(Node):
+class AllowFailureNode(Node[Any]):
     """``allow_failure(x)``: ``x``'s value, or exception objects where it failed (a map's
     list: in place of each failed item)."""
 
@@ -491,7 +500,7 @@ class AllowFailureNode(Node):
         return self._args[0]
 
 
-class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls
+class unmapped(Generic[T]):  # noqa: N801 - lower case like Prefect's, it reads as a marker in calls
     """Mark an argument of ``task.map`` as static: every item receives the same value.
 
     Parameters
@@ -519,7 +528,7 @@ class unmapped:  # noqa: N801 - lower case like Prefect's, it reads as a marker 
         return f"unmapped({self.value!r})"
 
 
-class quote:  # noqa: N801 - lower case like Prefect's ``quote``, a marker in a return
+class quote(Generic[T]):  # noqa: N801 - lower case like Prefect's ``quote``, a marker in a return
     """Mark a task's return value as a value: the dask collections inside it are
     returned as objects, not computed in the task's place.
 

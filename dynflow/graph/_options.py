@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict
 
 import dask.config
 from dask.utils import parse_timedelta
@@ -20,9 +20,11 @@ __all__ = [
     "CALLER_OPTIONS",
     "CALL_KEYWORDS",
     "FLOW_TASK_OPTIONS",
+    "FlowOptions",
     "MAP_KEYWORDS",
     "OPTIONS",
     "PASSED_ON",
+    "TaskOptions",
     "absolute_storage",
     "cache_config",
     "check_map_options",
@@ -32,6 +34,55 @@ __all__ = [
     "result_storage",
     "wait_for_nodes",
 ]
+
+
+#: a retry policy's exceptions: classes, or a callable deciding from the exception
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+#: a duration: seconds, a string as dask writes them ("30s", "1d"), or a timedelta
+Duration = float | str | datetime.timedelta
+
+
+class FlowOptions(TypedDict, total=False):
+    """The options of ``@df.flow(...)`` and ``flow.with_options(...)``, for type
+    checkers (an unknown option is reported where it is written); see :func:`flow`.
+    ``wait_for`` holds nodes, which a flow body's type checker sees as values: Any."""
+
+    name: str | None
+    log_prints: bool | None
+    wait_for: Any
+    min_success_ratio: float | None
+    cache: bool | None
+    cache_expiration: Duration | None
+    refresh_cache: bool | None
+    result_storage: str | None
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of ``@df.task(...)`` and ``task.with_options(...)``, for type
+    checkers (an unknown option is reported where it is written); see :func:`task`."""
+
+    name: str | None
+    retries: int
+    retry_delay: Duration | list[Duration] | tuple[Duration, ...]
+    retry_backoff: float
+    retry_jitter: float
+    retry_on: RetryOn
+    timeout: Duration | None
+    pure: bool
+    resources: Mapping[str, float] | None
+    priority: int
+    task_run_name: str | Callable[..., str] | None
+    log_prints: bool | None
+    cache: bool | None
+    cache_version: str | None
+    cache_key_fn: Callable[..., str | None] | None
+    cache_expiration: Duration | None
+    refresh_cache: bool | None
+    result_storage: str | None
+    wait_for: Any
+    min_success_ratio: float
+    batch_size: int | str | None
+    max_concurrency: int | None
 
 
 def duration(value: Any) -> float | None:

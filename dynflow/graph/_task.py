@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
 import importlib
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 import dask.config
 from dask.utils import funcname
@@ -27,6 +26,7 @@ from dynflow.graph._options import (
     MAP_KEYWORDS,
     OPTIONS,
     PASSED_ON,
+    TaskOptions,
     absolute_storage,
     cache_config,
     check_map_options,
@@ -37,11 +37,12 @@ from dynflow.graph._options import (
 )
 
 if TYPE_CHECKING:
-    from distributed import Future
+    from dynflow.client._run import RunFuture
 
 __all__ = [
     "Bindable",
     "Task",
+    "TaskDecorator",
     "TaskFunction",
     "by_reference",
     "map_slots",
@@ -276,7 +277,7 @@ class Task(Bindable, Generic[P, R]):
         """The task's options (read-only)."""
         return self._options
 
-    def with_options(self, **options: Any) -> Task[P, R]:
+    def with_options(self, **options: Unpack[TaskOptions]) -> Task[P, R]:
         """Return a new task with some options changed.
 
         Examples
@@ -288,7 +289,7 @@ class Task(Bindable, Generic[P, R]):
         3
         """
         merged = dict(self._options)
-        merged.update(check_options(self.name, options))
+        merged.update(check_options(self.name, dict(options)))
         task = Task(self._fn, **merged)
         # the same function: its cache identity's token goes with it (it may be read
         # where the source cannot be, on a worker building a sub-flow)
@@ -347,7 +348,7 @@ class Task(Bindable, Generic[P, R]):
                 f"nodes), got {ours['wait_for']!r}"
             ) from None
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Node:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Return a lazy node for ``fn(*args, **kwargs)``; nothing runs.
 
         ``wait_for=node`` (or nodes): run only after those finished, without receiving
@@ -356,9 +357,10 @@ class Task(Bindable, Generic[P, R]):
         """
         ours = dynflow_keywords(self._signature, kwargs, CALL_KEYWORDS)
         bound = self._bind("()", self._with_instance(args), kwargs)
-        return Node(self._in_flow(), bound.args, bound.kwargs, self._waits("()", ours))
+        node = Node(self._in_flow(), bound.args, bound.kwargs, self._waits("()", ours))
+        return node  # type: ignore[return-value] # a type checker sees the value (Types)
 
-    def map(self, *args: Any, **kwargs: Any) -> MapNode:
+    def map(self, *args: Any, **kwargs: Any) -> list[R]:
         """Return a lazy :class:`~dynflow.MapNode`: ``fn`` called once per item.
 
         Every argument that is a node, a map node or a concrete iterable is mapped;
@@ -426,7 +428,7 @@ class Task(Bindable, Generic[P, R]):
         batch = ours.get("batch_size", o["batch_size"])
         concurrency = ours.get("max_concurrency", o["max_concurrency"])
         check_map_options(self.name, ratio, batch, concurrency)
-        return MapNode(
+        return MapNode(  # type: ignore[return-value] # a type checker sees the list
             self._in_flow(),
             slots,
             kwslots,
@@ -436,9 +438,10 @@ class Task(Bindable, Generic[P, R]):
             max_concurrency=concurrency,
         )
 
-    def submit(self, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> RunFuture[R]:
         """``task(*args, **kwargs).submit()``: start it now, return a ``distributed.Future``."""
-        return self(*args, **kwargs).submit()
+        node: Node[R] = self(*args, **kwargs)  # type: ignore[assignment]
+        return node.submit()
 
 
 def _make_task(fn: Callable, options: dict[str, Any], source: str | None = None) -> Task:
@@ -562,36 +565,22 @@ def positional_labels(sig: inspect.Signature, n: int) -> list[str]:
     return labels[:n]
 
 
+class TaskDecorator(Protocol):
+    """What ``@df.task(...)`` with options returns: applied to a function, a task (an
+    ``async def`` function's value is what its coroutine returns)."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...  # type: ignore[overload-overlap]
 @overload
 def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
-def task(
-    *,
-    name: str | None = ...,
-    retries: int = ...,
-    retry_delay: float | str | list[float | str] = ...,
-    retry_backoff: float = ...,
-    retry_jitter: float = ...,
-    retry_on: type[BaseException]
-    | tuple[type[BaseException], ...]
-    | Callable[[BaseException], bool] = ...,
-    timeout: float | str | None = ...,
-    pure: bool = ...,
-    resources: dict | None = ...,
-    priority: int = ...,
-    task_run_name: str | Callable[..., str] | None = ...,
-    log_prints: bool | None = ...,
-    cache: bool | None = ...,
-    cache_version: str | None = ...,
-    cache_key_fn: Callable[..., str | None] | None = ...,
-    cache_expiration: float | str | datetime.timedelta | None = ...,
-    refresh_cache: bool | None = ...,
-    result_storage: str | None = ...,
-    wait_for: Node | Iterable[Node] | None = ...,
-    min_success_ratio: float = ...,
-    batch_size: int | str | None = ...,
-    max_concurrency: int | None = ...,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(**options: Unpack[TaskOptions]) -> TaskDecorator: ...
 def task(fn: Callable | None = None, /, **options: Any) -> Any:
     """Turn a function into a :class:`Task`: calling it builds a lazy node.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from dynflow._sequences import Product, concatenate, positional, unmappable
 from dynflow.exceptions import MapInputError
@@ -11,6 +11,8 @@ from dynflow.graph._node import AllowFailureNode, FlattenNode, Node
 from dynflow.graph._task import Task
 
 __all__ = ["allow_failure", "flatten", "product"]
+
+T = TypeVar("T")
 
 
 def _flatten(lists: Iterable[Iterable[Any]]) -> list:
@@ -41,7 +43,7 @@ _ALLOW_FAILURE: Task = Task(_allow_failure_marker, name="allow_failure", pure=Tr
 _PRODUCT: Task = Task(_product, name="product", pure=True)
 
 
-def flatten(node: Node) -> FlattenNode:
+def flatten(node: Iterable[Iterable[T]]) -> list[T]:
     """The elements of the items of ``node`` (a map node of lists), in order.
 
     ``g.map(flatten(m))`` runs ``g`` once per element; on a cluster, the elements of
@@ -81,10 +83,14 @@ def flatten(node: Node) -> FlattenNode:
     """
     if not isinstance(node, Node):
         raise TypeError(f"flatten() expects a node (usually a map node), got {type(node).__name__}")
-    return FlattenNode(_FLATTEN, (node,), {})
+    return FlattenNode(_FLATTEN, (node,), {})  # type: ignore[return-value] # seen as the list
 
 
-def allow_failure(node: Node) -> AllowFailureNode:
+@overload
+def allow_failure(node: list[T]) -> list[T | BaseException]: ...
+@overload
+def allow_failure(node: T) -> T | BaseException: ...
+def allow_failure(node: Any) -> Any:
     """Let a consumer run when ``node`` failed: it receives the exception object instead.
 
     Of a map node, the consumer receives the list with the exception object in place of
@@ -133,7 +139,7 @@ def allow_failure(node: Node) -> AllowFailureNode:
     return AllowFailureNode(_ALLOW_FAILURE, (node,), {})
 
 
-def product(*values: Any) -> Node:
+def product(*values: Iterable[Any]) -> list[tuple[Any, ...]]:
     """The cross product of ``values``, to map over: items ``(a_i, b_j)``, row-major.
 
     ``f.map(df.product(a, b))`` calls ``f((a_i, b_j))`` for every pair (Airflow's
@@ -177,4 +183,4 @@ def product(*values: Any) -> Node:
                 f"product(): argument {k} is a {type(value).__name__}, {why}; pass lists, "
                 "nodes or map nodes"
             )
-    return _PRODUCT(*values)
+    return _PRODUCT(*values)  # type: ignore[no-any-return]
