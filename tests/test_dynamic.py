@@ -327,7 +327,7 @@ async def test_a_returned_dask_collection_is_spliced_and_computed(c, s, a, b):
 @gen_cluster(client=True)
 async def test_a_quoted_collection_is_the_value_and_errors_keep_their_type(c, s, a, b):
     value = await quoted(4).compute(client=c)
-    assert isinstance(value, Delayed) and value.compute(scheduler="sync") == 6
+    assert isinstance(value, Delayed) and value.compute(scheduler=dask.get) == 6
     assert isinstance(quoted(4).compute(scheduler="sync"), Delayed)
     # a failing task of the returned graph: its own exception, alone or in a map
     with pytest.raises(ZeroDivisionError):

@@ -16,7 +16,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import dask.config
 from distributed import Future
@@ -258,7 +258,7 @@ def _stand_in(module: str, name: str) -> type:
 R = TypeVar("R")
 
 
-class RunFuture(Future[R]):
+class RunFuture(Future, Generic[R]):  # Future is generic from distributed 2025.2
     """A ``distributed.Future`` of one output of a submitted run, knowing its :class:`Run`.
 
     It is a plain Future for distributed's tools (``wait``, ``as_completed``,

@@ -39,6 +39,7 @@ from dask._task_spec import Alias, Task, TaskRef, convert_legacy_graph, parse_in
 from dask.base import is_dask_collection, unpack_collections
 from distributed import Future, worker_client
 
+from dynflow._compat import local_scheduler
 from dynflow._containers import find
 from dynflow._context import BATCH_INDEX, LOCAL_KEYS
 from dynflow.cluster._calls import CallPolicy
@@ -166,7 +167,7 @@ class Returned:
         if self._splice_key() is None:
             try:
                 if not self._on_worker():
-                    (out,) = dask.compute(value, scheduler="sync")
+                    (out,) = dask.compute(value, scheduler=local_scheduler("sync"))
                 else:
                     with worker_client() as client:
                         out = client.compute(value, sync=True)
