@@ -52,6 +52,7 @@ __all__ = [
     "RUN_STATUS_HANDLER",
     "SPLICE",
     "SPLICE_HANDLER",
+    "SPLICE_KEY_PLUGIN",
     "SPLICE_TOPIC",
     "STREAM_CLOSE_HANDLER",
     "STREAM_NEXT_HANDLER",
@@ -72,6 +73,10 @@ TRACKER = "dynflow-runs"
 #: scheduler handlers: an expander asks for its splice; a client registers a run, asks
 #: for one run's state, or for every run's
 SPLICE_HANDLER = "dynflow_splice"
+#: the worker plugin that holds the key an expander signs its splice request with: the
+#: scheduler made it and gave it to its workers only, so a request it verifies comes
+#: from a worker, with the length that worker measured
+SPLICE_KEY_PLUGIN = "dynflow-splice-key"
 #: a dynamic task (its function returned a graph) asks for that graph in its place
 GRAPH_SPLICE_HANDLER = "dynflow_graph_splice"
 RUN_START_HANDLER = "dynflow_run_start"

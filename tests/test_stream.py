@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 from distributed import Event
+from distributed.client import FutureCancelledError, FuturesCancelledError
 from distributed.utils_test import gen_cluster
-from processes import wait_until
+from processes import STOP_TIMEOUT, CLICluster, wait_until
 from utils import generate_list, no_tasks_left, process, reducer
 
 import dynflow as df
@@ -195,3 +198,47 @@ async def test_a_stream_is_iterated_once_and_async_clients_need_async_for(c, s, 
     )
     assert sorted(first) == sorted(second) == [(i, i) for i in range(5)]
     await no_tasks_left(s)
+
+
+@df.task
+def gated_from_two(i, gate):
+    """Items from 2 on wait for the file ``gate`` (they are still running at the kill)."""
+    deadline = time.monotonic() + 60
+    while i >= 2 and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return i
+
+
+@pytest.mark.slow
+def test_a_scheduler_killed_mid_stream_raises_scheduler_lost_error(tmp_path):
+    """The scheduler process dies while the client waits for the next items: the loop
+    raises SchedulerLostError (the lost connection's error as its cause), at once."""
+    gate = tmp_path / "go"
+    cluster = CLICluster(tmp_path)
+    cluster.start(n_workers=1)
+    client = None
+    try:
+        client = cluster.client(n_workers=1)
+        stream = iter(
+            df.as_completed(gated_from_two.map(generate_list(6), str(gate)), client=client)
+        )
+        got = [next(stream), next(stream)]  # items 0 and 1; the others wait
+        assert sorted(i for i, _ in got) == [0, 1]
+        scheduler = cluster.procs[0]
+        # killed while the client waits on the scheduler for the next window
+        killer = threading.Timer(0.5, scheduler.kill)
+        killer.start()
+        start = time.monotonic()
+        with pytest.raises(df.SchedulerLostError, match="lost the connection") as info:
+            next(stream)
+        killer.join()
+        assert time.monotonic() - start < 30
+        cause = info.value.__cause__
+        assert isinstance(cause, (OSError, FutureCancelledError, FuturesCancelledError)), cause
+        with pytest.raises(StopIteration):  # the stream is over, closed without the scheduler
+            next(stream)
+    finally:
+        gate.touch()
+        if client is not None:
+            client.close(timeout=STOP_TIMEOUT)
+        cluster.stop()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import Any, TypeVar
 
+import dask.config
+from dask.utils import parse_bytes
 from distributed import Client, Future, fire_and_forget
+from distributed.client import FutureCancelledError, FuturesCancelledError
 
 from dynflow._compat import want_keys
 from dynflow._protocol import STREAM_CLOSE_HANDLER, STREAM_NEXT_HANDLER, STREAM_OPEN_HANDLER
@@ -23,6 +28,11 @@ __all__ = ["AsCompleted", "as_completed"]
 
 #: items of a batch fetched at once (a batch of an "auto" map grows with the map)
 BATCH_SLICE = 10_000
+#: seconds closing a stream may take (the scheduler closes it anyway when this client
+#: goes away, or when its run has ended and nobody reads it)
+CLOSE_TIMEOUT = 10.0
+
+_T = TypeVar("_T")
 
 
 def _part(batch: list, start: int, stop: int) -> list:
@@ -46,7 +56,10 @@ def as_completed(
     order they finish; a failed item yields ``(index, exception)`` (the original, with
     its remote traceback). The process holds a bounded window of results at a time (a
     few per worker thread; a batched map's items arrive batch by batch), never one
-    future per item, so its memory stays flat however long the map.
+    future per item, so its memory stays flat however long the map: at most
+    ``dynflow.as-completed.window-bytes`` of results (read when this is called; the
+    scheduler's ``nbytes`` of each task), except that a single item bigger than that
+    comes alone (a bigger batch comes in slices of about that size).
 
     Parameters
     ----------
@@ -87,7 +100,8 @@ def as_completed(
     MapItemError
         With ``raise_errors``, for the first failed item, naming it.
     SchedulerLostError
-        The connection to the scheduler was lost while streaming.
+        The connection to the scheduler was lost while streaming (the error of the
+        lost connection is its ``__cause__``).
     Exception
         The error that stopped the map itself (its source failed, or is a value that
         cannot be mapped over), with its remote traceback.
@@ -143,8 +157,11 @@ class AsCompleted:
             )
         self.raise_errors = raise_errors
         self.cancel_on_exit = cancel_on_exit
+        # the most bytes of results held at once (as the scheduler counts them)
+        self.max_bytes = max(1, parse_bytes(dask.config.get("dynflow.as-completed.window-bytes")))
         self.future: RunFuture | None = None  # the run this call started, if any
         self.stream: str | None = None
+        self._lost = False  # the connection to the scheduler was lost
         self._agen: Any = None
 
     # ------------------------------------------------------------------ iterating
@@ -173,7 +190,9 @@ class AsCompleted:
                     pairs = self.client.sync(windows.__anext__)
                 except StopAsyncIteration:
                     return
-                yield from pairs
+                pairs.reverse()
+                while pairs:  # each value handed over is no longer held here
+                    yield pairs.pop()
                 del pairs
         finally:
             self.client.sync(windows.aclose)
@@ -252,26 +271,53 @@ class AsCompleted:
         windows = self._windows()
         try:
             async for pairs in windows:
-                for pair in pairs:
-                    yield pair
+                pairs.reverse()
+                while pairs:  # each value handed over is no longer held here
+                    yield pairs.pop()
+                del pairs
         finally:
             await windows.aclose()
 
     # ------------------------------------------------------------------ the stream
+    async def _comm(self, awaitable: Awaitable[_T]) -> _T:
+        """``awaitable``, a call to the scheduler or a fetch of results: an error of the
+        lost connection (a closed comm, a failed connect, futures cancelled because the
+        client lost the scheduler) is raised as :class:`~dynflow.SchedulerLostError`,
+        from it."""
+        try:
+            return await awaitable
+        except (OSError, FutureCancelledError, FuturesCancelledError) as e:
+            if isinstance(e, (FutureCancelledError, FuturesCancelledError)):
+                reason = str(getattr(e, "reason", ""))
+                if self.client.status == "running" and "connection" not in reason:
+                    raise  # cancelled on purpose (df.cancel, another client)
+            self._lost = True
+            address = getattr(self.client.scheduler, "address", None)
+            raise SchedulerLostError(
+                f"as_completed({self.node.name}.map()): lost the connection to the "
+                f"scheduler at {address} while streaming ({type(e).__name__}: {e}); the "
+                f"run is lost (client status: {self.client.status})"
+            ) from e
+
     async def _open(self, run: Run) -> None:
-        reply = await getattr(self.client.scheduler, STREAM_OPEN_HANDLER)(
-            run_id=run.id, node=self.node.key, client=self.client.id
+        reply = await self._comm(
+            getattr(self.client.scheduler, STREAM_OPEN_HANDLER)(
+                run_id=run.id, node=self.node.key, client=self.client.id
+            )
         )
         if reply.get("status") != "OK":
             raise ExtensionError(f"as_completed(): {reply.get('message')}")
         self.stream = reply["stream"]
 
     async def _windows(self) -> AsyncIterator[list[tuple[Any, Any]]]:
-        """The finished items, a window of ``(index, value)`` pairs at a time."""
+        """The finished items, a list of ``(index, value)`` pairs at a time: a window's
+        tasks (at most ``max_bytes`` of results, as the scheduler counts them, unless
+        one task alone is bigger), a batch too big for that in slices. Nothing here
+        holds a list once it is handed over: the caller empties it."""
         client = self.client
         if self.run is None:  # a run of its own, whose output keeps the items
-            (self.future,) = await _submit(
-                (allow_failure(self.node),), client, self.node.name, before_send=self._open
+            (self.future,) = await self._comm(
+                _submit((allow_failure(self.node),), client, self.node.name, self._open)
             )
         else:
             await self._open(self.run)
@@ -282,61 +328,98 @@ class AsCompleted:
         try:
             while not done:
                 if client.status != "running":
+                    self._lost = True
                     raise SchedulerLostError(
                         f"as_completed({self.node.name}.map()): lost the connection to the "
                         f"scheduler (client status: {client.status})"
                     )
-                reply = await next_window(
-                    stream_id=self.stream, limit=window, wait=1.0, max_items=BATCH_SLICE
+                reply = await self._comm(
+                    next_window(
+                        stream_id=self.stream,
+                        limit=window,
+                        wait=1.0,
+                        max_items=BATCH_SLICE,
+                        max_bytes=self.max_bytes,
+                    )
                 )
+                if reply.get("status", "OK") != "OK":
+                    raise ExtensionError(f"as_completed(): {reply.get('message')}")
                 done = reply["done"]
                 if not reply["items"]:
                     continue
-                total = reply["total"]
-                futures = [Future(_key(item["key"]), client) for item in reply["items"]]
-                want_keys(client, [f.key for f in futures])
-                try:
-                    whole = [
-                        (f, it)
-                        for f, it in zip(futures, reply["items"], strict=True)
-                        if not it["size"] or it["count"] <= BATCH_SLICE
-                    ]
-                    if whole:
-                        values = await client.gather([f for f, _ in whole], asynchronous=True)
-                        pairs = []
-                        for (_, item), value in zip(whole, values, strict=True):
-                            parts = value if item["size"] else [value]
-                            pairs += [self._pair(item, j, v, total) for j, v in enumerate(parts)]
-                        del values
+                async with contextlib.aclosing(
+                    self._fetch(reply["items"], reply["total"])
+                ) as parts:
+                    async for pairs in parts:
                         yield pairs
-                    for f, item in zip(futures, reply["items"], strict=True):
-                        if not item["size"] or item["count"] <= BATCH_SLICE:
-                            continue
-                        # a large batch, a slice at a time: the window stays bounded
-                        for start in range(0, item["count"], BATCH_SLICE):
-                            part = client.submit(
-                                _part,
-                                f,
-                                start,
-                                start + BATCH_SLICE,
-                                key=f"dynflow-stream-part-{uuid.uuid4().hex}",
-                                priority=1_000_000,  # before the map's remaining tasks
-                            )
-                            try:
-                                values = await client.gather(part, asynchronous=True)
-                            finally:
-                                part.release()
-                            yield [
-                                self._pair(item, start + j, v, total) for j, v in enumerate(values)
-                            ]
-                            del values
-                finally:
-                    for f in futures:
-                        f.release()
+                        del pairs  # before the next fetch
+                del reply
             if self.future is not None and self.future.status == "error":
                 raise await self.future.exception()
         finally:
             await self._close(done)
+
+    def _sliced(self, item: dict) -> bool:
+        """Whether a streamed task is a batch fetched a slice at a time."""
+        return (
+            bool(item["size"])
+            and item["count"] > 1
+            and (item["count"] > BATCH_SLICE or item.get("nbytes", 0) > self.max_bytes)
+        )
+
+    async def _fetch(self, items: list[dict], total: int | None) -> AsyncIterator[list]:
+        """The pairs of one window's tasks: those fetched whole at once, then each
+        sliced batch a slice at a time (of about ``max_bytes``, at most BATCH_SLICE
+        items), each slice made on the worker that holds the batch."""
+        client = self.client
+        futures = [Future(_key(item["key"]), client) for item in items]
+        want_keys(client, [f.key for f in futures])
+        try:
+            whole = [i for i, item in enumerate(items) if not self._sliced(item)]
+            if whole:
+                values = await self._comm(
+                    client.gather([futures[i] for i in whole], asynchronous=True)
+                )
+                for i in whole:  # fetched: the workers may let go of them
+                    futures[i].release()
+                pairs = self._pairs([items[i] for i in whole], values, total)
+                del values
+                yield pairs
+                del pairs
+            for f, item in zip(futures, items, strict=True):
+                if not self._sliced(item):
+                    continue
+                nbytes = max(1, item.get("nbytes", 0))
+                step = max(1, min(BATCH_SLICE, item["count"] * self.max_bytes // nbytes))
+                for start in range(0, item["count"], step):
+                    part = client.submit(
+                        _part,
+                        f,
+                        start,
+                        start + step,
+                        key=f"dynflow-stream-part-{uuid.uuid4().hex}",
+                        priority=1_000_000,  # before the map's remaining tasks
+                    )
+                    try:
+                        values = await self._comm(client.gather(part, asynchronous=True))
+                    finally:
+                        part.release()
+                    pairs = [self._pair(item, start + j, v, total) for j, v in enumerate(values)]
+                    del values
+                    yield pairs
+                    del pairs
+                f.release()
+        finally:
+            for f in futures:
+                f.release()
+
+    def _pairs(self, items: list[dict], values: list, total: int | None) -> list[tuple]:
+        """``(index, value)`` of every value of tasks ``items`` (a batch: each item)."""
+        pairs: list[tuple] = []
+        for item, value in zip(items, values, strict=True):
+            parts = value if item["size"] else [value]
+            pairs += [self._pair(item, j, v, total) for j, v in enumerate(parts)]
+        return pairs
 
     def _pair(self, item: dict, offset: int, value: Any, total: int | None) -> tuple:
         """``(index, value)`` of the ``offset``-th value of a streamed task."""
@@ -365,13 +448,22 @@ class AsCompleted:
         return value.exception
 
     async def _close(self, done: bool) -> None:
-        if self.stream is not None and self.client.status == "running":
-            await getattr(self.client.scheduler, STREAM_CLOSE_HANDLER)(stream_id=self.stream)
-        self.stream = None
+        """The stream closed (a done stream the scheduler closed itself; none is asked
+        of a lost scheduler) and the run's future let go of."""
+        stream, self.stream = self.stream, None
+        client = self.client
+        if stream is not None and not done and not self._lost and client.status == "running":
+            # best effort: a scheduler that went away meanwhile closed it already
+            with contextlib.suppress(OSError):
+                await asyncio.wait_for(
+                    getattr(client.scheduler, STREAM_CLOSE_HANDLER)(stream_id=stream),
+                    CLOSE_TIMEOUT,
+                )
         if self.future is not None:
-            if not done and not self.cancel_on_exit:
+            if not done and not self.cancel_on_exit and not self._lost:
                 fire_and_forget(self.future)  # the rest of the run goes on
-            self.future.release()
+            if client.status != "closed":
+                self.future.release()
             self.future = None
 
 

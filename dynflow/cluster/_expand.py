@@ -5,7 +5,10 @@
   waits for the scheduler. It measures and checks the mapped values where they are,
   then asks the scheduler to add the per-item tasks. The list itself stays on the
   worker; only its length travels.
-- :func:`request_splice` is the expander's call to the scheduler.
+- :func:`request_splice` is the expander's call to the scheduler, signed with the key
+  the scheduler gave its workers (:class:`SpliceKey`, :func:`splice_digest`): the
+  scheduler adds items only for a request that one of its workers made, with the length
+  that worker measured; any other caller is refused, whatever length it claims.
 - :func:`unspliced` is the collector's placeholder; the scheduler replaces it with the
   real collector before it can run.
 - :func:`run_map` is a whole map run in this process, for local schedulers.
@@ -13,14 +16,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.serialize import ToPickle
 
 from dynflow._compat import expander_run_id
-from dynflow._protocol import SPLICE_HANDLER, at
+from dynflow._protocol import SPLICE_HANDLER, SPLICE_KEY_PLUGIN, at
 from dynflow.cluster._failure import Failure
 from dynflow.exceptions import ExtensionError
 
@@ -29,7 +36,44 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["expand", "request_splice", "run_map", "unspliced"]
+__all__ = ["SpliceKey", "expand", "request_splice", "run_map", "splice_digest", "unspliced"]
+
+
+class SpliceKey(WorkerPlugin):
+    """Worker plugin holding the key a worker's expanders sign their splice requests
+    with (``dynflow-splice-key``). The splice extension makes a fresh key when it starts
+    and gives it to the scheduler's workers, present and future, through the worker
+    plugins: a client cannot read it (short of running code on the cluster, which can
+    do anything anyway)."""
+
+    idempotent = False  # a new key (a scheduler restarted) replaces the old one
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+
+def splice_digest(
+    key: bytes,
+    expander: Any,
+    task_run_id: int,
+    n: int,
+    listed: Sequence[Any],
+    subflow_tasks: Mapping[int, Sequence[Any]] | None,
+    failed: bool,
+) -> str:
+    """The signature of a splice request: an HMAC, under ``key``, of what the expander
+    measured (its key and run id, the length, the sources it listed, how many task
+    groups each sub-flow stage sent, whether its source failed). The worker signs, the
+    scheduler recomputes it from what arrived: O(sources + stages), never per item.
+    Tuples and lists are the same here (msgpack turns one into the other)."""
+    counts = sorted((int(i), len(v)) for i, v in (subflow_tasks or {}).items())
+    claim = (_canon(expander), task_run_id, n, _canon(list(listed)), bool(failed), counts)
+    return hmac.new(key, repr(claim).encode(), hashlib.sha256).hexdigest()
+
+
+def _canon(obj: Any) -> Any:
+    """``obj`` with its lists made tuples (a key as it was before msgpack)."""
+    return tuple(_canon(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 async def expand(
@@ -64,6 +108,8 @@ async def expand(
             "`dask scheduler --preload dynflow.scheduler`."
         )
     logger.debug("%s: %s, %d items", key, reply.get("status"), n)
+    if reply.get("status") == "error":  # refused: the items would never exist
+        raise ExtensionError(f"{expansion.names}: {reply.get('message')}")
     return failure if failure is not None else listed
 
 
@@ -91,14 +137,23 @@ async def request_splice(
     """From the expander task running on this worker: ask the scheduler to splice.
 
     Returns the extension's reply (a dict), or None when the scheduler has no
-    extension. Awaiting it holds no worker thread: expanders run on the event loop.
+    extension. Awaiting it holds no worker thread: expanders run on the event loop. The
+    request is signed (:func:`splice_digest`) with this worker's :class:`SpliceKey`; a
+    worker without one sends no signature, and the scheduler says so.
     """
-    handler = getattr(get_worker().scheduler, SPLICE_HANDLER)
+    worker = get_worker()
+    run_id = expander_run_id(expander)
+    plugin = worker.plugins.get(SPLICE_KEY_PLUGIN)
+    digest = None
+    if isinstance(plugin, SpliceKey):
+        digest = splice_digest(plugin.key, expander, run_id, n, listed, subflow_tasks, failed)
+    handler = getattr(worker.scheduler, SPLICE_HANDLER)
     return await handler(
         expander=expander,
-        task_run_id=expander_run_id(expander),
+        task_run_id=run_id,
         n=n,
         listed=listed,
         subflow_tasks=ToPickle(subflow_tasks) if subflow_tasks else None,
         failed=failed,
+        digest=digest,
     )

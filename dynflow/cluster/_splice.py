@@ -8,8 +8,16 @@ side. It changes the scheduler's state through the few private names listed in
 
 The splice, in one synchronous pass (it must not interleave with other transitions):
 
-1. check that the calling expander ``E`` is processing with the caller's run id (a
-   stale or repeated call changes nothing);
+1. check the request before anything is built, in O(sources + stages), never per
+   item (:meth:`SpliceExtension._refusal`): its fields' types; that the calling expander
+   ``E`` is processing with the caller's run id (a stale or repeated call changes
+   nothing); its signature, an HMAC under the key this extension gave its workers only
+   (:class:`dynflow.cluster._expand.SpliceKey`), so the request comes from a worker and
+   ``n`` is the length that worker measured (a caller without the key is refused,
+   whatever ``n`` it claims: the scheduler cannot measure the values itself, they live
+   on the workers); and that the plan allows it (``Expansion.refuse_splice``: ``n``
+   equals the concrete mapped tuples' lengths, listed sources are mapped ones, sub-flow
+   tasks come for the sub-flow stages only);
 2. create the per-item tasks ``(item name, i)``, skipping keys that already exist, so
    an expander that runs again creates no duplicates (:meth:`SpliceExtension._create`);
 3. wire them into the collectors ``C`` (dynflow-owned; a user's task is never rewired)
@@ -24,9 +32,14 @@ A *dynamic task* (its function returned a graph) calls ``dynflow_graph_splice``
 (:meth:`SpliceExtension.graph_splice`) with that graph's task specs and its output key
 ``O``; in one synchronous pass, while the task ``T`` is still processing:
 
-1. the same staleness check;
+1. the same staleness check, then the whole graph is checked before anything changes
+   (:meth:`SpliceExtension._malformed`: specs keyed by their own keys, no cycle among
+   them, annotations per key); a request that fails it is refused and changes nothing
+   (a message on a worker's stream, which has no reply, fails the task instead, as
+   does a graph that refers to keys the scheduler lacks);
 2. the graph's tasks are created (keys that exist are reused: a pure call made twice is
-   one task);
+   one task); should creating them fail, those created are forgotten again (as for the
+   splice's items), so a failed pass leaves no task behind;
 3. ``T``, if still wanted (step 4), becomes an alias of ``O``: its task spec is
    ``Alias(T, O)``, its only dependency ``O`` (its old inputs are released if nothing
    else wants them), and it is transitioned processing -> released -> waiting, so it
@@ -47,14 +60,18 @@ the scheduler's usual dependent-driven cleanup when the run's keys are released.
 from __future__ import annotations
 
 import gc
+import hmac
 import logging
+import secrets
+from collections.abc import Hashable
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
-from dask._task_spec import Alias, Task
+from dask._task_spec import Alias, GraphNode, Task
 from dask.utils import key_split
 from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol.pickle import dumps
 from distributed.utils import log_errors
 
 from dynflow._compat import (
@@ -65,8 +82,15 @@ from dynflow._compat import (
     observe_spans,
     update_graph_extras,
 )
-from dynflow._protocol import GRAPH_SPLICE_HANDLER, SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
+from dynflow._protocol import (
+    GRAPH_SPLICE_HANDLER,
+    SPLICE,
+    SPLICE_HANDLER,
+    SPLICE_KEY_PLUGIN,
+    SPLICE_TOPIC,
+)
 from dynflow.cluster._dynamic import needs_itself, refuse
+from dynflow.cluster._expand import SpliceKey, expand, splice_digest
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -77,6 +101,28 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["SpliceExtension"]
+
+#: what a ``dynflow_splice`` request holds (``subflow_tasks``, ``failed``, ``digest``
+#: may be left out)
+SPLICE_FIELDS = frozenset(
+    {"expander", "task_run_id", "n", "listed", "subflow_tasks", "failed", "digest"}
+)
+SPLICE_REQUIRED = frozenset({"expander", "task_run_id", "n", "listed"})
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"status": "error", "message": message}
+
+
+def _is_key(obj: Any) -> bool:
+    """Whether ``obj`` can be a task key (hashable: a str, a number, a tuple of them)."""
+    if isinstance(obj, tuple):
+        return all(_is_key(x) for x in obj)
+    return isinstance(obj, (str, bytes, int, float)) and isinstance(obj, Hashable)
+
+
+def _is_int(obj: Any) -> bool:
+    return isinstance(obj, int) and not isinstance(obj, bool)
 
 
 class SpliceExtension(SchedulerPlugin):
@@ -98,9 +144,17 @@ class SpliceExtension(SchedulerPlugin):
         self.profiler: Any = None  # a cProfile.Profile enabled around each splice, if set
         self.aliases: dict[Any, Any] = {}  # dynamic tasks made aliases -> their output key
         self.dynamic_keys: set[Any] = set()  # tasks a graph splice created (while they live)
+        # the key expanders sign their requests with: made here, given to the workers only
+        self.key = secrets.token_bytes(32)
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        try:  # to every worker, present and future (a joining worker gets it as it registers)
+            await scheduler.register_worker_plugin(
+                None, dumps(SpliceKey(self.key)), name=SPLICE_KEY_PLUGIN, idempotent=False
+            )
+        except Exception:  # a worker that could not take it: its splices are refused, saying so
+            logger.exception("could not give every worker dynflow's splice key")
         scheduler.handlers[SPLICE_HANDLER] = self.splice
         scheduler.handlers[GRAPH_SPLICE_HANDLER] = self.graph_splice
         # later splices of a worker come as messages on its stream, in order with its
@@ -129,7 +183,7 @@ class SpliceExtension(SchedulerPlugin):
         if self.profiler is not None:
             self.profiler.enable()
         try:
-            reply = self._splice(**kwargs)
+            reply = self._refusal(kwargs) or self._splice(**kwargs)
         finally:
             if self.profiler is not None:
                 self.profiler.disable()
@@ -137,11 +191,12 @@ class SpliceExtension(SchedulerPlugin):
             if paused:
                 gc.enable()
         assert self.scheduler is not None
+        valid = reply.get("status") != "error"  # a malformed request's fields are not logged
         self.scheduler.log_event(
             SPLICE_TOPIC,
             {
-                "expander": kwargs.get("expander"),
-                "n": kwargs.get("n", 0),
+                "expander": kwargs.get("expander") if valid else None,
+                "n": kwargs.get("n", 0) if valid else 0,
                 "added": reply.get("added", 0),
                 "status": reply.get("status"),
                 "start": start,
@@ -149,6 +204,71 @@ class SpliceExtension(SchedulerPlugin):
             },
         )
         return reply
+
+    def _refusal(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Why ``request`` (a ``dynflow_splice`` call's fields) adds nothing: a reply
+        (``stale``, ``unwanted``, or an error naming what is wrong and what was
+        expected), or None when :meth:`_splice` may build it. O(sources + stages):
+        nothing here is per item. See the module docstring, step 1."""
+        s = self.scheduler
+        assert s is not None
+        unknown = sorted(map(str, set(request) - SPLICE_FIELDS))
+        missing = sorted(SPLICE_REQUIRED - set(request))
+        if unknown or missing:
+            return _error(
+                f"a splice request has the fields {sorted(SPLICE_FIELDS)}; unknown: "
+                f"{unknown[:5]}, missing: {missing}"
+            )
+        expander, run_id, n = request["expander"], request["task_run_id"], request["n"]
+        listed, failed = request["listed"], request.get("failed", False)
+        subflow_tasks, digest = request.get("subflow_tasks"), request.get("digest")
+        if not _is_key(expander) or not _is_int(run_id):
+            return _error(
+                f"expander must be a task key and task_run_id an int, got "
+                f"{type(expander).__name__} and {type(run_id).__name__}"
+            )
+        if not _is_int(n) or n < 0:
+            return _error(f"n must be an int >= 0 (the items measured), got {n!r:.100}")
+        if not isinstance(listed, (list, tuple)):
+            return _error("listed must be a list of task keys (the sources made lists)")
+        if subflow_tasks is not None and not isinstance(subflow_tasks, dict):
+            return _error("subflow_tasks must be {stage index: [task groups]} or None")
+        if not isinstance(failed, bool) or not isinstance(digest, (str, type(None))):
+            return _error("failed must be a bool and digest a str")
+        ets = s.tasks.get(expander)
+        if ets is None or ets.state != "processing" or ets.run_id != run_id:
+            return {"status": "stale"}
+        if not any(c.state == "waiting" for c in ets.dependents):
+            return {"status": "unwanted"}  # the collectors (placeholders) are done
+        if not isinstance(ets.run_spec, Task) or ets.run_spec.func is not expand:
+            return _error(f"task {key_split(expander)!r} is not a dynflow expander")
+        expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
+        # no longer than the plan allows, before anything walks them
+        if len(listed) > len(expansion.sources) or not all(map(_is_key, listed)):
+            return _error(
+                f"listed must be a list of at most {len(expansion.sources)} task keys (the "
+                f"mapped sources made lists), got {len(listed)}"
+            )
+        if subflow_tasks is not None and (
+            len(subflow_tasks) > len(expansion.stages) or not all(map(_is_int, subflow_tasks))
+        ):
+            return _error(
+                f"subflow_tasks must be {{stage index: [task groups]}} for at most "
+                f"{len(expansion.stages)} stages"
+            )
+        expected = splice_digest(self.key, expander, run_id, n, listed, subflow_tasks, failed)
+        if digest is None or not hmac.compare_digest(digest, expected):
+            return _error(
+                f"the splice request for {key_split(expander)!r} (n={n}) is not signed by a "
+                f"worker of this scheduler: only the worker running the expander splices, "
+                f"with the length it measured, signed with the {SPLICE_KEY_PLUGIN!r} key "
+                f"this scheduler gave its workers"
+                + ("" if digest is not None else " (the request has no signature)")
+            )
+        why = expansion.refuse_splice(n, prefix, listed, subflow_tasks or {}, failed)
+        if why is not None:
+            return _error(f"{expansion.names}: the splice request does not fit its plan: {why}")
+        return None
 
     def _splice(
         self,
@@ -158,23 +278,21 @@ class SpliceExtension(SchedulerPlugin):
         listed: list,
         subflow_tasks: dict[int, list] | None = None,
         failed: bool = False,
+        digest: str | None = None,
     ) -> dict[str, Any]:
-        """Add the ``n`` items of every stage of ``expander``'s expansion.
+        """Add the ``n`` items of every stage of ``expander``'s expansion, for a request
+        :meth:`_refusal` accepted.
 
         ``task_run_id``: the run id (dask's) of the expander that calls; ``listed``: the
         sources it turned into lists; ``subflow_tasks``: the sub-flows it built, per
-        stage; ``failed``: a mapped source was a failure record (no items).
+        stage; ``failed``: a mapped source was a failure record (no items); ``digest``:
+        the request's signature (checked already).
         """
         s = self.scheduler
         assert s is not None
         stimulus_id = f"dynflow-splice-{time()}"
-        ets = s.tasks.get(expander)
-        if ets is None or ets.state != "processing" or ets.run_id != task_run_id:
-            return {"status": "stale"}
+        ets = s.tasks[expander]
         collectors = list(ets.dependents)  # the collectors (placeholders) of this expansion
-        if not any(c.state == "waiting" for c in collectors):
-            return {"status": "unwanted"}
-
         expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
         stages, specs = expansion.build(
             n, prefix, listed, subflow_tasks or {}, failed, s.total_nthreads
@@ -212,14 +330,48 @@ class SpliceExtension(SchedulerPlugin):
         value is the task's value; ``annotations``: per key (resources, priority);
         ``queue``: whether the scheduler may queue its root tasks (as a map's items,
         they go to the workers as soon as they are ready otherwise). See the module
-        docstring. Returns ``{"status": "OK" | "stale" | "unwanted", "added"}``.
+        docstring. Returns ``{"status": "OK" | "stale" | "unwanted", "added"}``, or
+        ``{"status": "error", "message"}`` for a malformed request, which changed nothing.
         """
+        return self._graph_splice(key, task_run_id, tasks, output, annotations, queue)
+
+    def _graph_splice(
+        self,
+        key: Any,
+        task_run_id: int,
+        tasks: dict[Any, Any],
+        output: Any,
+        annotations: dict[Any, dict] | None = None,
+        queue: bool = False,
+        worker: str | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`graph_splice`; ``worker``: the worker whose stream the request came on
+        (None: a request, whose caller gets the reply)."""
         s = self.scheduler
         assert s is not None
+        if not _is_key(key) or not _is_int(task_run_id):
+            return _error(
+                f"key must be a task key and task_run_id an int, got {type(key).__name__} "
+                f"and {type(task_run_id).__name__}"
+            )
         ts = s.tasks.get(key)
         if ts is None or ts.state != "processing" or ts.run_id != task_run_id:
             return {"status": "stale"}
+        if worker is not None and (ts.processing_on is None or ts.processing_on.address != worker):
+            return {"status": "stale"}  # a message from a worker that does not run it
         stimulus_id = f"dynflow-graph-splice-{time()}"
+        malformed = self._malformed(tasks, output, annotations, queue)
+        if malformed is not None:
+            message = f"task {key_split(key)!r} returned a graph the scheduler refuses: {malformed}"
+            if worker is None:  # refused: the caller is told, nothing changed
+                return _error(message)
+            # a message on a worker's stream has no reply: the task fails with it
+            recommendations: dict[Any, str] = {}
+            self._make_failing(ts, message, recommendations)
+            recommendations[key] = "released"
+            ts.run_id = -1
+            s.transitions(recommendations, stimulus_id)
+            return _error(message)
         # who needs this task's value reads the output instead: its dependents, when the
         # task was made by a splice (no client and no run counts it), or else the
         # aliases of it (a tail call); anything else keeps it, as an alias of the output
@@ -277,8 +429,41 @@ class SpliceExtension(SchedulerPlugin):
         return {"status": "OK" if wanted or repoint else "unwanted", "added": len(new)}
 
     def graph_splice_message(self, worker: str, **msg: Any) -> None:
-        """:meth:`graph_splice` from a message on ``worker``'s stream."""
-        self.graph_splice(**msg)
+        """:meth:`graph_splice` from a message on ``worker``'s stream, for a task that
+        worker runs. It never raises: an error in a stream handler would close the
+        worker's stream (and the scheduler would lose the worker)."""
+        try:
+            self._graph_splice(**msg, worker=worker)
+        except Exception:
+            logger.exception("a graph splice from worker %s failed; nothing was added", worker)
+
+    @staticmethod
+    def _malformed(tasks: Any, output: Any, annotations: Any, queue: Any) -> str | None:
+        """What is wrong with a returned graph, checked before anything changes (None:
+        nothing): its task specs, each under its own key; the output key; annotations
+        per key of the graph; no cycle among the graph's tasks. O(tasks + edges)."""
+        if not isinstance(tasks, dict):
+            return f"tasks must be a dict of task specs by key, got {type(tasks).__name__}"
+        for k, spec in tasks.items():
+            if not _is_key(k) or not isinstance(spec, GraphNode) or spec.key != k:
+                return (
+                    f"tasks must map each key to its task spec (a dask GraphNode with that "
+                    f"key), got {str(k)[:100]!r}: {type(spec).__name__} "
+                    f"{str(getattr(spec, 'key', None))[:100]!r}"
+                )
+        if not _is_key(output):
+            return f"output must be a task key, got {type(output).__name__}"
+        if annotations is not None and not (
+            isinstance(annotations, dict)
+            and all(k in tasks and isinstance(v, dict) for k, v in annotations.items())
+        ):
+            return "annotations must be {key of the graph: {annotation: value}}"
+        if not isinstance(queue, bool):
+            return f"queue must be a bool, got {type(queue).__name__}"
+        cycle = _cycle(tasks)
+        if cycle is not None:
+            return f"its tasks depend on each other in a cycle (through {str(cycle)[:100]!r})"
+        return None
 
     def _create_graph(
         self, ts: TaskState, tasks: dict[Any, Any], output: Any, annotations: dict[Any, dict]
@@ -299,18 +484,22 @@ class SpliceExtension(SchedulerPlugin):
             needed.add(k)
             todo.extend(tasks[k].dependencies)
         new: list[TaskState] = []
-        for i, (k, spec) in enumerate(tasks.items()):
-            if k not in needed:
-                continue
-            nts = new_task(s, spec, computation)
-            nts.priority = (*ts.priority, i)
-            new.append(nts)
-            self.dynamic_keys.add(k)
-            if annotations.get(k):
-                apply_annotations(s, [nts], annotations[k])
-        for nts in new:
-            for dep in nts.run_spec.dependencies:
-                nts.add_dependency(s.tasks[dep])
+        try:
+            for i, (k, spec) in enumerate(tasks.items()):
+                if k not in needed:
+                    continue
+                nts = new_task(s, spec, computation)
+                nts.priority = (*ts.priority, i)
+                new.append(nts)
+                self.dynamic_keys.add(k)
+                if annotations.get(k):
+                    apply_annotations(s, [nts], annotations[k])
+            for nts in new:
+                for dep in nts.run_spec.dependencies:
+                    nts.add_dependency(s.tasks[dep])
+        except Exception:  # forgotten again: the scheduler is as it was
+            self._discard(new)
+            raise
         return new
 
     def _make_alias(self, ts: TaskState, out: TaskState, recommendations: dict) -> None:
@@ -395,31 +584,56 @@ class SpliceExtension(SchedulerPlugin):
 
     def _create(self, ets: TaskState, stages: list[StageTasks]) -> list[TaskState]:
         """The tasks of every stage, released, with priorities and annotations; keys that
-        exist already are skipped (an expander that runs again)."""
+        exist already are skipped (an expander that runs again). Should a task fail to
+        be made (a malformed sub-flow task), those made are forgotten and the error
+        raised: the scheduler is as it was."""
         s = self.scheduler
         assert s is not None
         computation = s.computations[-1] if s.computations else None
         span = (ets.annotations or {}).get("span")
         new: list[TaskState] = []
-        for stage_index, (stage_annotations, items, queue) in enumerate(stages):
-            created: list[TaskState] = []
-            for i, spec in enumerate(items):
-                if spec.key in s.tasks:
-                    continue
-                ts = new_task(s, spec, computation)
-                ts.priority = (*ets.priority, i, stage_index)
-                created.append(ts)
-            annotations = dict(stage_annotations)
-            if span:
-                annotations["span"] = span
-            apply_annotations(s, created, annotations)
-            if not queue:
-                bypass_queuing(created)
-            new += created
-        for ts in new:  # all created first: items may depend on items of later stages
-            for dep in ts.run_spec.dependencies:
-                ts.add_dependency(s.tasks[dep])
+        try:
+            for stage_index, (stage_annotations, items, queue) in enumerate(stages):
+                start = len(new)
+                for i, spec in enumerate(items):
+                    if spec.key in s.tasks:
+                        continue
+                    ts = new_task(s, spec, computation)
+                    ts.priority = (*ets.priority, i, stage_index)
+                    new.append(ts)
+                created = new[start:]
+                annotations = dict(stage_annotations)
+                if span:
+                    annotations["span"] = span
+                apply_annotations(s, created, annotations)
+                if not queue:
+                    bypass_queuing(created)
+            for ts in new:  # all created first: items may depend on items of later stages
+                for dep in ts.run_spec.dependencies:
+                    ts.add_dependency(s.tasks[dep])
+        except Exception:
+            self._discard(new)
+            raise
         return new
+
+    def _discard(self, tasks: list[TaskState]) -> None:
+        """Forget ``tasks``, made by a pass that failed before any was wired or wanted
+        (released, no waiters): their edges are undone, then the scheduler forgets them
+        as any released task nobody needs."""
+        s = self.scheduler
+        assert s is not None
+        if not tasks:
+            return
+        for ts in tasks:
+            for dts in ts.dependencies:
+                dts.dependents.discard(ts)
+            for dts in ts.dependents:
+                dts.dependencies.discard(ts)
+            ts.dependencies.clear()
+            ts.dependents.clear()
+        s.transitions({ts.key: "forgotten" for ts in tasks}, f"dynflow-discard-{time()}")
+        for ts in tasks:
+            self.dynamic_keys.discard(ts.key)
 
     def _wire(
         self,
@@ -515,3 +729,29 @@ class SpliceExtension(SchedulerPlugin):
                     add_layout_edges(plugin, ((d, c) for c, ds in rewired.items() for d in ds))
             except Exception:  # as update_graph does: a plugin must not break the splice
                 logger.exception("plugin %r failed in update_graph after a splice", plugin)
+
+
+def _cycle(tasks: dict[Any, Any]) -> Any:
+    """A key of ``tasks`` on a cycle of their dependencies among themselves, or None
+    (a depth-first walk: each task and edge once)."""
+    done: set[Any] = set()
+    for root in tasks:
+        if root in done:
+            continue
+        path = {root}
+        stack = [(root, iter(tasks[root].dependencies))]
+        while stack:
+            k, deps = stack[-1]
+            for d in deps:
+                if d not in tasks or d in done:
+                    continue
+                if d in path:
+                    return d
+                path.add(d)
+                stack.append((d, iter(tasks[d].dependencies)))
+                break
+            else:
+                stack.pop()
+                path.discard(k)
+                done.add(k)
+    return None

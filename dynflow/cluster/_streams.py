@@ -5,22 +5,33 @@ run must use the map's list (its items are kept until the list is made). From th
 each item (or batch) of that map that finishes is kept in memory for the client
 (the scheduler counts the client among those who want it, as if it held a future) and
 queued for it. The client pulls the queue a bounded window at a time
-(:meth:`Streams.next`), fetches those results with ordinary futures and releases them:
+(:meth:`Streams.next`: at most so many tasks, items and bytes, as the scheduler counts
+each task's ``nbytes``), fetches those results with ordinary futures and releases them:
 it never holds more than a window, however many items the map has. Closing the stream
 releases what the client did not fetch.
 
 State, per stream: the queue of finished keys not yet handed out, and the keys handed out
 or queued (so an item recomputed after a lost worker is not streamed twice). Streams end
-with their run, their client, or :meth:`Streams.close`.
+with their client, with :meth:`Streams.close`, and with their run: when it ends, a
+stream whose client is gone, or that has nothing left to hand out, is closed at once;
+one with results left is closed when the client has taken the last of them, or, should
+the client not ask for them for ``dynflow.as-completed.idle-timeout``, then, releasing
+them. No stream keeps a task of a finished run for longer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import TYPE_CHECKING, Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed.utils import log_errors
 
 from dynflow._protocol import FINAL_STATES
 
@@ -28,6 +39,11 @@ if TYPE_CHECKING:
     from distributed import Scheduler
 
 __all__ = ["Streams"]
+
+logger = logging.getLogger(__name__)
+
+#: the longest a ``next`` call waits for an item (seconds; a client asks again)
+MAX_WAIT = 10.0
 
 
 @dataclass(eq=False)
@@ -43,6 +59,8 @@ class Stream:
     # expanders whose source failed -> their prefix: the failure stands for the items
     parents: dict = field(default_factory=dict)
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    last_read: float = field(default_factory=monotonic)  # the client's last ``next``
+    timer: Any = None  # once its run ended: the check that closes it if nobody reads it
 
 
 class Streams:
@@ -54,15 +72,21 @@ class Streams:
         self.streams: dict[str, Stream] = {}
         self.by_node: dict[int, list[Stream]] = {}  # id(NodeState) -> its streams
 
+    @log_errors
     def open(self, run: Any, node: Any, client: str) -> str:
-        """A new stream of ``node``'s items for ``client``; its id. Items of the map
-        already in memory are queued at once."""
+        """A new stream of ``node``'s items for ``client`` (a client the scheduler
+        knows: the caller checks); its id. Items of the map already in memory are
+        queued at once (the map's own tasks are looked up, not every task)."""
         stream = Stream(uuid.uuid4().hex, run, node, client)
         self.streams[stream.id] = stream
         self.by_node.setdefault(id(node), []).append(stream)
-        for key, ts in self.scheduler.tasks.items():
-            if ts.state == "memory" and node.weight(key):
-                self._queue(stream, key)
+        tasks = self.scheduler.tasks
+        for prefix, (n, size) in list(node.lengths.items()):
+            for t in range(n if size is None else -(-n // size)):
+                key = (node.items, *prefix, t)
+                ts = tasks.get(key)
+                if ts is not None and ts.state == "memory" and node.weight(key):
+                    self._queue(stream, key)
         for prefix, key in node.failed_parents.items():
             stream.parents[key] = prefix
             self._queue(stream, key)
@@ -90,55 +114,112 @@ class Streams:
         stream.ready.append(key)
         stream.event.set()
 
+    @log_errors
     def ended(self, run: Any) -> None:
-        """``run`` reached a final state: wake its streams' waiting clients."""
-        for stream in self.streams.values():
-            if stream.run is run:
-                stream.event.set()
+        """``run`` reached a final state: wake its streams' waiting clients; close those
+        whose client is gone or that have nothing left to hand out, and give the others
+        ``dynflow.as-completed.idle-timeout`` without a read before they are closed."""
+        timeout = parse_timedelta(dask.config.get("dynflow.as-completed.idle-timeout"))
+        for stream in [s for s in self.streams.values() if s.run is run]:
+            stream.event.set()
+            if not stream.ready or stream.client not in self.scheduler.clients:
+                self.close(stream.id)
+            else:
+                self._expire_later(stream, timeout, timeout)
 
-    async def next(
-        self, stream_id: str, limit: int, wait: float, max_items: int | None = None
-    ) -> dict[str, Any]:
-        """Up to ``limit`` finished tasks holding at most ``max_items`` items together (at
-        least one task), waiting up to ``wait`` seconds for one.
+    def _expire_later(self, stream: Stream, delay: float, timeout: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the scheduler's event loop: nobody to wait for
+            self.close(stream.id)
+            return
+        stream.timer = loop.call_later(max(0.0, delay), self._expire, stream.id, timeout)
 
-        ``{"items": [{key, index, size, count}, ...], "done": bool, "total": int | None}``:
-        ``index`` is the item's index (``[*prefix, i]``; a batch: its first item's, with
-        ``size`` items per batch and ``count`` in this one); an expander whose source
-        failed is one item marked ``parent``, at its prefix; ``done`` when the run ended
-        and every item was handed out.
-        """
+    def _expire(self, stream_id: str, timeout: float) -> None:
+        """Close a stream of an ended run that its client has not read for ``timeout``
+        seconds (or look again when that will be)."""
         stream = self.streams.get(stream_id)
         if stream is None:
-            return {"items": [], "done": True, "total": None}
+            return
+        stream.timer = None
+        idle = monotonic() - stream.last_read
+        if idle >= timeout:
+            logger.info(
+                "as_completed stream of run %r: not read for %.0f s after the run ended; "
+                "closed, %d results released",
+                stream.run.name,
+                idle,
+                len(stream.ready),
+            )
+            self.close(stream_id)
+        else:
+            self._expire_later(stream, timeout - idle, timeout)
+
+    @log_errors
+    async def next(
+        self,
+        stream_id: str,
+        limit: int,
+        wait: float,
+        max_items: int | None = None,
+        max_bytes: int | None = None,
+    ) -> dict[str, Any]:
+        """Up to ``limit`` finished tasks holding at most ``max_items`` items and
+        ``max_bytes`` bytes (the ``nbytes`` the scheduler knows of each) together, but
+        at least one task, however big; waiting up to ``wait`` seconds for one.
+
+        ``{"status": "OK", "items": [{key, index, size, count, nbytes}, ...], "done":
+        bool, "total": int | None}``: ``index`` is the item's index (``[*prefix, i]``; a
+        batch: its first item's, with ``size`` items per batch and ``count`` in this
+        one); ``nbytes`` its result's size; an expander whose source failed is one item
+        marked ``parent``, at its prefix; ``done`` when the run ended and every item was
+        handed out (the stream is closed then). Malformed arguments:
+        ``{"status": "error", "message"}``.
+        """
+        bad = _bad_window(limit, wait, max_items, max_bytes)
+        if bad is not None:
+            return {"status": "error", "message": bad}
+        stream = self.streams.get(stream_id) if isinstance(stream_id, str) else None
+        if stream is None:
+            return {"status": "OK", "items": [], "done": True, "total": None}
+        stream.last_read = monotonic()
         if not stream.ready and stream.run.state not in FINAL_STATES:
             stream.event.clear()
             try:
-                await asyncio.wait_for(stream.event.wait(), wait)
+                await asyncio.wait_for(stream.event.wait(), min(float(wait), MAX_WAIT))
             except TimeoutError:
                 pass
         items: list[dict[str, Any]] = []
-        count = 0
+        count = nbytes = 0
         while stream.ready and len(items) < limit:
             key = stream.ready[0]
             item = self._item(stream, key)
-            if items and max_items is not None and count + item["count"] > max_items:
+            if items and (
+                (max_items is not None and count + item["count"] > max_items)
+                or (max_bytes is not None and nbytes + item["nbytes"] > max_bytes)
+            ):
                 break
             count += item["count"]
+            nbytes += item["nbytes"]
             stream.ready.popleft()
             items.append(item)
+        stream.last_read = monotonic()
         done = stream.run.state in FINAL_STATES and not stream.ready
-        return {"items": items, "done": done, "total": stream.node.total}
+        if done:
+            self.close(stream.id)  # all handed out: the client's futures hold the rest
+        return {"status": "OK", "items": items, "done": done, "total": stream.node.total}
 
-    @staticmethod
-    def _item(stream: Stream, key: Any) -> dict[str, Any]:
+    def _item(self, stream: Stream, key: Any) -> dict[str, Any]:
         """What the client is told of a queued key (see :meth:`next`)."""
+        ts = self.scheduler.tasks.get(key)
+        nbytes = max(0, ts.nbytes) if ts is not None else 0
         if key in stream.parents:  # a failed source: its failure, at the parent's index
             return {
                 "key": key,
                 "index": list(stream.parents[key]),
                 "size": None,
                 "count": 1,
+                "nbytes": nbytes,
                 "parent": True,
             }
         prefix, i = key[1:-1], key[-1]
@@ -148,22 +229,47 @@ class Streams:
             "index": [*prefix, i if size is None else i * size],
             "size": size,  # a batch: items per batch; its own count below
             "count": 1 if size is None else max(0, min(size, n - i * size)),
+            "nbytes": nbytes,
         }
 
+    @log_errors
     def close(self, stream_id: str) -> None:
         """End a stream: what it queued and the client did not fetch is released."""
-        stream = self.streams.pop(stream_id, None)
+        stream = self.streams.pop(stream_id, None) if isinstance(stream_id, str) else None
         if stream is None:
             return
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
         self.by_node[id(stream.node)].remove(stream)
         if not self.by_node[id(stream.node)]:
             del self.by_node[id(stream.node)]
-        if stream.ready:
+        # a client that is gone wants nothing any more: the scheduler forgot its wants
+        if stream.ready and stream.client in self.scheduler.clients:
             self.scheduler.client_releases_keys(
                 keys=list(stream.ready), client=stream.client, stimulus_id="dynflow-stream-close"
             )
+        stream.ready.clear()
+        stream.seen.clear()
 
+    @log_errors
     def remove_client(self, client: str) -> None:
         for stream_id in [s.id for s in self.streams.values() if s.client == client]:
             self.streams[stream_id].ready.clear()  # the scheduler forgets the client's wants
             self.close(stream_id)
+
+
+def _bad_window(limit: Any, wait: Any, max_items: Any, max_bytes: Any) -> str | None:
+    """What is wrong with a ``next`` call's window (None: nothing)."""
+
+    def count(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+    if not count(limit):
+        return f"limit must be an int >= 1 (tasks per window), got {limit!r:.100}"
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+        return f"wait must be a number of seconds >= 0, got {wait!r:.100}"
+    for name, value in (("max_items", max_items), ("max_bytes", max_bytes)):
+        if value is not None and not count(value):
+            return f"{name} must be None or an int >= 1, got {value!r:.100}"
+    return None

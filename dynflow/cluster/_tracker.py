@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import dask.config
 from dask.utils import key_split
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils import log_errors
 from tornado import web
 
 from dynflow._compat import dashboard_serves, http_application, send_to_client
@@ -370,6 +371,7 @@ class RunTracker(SchedulerPlugin):
             self.scheduler.extensions.pop(TRACKER, None)
 
     # ------------------------------------------------------------------ handlers
+    @log_errors
     def run_start(
         self,
         run_id: str,
@@ -381,22 +383,38 @@ class RunTracker(SchedulerPlugin):
     ) -> dict[str, str]:
         """Register a run before its graph is sent (``dynflow_run_start``). A malformed
         registration, or one of a client the scheduler does not know, is refused and
-        leaves nothing behind."""
+        leaves nothing behind: all of it is checked before any state changes."""
+        if not all(isinstance(x, str) for x in (run_id, client)) or not isinstance(
+            host, (str, type(None))
+        ):
+            return {
+                "status": "error",
+                "message": "malformed run registration: run_id and client must be str, "
+                "host a str or None",
+            }
         try:
             graph = {
                 **graph,
                 "nodes": [dict(n) for n in graph["nodes"]],
                 "edges": [list(e) for e in graph["edges"]],
             }  # dynamic tasks add to them
-            run = RunState(run_id, str(name), client, graph, tuple(_key(k) for k in outputs))
+            # each output once (it finishes when all have), hashed: TypeError for an
+            # output that cannot be a task key
+            keys = tuple(dict.fromkeys(_key(k) for k in outputs))
+            if not keys:
+                raise ValueError("no outputs: expected the keys the run computes")
+            run = RunState(run_id, str(name), client, graph, keys)
             run.host = host
             nodes = []
             for node in graph["nodes"]:
                 kind = node["kind"]
                 total = None if kind in ("map", "subflow-map") else 1
-                nodes.append(NodeState(run, str(node["key"]), kind, total, node.get("items")))
-        except (KeyError, TypeError, ValueError) as e:
-            return {"status": "error", "message": f"malformed run registration: {e!r}"}
+                items = node.get("items")
+                if not isinstance(items, (str, type(None))):
+                    raise TypeError(f"a map's items name must be a str, got {items!r:.100}")
+                nodes.append(NodeState(run, str(node["key"]), kind, total, items))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return {"status": "error", "message": f"malformed run registration: {e!r:.300}"}
         if run_id in self.runs:
             return {"status": "error", "message": f"run {run_id!r} is registered already"}
         s = self.scheduler
@@ -413,10 +431,12 @@ class RunTracker(SchedulerPlugin):
         self._trim()
         return {"status": "OK"}
 
+    @log_errors
     def page(self, path: str) -> bool:
         """Whether the dashboard serves dynflow's page at ``path`` (``dynflow_page``)."""
         return self.scheduler is not None and dashboard_serves(self.scheduler, path)
 
+    @log_errors
     def run_forget(self, run_id: str) -> None:
         """Forget a registered run whose graph never reached the scheduler
         (``dynflow_run_forget``: its submit failed)."""
@@ -425,6 +445,7 @@ class RunTracker(SchedulerPlugin):
             del self.runs[run_id]  # first: it must not count in the history it trims
             self._finish(run, "cancelled", "submit failed")
 
+    @log_errors
     def run_items(
         self,
         run_id: str,
@@ -444,18 +465,31 @@ class RunTracker(SchedulerPlugin):
         limit = max(1, min(int(limit), 1000))
         return ns.list_items(self.scheduler.tasks, max(0, int(offset)), limit, query, state)
 
+    @log_errors
     def run_status(self, run_id: str, graph: bool = False) -> dict[str, Any] | None:
         """The counts of one run (``dynflow_run_status``); None if unknown."""
         run = self.runs.get(run_id)
         return None if run is None else run.summary(with_graph=graph)
 
+    @log_errors
     def list_runs(self, graph: bool = False) -> list[dict[str, Any]]:
         """Every known run, newest first (``dynflow_runs``)."""
         return [r.summary(with_graph=graph) for r in reversed(self.runs.values())]
 
+    @log_errors
     def stream_open(self, run_id: str, node: str, client: str) -> dict[str, Any]:
         """Stream the finished items of map ``node`` of run ``run_id`` to ``client``
-        (``dynflow_stream_open``); see :mod:`dynflow.cluster._streams`."""
+        (``dynflow_stream_open``), a client the scheduler knows (it keeps the items for
+        that client until it fetches them); see :mod:`dynflow.cluster._streams`."""
+        if not all(isinstance(x, str) for x in (run_id, node, client)):
+            return {"status": "error", "message": "run_id, node and client must be str"}
+        s = self.scheduler
+        if s is None or client not in s.clients:
+            return {
+                "status": "error",
+                "message": f"no client {client!r:.100} on this scheduler: a stream is opened "
+                "for a connected client (its own id, Client.id)",
+            }
         run = self.runs.get(run_id)
         ns = None if run is None else run.nodes.get(node)
         if ns is None or ns.items is None:
@@ -468,13 +502,21 @@ class RunTracker(SchedulerPlugin):
         assert self.streams is not None
         return {"status": "OK", "stream": self.streams.open(run, ns, client)}
 
+    @log_errors
     async def stream_next(
-        self, stream_id: str, limit: int, wait: float = 1.0, max_items: int | None = None
+        self,
+        stream_id: str,
+        limit: int,
+        wait: float = 1.0,
+        max_items: int | None = None,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
-        """Up to ``limit`` finished items of a stream (``dynflow_stream_next``)."""
+        """Up to ``limit`` finished items of a stream, at most ``max_items`` items and
+        ``max_bytes`` bytes together (but at least one task) (``dynflow_stream_next``)."""
         assert self.streams is not None
-        return await self.streams.next(stream_id, limit, wait, max_items)
+        return await self.streams.next(stream_id, limit, wait, max_items, max_bytes)
 
+    @log_errors
     def stream_close(self, stream_id: str) -> None:
         """End a stream; what it did not hand out is released (``dynflow_stream_close``)."""
         assert self.streams is not None
