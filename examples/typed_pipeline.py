@@ -6,13 +6,18 @@ so a wrong argument or a missing one is reported on its line. Nothing runs until
 flow is called (or its node computed): at run time the values are lazy nodes.
 
     python examples/typed_pipeline.py           # embedded LocalCluster
+    python examples/typed_pipeline.py --address tcp://127.0.0.1:8786
     mypy examples/typed_pipeline.py             # type-checks clean (CI runs it)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 from collections.abc import Iterator
+
+import dask.config
 
 import dynflow as df
 
@@ -98,4 +103,10 @@ def main() -> tuple[float, int, int, float]:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", help="scheduler address (default: embedded cluster)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.address:
+        dask.config.set({"dynflow.address": args.address})
     print(main())

@@ -60,6 +60,7 @@ CASES = [
         r"^quad tree of a 128x128 scene: \d+ regions of 8 to \d+ pixels, [1-9]\d* dynamic "
         r"splits on the cluster",
     ),
+    ("typed_pipeline", [], r"^\(40\.0, 4, 8, 44\.0\)$"),
     (
         "parallel_subflows",
         ["--n", "4"],
