@@ -7,10 +7,10 @@ import logging
 
 import dask.config
 import pytest
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster
 
 import dynflow as df
-from dynflow._protocol import FORWARD_TOPIC, LOG_TOPIC
+from dynflow._protocol import FORWARD_TOPIC, LOG_TOPIC, TRACKER
 
 
 @df.task(task_run_name="square-{x}")
@@ -120,3 +120,40 @@ def test_bad_options_are_rejected_when_the_task_is_made():
         df.task(task_run_name=3)(len)
     with pytest.raises(TypeError, match="log_prints='yes'"):
         df.flow(log_prints="yes")(len)
+
+
+@df.task(log_prints=True)
+def shout(x):
+    print(f"shouting {x}")
+    return x
+
+
+@df.flow
+def per_item(x):
+    return shout(shout(x))
+
+
+@df.task
+def recursing(n):
+    if n == 0:
+        return shout(n)
+    return recursing(n - 1)
+
+
+@pytest.mark.parametrize("kind", ["sub-flow item", "dynamic task"])
+@gen_cluster(client=True)
+async def test_prints_of_tasks_made_on_the_cluster_reach_the_client(c, s, a, b, kind):
+    """Tasks a splice made (a sub-flow run per item, a graph a task returned) belong to
+    the run too: what they print reaches the client that submitted it."""
+    await listed(0).compute(client=c)  # installs the client's own handler, replaced next
+    expected = 6 if kind == "sub-flow item" else 1
+    lines, done = await collect(c, expected=expected)
+    if kind == "sub-flow item":
+        assert await total(per_item.map(listed(3))).compute(client=c) == 3
+    else:
+        assert await recursing(3).compute(client=c) == 0
+    await asyncio.wait_for(done.wait(), 10)
+    wanted = [f"shouting {x}" for x in range(3)] if kind == "sub-flow item" else ["shouting 0"]
+    assert all(any(line.endswith(text) for line in lines) for text in wanted), lines
+    # what the tracker kept to route them goes with the tasks
+    await async_poll_for(lambda: not s.extensions[TRACKER].owners, timeout=5)

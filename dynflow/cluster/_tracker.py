@@ -342,6 +342,9 @@ class RunTracker(SchedulerPlugin):
         self.index: dict[str, NodeState] = {}
         self.outputs: dict[Any, list[RunState]] = {}  # output key -> live runs waiting on it
         self.dynamic: dict[Any, NodeState] = {}  # a task a dynamic task made -> its box
+        # a task a splice made that counts for no node (a task of a sub-flow run per
+        # item) -> its run, whose client gets what it prints; dropped when forgotten
+        self.owners: dict[Any, RunState] = {}
         self.streams: Streams | None = None  # as_completed's streams (once started)
 
     def _handlers(self) -> dict[str, Any]:
@@ -527,15 +530,21 @@ class RunTracker(SchedulerPlugin):
         stages = kwargs.get("dynflow_map_lengths")
         if stages:  # a splice: the maps' lengths are known now
             failed = kwargs.get("dynflow_failed_expander")
+            run = None
             for key, (prefix, n, size) in stages.items():
                 ns = self.index.get(key)
                 if ns is None:
                     continue
+                run = ns.run
                 ns.sized(tuple(prefix), n, size)
                 if failed is not None:
                     ns.failed_parents[tuple(prefix)] = failed
                     if self.streams is not None:
                         self.streams.parent_failed(ns, failed, tuple(prefix))
+            if run is not None and run.finished is None:
+                for k in kwargs.get("tasks") or ():
+                    if not (type(k) is tuple and k[0] in stages) and self._node_of(k) is None:
+                        self.owners[k] = run  # a sub-flow's task (what it prints goes on)
             return
         dynamic = kwargs.get("dynflow_dynamic")
         if dynamic:
@@ -559,6 +568,8 @@ class RunTracker(SchedulerPlugin):
             ns = self.dynamic.get(key)
             if ns is not None and finish == "forgotten":
                 del self.dynamic[key]
+        if finish == "forgotten" and self.owners:
+            self.owners.pop(key, None)
         if ns is not None and ns.run.finished is None:
             self._count(ns, key, start, finish)
             if finish == "memory" and ns.items is not None and kwargs.get("startstops"):
@@ -600,10 +611,17 @@ class RunTracker(SchedulerPlugin):
             if ns is not None and ns.run.finished is None:
                 ns.table.set(key, CACHED)
         elif topic == LOG_TOPIC:
-            key = _key(msg["key"])
-            ns = self._node_of(key)
-            if ns is not None and self.scheduler is not None:
-                send_to_client(self.scheduler, ns.run.client, FORWARD_TOPIC, msg)
+            run = self._run_of(_key(msg["key"]))
+            if run is not None and self.scheduler is not None:
+                send_to_client(self.scheduler, run.client, FORWARD_TOPIC, msg)
+
+    def _run_of(self, key: Any) -> RunState | None:
+        """The run task ``key`` belongs to: its node's, its dynamic box's, or the run of
+        the splice that made it (a sub-flow's task); None when unknown."""
+        ns = self._node_of(key)
+        if ns is None:
+            ns = self.dynamic.get(key)
+        return ns.run if ns is not None else self.owners.get(key)
 
     def _node_of(self, key: Any) -> NodeState | None:
         """The live node a task or unit ``key`` counts for: a map's by its items' name
