@@ -103,7 +103,7 @@ def main() -> tuple[float, int, int, float]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--address", help="scheduler address (default: embedded cluster)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -15,3 +15,6 @@ import dynflow  # noqa: E402, F401  (its config defaults, before utils_test snap
 dask.config.refresh()
 
 pytest_plugins = ["distributed.utils_test"]
+
+# files a type checker reads (tests/test_types.py), never imported
+collect_ignore = ["typing"]

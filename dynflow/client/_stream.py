@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from typing import Any, Generic, TypeVar, overload
 
 import dask.config
 from dask.utils import parse_bytes
@@ -33,6 +33,7 @@ BATCH_SLICE = 10_000
 CLOSE_TIMEOUT = 10.0
 
 _T = TypeVar("_T")
+T = TypeVar("T")  # the value type of a streamed map's items
 
 
 def _part(batch: list, start: int, stop: int) -> list:
@@ -40,15 +41,35 @@ def _part(batch: list, start: int, stop: int) -> list:
     return batch[start:stop]
 
 
+@overload
 def as_completed(
-    map_node: MapNode | RunFuture,
-    node: MapNode | None = None,
+    map_node: Iterable[T],
+    node: None = None,
     *,
     raise_errors: bool = False,
     client: Client | None = None,
     cancel_on_exit: bool = True,
     scheduler: str | None = None,
-) -> AsCompleted:
+) -> AsCompleted[T]: ...
+@overload
+def as_completed(
+    map_node: RunFuture[Any],
+    node: Iterable[T],
+    *,
+    raise_errors: bool = False,
+    client: Client | None = None,
+    cancel_on_exit: bool = True,
+    scheduler: str | None = None,
+) -> AsCompleted[T]: ...
+def as_completed(
+    map_node: Any,
+    node: Any = None,
+    *,
+    raise_errors: bool = False,
+    client: Client | None = None,
+    cancel_on_exit: bool = True,
+    scheduler: str | None = None,
+) -> AsCompleted[Any]:
     """Yield ``(index, value)`` for each item of a map as it finishes.
 
     Starts the map as a run of its own, or, given a future of a submitted run and a map
@@ -118,8 +139,10 @@ def as_completed(
     return AsCompleted(map_node, node, raise_errors, client, cancel_on_exit, scheduler)
 
 
-class AsCompleted:
-    """The items of a map as they finish; see :func:`as_completed`."""
+class AsCompleted(Generic[T]):
+    """The items of a map as they finish; see :func:`as_completed`. ``AsCompleted[T]``
+    yields ``(index, value)`` pairs whose value is a ``T`` or, for a failed item, its
+    exception (the index is an ``int``, or a tuple for a map over ``flatten``)."""
 
     def __init__(
         self,
@@ -173,7 +196,7 @@ class AsCompleted:
             )
         self._iterated = True
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Iterator[tuple[Any, T | BaseException]]:
         self._start()
         if self.scheduler is not None:
             yield from self._local()
@@ -253,14 +276,14 @@ class AsCompleted:
                 ) from value
             yield at, value
 
-    def __aiter__(self) -> AsyncIterator[tuple[Any, Any]]:
+    def __aiter__(self) -> AsyncIterator[tuple[Any, T | BaseException]]:
         if self.scheduler is not None:
             raise TypeError("as_completed(..., scheduler=...) is iterated with a plain `for`")
         self._start()
         self._agen = self._items()
         return self._agen
 
-    async def __aenter__(self) -> AsCompleted:
+    async def __aenter__(self) -> AsCompleted[T]:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
