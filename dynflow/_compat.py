@@ -1,69 +1,65 @@
-"""Where dynflow touches distributed beyond its public API, in one place.
+"""Where dynflow touches distributed and dask beyond their public API, on the client
+and the workers, in one place.
 
 distributed is pinned (``pyproject.toml``, :data:`SUPPORTED_DISTRIBUTED`) because of
-these; the suite runs with the scheduler's and the workers' validation on, which checks
-every state they change.
-
-Scheduler (the splice, :mod:`dynflow.cluster._splice`):
-
-- :func:`new_task`, :func:`apply_annotations`, :func:`observe_spans`: what
-  ``Scheduler.update_graph`` does for a client's tasks (``Scheduler.new_task``,
-  ``Scheduler._apply_annotations``, the ``spans`` extension's ``observe_tasks``);
-- ``TaskState`` fields the splice reads and writes directly: ``state``, ``run_id``,
-  ``run_spec``, ``priority``, ``annotations``, ``dependents``, ``dependencies``
-  (``add_dependency``), ``waiting_on``, ``waiters``, ``who_has``, ``exception_blame``;
-  then ``Scheduler.transitions`` and ``Scheduler.computations``;
-- :func:`bypass_queuing`: ``TaskState._queueable``, the per-task flag that keeps a
-  root-ish task out of the scheduler's queue (set by distributed's P2P shuffle too);
-- :func:`add_layout_edges`: the dashboard's ``GraphLayout`` plugin's edge index;
-- :func:`send_to_client`: ``Scheduler.send_all`` (the run tracker forwards output);
-- :func:`http_application`: the scheduler's tornado application (the tracker's JSON);
-- :func:`register_dashboard_page`: the dashboard's page registry
-  (``distributed.dashboard.scheduler.applications``).
+these and of the scheduler's: every change dynflow makes to the scheduler's state, and
+every scheduler internal it reads, goes through the named operations of
+:mod:`dynflow.cluster._scheduler_ops`, which lists them with the releases it was checked
+against. The suite runs with the scheduler's and the workers' validation on, which
+checks every state they change.
 
 Client:
 
 - :func:`want_keys`: the client's ``client-desires-keys`` message, as
   ``Client._inform_scheduler_of_futures`` sends it for published futures
-  (``as_completed`` fetches items the scheduler keeps for it).
+  (``as_completed`` fetches items the scheduler keeps for it);
+- used directly: ``Future(key, client)`` for keys the client did not submit (it tells
+  the scheduler nothing; :func:`want_keys` does), ``RunFuture`` overriding the private
+  coroutine ``Future._result(raiseit)``, ``distributed.client.default_client``.
 
 Worker:
 
 - :func:`expander_run_id`: the worker state machine's ``TaskState.run_id`` of the
   running expander (the splice refuses a stale one);
 - :func:`secede_async`: the worker state machine's ``SecedeEvent`` (an async task gives
-  up its slot; ``distributed.secede`` works only in a task's own thread).
+  up its slot; ``distributed.secede`` works only in a task's own thread);
+- :func:`scheduler_address`, :func:`call_scheduler`, :func:`send_to_scheduler`: the
+  worker's connection to its scheduler (``Worker.scheduler``, a pooled RPC to dynflow's
+  scheduler handlers) and its batched stream (``Worker.batched_send``, which drops a
+  message silently while the stream is closed; the scheduler's stream handler gets it
+  with the worker's address);
+- :func:`worker_plugin`: a worker plugin by name (``Worker.plugins``);
+- used directly: ``distributed.protocol.serialize.ToPickle`` (task specs sent to the
+  scheduler pickled), ``distributed.protocol.pickle`` (failure records).
+
+dask:
+
+- :func:`local_scheduler`: ``dask.base.get_scheduler`` without the warning of releases
+  before 2025.4;
+- ``dask._task_spec`` (``Task``, ``Alias``, ``TaskRef``, ``DataNode``, ``List``, ...):
+  the lowering and the workers build dask task specs; on the scheduler, only
+  :mod:`dynflow.cluster._scheduler_ops` imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from functools import cache
-from inspect import signature
+from collections.abc import Awaitable, Callable
 from time import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from distributed import Scheduler
-    from distributed.diagnostics.graph_layout import GraphLayout
-    from distributed.scheduler import TaskState
+    from distributed import Worker
 
 __all__ = [
     "SUPPORTED_DISTRIBUTED",
-    "add_layout_edges",
-    "apply_annotations",
-    "bypass_queuing",
-    "dashboard_serves",
+    "call_scheduler",
     "expander_run_id",
-    "http_application",
     "local_scheduler",
-    "new_task",
-    "observe_spans",
-    "register_dashboard_page",
+    "scheduler_address",
     "secede_async",
-    "send_to_client",
-    "update_graph_extras",
+    "send_to_scheduler",
     "want_keys",
+    "worker_plugin",
 ]
 
 
@@ -76,104 +72,6 @@ def supported_distributed(version: str | None) -> bool:
     from packaging.specifiers import SpecifierSet
 
     return version is not None and version in SpecifierSet(SUPPORTED_DISTRIBUTED)
-
-
-# ----------------------------------------------------------------------- scheduler
-def new_task(scheduler: Scheduler, spec: Any, computation: Any) -> TaskState:
-    """A released task for ``spec``, as ``update_graph`` makes one for a client's task."""
-    return scheduler.new_task(spec.key, spec, "released", computation)
-
-
-def apply_annotations(
-    scheduler: Scheduler, tasks: list[TaskState], annotations: dict[str, Any]
-) -> None:
-    """Give ``tasks`` the ``annotations`` (resources, priority, span, ...)."""
-    if _has_global_annotations(type(scheduler)):
-        scheduler._apply_annotations(
-            tasks=tasks, annotations_by_type={}, global_annotations=annotations
-        )
-    else:  # distributed < 2025.2: per-key annotations only
-        scheduler._apply_annotations(
-            tasks=tasks,
-            annotations_by_type={
-                name: {ts.key: value(ts.key) if callable(value) else value for ts in tasks}
-                for name, value in annotations.items()
-            },
-        )
-
-
-@cache
-def _has_global_annotations(scheduler_type: type) -> bool:
-    """Whether ``Scheduler._apply_annotations`` takes ``global_annotations`` (2025.2+)."""
-    return "global_annotations" in signature(scheduler_type._apply_annotations).parameters
-
-
-def bypass_queuing(tasks: list[TaskState]) -> None:
-    """Send ``tasks`` to workers as soon as they are ready, as if ``worker-saturation``
-    were ``inf`` for them alone (the scheduler does not queue them as root tasks)."""
-    for ts in tasks:
-        ts._queueable = False
-
-
-def observe_spans(scheduler: Scheduler, tasks: list[TaskState]) -> None:
-    """Register ``tasks`` with the spans extension (worker heartbeats need it)."""
-    spans = scheduler.extensions.get("spans")
-    if spans is not None and tasks:
-        spans.observe_tasks(tasks, code=(), span_metadata={"collections": []})
-
-
-def update_graph_extras(tasks: list[TaskState]) -> dict[str, Any]:
-    """Keyword arguments that ``SchedulerPlugin.update_graph`` needs beyond those every
-    release passes: before distributed 2025.5, ``dependencies`` (``{key: {key, ...}}``)."""
-    from distributed.diagnostics.plugin import SchedulerPlugin
-
-    if not _wants_dependencies(SchedulerPlugin):
-        return {}
-    return {"dependencies": {ts.key: {d.key for d in ts.dependencies} for ts in tasks}}
-
-
-@cache
-def _wants_dependencies(plugin_type: type) -> bool:
-    return "dependencies" in signature(plugin_type.update_graph).parameters
-
-
-def add_layout_edges(layout: GraphLayout, edges: Iterable[tuple[Any, Any]]) -> None:
-    """Give the dashboard's ``GraphLayout`` new ``(dependency, dependent)`` edges of tasks
-    it laid out already, as its ``update_graph`` records them."""
-    for edge in edges:
-        if edge not in layout.index_edge:
-            layout.index_edge[edge] = layout.next_edge_index
-            layout.next_edge_index += 1
-            layout.new_edges.append(edge)
-
-
-def send_to_client(scheduler: Scheduler, client: str, topic: str, event: Any) -> None:
-    """Send an event on ``topic`` to one client only (``log_event`` sends to all)."""
-    msg = {"op": "event", "topic": topic, "event": (time(), event)}
-    scheduler.send_all({client: [msg]}, worker_msgs={})
-
-
-def http_application(scheduler: Scheduler) -> Any:
-    """The scheduler's tornado application (None without an HTTP server)."""
-    return getattr(scheduler, "http_application", None)
-
-
-def dashboard_serves(scheduler: Scheduler, path: str) -> bool:
-    """Whether the scheduler's dashboard serves the bokeh page ``path`` (its pages are
-    those registered before it started)."""
-    app = http_application(scheduler)
-    for bokeh in getattr(app, "applications", None) or ():
-        if path in (getattr(bokeh, "_applications", None) or {}):
-            return True
-    return False
-
-
-def register_dashboard_page(path: str, doc: Callable[..., Any]) -> None:
-    """Add a bokeh page to the dashboard of schedulers started from now on (distributed
-    reads its pages once, at start)."""
-    from distributed.dashboard.scheduler import applications
-
-    applications.setdefault(path, doc)
 
 
 # -------------------------------------------------------------------------- client
@@ -221,3 +119,26 @@ def secede_async(key: Any) -> None:
     worker.handle_stimulus(
         SecedeEvent(key=key, compute_duration=0.0, stimulus_id=f"dynflow-secede-{time()}")
     )
+
+
+def scheduler_address(worker: Worker) -> str:
+    """The address of ``worker``'s scheduler."""
+    return worker.scheduler.address
+
+
+def call_scheduler(worker: Worker, handler: str, **kwargs: Any) -> Awaitable[Any]:
+    """Call the scheduler's handler ``handler`` from ``worker`` (its pooled RPC); the
+    reply, awaited on the worker's event loop."""
+    return getattr(worker.scheduler, handler)(**kwargs)
+
+
+def send_to_scheduler(worker: Worker, msg: dict[str, Any]) -> None:
+    """Send ``msg`` (``{"op": handler, ...}``) on ``worker``'s batched stream to the
+    scheduler, in order with the worker's own messages (``task-finished``, ...). On the
+    worker's event loop; dropped silently while the stream is closed."""
+    worker.batched_send(msg)
+
+
+def worker_plugin(worker: Worker, name: str) -> Any:
+    """``worker``'s plugin ``name`` (None if it has none)."""
+    return worker.plugins.get(name)

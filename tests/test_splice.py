@@ -1,15 +1,19 @@
 """The splice extension's replies, on a real scheduler with validation on: a stale or
-repeated call changes nothing; a splice for a cancelled run adds nothing. (A splice whose
-collectors are all done already, "unwanted", is an expander run again after a lost
-worker: tests/test_resilience.py.)"""
+repeated call changes nothing; a splice for a cancelled run adds nothing; a graph splice
+leaves the workers' counts right. (A splice whose collectors are all done already,
+"unwanted", is an expander run again after a lost worker: tests/test_resilience.py.)"""
 
 from __future__ import annotations
 
-from distributed.utils_test import gen_cluster
+from dask._task_spec import Task
+from distributed import wait
+from distributed.protocol.serialize import ToPickle
+from distributed.utils_test import BlockedGetData, gen_cluster, inc
 from utils import generate_list, no_tasks_left, process, reducer
 
 import dynflow as df
 from dynflow._protocol import SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
+from dynflow.client._cluster import install
 
 
 async def installed(c, s):
@@ -103,3 +107,31 @@ async def test_each_splice_is_logged_as_an_event(c, s, a, b):
     _, event = events[-1]
     assert (event["n"], event["added"], event["status"]) == (7, 7, "OK")
     assert event["end"] >= event["start"]
+
+
+@gen_cluster(client=True, Worker=BlockedGetData)
+async def test_a_graph_splice_while_an_input_is_in_flight_keeps_the_worker_counts(c, s, a, b):
+    """A dynamic task T on worker b returned a graph before b reported holding its input x
+    (the transfer from a is held here). The scheduler counts x on b for T
+    (``needs_what``, network occupancy) until T leaves processing: T's run must end
+    before its inputs are dropped, else the count of x stays behind for ever (once, the
+    splice dropped them first: ``validate_state`` failed, and so did the cluster's last
+    check, ``not ws.occupancy``)."""
+    await install(c)
+    x = c.submit(inc, 1, key="x", workers=[a.address])
+    await wait(x)  # not its value: a's get_data is held
+    t = c.submit(inc, x, key="T", workers=[b.address])
+    await a.in_get_data.wait()  # b fetches x from a: held
+    ts, ws = s.tasks["T"], s.workers[b.address]
+    assert ts.state == "processing" and ws.needs_what.get(s.tasks["x"]) == 1
+    reply = await c.scheduler.dynflow_graph_splice(
+        key="T", task_run_id=ts.run_id, tasks=ToPickle({"O": Task("O", inc, 41)}), output="O"
+    )
+    assert reply == {"status": "OK", "added": 1}
+    s.validate_state()
+    assert s.tasks["x"] not in ws.needs_what
+    a.block_get_data.set()
+    b.block_get_data.set()
+    assert await t == 42
+    del x, t
+    await no_tasks_left(s)

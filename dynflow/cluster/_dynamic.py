@@ -20,7 +20,7 @@ from distributed import get_worker
 from distributed.protocol.serialize import ToPickle
 from distributed.utils import sync
 
-from dynflow._compat import expander_run_id
+from dynflow._compat import call_scheduler, expander_run_id, scheduler_address, send_to_scheduler
 from dynflow._protocol import GRAPH_SPLICE_HANDLER
 from dynflow.exceptions import ExtensionError
 
@@ -53,21 +53,21 @@ def splice_returned(graph: ReturnedGraph, key: Any) -> None:
     for the scheduler.
     """
     worker = get_worker()
-    if worker.scheduler.address in _SERVED:
-        worker.loop.add_callback(worker.batched_send, _message(graph, key))
+    if scheduler_address(worker) in _SERVED:
+        worker.loop.add_callback(send_to_scheduler, worker, _message(graph, key))
     else:
         _check(graph, sync(worker.loop, _request, graph, key))
-        _SERVED.add(worker.scheduler.address)
+        _SERVED.add(scheduler_address(worker))
 
 
 async def splice_returned_async(graph: ReturnedGraph, key: Any) -> None:
     """:func:`splice_returned` of an async task, on the worker's event loop."""
     worker = get_worker()
-    if worker.scheduler.address in _SERVED:
-        worker.batched_send(_message(graph, key))
+    if scheduler_address(worker) in _SERVED:
+        send_to_scheduler(worker, _message(graph, key))
     else:
         _check(graph, await _request(graph, key))
-        _SERVED.add(worker.scheduler.address)
+        _SERVED.add(scheduler_address(worker))
 
 
 def _message(graph: ReturnedGraph, key: Any) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def _message(graph: ReturnedGraph, key: Any) -> dict[str, Any]:
 async def _request(graph: ReturnedGraph, key: Any) -> Any:
     msg = _message(graph, key)
     del msg["op"]
-    return await getattr(get_worker().scheduler, GRAPH_SPLICE_HANDLER)(**msg)
+    return await call_scheduler(get_worker(), GRAPH_SPLICE_HANDLER, **msg)
 
 
 def _check(graph: ReturnedGraph, reply: Any) -> None:

@@ -26,7 +26,7 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.serialize import ToPickle
 
-from dynflow._compat import expander_run_id
+from dynflow._compat import call_scheduler, expander_run_id, worker_plugin
 from dynflow._protocol import SPLICE_HANDLER, SPLICE_KEY_PLUGIN, at
 from dynflow.cluster._failure import Failure
 from dynflow.exceptions import ExtensionError
@@ -78,12 +78,13 @@ def _canon(obj: Any) -> Any:
 
 async def expand(
     expansion: Expansion, prefix: tuple[int, ...], data: dict[Any, Any]
-) -> dict[Any, list]:
+) -> dict[Any, list] | Failure:
     """Measure the mapped values and have the scheduler add the per-item tasks.
 
     ``prefix`` locates a nested expansion (the parent items it belongs to); ``()`` at
     top level. Returns the sources that had to be turned into lists (usually none);
-    items that read such a source read it from this task's result.
+    items that read such a source read it from this task's result. A mapped source
+    that is a failure record: that record (the collectors hand it on).
     """
     failure = expansion.failed_source(data, prefix)
     if failure is None:
@@ -143,12 +144,13 @@ async def request_splice(
     """
     worker = get_worker()
     run_id = expander_run_id(expander)
-    plugin = worker.plugins.get(SPLICE_KEY_PLUGIN)
+    plugin = worker_plugin(worker, SPLICE_KEY_PLUGIN)
     digest = None
     if isinstance(plugin, SpliceKey):
         digest = splice_digest(plugin.key, expander, run_id, n, listed, subflow_tasks, failed)
-    handler = getattr(worker.scheduler, SPLICE_HANDLER)
-    return await handler(
+    return await call_scheduler(
+        worker,
+        SPLICE_HANDLER,
         expander=expander,
         task_run_id=run_id,
         n=n,

@@ -3,8 +3,10 @@
 An expander task (:mod:`dynflow.cluster._expand`) measures a map's upstream values on
 its worker, then calls the ``dynflow_splice`` handler with only the length. The plan
 arrives inside the expander's own task spec: this module imports nothing from the client
-side. It changes the scheduler's state through the few private names listed in
-:mod:`dynflow._compat`; the suite runs with ``distributed.scheduler.validate`` on.
+side. It changes the scheduler's state only through the named operations of
+:mod:`dynflow.cluster._scheduler_ops` (and reads it through that module's read helpers):
+this module decides what to make and rewire, those operations make it so. The suite
+runs with ``distributed.scheduler.validate`` on.
 
 The splice, in one synchronous pass (it must not interleave with other transitions):
 
@@ -19,14 +21,16 @@ The splice, in one synchronous pass (it must not interleave with other transitio
    equals the concrete mapped tuples' lengths, listed sources are mapped ones, sub-flow
    tasks come for the sub-flow stages only);
 2. create the per-item tasks ``(item name, i)``, skipping keys that already exist, so
-   an expander that runs again creates no duplicates (:meth:`SpliceExtension._create`);
-3. wire them into the collectors ``C`` (dynflow-owned; a user's task is never rewired)
-   and give each collector its real task spec; the ``E -> C`` edge stays, so that
-   forgetting ``C`` forgets ``E`` and the upstream tasks (:meth:`SpliceExtension._wire`);
-4. set priorities (the expander's, then item index, then stage: chained maps run item
-   by item), annotations and spans, keep the items out of the scheduler's root-task
-   queue (unless ``dynflow.queue-items``), tell the other plugins, and transition the
-   items to waiting.
+   an expander that runs again creates no duplicates, with their priorities (the
+   expander's, then item index, then stage: chained maps run item by item), annotations
+   and spans, kept out of the scheduler's root-task queue (unless
+   ``dynflow.queue-items``) (``create_tasks``);
+3. wire them into the collectors ``C`` (dynflow-owned; a user's task is never rewired):
+   each collector gets its real task spec and its items as dependencies; the ``E -> C``
+   edge stays, so that forgetting ``C`` forgets ``E`` and the upstream tasks
+   (``rewire``);
+4. tell the other plugins (``announce``), and transition the items to waiting
+   (``commit``).
 
 A *dynamic task* (its function returned a graph) calls ``dynflow_graph_splice``
 (:meth:`SpliceExtension.graph_splice`) with that graph's task specs and its output key
@@ -39,17 +43,20 @@ A *dynamic task* (its function returned a graph) calls ``dynflow_graph_splice``
    does a graph that refers to keys the scheduler lacks);
 2. the graph's tasks are created (keys that exist are reused: a pure call made twice is
    one task); should creating them fail, those created are forgotten again (as for the
-   splice's items), so a failed pass leaves no task behind;
-3. ``T``, if still wanted (step 4), becomes an alias of ``O``: its task spec is
-   ``Alias(T, O)``, its only dependency ``O`` (its old inputs are released if nothing
-   else wants them), and it is transitioned processing -> released -> waiting, so it
-   finishes when ``O`` does; the worker's run of it is cancelled (``free-keys``), and
-   the ``task-finished`` it sends (its value None) is refused as a stale run's;
-4. when ``T`` itself was made by a graph splice (so no client and no run counts it),
+   splice's items), so a failed pass leaves no task behind (``create_tasks``);
+3. when ``T`` itself was made by a graph splice (so no client and no run counts it),
    its dependents read ``O`` instead (their task specs have the key substituted,
-   dask's ``GraphNode.substitute``) and ``T`` is forgotten: no alias task runs. The
-   same for tasks made aliases of ``T`` (tail calls: a loop whose step returned the
-   next step), so a loop of any length holds a bounded number of tasks.
+   dask's ``GraphNode.substitute``; ``repoint_dependents``) and ``T`` is forgotten: no
+   alias task runs. The same for tasks made aliases of ``T`` (tail calls: a loop whose
+   step returned the next step), so a loop of any length holds a bounded number of
+   tasks;
+4. the worker's run of ``T`` ends (``end_run``: processing -> released, the worker is
+   told ``free-keys``, and the ``task-finished`` it sends, its value None, is refused
+   as a stale run's); then ``T``, if still wanted, becomes an alias of ``O``
+   (``make_alias``): its task spec is ``Alias(T, O)``, its only dependency ``O`` (its
+   old inputs are released if nothing else wants them), and it waits, so it finishes
+   when ``O`` does. The run ends before ``T``'s inputs change: the scheduler counts a
+   processing task's inputs on its worker.
 
 State: the keys a graph splice made and the keys made aliases (for step 4), dropped
 when forgotten;
@@ -67,21 +74,10 @@ from collections.abc import Hashable
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
-from dask._task_spec import Alias, GraphNode, Task
 from dask.utils import key_split
-from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
-from distributed.protocol.pickle import dumps
 from distributed.utils import log_errors
 
-from dynflow._compat import (
-    add_layout_edges,
-    apply_annotations,
-    bypass_queuing,
-    new_task,
-    observe_spans,
-    update_graph_extras,
-)
 from dynflow._protocol import (
     GRAPH_SPLICE_HANDLER,
     SPLICE,
@@ -89,14 +85,15 @@ from dynflow._protocol import (
     SPLICE_KEY_PLUGIN,
     SPLICE_TOPIC,
 )
+from dynflow.cluster import _scheduler_ops as ops
 from dynflow.cluster._dynamic import needs_itself, refuse
 from dynflow.cluster._expand import SpliceKey, expand, splice_digest
 
 if TYPE_CHECKING:
     from distributed import Scheduler
-    from distributed.scheduler import TaskState
+    from distributed.scheduler import Recs, TaskState
 
-    from dynflow.lowering._plan import StageTasks
+    from dynflow.lowering._plan import Expansion
 
 logger = logging.getLogger(__name__)
 
@@ -150,24 +147,27 @@ class SpliceExtension(SchedulerPlugin):
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         try:  # to every worker, present and future (a joining worker gets it as it registers)
-            await scheduler.register_worker_plugin(
-                None, dumps(SpliceKey(self.key)), name=SPLICE_KEY_PLUGIN, idempotent=False
-            )
+            await ops.give_workers_plugin(scheduler, SpliceKey(self.key), SPLICE_KEY_PLUGIN)
         except Exception:  # a worker that could not take it: its splices are refused, saying so
             logger.exception("could not give every worker dynflow's splice key")
-        scheduler.handlers[SPLICE_HANDLER] = self.splice
-        scheduler.handlers[GRAPH_SPLICE_HANDLER] = self.graph_splice
-        # later splices of a worker come as messages on its stream, in order with its
-        # "reschedule" of the same task
-        scheduler.stream_handlers[GRAPH_SPLICE_HANDLER] = self.graph_splice_message
-        scheduler.extensions[SPLICE] = self
+        ops.install(
+            scheduler,
+            SPLICE,
+            self,
+            {SPLICE_HANDLER: self.splice, GRAPH_SPLICE_HANDLER: self.graph_splice},
+            # later splices of a worker come as messages on its stream, in order with its
+            # "reschedule" of the same task
+            {GRAPH_SPLICE_HANDLER: self.graph_splice_message},
+        )
 
     async def close(self) -> None:
         if self.scheduler is not None:
-            self.scheduler.handlers.pop(SPLICE_HANDLER, None)
-            self.scheduler.handlers.pop(GRAPH_SPLICE_HANDLER, None)
-            self.scheduler.stream_handlers.pop(GRAPH_SPLICE_HANDLER, None)
-            self.scheduler.extensions.pop(SPLICE, None)
+            ops.uninstall(
+                self.scheduler,
+                SPLICE,
+                (SPLICE_HANDLER, GRAPH_SPLICE_HANDLER),
+                (GRAPH_SPLICE_HANDLER,),
+            )
 
     @log_errors
     def splice(self, **kwargs: Any) -> dict[str, Any]:
@@ -235,14 +235,15 @@ class SpliceExtension(SchedulerPlugin):
             return _error("subflow_tasks must be {stage index: [task groups]} or None")
         if not isinstance(failed, bool) or not isinstance(digest, (str, type(None))):
             return _error("failed must be a bool and digest a str")
-        ets = s.tasks.get(expander)
-        if ets is None or ets.state != "processing" or ets.run_id != run_id:
+        ets = ops.current_run(s, expander, run_id)
+        if ets is None:
             return {"status": "stale"}
-        if not any(c.state == "waiting" for c in ets.dependents):
+        if not ops.dependents(ets, ("waiting",)):
             return {"status": "unwanted"}  # the collectors (placeholders) are done
-        if not isinstance(ets.run_spec, Task) or ets.run_spec.func is not expand:
+        plan = _expansion_of(ets)
+        if plan is None:
             return _error(f"task {key_split(expander)!r} is not a dynflow expander")
-        expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
+        expansion, prefix = plan
         # no longer than the plan allows, before anything walks them
         if len(listed) > len(expansion.sources) or not all(map(_is_key, listed)):
             return _error(
@@ -291,19 +292,48 @@ class SpliceExtension(SchedulerPlugin):
         s = self.scheduler
         assert s is not None
         stimulus_id = f"dynflow-splice-{time()}"
-        ets = s.tasks[expander]
-        collectors = list(ets.dependents)  # the collectors (placeholders) of this expansion
-        expansion, prefix = ets.run_spec.args[0], ets.run_spec.args[1]
-        stages, specs = expansion.build(
-            n, prefix, listed, subflow_tasks or {}, failed, s.total_nthreads
+        ets = ops.current_run(s, expander, task_run_id)
+        plan = None if ets is None else _expansion_of(ets)
+        assert ets is not None and plan is not None  # _refusal checked
+        expansion, prefix = plan
+        # the collectors (placeholders) of this expansion still waiting for their items
+        collectors = ops.dependents(ets, ("waiting",))
+        threads = ops.total_threads(s)
+        stages, specs = expansion.build(n, prefix, listed, subflow_tasks or {}, failed, threads)
+        span = ops.annotation(ets, "span")
+        new = ops.create_tasks(
+            s,
+            [
+                ops.NewTasks(
+                    items,
+                    ops.priority(ets),
+                    (stage_index,),
+                    {**stage_annotations, "span": span} if span else stage_annotations,
+                    queue,
+                )
+                for stage_index, (stage_annotations, items, queue) in enumerate(stages)
+            ],
         )
-        new = self._create(ets, stages)
-        recommendations: dict[Any, str] = {ts.key: "waiting" for ts in reversed(new)}
-        rewired = self._wire(collectors, specs, {ts.key for ts in new}, recommendations)
-        observe_spans(s, new)
-        lengths = expansion.lengths(0 if failed else n, prefix, s.total_nthreads)
-        self._tell_plugins(new, rewired, stimulus_id, lengths, expander if failed else None)
-        s.transitions(recommendations, stimulus_id)
+        recommendations: Recs = {ts.key: "waiting" for ts in reversed(new)}
+        rewired: dict[Any, list[Any]] = {}
+        for cts in collectors:
+            spec = specs.get(cts.key)
+            if spec is not None:
+                added = ops.rewire(s, cts, spec, recommendations)
+                if added:
+                    rewired[cts.key] = added
+        ops.announce(
+            s,
+            new,
+            rewired,
+            stimulus_id,
+            client=SPLICE,
+            skip=self,
+            dynflow_map_lengths=expansion.lengths(0 if failed else n, prefix, threads),
+            dynflow_failed_expander=expander if failed else None,
+            dynflow_dynamic=None,
+        )
+        ops.commit(s, recommendations, stimulus_id)
         self.splices += 1
         self.tasks_added += len(new)
         return {"status": "OK", "added": len(new)}
@@ -354,11 +384,9 @@ class SpliceExtension(SchedulerPlugin):
                 f"key must be a task key and task_run_id an int, got {type(key).__name__} "
                 f"and {type(task_run_id).__name__}"
             )
-        ts = s.tasks.get(key)
-        if ts is None or ts.state != "processing" or ts.run_id != task_run_id:
+        ts = ops.current_run(s, key, task_run_id, worker)
+        if ts is None:  # stale, or a message from a worker that does not run it
             return {"status": "stale"}
-        if worker is not None and (ts.processing_on is None or ts.processing_on.address != worker):
-            return {"status": "stale"}  # a message from a worker that does not run it
         stimulus_id = f"dynflow-graph-splice-{time()}"
         malformed = self._malformed(tasks, output, annotations, queue)
         if malformed is not None:
@@ -366,11 +394,7 @@ class SpliceExtension(SchedulerPlugin):
             if worker is None:  # refused: the caller is told, nothing changed
                 return _error(message)
             # a message on a worker's stream has no reply: the task fails with it
-            recommendations: dict[Any, str] = {}
-            self._make_failing(ts, message, recommendations)
-            recommendations[key] = "released"
-            ts.run_id = -1
-            s.transitions(recommendations, stimulus_id)
+            self._fail(ts, message, stimulus_id)
             return _error(message)
         # who needs this task's value reads the output instead: its dependents, when the
         # task was made by a splice (no client and no run counts it), or else the
@@ -378,55 +402,73 @@ class SpliceExtension(SchedulerPlugin):
         mine = key in self.dynamic_keys
         repoint = [
             d
-            for d in ts.dependents
-            if d.state in ("waiting", "released") and (mine or self.aliases.get(d.key) == key)
+            for d in ops.dependents(ts, ("waiting", "released"))
+            if mine or self.aliases.get(d.key) == key
         ]
-        wanted = bool(ts.who_wants) or len(ts.dependents) > len(repoint)
-        recommendations: dict[Any, str] = {}
+        wanted = ops.wanted_by_client(ts) or len(ops.dependents(ts)) > len(repoint)
+        recommendations: Recs = {}
         new: list[TaskState] = []
+        out: TaskState | None = None
         if wanted or repoint:
             missing = [
                 d
                 for spec in tasks.values()
                 for d in spec.dependencies
-                if d not in tasks and d not in s.tasks
+                if d not in tasks and not ops.has_task(s, d)
             ]
-            if output not in tasks and output not in s.tasks:
+            if output not in tasks and not ops.has_task(s, output):
                 missing.append(output)
-            message = None
+            failure: str | None = None
             if missing:  # keys made elsewhere: it fails, naming them
-                message = (
+                failure = (
                     f"task {key_split(key)!r} returned a graph that refers to keys the "
                     f"scheduler does not have (made for another graph or cluster): "
                     f"{sorted(map(str, missing))[:5]}"
                 )
             elif self._needs_itself(ts, tasks, output):
-                message = needs_itself(key_split(key), key)
-            if message is not None:
-                self._make_failing(ts, message, recommendations)
-                recommendations[key] = "released"
-                ts.run_id = -1
-                s.transitions(recommendations, stimulus_id)
-                return {"status": "error", "message": message}
-            new = self._create_graph(ts, tasks, output, annotations or {})
-            if not queue:
-                bypass_queuing(new)
-            out = s.tasks[output]
+                failure = needs_itself(key_split(key), key)
+            if failure is not None:
+                self._fail(ts, failure, stimulus_id)
+                return {"status": "error", "message": failure}
+            new = self._create_graph(ts, tasks, output, annotations or {}, queue)
+            out = ops.get_task(s, output)
+            assert out is not None
+            # before the run ends: processing -> released keeps a task its waiters read
+            ops.repoint_dependents(s, ts, out, repoint, recommendations)
             for d in repoint:
-                self._repoint(d, ts, out, recommendations)
-            if wanted:
-                self._make_alias(ts, out, recommendations)
-        recommendations[key] = "released"  # the worker's run ends (free-keys)
-        ts.run_id = -1  # and its "task-finished" (None) is refused as a stale run's
-        observe_spans(s, new)
+                if d.key in self.aliases:
+                    self.aliases[d.key] = output
+        # the worker's run ends (free-keys), and its "task-finished" (None) is refused as
+        # a stale run's; read by nobody any more, the task is forgotten
+        recommendations.update(ops.end_run(s, ts, stimulus_id))
+        if wanted:
+            assert out is not None
+            ops.make_alias(s, ts, out, recommendations)
+            self.aliases[key] = output
         rewired = {t.key: [output] for t in [*repoint, *([ts] if wanted else [])]}
-        dynamic = {"parent": key, "alias": wanted, "tasks": [t.key for t in new]}
-        self._tell_plugins(new, rewired, stimulus_id, {}, dynamic=dynamic)
-        s.transitions(recommendations, stimulus_id)
-        if ts.state == "released" and not ts.dependents and not ts.who_wants:
-            s.transitions({key: "forgotten"}, stimulus_id)  # read by nobody any more
+        ops.announce(
+            s,
+            new,
+            rewired,
+            stimulus_id,
+            client=SPLICE,
+            skip=self,
+            dynflow_map_lengths={},
+            dynflow_failed_expander=None,
+            dynflow_dynamic={"parent": key, "alias": wanted, "tasks": [t.key for t in new]},
+        )
+        ops.commit(s, recommendations, stimulus_id)
         self.tasks_added += len(new)
         return {"status": "OK" if wanted or repoint else "unwanted", "added": len(new)}
+
+    def _fail(self, ts: TaskState, message: str, stimulus_id: str) -> None:
+        """Processing ``ts``'s run ends, and it runs again as a task that fails with
+        ``message`` (its inputs let go of)."""
+        s = self.scheduler
+        assert s is not None
+        recommendations = ops.end_run(s, ts, stimulus_id)
+        ops.make_call(s, ts, refuse, (message,), recommendations)
+        ops.commit(s, recommendations, stimulus_id)
 
     def graph_splice_message(self, worker: str, **msg: Any) -> None:
         """:meth:`graph_splice` from a message on ``worker``'s stream, for a task that
@@ -445,7 +487,7 @@ class SpliceExtension(SchedulerPlugin):
         if not isinstance(tasks, dict):
             return f"tasks must be a dict of task specs by key, got {type(tasks).__name__}"
         for k, spec in tasks.items():
-            if not _is_key(k) or not isinstance(spec, GraphNode) or spec.key != k:
+            if not _is_key(k) or not ops.is_task_spec(spec) or spec.key != k:
                 return (
                     f"tasks must map each key to its task spec (a dask GraphNode with that "
                     f"key), got {str(k)[:100]!r}: {type(spec).__name__} "
@@ -466,60 +508,34 @@ class SpliceExtension(SchedulerPlugin):
         return None
 
     def _create_graph(
-        self, ts: TaskState, tasks: dict[Any, Any], output: Any, annotations: dict[Any, dict]
+        self,
+        ts: TaskState,
+        tasks: dict[Any, Any],
+        output: Any,
+        annotations: dict[Any, dict],
+        queue: bool,
     ) -> list[TaskState]:
         """Released tasks for the specs ``output`` needs whose keys do not exist yet,
         after ``ts`` in priority, with their annotations and dependencies."""
         s = self.scheduler
         assert s is not None
-        computation = s.computations[-1] if s.computations else None
         # only what the output needs and the scheduler lacks: with pure keys, parts of
         # the graph may exist already (then their inputs are not needed again)
         needed: set[Any] = set()
         todo = [output]
         while todo:
             k = todo.pop()
-            if k in needed or k in s.tasks or k not in tasks:
+            if k in needed or ops.has_task(s, k) or k not in tasks:
                 continue
             needed.add(k)
             todo.extend(tasks[k].dependencies)
-        new: list[TaskState] = []
-        try:
-            for i, (k, spec) in enumerate(tasks.items()):
-                if k not in needed:
-                    continue
-                nts = new_task(s, spec, computation)
-                nts.priority = (*ts.priority, i)
-                new.append(nts)
-                self.dynamic_keys.add(k)
-                if annotations.get(k):
-                    apply_annotations(s, [nts], annotations[k])
-            for nts in new:
-                for dep in nts.run_spec.dependencies:
-                    nts.add_dependency(s.tasks[dep])
-        except Exception:  # forgotten again: the scheduler is as it was
-            self._discard(new)
-            raise
+        new = ops.create_tasks(
+            s,
+            [ops.NewTasks(list(tasks.values()), ops.priority(ts), queue=queue, only=needed)],
+            annotations_by_key=annotations,
+        )
+        self.dynamic_keys.update(t.key for t in new)
         return new
-
-    def _make_alias(self, ts: TaskState, out: TaskState, recommendations: dict) -> None:
-        """Processing ``ts`` will wait for ``out`` and take its value; its old inputs
-        are released where nothing else wants them."""
-        self._drop_inputs(ts, recommendations)
-        ts.run_spec = Alias(ts.key, out.key)
-        ts.add_dependency(out)
-        self.aliases[ts.key] = out.key
-
-    @staticmethod
-    def _drop_inputs(ts: TaskState, recommendations: dict) -> None:
-        """``ts`` no longer reads its inputs; those nothing else wants are released."""
-        for dts in list(ts.dependencies):
-            ts.dependencies.discard(dts)
-            dts.dependents.discard(ts)
-            if dts.waiters:
-                dts.waiters.discard(ts)
-            if dts.state != "released" and not dts.waiters and not dts.who_wants:
-                recommendations.setdefault(dts.key, "released")
 
     def _needs_itself(self, ts: TaskState, tasks: dict[Any, Any], output: Any) -> bool:
         """Whether the graph ``tasks`` (output ``output``) returned by ``ts`` needs
@@ -529,206 +545,19 @@ class SpliceExtension(SchedulerPlugin):
         assert s is not None
         if ts.key in tasks or output == ts.key:
             return True
-        todo = [d for spec in tasks.values() for d in spec.dependencies if d not in tasks]
+        start = [d for spec in tasks.values() for d in spec.dependencies if d not in tasks]
         if output not in tasks:
-            todo.append(output)
-        seen: set[Any] = set()
-        while todo:
-            k = todo.pop()
-            if k == ts.key:
-                return True
-            if k in seen:
-                continue
-            seen.add(k)
-            dts = s.tasks.get(k)
-            if dts is not None and dts.state != "memory":
-                todo.extend(d.key for d in dts.dependencies)
-        return False
+            start.append(output)
+        return ops.reaches(s, start, ts.key)
 
-    def _make_failing(self, ts: TaskState, message: str, recommendations: dict) -> None:
-        """Processing ``ts`` will run again as a task that fails with ``message``."""
-        self._drop_inputs(ts, recommendations)
-        ts.run_spec = Task(ts.key, refuse, message)
 
-    def _repoint(self, d: TaskState, ts: TaskState, out: TaskState, recommendations: dict) -> None:
-        """``d`` (waiting or released) reads ``out`` where it read ``ts``: its task spec
-        has the key substituted (dask's ``GraphNode.substitute``), its edges follow."""
-        d.dependencies.discard(ts)
-        ts.dependents.discard(d)
-        if ts.waiters:
-            ts.waiters.discard(d)
-        if d.waiting_on:
-            d.waiting_on.discard(ts)
-        d.run_spec = d.run_spec.substitute({ts.key: out.key})
-        if d.key in self.aliases:
-            self.aliases[d.key] = out.key
-        d.add_dependency(out)
-        if d.state != "waiting":
-            return  # released: it waits for out when it is wanted again
-        if out.state == "erred":
-            d.exception_blame = out.exception_blame
-            recommendations[d.key] = "erred"
-            return
-        if not out.who_has:
-            if d.waiting_on is None:
-                d.waiting_on = set()
-            d.waiting_on.add(out)
-        if out.state == "released":
-            recommendations[out.key] = "waiting"  # its waiters: its waiting dependents
-        else:
-            if out.waiters is None:
-                out.waiters = set()
-            out.waiters.add(d)
-            if not d.waiting_on:
-                recommendations[d.key] = "processing"
-
-    def _create(self, ets: TaskState, stages: list[StageTasks]) -> list[TaskState]:
-        """The tasks of every stage, released, with priorities and annotations; keys that
-        exist already are skipped (an expander that runs again). Should a task fail to
-        be made (a malformed sub-flow task), those made are forgotten and the error
-        raised: the scheduler is as it was."""
-        s = self.scheduler
-        assert s is not None
-        computation = s.computations[-1] if s.computations else None
-        span = (ets.annotations or {}).get("span")
-        new: list[TaskState] = []
-        try:
-            for stage_index, (stage_annotations, items, queue) in enumerate(stages):
-                start = len(new)
-                for i, spec in enumerate(items):
-                    if spec.key in s.tasks:
-                        continue
-                    ts = new_task(s, spec, computation)
-                    ts.priority = (*ets.priority, i, stage_index)
-                    new.append(ts)
-                created = new[start:]
-                annotations = dict(stage_annotations)
-                if span:
-                    annotations["span"] = span
-                apply_annotations(s, created, annotations)
-                if not queue:
-                    bypass_queuing(created)
-            for ts in new:  # all created first: items may depend on items of later stages
-                for dep in ts.run_spec.dependencies:
-                    ts.add_dependency(s.tasks[dep])
-        except Exception:
-            self._discard(new)
-            raise
-        return new
-
-    def _discard(self, tasks: list[TaskState]) -> None:
-        """Forget ``tasks``, made by a pass that failed before any was wired or wanted
-        (released, no waiters): their edges are undone, then the scheduler forgets them
-        as any released task nobody needs."""
-        s = self.scheduler
-        assert s is not None
-        if not tasks:
-            return
-        for ts in tasks:
-            for dts in ts.dependencies:
-                dts.dependents.discard(ts)
-            for dts in ts.dependents:
-                dts.dependencies.discard(ts)
-            ts.dependencies.clear()
-            ts.dependents.clear()
-        s.transitions({ts.key: "forgotten" for ts in tasks}, f"dynflow-discard-{time()}")
-        for ts in tasks:
-            self.dynamic_keys.discard(ts.key)
-
-    def _wire(
-        self,
-        collectors: list[TaskState],
-        specs: dict[Any, Any],
-        fresh: set[Any],
-        recommendations: dict[Any, str],
-    ) -> dict[Any, list]:
-        """Give each waiting collector its real spec and its items as dependencies.
-
-        ``fresh``: the keys just created (their released -> waiting transition adds the
-        collector to their waiters). Adds to ``recommendations``; returns each
-        collector's new dependencies (``{collector key: [key, ...]}``).
-        """
-        s = self.scheduler
-        assert s is not None
-        rewired: dict[Any, list] = {}
-        for cts in collectors:
-            spec = specs.get(cts.key)
-            if spec is None or cts.state != "waiting":
-                continue
-            for dep in spec.dependencies:
-                dts = s.tasks[dep]
-                if dts not in cts.dependencies:
-                    rewired.setdefault(cts.key, []).append(dep)
-                cts.add_dependency(dts)
-                if not dts.who_has:
-                    cts.waiting_on.add(dts)
-                if dts.key in fresh:
-                    continue
-                if dts.state == "erred":
-                    cts.exception_blame = dts.exception_blame
-                    recommendations[cts.key] = "erred"
-                    continue
-                if dts.waiters is None:
-                    dts.waiters = set()
-                dts.waiters.add(cts)
-                if dts.state == "released":
-                    recommendations.setdefault(dts.key, "waiting")
-            cts.run_spec = spec
-        return rewired
-
-    def _tell_plugins(
-        self,
-        new: list[TaskState],
-        rewired: dict[Any, list],
-        stimulus_id: str,
-        lengths: dict,
-        failed: Any = None,
-        dynamic: dict | None = None,
-    ) -> None:
-        """``update_graph`` for the other plugins, as if a client had sent the items.
-
-        ``tasks`` holds the new items and the rewired collectors (keys a client sends
-        again are in ``tasks`` too). No client can change an existing key's
-        dependencies, so plugins that keep edges never hear of the new ``item ->
-        collector`` edges: distributed's ``GraphLayout`` (the dashboard's /graph page)
-        is told directly, else it fails on every collector it forgets.
-        ``dynflow_map_lengths`` (``{item name: (prefix, n, items per task or None)}``)
-        tells dynflow's run tracker the maps' lengths; ``dynflow_failed_expander``, the
-        expander whose source failed (its value is the failure record), if it did;
-        ``dynflow_dynamic``, after a dynamic task's splice: ``{"parent": its key,
-        "alias": whether it was kept as an alias, "tasks": the keys made}``.
-        """
-        s = self.scheduler
-        assert s is not None
-        touched = new + [s.tasks[k] for k in rewired]
-        keys = [ts.key for ts in touched]
-        annotations: dict[str, dict] = {}
-        for ts in new:
-            for k, v in (ts.annotations or {}).items():
-                annotations.setdefault(k, {})[ts.key] = v
-        priority = {ts.key: ts.priority for ts in touched}
-        extras = update_graph_extras(touched)
-        for plugin in list(s.plugins.values()):
-            if plugin is self:
-                continue
-            try:
-                plugin.update_graph(
-                    s,
-                    client=SPLICE,
-                    tasks=keys,
-                    keys=set(),
-                    annotations=annotations,
-                    priority=priority,
-                    stimulus_id=stimulus_id,
-                    dynflow_map_lengths=lengths,
-                    dynflow_failed_expander=failed,
-                    dynflow_dynamic=dynamic,
-                    **extras,
-                )
-                if isinstance(plugin, GraphLayout):
-                    add_layout_edges(plugin, ((d, c) for c, ds in rewired.items() for d in ds))
-            except Exception:  # as update_graph does: a plugin must not break the splice
-                logger.exception("plugin %r failed in update_graph after a splice", plugin)
+def _expansion_of(ets: TaskState) -> tuple[Expansion, tuple[int, ...]] | None:
+    """The expansion and the prefix an expander task's spec holds, or None when the
+    task is not a dynflow expander."""
+    call = ops.task_call(ets)
+    if call is None or call[0] is not expand:
+        return None
+    return call[1][0], call[1][1]
 
 
 def _cycle(tasks: dict[Any, Any]) -> Any:

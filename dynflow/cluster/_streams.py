@@ -34,6 +34,7 @@ from dask.utils import parse_timedelta
 from distributed.utils import log_errors
 
 from dynflow._protocol import FINAL_STATES
+from dynflow.cluster import _scheduler_ops as ops
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -80,12 +81,11 @@ class Streams:
         stream = Stream(uuid.uuid4().hex, run, node, client)
         self.streams[stream.id] = stream
         self.by_node.setdefault(id(node), []).append(stream)
-        tasks = self.scheduler.tasks
+        tasks = ops.tasks_of(self.scheduler)
         for prefix, (n, size) in list(node.lengths.items()):
             for t in range(n if size is None else -(-n // size)):
                 key = (node.items, *prefix, t)
-                ts = tasks.get(key)
-                if ts is not None and ts.state == "memory" and node.weight(key):
+                if ops.state_in(tasks, key) == "memory" and node.weight(key):
                     self._queue(stream, key)
         for prefix, key in node.failed_parents.items():
             stream.parents[key] = prefix
@@ -105,12 +105,14 @@ class Streams:
             self._queue(stream, key)
 
     def _queue(self, stream: Stream, key: Any) -> None:
-        ts = self.scheduler.tasks.get(key)
-        if key in stream.seen or ts is None or not ts.waiters:
+        s = self.scheduler
+        if key in stream.seen or not ops.has_waiters(s, key):
             return  # no list of the run keeps it: it is released at once, not streamable
+        if not ops.has_client(s, stream.client):
+            return  # gone: its streams are closed (Streams.remove_client)
         stream.seen.add(key)
         # kept for the client until it fetches (and so releases) it
-        self.scheduler.client_desires_keys(keys=[key], client=stream.client)
+        ops.keep_for_client(s, stream.client, [key])
         stream.ready.append(key)
         stream.event.set()
 
@@ -122,7 +124,7 @@ class Streams:
         timeout = parse_timedelta(dask.config.get("dynflow.as-completed.idle-timeout"))
         for stream in [s for s in self.streams.values() if s.run is run]:
             stream.event.set()
-            if not stream.ready or stream.client not in self.scheduler.clients:
+            if not stream.ready or not ops.has_client(self.scheduler, stream.client):
                 self.close(stream.id)
             else:
                 self._expire_later(stream, timeout, timeout)
@@ -211,8 +213,7 @@ class Streams:
 
     def _item(self, stream: Stream, key: Any) -> dict[str, Any]:
         """What the client is told of a queued key (see :meth:`next`)."""
-        ts = self.scheduler.tasks.get(key)
-        nbytes = max(0, ts.nbytes) if ts is not None else 0
+        nbytes = ops.nbytes(self.scheduler, key)
         if key in stream.parents:  # a failed source: its failure, at the parent's index
             return {
                 "key": key,
@@ -245,10 +246,9 @@ class Streams:
         if not self.by_node[id(stream.node)]:
             del self.by_node[id(stream.node)]
         # a client that is gone wants nothing any more: the scheduler forgot its wants
-        if stream.ready and stream.client in self.scheduler.clients:
-            self.scheduler.client_releases_keys(
-                keys=list(stream.ready), client=stream.client, stimulus_id="dynflow-stream-close"
-            )
+        ops.release_for_client(
+            self.scheduler, stream.client, list(stream.ready), "dynflow-stream-close"
+        )
         stream.ready.clear()
         stream.seen.clear()
 

@@ -38,7 +38,6 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
 from tornado import web
 
-from dynflow._compat import dashboard_serves, http_application, send_to_client
 from dynflow._protocol import (
     CACHED_TOPIC,
     FORWARD_TOPIC,
@@ -57,6 +56,7 @@ from dynflow._protocol import (
     STREAM_OPEN_HANDLER,
     TRACKER,
 )
+from dynflow.cluster import _scheduler_ops as ops
 from dynflow.cluster._itemtable import CACHED, EARLY, FAILED, ItemTable
 from dynflow.cluster._streams import Streams
 
@@ -181,14 +181,14 @@ class NodeState:
         if self.run.state == "finished":
             return "done"
         task = self.task_of(unit)
-        ts = tasks.get(task)
-        if ts is None:  # made and forgotten: it finished (or its run ended before)
+        st = ops.state_in(tasks, task)
+        if st is None:  # made and forgotten: it finished (or its run ended before)
             return "done" if self.run.finished is None else "-"
-        if ts.state == "erred":
+        if st == "erred":
             return "failed"
-        if ts.state == "released" and task in self.limbo:  # finished, still read
+        if st == "released" and task in self.limbo:  # finished, still read
             return "failed" if self.limbo[task][0] == "erred" else "done"
-        return {"processing": "running", "memory": "done"}.get(ts.state, "pending")
+        return {"processing": "running", "memory": "done"}.get(st, "pending")
 
     def list_items(
         self,
@@ -362,16 +362,13 @@ class RunTracker(SchedulerPlugin):
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        scheduler.handlers.update(self._handlers())
         self.streams = Streams(scheduler)
-        scheduler.extensions[TRACKER] = self
+        ops.install(scheduler, TRACKER, self, self._handlers())
         _add_routes(scheduler, self)
 
     async def close(self) -> None:
         if self.scheduler is not None:
-            for h in self._handlers():
-                self.scheduler.handlers.pop(h, None)
-            self.scheduler.extensions.pop(TRACKER, None)
+            ops.uninstall(self.scheduler, TRACKER, self._handlers())
 
     # ------------------------------------------------------------------ handlers
     @log_errors
@@ -421,7 +418,7 @@ class RunTracker(SchedulerPlugin):
         if run_id in self.runs:
             return {"status": "error", "message": f"run {run_id!r} is registered already"}
         s = self.scheduler
-        if s is not None and client not in s.clients:
+        if s is not None and not ops.has_client(s, client):
             return {"status": "error", "message": f"no client {client!r} on this scheduler"}
         for ns in nodes:
             run.nodes[ns.key] = ns
@@ -437,7 +434,7 @@ class RunTracker(SchedulerPlugin):
     @log_errors
     def page(self, path: str) -> bool:
         """Whether the dashboard serves dynflow's page at ``path`` (``dynflow_page``)."""
-        return self.scheduler is not None and dashboard_serves(self.scheduler, path)
+        return self.scheduler is not None and ops.dashboard_serves(self.scheduler, path)
 
     @log_errors
     def run_forget(self, run_id: str) -> None:
@@ -466,7 +463,8 @@ class RunTracker(SchedulerPlugin):
         if ns is None or ns.items is None or self.scheduler is None:
             return None
         limit = max(1, min(int(limit), 1000))
-        return ns.list_items(self.scheduler.tasks, max(0, int(offset)), limit, query, state)
+        tasks = ops.tasks_of(self.scheduler)
+        return ns.list_items(tasks, max(0, int(offset)), limit, query, state)
 
     @log_errors
     def run_status(self, run_id: str, graph: bool = False) -> dict[str, Any] | None:
@@ -487,7 +485,7 @@ class RunTracker(SchedulerPlugin):
         if not all(isinstance(x, str) for x in (run_id, node, client)):
             return {"status": "error", "message": "run_id, node and client must be str"}
         s = self.scheduler
-        if s is None or client not in s.clients:
+        if s is None or not ops.has_client(s, client):
             return {
                 "status": "error",
                 "message": f"no client {client!r:.100} on this scheduler: a stream is opened "
@@ -495,7 +493,7 @@ class RunTracker(SchedulerPlugin):
             }
         run = self.runs.get(run_id)
         ns = None if run is None else run.nodes.get(node)
-        if ns is None or ns.items is None:
+        if run is None or ns is None or ns.items is None:
             return {"status": "error", "message": f"no map {node!r} in run {run_id!r}"}
         if run.finished is not None:
             return {
@@ -554,11 +552,11 @@ class RunTracker(SchedulerPlugin):
             return
         # a client's graph: its tasks are in the scheduler now
         for run in self.runs.values():
-            if run.state != "pending" or not all(k in scheduler.tasks for k in run.outputs):
+            if run.state != "pending" or not all(ops.has_task(scheduler, k) for k in run.outputs):
                 continue
             run.state = "running"
             for ns in run.nodes.values():
-                if ns.fixed_total == 1 and ns.key not in scheduler.tasks:
+                if ns.fixed_total == 1 and not ops.has_task(scheduler, ns.key):
                     ns.fixed_total = 0  # built but not needed (a flatten only mapped over)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
@@ -572,8 +570,10 @@ class RunTracker(SchedulerPlugin):
             self.owners.pop(key, None)
         if ns is not None and ns.run.finished is None:
             self._count(ns, key, start, finish)
-            if finish == "memory" and ns.items is not None and kwargs.get("startstops"):
-                ns.timed(key, kwargs["startstops"])
+            if finish == "memory" and ns.items is not None:
+                startstops = ops.compute_startstops(kwargs)
+                if startstops:
+                    ns.timed(key, startstops)
             if finish == "memory" and self.streams is not None and ns.weight(key):
                 self.streams.finished(ns, key)
         if runs:
@@ -589,8 +589,8 @@ class RunTracker(SchedulerPlugin):
                     if msg.get("label") is not None:
                         ns.labels.setdefault(key, msg["label"])
                 task = ns.task_of(key)
-                ts = None if self.scheduler is None else self.scheduler.tasks.get(task)
-                ns.table.set(key, EARLY if ts is not None and ts.state == "processing" else FAILED)
+                st = None if self.scheduler is None else ops.task_state(self.scheduler, task)
+                ns.table.set(key, EARLY if st == "processing" else FAILED)
                 if not msg.get("upstream"):
                     index = msg.get("index")
                     ns.failures.append(
@@ -613,7 +613,7 @@ class RunTracker(SchedulerPlugin):
         elif topic == LOG_TOPIC:
             run = self._run_of(_key(msg["key"]))
             if run is not None and self.scheduler is not None:
-                send_to_client(self.scheduler, run.client, FORWARD_TOPIC, msg)
+                ops.send_to_client(self.scheduler, run.client, FORWARD_TOPIC, msg)
 
     def _run_of(self, key: Any) -> RunState | None:
         """The run task ``key`` belongs to: its node's, its dynamic box's, or the run of
@@ -688,18 +688,15 @@ class RunTracker(SchedulerPlugin):
                 self._finish(run, "failed", self._error_of(key))
             elif finish == "forgotten":
                 # the client released the output: cancelled it, or went away
-                gone = stimulus.startswith("remove-client")
+                gone = ops.caused_by_client_leaving(stimulus)
                 why = "client disconnected" if gone else "cancelled by the client"
                 self._finish(run, "cancelled", why)
 
     def _error_of(self, key: Any) -> str | None:
         """What failed, for an erred task: the ``repr`` of its exception, as the worker
         reported it (``ValueError('three')``), trimmed to 500 characters."""
-        ts = None if self.scheduler is None else self.scheduler.tasks.get(key)
-        if ts is None:
-            return None
-        blame = ts.exception_blame or ts
-        return (blame.exception_text or "")[:500] or None
+        text = None if self.scheduler is None else ops.failure_text(self.scheduler, key)
+        return (text or "")[:500] or None
 
     def _finish(self, run: RunState, state: str, reason: str | None = None) -> None:
         run.state = state
@@ -711,7 +708,7 @@ class RunTracker(SchedulerPlugin):
             ns.running = 0
             ns.limbo.clear()
             for k in (ns.key, ns.items):
-                if self.index.get(k) is ns:
+                if k is not None and self.index.get(k) is ns:
                     del self.index[k]
         if run.dynamic:
             boxes = set(map(id, run.dynamic.values()))
@@ -780,7 +777,7 @@ class _RunsHandler(web.RequestHandler):
 
 def _add_routes(scheduler: Scheduler, tracker: RunTracker) -> None:
     """Serve the tracker's data as JSON from the scheduler's HTTP server, if it has one."""
-    app = http_application(scheduler)
+    app = ops.http_application(scheduler)
     if app is None:
         return
     args = {"tracker": tracker}
