@@ -138,9 +138,9 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dynflow' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # next time, a plain attribute
-    return value
+    # not kept in this namespace: the exported objects say they are dynflow's
+    # (``__module__``, dynflow._public), and doctest would collect their examples here too
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:

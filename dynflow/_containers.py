@@ -25,7 +25,7 @@ from dask._task_spec import Dict, GraphNode, List, Set, Task, Tuple
 __all__ = ["find", "substitute"]
 
 CONTAINERS = (list, tuple, set, frozenset, dict, deque)
-_PLAIN = {list: List, tuple: Tuple, set: Set}
+_PLAIN: dict[type, Callable[..., GraphNode]] = {list: List, tuple: Tuple, set: Set}
 
 
 def find(obj: Any, is_leaf: Callable[[Any], bool]) -> list:

@@ -23,8 +23,10 @@ original exception with its remote traceback.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from dynflow._public import public
 
 __all__ = [
     "DynflowError",
@@ -42,6 +44,11 @@ __all__ = [
     "index_text",
     "short_text",
 ]
+
+
+#: an item's index: ``i``, or ``(i, j, ...)`` in a nested map (``(i,)``: a failed parent
+#: standing for its unknown items)
+ItemIndex = int | tuple[int, ...]
 
 
 def index_text(index: Any) -> str:
@@ -104,16 +111,17 @@ class MapItemError(DynflowError, RuntimeError):
     ----------
     task_name : str
         The map whose list was asked for.
-    failed : list[int]
-        Indices of the failed items in that list.
+    failed : list[int or tuple]
+        Indices of the failed items in that list (tuples in a nested map, see
+        ``df.as_completed``).
     total : int
         Number of items.
     origin : str
         The task the first failure came from (a chained or flattened map's upstream).
-    labels : dict[int, str]
+    labels : dict[int or tuple, str]
         The failed items' labels (the task's ``task_run_name``), where it has one (a
         label is cut at 1000 characters; the message shows 100 of each).
-    errors : dict[int, BaseException]
+    errors : dict[int or tuple, BaseException]
         The exceptions of the first :data:`MAX_ERRORS` failed items, by index. The
         first is the original, whole (``__cause__``); the others are bounded copies of
         theirs, of the same type: long texts in their ``args`` and attributes cut at
@@ -128,12 +136,12 @@ class MapItemError(DynflowError, RuntimeError):
     def __init__(
         self,
         task_name: str,
-        failed: list[int],
+        failed: Sequence[ItemIndex],
         total: int,
         origin: str,
         first: BaseException | str,
-        labels: Mapping[int, str] | None = None,
-        errors: Mapping[int, BaseException] | None = None,
+        labels: Mapping[ItemIndex, str] | None = None,
+        errors: Mapping[ItemIndex, BaseException] | None = None,
     ) -> None:
         self.task_name = task_name
         self.failed = list(failed)
@@ -212,3 +220,20 @@ class ResultStorageError(DynflowError, OSError):
 
 class SchedulerLostError(DynflowError, ConnectionError):
     """The connection to the scheduler was lost while a run was being computed."""
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(
+    DynflowError,
+    ExtensionError,
+    LazyValueError,
+    MapInputError,
+    MapItemError,
+    MapLengthError,
+    RemoteError,
+    ResultStorageError,
+    SchedulerLostError,
+    SerializationError,
+    TaskInterruptedError,
+    TaskTimeoutError,
+)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dynflow._compat import dashboard_serves
 from dynflow._protocol import SPLICE, TRACKER
+from dynflow.cluster._scheduler_ops import dashboard_serves
 from dynflow.cluster._splice import SpliceExtension
 from dynflow.cluster._tracker import RunTracker
 from dynflow.views._dashboard import PAGE, page_url, register_page
@@ -35,7 +35,9 @@ def dashboard_link_of(scheduler: Scheduler) -> str | None:
         return None
     host = scheduler.address.split("://")[-1].rsplit(":", 1)[0]
     try:
-        return page_url(format_dashboard_link(host, scheduler.http_server.port))
+        # distributed sets .port on its tornado HTTPServer when it binds, undeclared there
+        port: int = scheduler.http_server.port  # type: ignore[attr-defined]
+        return page_url(format_dashboard_link(host, port))
     except Exception:  # noqa: BLE001 - a log line, never a failed start
         return None
 

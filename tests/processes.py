@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from distributed import Client
+from distributed.utils_test import poll_for
 
 TESTS_DIR = Path(__file__).resolve().parent
 STARTUP_TIMEOUT = 60  # seconds, for a process to come up (2 slow cores)
@@ -34,12 +34,12 @@ def subprocess_env() -> dict[str, str]:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds, saying ``what``."""
+
+    def fail() -> None:  # before poll_for's own failure, which cannot say what
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    poll_for(condition, timeout, fail_func=fail)
 
 
 @dataclass

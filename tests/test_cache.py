@@ -116,6 +116,16 @@ async def test_changed_inputs_functions_and_versions_recompute(c, s, a, b):
     before = len(entries(storage)["square"])
     assert await total(edited.map([1, 2])).compute(client=c) == 5
     assert len(entries(storage)["square"]) == before + 2
+    # with a cache_version, the version is the identity: a fixed function that keeps
+    # it reads what the first one stored (the README's "fix it, run the same again")
+    versioned = df.task(namespace["square"], cache=True, result_storage=storage)
+    v1 = versioned.with_options(cache_version="1")
+    assert await total(v1.map([5, 6])).compute(client=c) == 61
+    exec("def square(x):\n    return x * x + 0\n", namespace)  # noqa: S102 - a fix
+    fixed = df.task(namespace["square"], cache=True, result_storage=storage, cache_version="1")
+    count = len(entries(storage)["square"])
+    assert await total(fixed.map([5, 6, 7])).compute(client=c) == 110
+    assert len(entries(storage)["square"]) == count + 1  # only 7 ran
     await no_tasks_left(s)
 
 

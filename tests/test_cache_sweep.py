@@ -37,6 +37,7 @@ from distributed.utils_test import async_poll_for, gen_cluster
 from utils import no_tasks_left
 
 import dynflow as df
+from dynflow._protocol import TRACKER
 from dynflow.cluster._cache import STALE_AFTER, TEMPORARY
 
 CALLS: collections.Counter = collections.Counter()
@@ -635,15 +636,13 @@ async def test_async_batch_items_read_from_the_storage_are_counted(c, s, a, b):
         assert await fut == [x * x for x in range(6)]
     assert [CALLS["asquare", x] for x in range(6)] == [1] * 6
 
-    async def counts(future):
-        info = await future.run.info()
+    def counts(info):
         return next(v for k, v in info["nodes"].items() if "asquare" in k)
 
-    for _ in range(100):  # bounded: the tracker hears of the items as they finish
-        if (await counts(fut))["cached"] == 6:
-            break
-        await asyncio.sleep(0.05)
-    last = await counts(fut)
+    # the tracker hears of the items as they finish
+    tracker, run_id = s.extensions[TRACKER], fut.run.id
+    await async_poll_for(lambda: counts(tracker.run_status(run_id))["cached"] == 6, timeout=5)
+    last = counts(await fut.run.info())  # as the client reads it
     assert last["cached"] == 6 and last["done"] == 0
     del fut
     await no_tasks_left(s)

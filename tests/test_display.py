@@ -276,7 +276,12 @@ def test_svg_item_counts_and_progress():
 
 
 def test_svg_of_an_empty_graph():
-    ET.fromstring(to_svg(FlowGraph.from_outputs([])))
+    svg = to_svg(FlowGraph.from_outputs([]), {})
+    boxes, edges = _parse(svg)  # a well-formed <svg> element
+    assert boxes == [] and edges == []
+    root = ET.fromstring(svg)
+    assert [t.text for t in root.iter(f"{SVG_NS}text")] == ["(empty graph)"]
+    assert float(root.get("width")) > 0 and float(root.get("height")) > 0
 
 
 # ---------------------------------------------------------------------- visualize

@@ -9,7 +9,7 @@ import dask.array as da
 import pytest
 from dask.delayed import Delayed
 from distributed import Event
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster
 from utils import generate_list, no_tasks_left, process, reducer
 
 import dynflow as df
@@ -209,8 +209,9 @@ def held_then_fib(n, event):
 async def test_the_scheduler_is_empty_after_a_cancelled_dynamic_run(c, s, a, b):
     (fut,) = await df.submit_async(held_then_fib(15, "go"), client=c)
     await Event("go", client=c).set()
-    while not any(str(k).startswith("add-") for k in s.tasks):
-        await asyncio.sleep(0.01)
+    await async_poll_for(
+        lambda: any(str(k).startswith("add-") for k in s.tasks), timeout=30, period=0.01
+    )
     await fut.cancel()
     del fut
     await no_tasks_left(s, timeout=10)

@@ -13,6 +13,7 @@ and LocalCluster's worker processes import it (this directory is on their path).
 
 from __future__ import annotations
 
+import copyreg
 import errno
 import pickle
 import threading
@@ -328,9 +329,11 @@ def test_between_worker_processes():
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
+        copyreg.dispatch_table.pop(CodedError, None)  # as in a fresh client process
         with pytest.raises(CodedError) as info:
             fails("coded").compute(client=client)
         check_coded(info.value)
+        check_coded(pickle.loads(pickle.dumps(info.value)))  # it can be sent on
         kinds = ["ok", "coded", *["ok", "rewritten", "slotted", "coded"] * 4]
         for batch_size in (None, 3):
             with pytest.raises(df.MapItemError) as info:

@@ -157,3 +157,34 @@ async def test_prints_of_tasks_made_on_the_cluster_reach_the_client(c, s, a, b, 
     assert all(any(line.endswith(text) for line in lines) for text in wanted), lines
     # what the tracker kept to route them goes with the tasks
     await async_poll_for(lambda: not s.extensions[TRACKER].owners, timeout=5)
+
+
+def test_a_template_naming_an_unknown_field_is_refused_when_the_task_is_made():
+    with pytest.raises(
+        TypeError, match=r"task 'f': option task_run_name='x-\{nope\}' names 'nope'"
+    ):
+
+        @df.task(task_run_name="x-{nope}")
+        def f(x):
+            return x
+
+    @df.task(task_run_name="x-{x}-{map_index}-{cfg[k]}")  # parameters, map_index, items
+    def g(x, cfg):
+        return x
+
+    assert g.name == "g"
+
+
+@df.task(task_run_name=lambda x: f"item-{x}")  # names only the argument it wants
+def labelled(x):
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+@gen_cluster(client=True)
+async def test_a_label_callable_gets_the_fields_it_names(c, s, a, b):
+    with pytest.raises(df.MapItemError, match=r"at index 2 \(item-2\)"):
+        await labelled.map(listed(3)).compute(client=c)
+    with pytest.raises(df.MapItemError, match=r"at index 2 \(item-2\)"):
+        labelled.map(range(3)).compute(scheduler="sync")

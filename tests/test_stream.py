@@ -9,7 +9,7 @@ import time
 import pytest
 from distributed import Event
 from distributed.client import FutureCancelledError, FuturesCancelledError
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster
 from processes import STOP_TIMEOUT, CLICluster, wait_until
 from utils import generate_list, no_tasks_left, process, reducer
 
@@ -118,12 +118,43 @@ def held(x, event):
     return x
 
 
+STARTED: list[int] = []  # the items of `held_but_the_first` that ran (in-process workers)
+STARTING = threading.Lock()
+HOLD = threading.Event()
+
+
+@df.task
+def held_but_the_first(x):
+    """The first item to start returns at once; the others are held (a worker thread
+    each) until HOLD is set."""
+    with STARTING:
+        STARTED.append(x)
+        first = len(STARTED) == 1
+    if not first:
+        assert HOLD.wait(timeout=30)
+    return x
+
+
 @gen_cluster(client=True)
 async def test_leaving_early_cancels_what_has_not_started(c, s, a, b):
-    async with df.as_completed(process.map(generate_list(500)), client=c) as stream:
-        async for _ in stream:
-            break
-    await no_tasks_left(s, timeout=10)
+    STARTED.clear()
+    HOLD.clear()
+    try:
+        async with df.as_completed(held_but_the_first.map(generate_list(500)), client=c) as stream:
+            async for pair in stream:
+                assert pair == (STARTED[0], STARTED[0])  # the only item that can finish
+                break
+        # the run is let go of: the scheduler forgets its tasks while some are held, and
+        # the workers drop the items they had not started
+        await no_tasks_left(s, timeout=10)
+        await async_poll_for(lambda: not a.state.ready and not b.state.ready, timeout=10)
+        started = len(STARTED)
+    finally:
+        HOLD.set()  # the held items end; their results are dropped
+    await async_poll_for(lambda: not a.state.executing and not b.state.executing, timeout=10)
+    # only the items that had started ever ran (the first, and at most one per worker
+    # thread after it): without the cancellation all 500 would run
+    assert started == len(STARTED) <= 1 + a.state.nthreads + b.state.nthreads, STARTED
 
 
 def test_synchronous_iteration_and_cancel_on_exit_false(client):

@@ -19,7 +19,8 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import FrameType
 from typing import Any
 
 import dask.config
@@ -31,6 +32,7 @@ from distributed.security import Security
 from dynflow import __version__ as dynflow_version
 from dynflow._compat import SUPPORTED_DISTRIBUTED, supported_distributed
 from dynflow._protocol import FORWARD_TOPIC, PAGE_HANDLER, SPLICE, TRACKER
+from dynflow._public import public
 from dynflow.cluster._splice import SpliceExtension
 from dynflow.cluster._tracker import RunTracker
 from dynflow.exceptions import ExtensionError
@@ -161,7 +163,7 @@ def _check_main_guard() -> None:
         return  # interactive, a notebook, python -c: nothing is imported again
     if dask.config.get("distributed.worker.multiprocessing-method") == "fork":
         return  # forked workers do not import the script
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and not (
         frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"
     ):
@@ -211,7 +213,7 @@ def _close_address_clients() -> None:
         _address_clients.popitem()[1].close()
 
 
-def check_versions(versions: dict[str, Any], imports: dict[str, Any] | None = None) -> None:
+def check_versions(versions: Mapping[str, Any], imports: dict[str, Any] | None = None) -> None:
     """Refuse a cluster whose scheduler or workers lack dynflow, run another dynflow
     than this process, cannot import it, or run a distributed release the splice does
     not support.
@@ -270,7 +272,9 @@ async def install(client: Client) -> None:
     scheduler_id = _scheduler_id(client)
     if _installed.get(client) == scheduler_id:
         return
-    check_versions(await client.get_versions(packages=["dynflow"]), await _imports(client))
+    versions = client.get_versions(packages=["dynflow"])
+    assert not isinstance(versions, dict)  # a coroutine: this runs on the client's loop
+    check_versions(await versions, await _imports(client))
     await client.register_plugin(SpliceExtension(), name=SPLICE)
     await client.register_plugin(RunTracker(), name=TRACKER)
     client.subscribe_topic(FORWARD_TOPIC, print_forwarded)
@@ -293,7 +297,12 @@ def print_forwarded(event: tuple[float, dict], out: Callable[[str], Any] | None 
 
 def _scheduler_id(client: Client) -> str:
     """The id of the scheduler ``client`` talks to (a restarted one has a new id)."""
-    return client.scheduler_info().get("id", client.scheduler.address)
+    return client.scheduler_info().get("id") or str(scheduler_address(client))
+
+
+def scheduler_address(client: Client) -> str | None:
+    """The address of the scheduler ``client`` talks to (None before it connected)."""
+    return getattr(client.scheduler, "address", None)
 
 
 async def page_link(client: Client) -> str | None:
@@ -317,10 +326,10 @@ async def announce(client: Client) -> str | None:
     if sid not in _announced:
         _announced.add(sid)
         if link:
-            text = f"dynflow: runs on {client.scheduler.address} are shown at {link}"
+            text = f"dynflow: runs on {scheduler_address(client)} are shown at {link}"
         else:
             text = (
-                f"dynflow: the dashboard of {client.scheduler.address} has no dynflow page "
+                f"dynflow: the dashboard of {scheduler_address(client)} has no dynflow page "
                 "(start the scheduler with --preload dynflow.scheduler to add it)"
             )
         contextvars.Context().run(print, text, file=sys.stderr)
@@ -344,3 +353,7 @@ def dashboard_link(client: Client | None = None) -> str | None:
     """
     client = get_client(client)
     return client.sync(page_link, client)
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(dashboard_link, get_client)

@@ -24,8 +24,15 @@ from distributed.client import FutureCancelledError
 
 from dynflow._config import DYNFLOW_FRAMES
 from dynflow._protocol import RUN_FORGET_HANDLER, RUN_START_HANDLER, RUN_STATUS_HANDLER
-from dynflow.cluster._failure import Failure
-from dynflow.exceptions import DynflowError, ExtensionError, RemoteError, SchedulerLostError
+from dynflow._public import public
+from dynflow.cluster._failure import Failure, pickle_without_init
+from dynflow.exceptions import (
+    DynflowError,
+    ExtensionError,
+    MapItemError,
+    RemoteError,
+    SchedulerLostError,
+)
 from dynflow.graph._flowgraph import FlowGraph
 from dynflow.graph._node import Node
 from dynflow.views._progress import progress, settle, show_live
@@ -144,7 +151,7 @@ def client_error(error: BaseException, client: Client, what: str) -> BaseExcepti
             address = getattr(client.scheduler, "address", None)
             lost = SchedulerLostError(
                 f"lost the connection to the scheduler at {address} while computing "
-                f"{what}; the run is lost (client status: {client.status})"
+                f"{what}; the run is lost"
             )
             lost.__cause__ = error
             return lost
@@ -158,6 +165,11 @@ def client_error(error: BaseException, client: Client, what: str) -> BaseExcepti
                 return error
             if isinstance(rebuilt, BaseException):
                 return rebuilt.with_traceback(error.__traceback__)
+    # it pickles again from here (a user may send it on), the items' exceptions too
+    pickle_without_init(error)
+    if isinstance(error, MapItemError):
+        for item_error in error.errors.values():
+            pickle_without_init(item_error)
     return error
 
 
@@ -305,3 +317,7 @@ class RunFuture(Future, Generic[R]):  # Future is generic from distributed 2025.
     def __repr__(self) -> str:
         link = f", dashboard: {self.run.link}" if self.run.link else ""
         return f"<RunFuture {self.run.name!r}: {self.status}, key: {self.key}{link}>"
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(Run, RunFuture)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
 import dask.config
@@ -15,13 +15,14 @@ from distributed.client import FutureCancelledError, FuturesCancelledError
 
 from dynflow._compat import want_keys
 from dynflow._protocol import STREAM_CLOSE_HANDLER, STREAM_NEXT_HANDLER, STREAM_OPEN_HANDLER
+from dynflow._public import public
 from dynflow.client._cluster import get_client
 from dynflow.client._run import Run, RunFuture
 from dynflow.client._submit import _submit, compute
 from dynflow.cluster._failure import Failure
-from dynflow.exceptions import ExtensionError, MapItemError, SchedulerLostError
+from dynflow.exceptions import ExtensionError, ItemIndex, MapItemError, SchedulerLostError
 from dynflow.graph._node import MapNode, topological
-from dynflow.graph._wrappers import allow_failure
+from dynflow.graph._wrappers import allow_failure_node
 from dynflow.lowering._groups import ExpansionGroups
 
 __all__ = ["AsCompleted", "as_completed"]
@@ -153,39 +154,42 @@ class AsCompleted(Generic[T]):
         cancel_on_exit: bool,
         scheduler: str | None = None,
     ) -> None:
-        self.scheduler = scheduler
+        self._scheduler = scheduler
         self._iterated = False
+        self._node: MapNode
+        self._run: Run | None = None
+        self._client: Client
         if scheduler is not None and isinstance(map_node, MapNode):
-            self.node, self.run = map_node, None
-            self.raise_errors = raise_errors
+            self._node = map_node
+            self._raise_errors = raise_errors
             return
         if isinstance(map_node, RunFuture):
             if not isinstance(node, MapNode):
                 raise TypeError(
                     "as_completed(future, node): node must be a map node of the future's run"
                 )
-            self.client: Client = map_node.client
-            self.run: Run | None = map_node.run
-            self.node = node
+            self._client = map_node.client
+            self._run = map_node.run
+            self._node = node
         elif isinstance(map_node, MapNode):
-            self.client = get_client(client)
-            self.run = None
+            self._client = get_client(client)
+            self._run = None
             # a run of its own: no key shared with another run of the same node (one
             # that is being released would hand over nothing)
-            self.node = map_node.fresh()
+            self._node = map_node.fresh()
         else:
             raise TypeError(
                 f"as_completed() expects a map node (the result of task.map), got "
                 f"{type(map_node).__name__}"
             )
-        self.raise_errors = raise_errors
-        self.cancel_on_exit = cancel_on_exit
+        self._raise_errors = raise_errors
+        self._cancel_on_exit = cancel_on_exit
         # the most bytes of results held at once (as the scheduler counts them)
-        self.max_bytes = max(1, parse_bytes(dask.config.get("dynflow.as-completed.window-bytes")))
-        self.future: RunFuture | None = None  # the run this call started, if any
-        self.stream: str | None = None
+        self._max_bytes = max(1, parse_bytes(dask.config.get("dynflow.as-completed.window-bytes")))
+        self._future: RunFuture | None = None  # the run this call started, if any
+        self._stream: str | None = None
         self._lost = False  # the connection to the scheduler was lost
-        self._agen: Any = None
+        self._agen: AsyncGenerator[tuple[Any, T | BaseException], None] | None = None
 
     # ------------------------------------------------------------------ iterating
     def _start(self) -> None:
@@ -198,10 +202,10 @@ class AsCompleted(Generic[T]):
 
     def __iter__(self) -> Iterator[tuple[Any, T | BaseException]]:
         self._start()
-        if self.scheduler is not None:
+        if self._scheduler is not None:
             yield from self._local()
             return
-        if self.client.asynchronous:
+        if self._client.asynchronous:
             raise TypeError(
                 "as_completed() with an asynchronous client: iterate with `async for` "
                 "(and `async with` to close it at once when you leave the loop)"
@@ -210,7 +214,7 @@ class AsCompleted(Generic[T]):
         try:
             while True:  # one trip to the client's event loop per window, not per item
                 try:
-                    pairs = self.client.sync(windows.__anext__)
+                    pairs = self._client.sync(windows.__anext__)
                 except StopAsyncIteration:
                     return
                 pairs.reverse()
@@ -218,34 +222,32 @@ class AsCompleted(Generic[T]):
                     yield pairs.pop()
                 del pairs
         finally:
-            self.client.sync(windows.aclose)
+            self._client.sync(windows.aclose)
 
     def _local(self) -> Iterator[tuple[Any, Any]]:
         """The map run in this process; its items in order (``scheduler=``), indexed as
         on a cluster (a map over ``flatten(m)``: ``(i, j)``; a failed parent: ``(i,)``)."""
         groups = ExpansionGroups()
-        for n in topological([self.node]):
+        for n in topological([self._node]):
             groups.visit(n)
         parents: dict[str, MapNode] = {}  # the maps whose items are parents of others
 
         def find(m: MapNode) -> None:
             for how, up in groups.joined(m):
-                if how == "nest":
-                    parents[up.source.key] = up.source
-                    find(up.source)
-                else:
-                    find(up)
+                if how == "nest":  # up: the map whose items are flattened
+                    parents[up.key] = up
+                find(up)
 
-        find(self.node)
-        nodes = [self.node, *parents.values()]
+        find(self._node)
+        nodes = [self._node, *parents.values()]
         values = dict(
             zip(
                 [n.key for n in nodes],
-                compute(*(allow_failure(n) for n in nodes), scheduler=self.scheduler),
+                compute(*(allow_failure_node(n) for n in nodes), scheduler=self._scheduler),
                 strict=True,
             )
         )
-        items = values[self.node.key]
+        items = values[self._node.key]
         if isinstance(items, BaseException):
             raise items  # no list to map over: the map itself failed
 
@@ -255,8 +257,8 @@ class AsCompleted(Generic[T]):
                 if how != "nest":
                     return indices(up, n)
                 out: list[tuple[int, ...]] = []
-                above = values[up.source.key]
-                for index, parent in zip(indices(up.source, len(above)), above, strict=True):
+                above = values[up.key]
+                for index, parent in zip(indices(up, len(above)), above, strict=True):
                     if isinstance(parent, BaseException):
                         out.append(index)  # a failed parent stands for its items
                     else:
@@ -267,17 +269,17 @@ class AsCompleted(Generic[T]):
         def nested(m: MapNode) -> bool:
             return any(how == "nest" or nested(up) for how, up in groups.joined(m))
 
-        flat = not nested(self.node)  # top level: items are numbered 0, 1, ...
-        for index, value in zip(indices(self.node, len(items)), items, strict=True):
-            at = index[0] if flat else index
-            if self.raise_errors and isinstance(value, BaseException):
+        flat = not nested(self._node)  # top level: items are numbered 0, 1, ...
+        for index, value in zip(indices(self._node, len(items)), items, strict=True):
+            at: ItemIndex = index[0] if flat else index
+            if self._raise_errors and isinstance(value, BaseException):
                 raise MapItemError(
-                    self.node.name, [at], len(items), self.node.name, value
+                    self._node.name, [at], len(items), self._node.name, value
                 ) from value
             yield at, value
 
     def __aiter__(self) -> AsyncIterator[tuple[Any, T | BaseException]]:
-        if self.scheduler is not None:
+        if self._scheduler is not None:
             raise TypeError("as_completed(..., scheduler=...) is iterated with a plain `for`")
         self._start()
         self._agen = self._items()
@@ -290,7 +292,7 @@ class AsCompleted(Generic[T]):
         if self._agen is not None:
             await self._agen.aclose()
 
-    async def _items(self) -> AsyncIterator[tuple[Any, Any]]:
+    async def _items(self) -> AsyncGenerator[tuple[Any, Any], None]:
         windows = self._windows()
         try:
             async for pairs in windows:
@@ -312,38 +314,38 @@ class AsCompleted(Generic[T]):
         except (OSError, FutureCancelledError, FuturesCancelledError) as e:
             if isinstance(e, (FutureCancelledError, FuturesCancelledError)):
                 reason = str(getattr(e, "reason", ""))
-                if self.client.status == "running" and "connection" not in reason:
+                if self._client.status == "running" and "connection" not in reason:
                     raise  # cancelled on purpose (df.cancel, another client)
             self._lost = True
-            address = getattr(self.client.scheduler, "address", None)
+            address = getattr(self._client.scheduler, "address", None)
             raise SchedulerLostError(
-                f"as_completed({self.node.name}.map()): lost the connection to the "
+                f"as_completed({self._node.name}.map()): lost the connection to the "
                 f"scheduler at {address} while streaming ({type(e).__name__}: {e}); the "
-                f"run is lost (client status: {self.client.status})"
+                "run is lost"
             ) from e
 
     async def _open(self, run: Run) -> None:
         reply = await self._comm(
-            getattr(self.client.scheduler, STREAM_OPEN_HANDLER)(
-                run_id=run.id, node=self.node.key, client=self.client.id
+            getattr(self._client.scheduler, STREAM_OPEN_HANDLER)(
+                run_id=run.id, node=self._node.key, client=self._client.id
             )
         )
         if reply.get("status") != "OK":
             raise ExtensionError(f"as_completed(): {reply.get('message')}")
-        self.stream = reply["stream"]
+        self._stream = reply["stream"]
 
-    async def _windows(self) -> AsyncIterator[list[tuple[Any, Any]]]:
+    async def _windows(self) -> AsyncGenerator[list[tuple[Any, Any]], None]:
         """The finished items, a list of ``(index, value)`` pairs at a time: a window's
         tasks (at most ``max_bytes`` of results, as the scheduler counts them, unless
         one task alone is bigger), a batch too big for that in slices. Nothing here
         holds a list once it is handed over: the caller empties it."""
-        client = self.client
-        if self.run is None:  # a run of its own, whose output keeps the items
-            (self.future,) = await self._comm(
-                _submit((allow_failure(self.node),), client, self.node.name, self._open)
+        client = self._client
+        if self._run is None:  # a run of its own, whose output keeps the items
+            (self._future,) = await self._comm(
+                _submit((allow_failure_node(self._node),), client, self._node.name, self._open)
             )
         else:
-            await self._open(self.run)
+            await self._open(self._run)
         nthreads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
         window = max(32, 8 * nthreads)  # tasks handed over at once (items: BATCH_SLICE)
         next_window = getattr(client.scheduler, STREAM_NEXT_HANDLER)
@@ -353,16 +355,16 @@ class AsCompleted(Generic[T]):
                 if client.status != "running":
                     self._lost = True
                     raise SchedulerLostError(
-                        f"as_completed({self.node.name}.map()): lost the connection to the "
+                        f"as_completed({self._node.name}.map()): lost the connection to the "
                         f"scheduler (client status: {client.status})"
                     )
                 reply = await self._comm(
                     next_window(
-                        stream_id=self.stream,
+                        stream_id=self._stream,
                         limit=window,
                         wait=1.0,
                         max_items=BATCH_SLICE,
-                        max_bytes=self.max_bytes,
+                        max_bytes=self._max_bytes,
                     )
                 )
                 if reply.get("status", "OK") != "OK":
@@ -377,8 +379,8 @@ class AsCompleted(Generic[T]):
                         yield pairs
                         del pairs  # before the next fetch
                 del reply
-            if self.future is not None and self.future.status == "error":
-                raise await self.future.exception()
+            if self._future is not None and self._future.status == "error":
+                raise await self._future.exception()
         finally:
             await self._close(done)
 
@@ -387,15 +389,15 @@ class AsCompleted(Generic[T]):
         return (
             bool(item["size"])
             and item["count"] > 1
-            and (item["count"] > BATCH_SLICE or item.get("nbytes", 0) > self.max_bytes)
+            and (item["count"] > BATCH_SLICE or item.get("nbytes", 0) > self._max_bytes)
         )
 
-    async def _fetch(self, items: list[dict], total: int | None) -> AsyncIterator[list]:
+    async def _fetch(self, items: list[dict], total: int | None) -> AsyncGenerator[list, None]:
         """The pairs of one window's tasks: those fetched whole at once, then each
         sliced batch a slice at a time (of about ``max_bytes``, at most BATCH_SLICE
         items), each slice made on the worker that holds the batch."""
-        client = self.client
-        futures = [Future(_key(item["key"]), client) for item in items]
+        client = self._client
+        futures: list[Future[Any]] = [Future(_key(item["key"]), client) for item in items]
         want_keys(client, [f.key for f in futures])
         try:
             whole = [i for i, item in enumerate(items) if not self._sliced(item)]
@@ -413,7 +415,7 @@ class AsCompleted(Generic[T]):
                 if not self._sliced(item):
                     continue
                 nbytes = max(1, item.get("nbytes", 0))
-                step = max(1, min(BATCH_SLICE, item["count"] * self.max_bytes // nbytes))
+                step = max(1, min(BATCH_SLICE, item["count"] * self._max_bytes // nbytes))
                 for start in range(0, item["count"], step):
                     part = client.submit(
                         _part,
@@ -458,14 +460,14 @@ class AsCompleted(Generic[T]):
     def _value(self, index: Any, value: Any, total: int | None) -> Any:
         if type(value) is not Failure:
             return value
-        if self.raise_errors:
+        if self._raise_errors:
             error = MapItemError(
-                self.node.name,
-                [index],  # type: ignore[list-item]
+                self._node.name,
+                [index],
                 total if total is not None else -1,
                 value.task_name,
                 value.exception,
-                {index: value.label} if value.label else None,  # type: ignore[dict-item]
+                {index: value.label} if value.label else None,
             )
             raise error from value.exception
         return value.exception
@@ -473,8 +475,8 @@ class AsCompleted(Generic[T]):
     async def _close(self, done: bool) -> None:
         """The stream closed (a done stream the scheduler closed itself; none is asked
         of a lost scheduler) and the run's future let go of."""
-        stream, self.stream = self.stream, None
-        client = self.client
+        stream, self._stream = self._stream, None
+        client = self._client
         if stream is not None and not done and not self._lost and client.status == "running":
             # best effort: a scheduler that went away meanwhile closed it already
             with contextlib.suppress(OSError):
@@ -482,14 +484,18 @@ class AsCompleted(Generic[T]):
                     getattr(client.scheduler, STREAM_CLOSE_HANDLER)(stream_id=stream),
                     CLOSE_TIMEOUT,
                 )
-        if self.future is not None:
-            if not done and not self.cancel_on_exit and not self._lost:
-                fire_and_forget(self.future)  # the rest of the run goes on
+        if self._future is not None:
+            if not done and not self._cancel_on_exit and not self._lost:
+                fire_and_forget(self._future)  # the rest of the run goes on
             if client.status != "closed":
-                self.future.release()
-            self.future = None
+                self._future.release()
+            self._future = None
 
 
 def _key(key: Any) -> Any:
     """A key as it was before msgpack turned its tuples into lists."""
     return tuple(_key(k) for k in key) if isinstance(key, list) else key
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(AsCompleted, as_completed)

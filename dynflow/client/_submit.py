@@ -18,6 +18,7 @@ from distributed import Client, Future, get_worker, worker_client
 
 from dynflow._compat import local_scheduler
 from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
+from dynflow._public import public
 from dynflow.client._cluster import announce, get_client, install
 from dynflow.client._run import (
     Run,
@@ -63,7 +64,7 @@ def _diagnose_pickling(nodes: Sequence[Node], error: BaseException) -> Serializa
             return SerializationError(
                 f"task {node.name!r}: its function cannot be pickled to send it to the cluster: {e}"
             )
-        named = list(zip(_labels(node), (*node._args, *node._kwargs.values()), strict=True))
+        named = list(zip(_labels(node), (*node.args, *node.kwargs.values()), strict=True))
         for label, value in named:
             if isinstance(node, MapNode):
                 value = value.value
@@ -80,8 +81,8 @@ def _diagnose_pickling(nodes: Sequence[Node], error: BaseException) -> Serializa
 def _labels(node: Node) -> list[str]:
     if isinstance(node, MapNode):
         return [s.label for s in node.slots]
-    pos = positional_labels(node.task._signature, len(node._args))
-    return [*pos, *node._kwargs]
+    pos = positional_labels(node.task._signature, len(node.args))
+    return [*pos, *node.kwargs]
 
 
 def submit(*nodes: Node, client: Client | None = None, name: str | None = None) -> list[RunFuture]:
@@ -172,7 +173,7 @@ async def _submit(
         ):
             raise _diagnose_pickling(nodes, e) from e
         raise
-    out = [RunFuture(f.key, client, run) for f in futures]
+    out: list[RunFuture[Any]] = [RunFuture(f.key, client, run) for f in futures]
     for f in futures:
         f.release()
     return out
@@ -375,3 +376,7 @@ def cancel(*futures: Future, client: Client | None = None) -> Any:
             )
     client = client or (futures[0].client if futures else get_client())
     return client.cancel(list(futures))
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(cancel, compute, submit, submit_async)

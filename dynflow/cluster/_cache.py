@@ -89,10 +89,14 @@ def function_token(fn: Callable) -> str:
     return tokenize(source)
 
 
-def task_identity(name: str, function: str, version: str | None) -> str:
-    """A token of what the task computes: its name, its function (the token of
-    :func:`function_token`) and the user's ``cache_version``."""
-    return tokenize(name, function, version)
+def task_identity(name: str, function: str | None, version: str | None) -> str:
+    """A token of what the task computes: its name and the user's ``cache_version``
+    when it has one (the user versions the code: a fix that keeps it reuses what was
+    stored, as Flyte's ``cache_version`` does), else its function (the token of
+    :func:`function_token`: any change of the code recomputes)."""
+    if version is not None:
+        return tokenize(name, "cache_version", version)
+    return tokenize(name, function)
 
 
 def check_storage(storage: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from dynflow._sequences import concatenate
 from dynflow.cluster._failure import Failure, summary
-from dynflow.exceptions import MapItemError
+from dynflow.exceptions import ItemIndex, MapItemError
 
 __all__ = [
     "concat_raw",
@@ -56,10 +56,10 @@ def _check(task_name: str, mode: str, ratio: float, items: list) -> Any:
     if mode in ("strict", "record") and ratio_met(len(items) - len(failed), len(items), ratio):
         return [None if type(x) is Failure else x for x in items]
     first = items[failed[0]]
-    labels = {i: items[i].label for i in failed if items[i].label is not None}
+    labels: dict[ItemIndex, str] = {i: items[i].label for i in failed if items[i].label is not None}
     # the first exception whole (it is the cause), bounded copies of the others: ten
     # 10 MB messages never make a 100 MB error (the records keep the originals)
-    errors = {failed[0]: first.exception}
+    errors: dict[ItemIndex, BaseException] = {failed[0]: first.exception}
     errors.update((i, summary(items[i].exception)) for i in failed[1 : MapItemError.MAX_ERRORS])
     error = MapItemError(
         task_name, failed, len(items), first.task_name, first.exception, labels, errors
@@ -103,7 +103,7 @@ def concat_raw(task_name: str, items: list | Failure) -> list | Failure:
     each item of ``task_name``'s map is expanded on its own; a failed map (a record in
     place of the list) fails the flatten whole.
     """
-    if type(items) is Failure:
+    if isinstance(items, Failure):
         return items
     return concatenate(f"flatten({task_name}.map())", items, keep=(Failure,))
 
@@ -117,7 +117,7 @@ def gather_concat(task_name: str, mode: str, ratio: float, *lists: Any) -> Any:
 def gather_raw(task_name: str, mode: str, ratio: float, raw: list | Failure) -> Any:
     """A map's list from its raw list (a local run's; a failure record in its place: the
     source failed, :func:`gather_failed`)."""
-    if type(raw) is Failure:
+    if isinstance(raw, Failure):
         return gather_failed(task_name, mode, ratio, raw)
     return _check(task_name, mode, ratio, list(raw))
 

@@ -17,20 +17,22 @@ the object the call raised.
 from __future__ import annotations
 
 import copyreg
+import functools
+import pickle
 import traceback
 import types
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+import cloudpickle
 from distributed import get_worker
-from distributed.protocol.pickle import dumps, loads
 from tblib import Traceback
 
 from dynflow._context import LOCAL_KEYS
 from dynflow.exceptions import RemoteError, short_text
 
-__all__ = ["Failure", "portable", "summary"]
+__all__ = ["Failure", "pickle_without_init", "portable", "summary"]
 
 
 class Failure:
@@ -38,35 +40,111 @@ class Failure:
 
     The exception is made :func:`portable` when the record is made: a record always
     travels (to the collector, to a chained item, to the client), whatever the
-    exception.
+    exception. It travels as :class:`_Carried` makes it (its state, without calling
+    ``__init__``) and its traceback as plain data, rebuilt only when the exception is
+    read (:attr:`exception`): a chained item passes a record on, and a collector reads
+    a few of many, without paying for every traceback.
     """
 
-    __slots__ = ("exception", "label", "task_name")
+    __slots__ = ("_exception", "_tb", "label", "task_name")
 
     def __init__(self, exception: BaseException, task_name: str, label: str | None = None) -> None:
-        self.exception = portable(exception)
+        self._exception = portable(exception)
+        self._tb: dict | None = None  # the traceback, as data, until it is read
         self.task_name = task_name
         self.label = label  # the item's task_run_name, if the task has one
 
+    @property
+    def exception(self) -> BaseException:
+        """The failed call's exception, with its remote traceback."""
+        if self._tb is not None:
+            tb = Traceback.from_dict(self._tb).as_traceback()
+            self._exception = self._exception.with_traceback(tb)
+            self._tb = None
+        return self._exception
+
     def __reduce__(self) -> tuple:
-        exc = self.exception
-        # pickled through _reduce_exception, the exception carries its traceback itself
-        own = copyreg.dispatch_table.get(type(exc)) is _reduce_exception
-        tb = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ and not own else None
-        return _rebuild_failure, (exc, tb, self.task_name, self.label)
+        exc, tb = self._exception, self._tb
+        if tb is None and exc.__traceback__ is not None:
+            tb = _tb_data(exc.__traceback__)
+        return _rebuild_failure, (
+            _Carried(exc, with_traceback=False),
+            tb,
+            self.task_name,
+            self.label,
+        )
 
     def __repr__(self) -> str:
-        return f"<Failure in {self.task_name!r}: {self.exception!r}>"
+        return f"<Failure in {self.task_name!r}: {self._exception!r}>"
 
 
 def _rebuild_failure(
     exc: BaseException, tb: dict | None, task_name: str, label: str | None = None
 ) -> Failure:
-    if tb is not None:
-        exc = exc.with_traceback(Traceback.from_dict(tb).as_traceback())
     failure = object.__new__(Failure)
-    failure.exception, failure.task_name, failure.label = exc, task_name, label
+    failure._exception, failure._tb = exc, tb
+    failure.task_name, failure.label = task_name, label
     return failure
+
+
+class _Carried:
+    """An exception as a record carries it: where its class pickles as the builtin
+    exceptions do, its state through :func:`_reduce_exception` (no ``__init__`` called
+    when it is loaded; its own traceback left out with ``with_traceback=False``: the
+    record carries it as data); any other as its class pickles it. Loaded, it is the
+    exception itself."""
+
+    __slots__ = ("exc", "with_traceback")
+
+    def __init__(self, exc: BaseException, with_traceback: bool = True) -> None:
+        self.exc, self.with_traceback = exc, with_traceback
+
+    def __reduce__(self) -> tuple:
+        exc = self.exc
+        if _carried_by_state(type(exc)):
+            return _reduce_exception(exc, self.with_traceback)
+        return _itself, (exc,)
+
+
+def _itself(exc: BaseException) -> BaseException:
+    return exc
+
+
+def _carried_by_state(cls: type) -> bool:
+    return cls.__module__ == "builtins" or _pickles_as_base(cls)
+
+
+def _tb_data(tb: TracebackType | None) -> dict:
+    """``tb`` as plain data, in tblib's format (``Traceback.from_dict`` rebuilds it): what
+    tblib's ``Traceback(tb).to_dict()`` gives, without copying each frame's module
+    globals to keep two of them (a tenth of the cost, which a map whose items fail
+    pays per item)."""
+    out: dict | None = None
+    last: dict | None = None
+    while tb is not None:
+        frame = tb.tb_frame
+        g = frame.f_globals
+        entry = {
+            "tb_frame": {
+                "f_globals": {k: g[k] for k in ("__file__", "__name__") if k in g},
+                "f_locals": {},
+                "f_code": {
+                    "co_filename": frame.f_code.co_filename,
+                    "co_name": frame.f_code.co_name,
+                },
+                "f_lineno": frame.f_lineno,
+            },
+            "tb_lineno": tb.tb_lineno,
+            "tb_next": None,
+        }
+        if last is None:
+            out = entry
+        else:
+            last["tb_next"] = entry
+        last = entry
+        tb = tb.tb_next
+    assert out is not None
+    return out
 
 
 #: frames kept of a long traceback: where it entered user code, and where it failed
@@ -111,23 +189,33 @@ def portable(exc: BaseException) -> BaseException:
         e.__traceback__ = _trim_traceback(e.__traceback__)
     if _stays_here():
         return exc
+    pickle_without_init(exc)
+    if _plain_state(exc):
+        return exc  # its class travelled already, and its state is plain data
     why = _round_trip(exc)
     if why is None:
+        _TRAVELLED.add(type(exc))
         return exc
-    registered = _pickle_without_init(exc)
-    # again, also when nothing was registered now (another thread may just have): it
-    # pickles now, and other args could only be ones that compare by identity
-    if not isinstance(_round_trip(exc), Exception):
-        return exc
-    if isinstance(why, str):  # it travelled before, if with other args: as it was
-        for cls, previous in registered:
-            if previous is None:
-                copyreg.dispatch_table.pop(cls, None)
-            else:
-                copyreg.dispatch_table[cls] = previous
-        return exc
-    # (a class that failed either way keeps the pickling that fails less often)
     return _stand_in(exc, f"{type(why).__name__}: {why}")
+
+
+#: exception classes one of whose instances travelled (see :func:`_plain_state`)
+_TRAVELLED: set[type] = set()
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _plain_state(exc: BaseException) -> bool:
+    """Whether ``exc`` surely travels as an instance of its class did before: its
+    class is in :data:`_TRAVELLED`, its ``args`` and attributes are plain values, it has
+    no cause or context (the usual failed item: ``ValueError("bad 3")``, one pickle
+    round trip saved per item)."""
+    return (
+        type(exc) in _TRAVELLED
+        and exc.__cause__ is None
+        and exc.__context__ is None
+        and all(isinstance(a, _PLAIN) for a in exc.args)
+        and all(isinstance(v, _PLAIN) for v in vars(exc).values())
+    )
 
 
 def _stays_here() -> bool:
@@ -142,19 +230,19 @@ def _stays_here() -> bool:
     return False
 
 
-def _round_trip(exc: BaseException) -> Exception | str | None:
-    """None when ``exc`` comes back from pickling as it is (same type, equal ``args``);
-    else why not: the exception pickling raised, or ``"args"`` when it came back with
-    other ``args`` (a class whose ``__init__`` rewrites them)."""
+def _round_trip(exc: BaseException) -> Exception | None:
+    """None when ``exc`` comes back from pickling, as a record carries it, of its type
+    and with its ``args``; else why not (what pickling raised). Pickled as distributed
+    would, with pickle and then cloudpickle, but without its logging: an exception
+    that does not travel is normal here (a :class:`~dynflow.RemoteError` stands in)."""
+    carried = _Carried(exc, with_traceback=False)
     try:
-        back = loads(dumps(exc))
+        back = pickle.loads(_quiet_dumps(carried))
     except Exception as why:
         return why
-    try:
-        same = type(back) is type(exc) and bool(back.args == exc.args)
-    except Exception:  # args that cannot be compared (arrays): the type is what counts
-        same = type(back) is type(exc)
-    return None if same else "args"
+    if type(back) is not type(exc):
+        return TypeError(f"it came back as a {type(back).__name__}")
+    return None
 
 
 def _stand_in(exc: BaseException, why: str) -> RemoteError:
@@ -190,7 +278,8 @@ def _pickles_as_base(cls: type) -> bool:
     its ``__reduce__`` is a builtin exception's and its ``__reduce_ex__`` object's. A
     class with pickling of its own (which may refuse to pickle on purpose) is left
     alone."""
-    if cls.__reduce_ex__ is not object.__reduce_ex__:
+    reduce_ex: object = cls.__reduce_ex__  # compared by identity: which class defines it
+    if reduce_ex is not object.__reduce_ex__:
         return False
     for klass in cls.__mro__:
         if "__reduce__" in vars(klass):
@@ -198,70 +287,78 @@ def _pickles_as_base(cls: type) -> bool:
     return False
 
 
-def _pickle_without_init(exc: BaseException) -> list[tuple[type, Any]]:
+def pickle_without_init(exc: BaseException) -> None:
     """Have pickle use :func:`_reduce_exception` for the classes of ``exc`` and of its
-    chain that pickle as the builtins do and do not come back as they were; returns
-    them with what ``copyreg`` had for them before."""
-    registered: list[tuple[type, Any]] = []
+    chain that pickle as the builtins do (``cls(*args)`` when loaded) but have an
+    ``__init__`` of their own, which such a call may not fit (tblib's rule for "busted"
+    exceptions): wherever the exception itself is pickled (a plain task's error, the
+    exceptions a :class:`~dynflow.MapItemError` carries), it is rebuilt without it."""
     for e in _chain(exc):
         cls = type(e)
-        previous = copyreg.dispatch_table.get(cls)
-        if previous is _reduce_exception or cls.__module__ == "builtins":
-            continue  # a builtin exception pickles as it is, whatever its args
-        if not _pickles_as_base(cls):
+        if cls.__module__ == "builtins" or copyreg.dispatch_table.get(cls) is _reduce_exception:
             continue
-        if e is not exc and _round_trip(e) is None:
-            continue  # a cause that travels as it is
+        if cls.__init__ in _BUILTIN_INITS or not _pickles_as_base(cls):
+            continue
         copyreg.pickle(cls, _reduce_exception)
-        registered.append((cls, previous))
-    return registered
+
+
+_BUILTIN_INITS = (BaseException.__init__, OSError.__init__)
 
 
 def _members(exc: BaseException) -> dict[str, Any]:
     """The values of ``exc``'s slots: a Python class's ``__slots__`` and a builtin base's
     fields (``OSError.errno``, ``.filename``, ...), which ``__dict__`` does not hold."""
     out: dict[str, Any] = {}
-    for klass in type(exc).__mro__:
-        for name, attr in vars(klass).items():
-            if (
-                isinstance(attr, types.MemberDescriptorType)
-                and name not in out
-                and name != "__suppress_context__"
-            ):
-                try:
-                    out[name] = attr.__get__(exc, type(exc))
-                except AttributeError:  # an empty slot
-                    pass
+    cls: Any = type(exc)  # a class is hashable (typeshed's BaseException says otherwise)
+    for name, attr in _member_descriptors(cls):
+        try:
+            out[name] = attr.__get__(exc, type(exc))
+        except AttributeError:  # an empty slot
+            pass
     return out
+
+
+@functools.cache
+def _member_descriptors(cls: Any) -> tuple[tuple[str, Any], ...]:
+    """``cls``'s slot descriptors by name, the nearest class's first (found once)."""
+    found: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        for name, attr in vars(klass).items():
+            if isinstance(attr, types.MemberDescriptorType) and name not in found:
+                if name != "__suppress_context__":
+                    found[name] = attr
+    return tuple(found.items())
 
 
 def _new_args(exc: BaseException) -> tuple:
     """What ``cls.__new__`` needs besides the class: an exception group's message and
     exceptions, else nothing."""
     if isinstance(exc, BaseExceptionGroup):
-        return (exc.message, exc.exceptions)
+        return (exc.message, tuple(_Carried(e) for e in exc.exceptions))
     return ()
 
 
-def _reduce_exception(exc: BaseException) -> tuple:
+def _reduce_exception(exc: BaseException, with_traceback: bool = True) -> tuple:
     """``exc`` pickled without calling its ``__init__`` when it is loaded: its class,
-    ``args``, ``__dict__``, slots, cause, context and traceback (the traceback through
-    tblib). The state comes after the object (pickle's ``state_setter``), so a cause
-    that refers back to ``exc`` pickles too."""
-    tb = exc.__traceback__
+    ``args``, ``__dict__``, slots, cause, context and traceback (the traceback as data,
+    through tblib; left out with ``with_traceback=False``). The state comes after the
+    object (pickle's ``state_setter``), so a cause that refers back to ``exc`` pickles
+    too; causes and contexts are carried the same way."""
+    tb = exc.__traceback__ if with_traceback else None
+    cause, context = exc.__cause__, exc.__context__
     state = (
         exc.args,
         exc.__dict__,
         _members(exc),
-        exc.__cause__,
-        exc.__context__,
+        None if cause is None else _Carried(cause),
+        None if context is None else _Carried(context),
         exc.__suppress_context__,
-        Traceback(tb).to_dict() if tb is not None else None,
+        _tb_data(tb) if tb is not None else None,
     )
     return (_new_exception, (type(exc), _new_args(exc)), state, None, None, _restore_exception)
 
 
-def _new_exception(cls: type, new_args: tuple) -> BaseException:
+def _new_exception(cls: type[BaseException], new_args: tuple) -> BaseException:
     """An instance of ``cls``, ``__init__`` not called. ``cls`` pickles the same way
     from this process on (a collector's error carries the items' exceptions on)."""
     if (
@@ -343,9 +440,18 @@ def summary(exc: BaseException) -> BaseException:
 
 def _pickled_size(value: Any) -> float:
     try:
-        return len(dumps(value))
+        return len(_quiet_dumps(value))
     except Exception:  # noqa: BLE001 - cannot travel: as if too large
         return float("inf")
+
+
+def _quiet_dumps(value: Any) -> bytes:
+    """``value`` pickled as distributed would (pickle, then cloudpickle), without its
+    logging: a value that does not pickle is normal here."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=5)
 
 
 def _short_stand_in(exc: BaseException, why: str) -> RemoteError:

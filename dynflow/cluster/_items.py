@@ -17,11 +17,13 @@ Outside a worker (local schedulers) nothing is reported and prints go to the ter
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 import logging
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +95,10 @@ def label(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> str | N
     """The call's ``task_run_name``, filled in; None when the task has none.
 
     A template is formatted with the call's arguments by name, plus ``map_index``; a
-    callable is called with the same keyword arguments. A template naming an unknown
-    field gives a label that says so rather than failing the call.
+    callable is called with those of them its parameters name (all of them, if it
+    takes ``**kwargs``). A label that fails (an error inside the callable) says so
+    rather than failing the call; a template's fields are checked when the task is
+    made.
     """
     if policy.run_name is None:
         return None
@@ -104,10 +108,33 @@ def label(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> str | N
     fields.setdefault("map_index", (index[-1] if len(index) == 1 else index) if index else None)
     try:
         if callable(policy.run_name):
+            wanted = _accepted(policy.run_name)
+            if wanted is not None:
+                fields = {k: v for k, v in fields.items() if k in wanted}
             return str(policy.run_name(**fields))
         return policy.run_name.format(**fields)
     except Exception as e:  # a label must never fail the task it labels
         return f"{policy.task_name} (task_run_name failed: {type(e).__name__}: {e})"
+
+
+def _accepted(fn: Callable[..., Any]) -> frozenset[str] | None:
+    try:
+        return _accepted_names(fn)
+    except TypeError:  # an unhashable callable: not cached
+        return _accepted_names.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted_names(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword arguments ``fn`` accepts by name; None when it takes ``**kwargs``
+    (or its signature cannot be read)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def tag(policy: CallPolicy, args: tuple, kwargs: Mapping[str, Any]) -> str:
@@ -136,11 +163,12 @@ def report_failure(failure: Failure, upstream: bool) -> None:
     if worker is None or key is None:
         return
     index = item_index()
+    batch = BATCH_INDEX.get()  # in a batch, the item's index (item_index() is it too)
     error = failure.exception
     worker.log_event(
         ITEM_TOPIC,
         {
-            "key": _plain(key if BATCH_INDEX.get() is None else (key[0], *index)),
+            "key": _plain(key if batch is None else (key[0], *batch)),
             "index": list(index) if index is not None else None,
             "label": failure.label,
             "error": f"{type(error).__name__}: {error}"[:500],

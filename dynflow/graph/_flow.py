@@ -5,12 +5,30 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from dask.utils import funcname
 
 from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS, RUNNING_TASK
-from dynflow.graph._node import Node, SubflowMapNode, _first, find_nodes, topological
+from dynflow._public import public
+from dynflow.graph._node import (
+    Node,
+    SubflowMapNode,
+    _first,
+    find_nodes,
+    set_flow_name,
+    topological,
+)
 from dynflow.graph._options import (
     FLOW_TASK_OPTIONS,
     FlowOptions,
@@ -44,6 +62,13 @@ def _output(value: Any) -> Any:
     return value
 
 
+class _MapDefaults(TypedDict):
+    """The defaults of ``flow.map()`` (set by ``@flow(...)`` and ``with_options``)."""
+
+    wait_for: tuple[Node, ...]
+    min_success_ratio: float
+
+
 class Flow(Bindable, Generic[P, R]):
     """A function whose body composes tasks; made with the :func:`flow` decorator.
 
@@ -54,7 +79,6 @@ class Flow(Bindable, Generic[P, R]):
 
     __slots__ = (
         "__dict__",
-        "_bound",
         "_fn",
         "_map_options",
         "_name",
@@ -90,7 +114,10 @@ class Flow(Bindable, Generic[P, R]):
         self._fn = fn
         self._name = name or funcname(fn)
         # defaults of flow.map() (not pickled: a flow run per item travels without them)
-        self._map_options = {"wait_for": waits, "min_success_ratio": min_success_ratio}
+        self._map_options: _MapDefaults = {
+            "wait_for": waits,
+            "min_success_ratio": min_success_ratio,
+        }
         self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
@@ -182,8 +209,8 @@ class Flow(Bindable, Generic[P, R]):
 
     def build(self, *args: P.args, **kwargs: P.kwargs) -> Node[R]:
         """Run the body to build the graph; return its output node (nothing runs)."""
-        args = self._with_instance(args)
-        self._bind("()", args, kwargs)
+        call_args = self._with_instance(args)
+        self._bind("()", call_args, kwargs)
         token = BUILDING.set(self.name)
         options = FLOW_OPTIONS.get()
         if self._task_options:  # an inner flow's options win over the outer one's
@@ -192,20 +219,26 @@ class Flow(Bindable, Generic[P, R]):
         created: list[Node] = []
         created_token = CREATED.set(created)
         try:
-            out = self._fn(*args, **kwargs)
+            # to a type checker an R; when built, the body's nodes, or plain values
+            value: object = self._fn(*call_args, **kwargs)
         finally:
             CREATED.reset(created_token)
             FLOW_OPTIONS.reset(options_token)
             BUILDING.reset(token)
         # every node made in the body runs: the output waits for those it does not need
         # (side effects: `write_rows(rows)` without using its value)
-        needed = {n.key for n in topological(find_nodes(out))}
+        needed = {n.key for n in topological(find_nodes(value))}
         unused = [n for n in created if n.key not in needed]
         used_by_unused = {d.key for n in unused for d in n.dependencies}
         sinks = [n for n in unused if n.key not in used_by_unused]
-        if sinks or not isinstance(out, Node):
-            out = Task(_output, name=self.name)(out, wait_for=sinks)
-        object.__setattr__(out, "_flow_name", self.name)  # runs of it are named after the flow
+        out: Node[R]
+        if sinks or not isinstance(value, Node):
+            # Task[..., Any]: wait_for= is dynflow's keyword, outside the function's signature
+            output: Task[..., Any] = Task(_output, name=self.name)
+            out = output(value, wait_for=sinks)
+        else:
+            out = value
+        set_flow_name(out, self.name)  # runs of it are named after the flow
         if (outer := CREATED.get()) is not None:
             outer.append(out)  # made in the body of the flow that called this one
         return out
@@ -306,7 +339,7 @@ class Flow(Bindable, Generic[P, R]):
         from dynflow.client._submit import submit  # facade: client
 
         (future,) = submit(self.build(*args, **kwargs), name=self.name)
-        return future  # type: ignore[no-any-return]
+        return future
 
     def compute(
         self,
@@ -392,3 +425,7 @@ def flow(fn: Callable | None = None, /, *, name: str | None = None, **options: A
         return Flow(fn, name=name, **options)
     # checked when applied, naming the function (or the name option)
     return lambda f: Flow(f, name=name, **options)
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(Flow, flow)

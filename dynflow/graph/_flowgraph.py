@@ -45,6 +45,7 @@ class NodeCounts(TypedDict, total=False):
     running: int
     done: int
     failed: int
+    cached: int  # read from the result storage (finished, not counted in done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +111,8 @@ def _in_edges(node: Node) -> list[tuple[Node, str]]:
             style = "map" if s.mapped and isinstance(s.value, Node) else "data"
             found += [(n, style) for n in find_nodes(s.value)]
     else:
-        found = [(n, "data") for n in find_nodes((node._args, node._kwargs))]
-    found += [(n, "wait") for n in node._wait_for]
+        found = [(n, "data") for n in find_nodes((node.args, node.kwargs))]
+    found += [(n, "wait") for n in node.wait_for]
     out = []
     for n, style in found:
         if isinstance(n, AllowFailureNode):  # an edge from its map, not a box

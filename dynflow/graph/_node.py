@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
 
 from dask.base import tokenize
 
 from dynflow._containers import find, substitute
 from dynflow._context import BUILDING, CREATED, RUNNING_TASK
+from dynflow._public import public
 from dynflow.exceptions import LazyValueError
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from dynflow.client._run import RunFuture
+    from dynflow.graph._flow import Flow
     from dynflow.graph._task import Task
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "find_nodes",
     "replace_nodes",
     "quote",
+    "set_flow_name",
     "topological",
     "unmapped",
 ]
@@ -103,7 +106,7 @@ class Node(Generic[R]):
     def _set_key(self, name: str, token: str) -> None:
         object.__setattr__(self, "_key", f"{name}-{token}")
 
-    def fresh(self) -> Node:
+    def fresh(self) -> Self:
         """The same call under a new key (pure or not): a run of its own whose keys no
         other run shares (``df.as_completed`` streams one run's items)."""
         new = object.__new__(type(self))
@@ -135,6 +138,25 @@ class Node(Generic[R]):
         return self._task.name
 
     @property
+    def args(self) -> tuple[Any, ...]:
+        """The call's positional arguments, bound to the function's signature (a bound
+        method's instance first); nodes in them, also inside containers, are
+        dependencies. A map node's are :class:`Slot` objects."""
+        return self._args
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """The call's keyword arguments, bound to the function's signature (not to be
+        changed: a node is immutable). A map node's are :class:`Slot` objects."""
+        return self._kwargs
+
+    @property
+    def wait_for(self) -> tuple[Node, ...]:
+        """The nodes this call runs after without receiving their values: the task's
+        ``wait_for`` option, then the call's."""
+        return self._wait_for
+
+    @property
     def flow_name(self) -> str | None:
         """The flow whose output this node is, if it was built by ``flow.build``."""
         return getattr(self, "_flow_name", None)
@@ -154,7 +176,7 @@ class Node(Generic[R]):
         return hash(self._key)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._key == self._key  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._key == self._key
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} objects are immutable")
@@ -281,8 +303,8 @@ class Node(Generic[R]):
         with user_traceback():
             out = compute(self, client=client, scheduler=scheduler)
         if inspect.isawaitable(out):
-            return _first(out)  # type: ignore[return-value] # an asynchronous client's
-        return out[0]  # type: ignore[no-any-return]
+            return _first(out)  # an asynchronous client's: awaitable
+        return out[0]
 
     def submit(self, client: Client | None = None) -> RunFuture[R]:
         """Start the graph that ends at this node, as a run.
@@ -300,7 +322,7 @@ class Node(Generic[R]):
         from dynflow.client._submit import submit  # facade: client
 
         (future,) = submit(self, client=client)
-        return future  # type: ignore[no-any-return]
+        return future
 
 
 def _refuse(symbol: str) -> Callable[..., Any]:
@@ -350,6 +372,10 @@ class MapNode(Node[list[Any]]):
 
     _args: tuple[Slot, ...]
     _kwargs: dict[str, Slot]
+    _ratio: float
+    _batch: int | str | None
+    _concurrency: int | None
+    _item_name: str
 
     def __init__(
         self,
@@ -401,6 +427,16 @@ class MapNode(Node[list[Any]]):
         return self._batch
 
     @property
+    def args(self) -> tuple[Slot, ...]:
+        """The positional arguments, each mapped over or static."""
+        return self._args
+
+    @property
+    def kwargs(self) -> Mapping[str, Slot]:
+        """The keyword arguments, each mapped over or static (not to be changed)."""
+        return self._kwargs
+
+    @property
     def slots(self) -> tuple[Slot, ...]:
         """Every argument, positional then keyword."""
         return (*self._args, *self._kwargs.values())
@@ -418,11 +454,6 @@ class MapNode(Node[list[Any]]):
         """The nodes in ``wait_for`` that every item waits for as a whole."""
         per_item = self.item_waits
         return tuple(n for n in self._wait_for if n not in per_item)
-
-    @property
-    def mapped_nodes(self) -> tuple[Node, ...]:
-        """The upstream nodes that are mapped over, item by item."""
-        return tuple(s.value for s in self.slots if s.mapped and isinstance(s.value, Node))
 
     def __repr__(self) -> str:
         return f"<MapNode {self._key}: {self.name}.map()>"
@@ -466,9 +497,11 @@ class SubflowMapNode(MapNode):
 
     __slots__ = ("_flow",)
 
+    _flow: Flow[..., Any]
+
     def __init__(
         self,
-        flow: Any,
+        flow: Flow[..., Any],
         task: Task,
         args: tuple[Slot, ...],
         kwargs: dict[str, Slot],
@@ -480,7 +513,7 @@ class SubflowMapNode(MapNode):
         super().__init__(task, args, kwargs, wait_for, min_success_ratio=min_success_ratio)
 
     @property
-    def flow(self) -> Any:
+    def flow(self) -> Flow[..., Any]:
         """The flow run per item."""
         return self._flow
 
@@ -573,6 +606,13 @@ class quote(Generic[T]):  # noqa: N801 - lower case like Prefect's ``quote``, a 
         return f"quote({self.value!r})"
 
 
+def set_flow_name(node: Node, name: str) -> None:
+    """Mark ``node`` as the output of flow ``name`` (:attr:`Node.flow_name`): runs of it
+    are named after the flow. The one change made to a node after it was built, by
+    ``flow.build``."""
+    object.__setattr__(node, "_flow_name", name)
+
+
 # ------------------------------------------------------------------ traversal
 def _is_node(obj: Any) -> bool:
     return isinstance(obj, (Node, unmapped))
@@ -620,3 +660,7 @@ def topological(outputs: Sequence[Node]) -> list[Node]:
         stack.append((node, True))
         stack.extend((d, False) for d in reversed(node.dependencies) if d.key not in done)
     return order
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(FlattenNode, MapNode, Node, quote, unmapped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import string
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from types import MappingProxyType
@@ -14,6 +15,7 @@ import dask.config
 from dask.utils import funcname
 
 from dynflow._context import FLOW_OPTIONS
+from dynflow._public import public
 from dynflow._sequences import unmappable
 from dynflow.cluster._cache import CachePolicy, check_storage, function_token, task_identity
 from dynflow.cluster._calls import CallPolicy
@@ -74,10 +76,14 @@ class Bindable:
     as the first argument. Prefect's tasks and flows behave the same.
     """
 
-    __slots__ = ()
+    __slots__ = ("_bound",)
     _bound: tuple[Any, Any] | None  # (the unbound task or flow, the instance)
     _signature: inspect.Signature
-    name: str
+
+    if TYPE_CHECKING:
+
+        @property
+        def name(self) -> str: ...
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None or self._bound is not None:
@@ -114,6 +120,28 @@ class Bindable:
             ) from None
 
 
+def _check_run_name(name: str, run_name: Any, signature: inspect.Signature) -> None:
+    """A ``task_run_name`` template names only the function's parameters and
+    ``map_index`` (else a ``TypeError`` naming the task and the field, now, not a
+    broken label when an item fails)."""
+    if not isinstance(run_name, str):
+        return
+    known = {*signature.parameters, "map_index"}
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(run_name) if f is not None]
+    except ValueError as e:
+        raise TypeError(
+            f"task {name!r}: option task_run_name={run_name!r} is not a template: {e}"
+        ) from None
+    for field in fields:
+        root = field.split(".", 1)[0].split("[", 1)[0]
+        if root not in known:
+            raise TypeError(
+                f"task {name!r}: option task_run_name={run_name!r} names {root!r}; expected "
+                f"the function's parameters or map_index: {', '.join(sorted(known))}"
+            )
+
+
 def _bind_instance(unbound: Any, instance: Any) -> Any:
     return unbound.__get__(instance)
 
@@ -124,7 +152,7 @@ class Task(Bindable, Generic[P, R]):
     Made with the :func:`task` decorator. ``task.fn`` is the plain function.
     """
 
-    __slots__ = ("__dict__", "_bound", "_fn", "_options", "_signature")
+    __slots__ = ("__dict__", "_fn", "_options", "_signature")
 
     def __init__(self, fn: Callable[P, R], **options: Any) -> None:
         self._bound = None
@@ -139,6 +167,7 @@ class Task(Bindable, Generic[P, R]):
         self._fn = fn
         self._options = MappingProxyType(opts)
         self._signature = inspect.signature(fn)
+        _check_run_name(opts["name"], opts["task_run_name"], self._signature)
         functools.update_wrapper(self, fn)
 
     @property
@@ -331,7 +360,9 @@ class Task(Bindable, Generic[P, R]):
         identity = self.__dict__.get("_cache_identity")
         if identity is None:
             o = self._options
-            identity = task_identity(o["name"], self._source(), o["cache_version"])
+            version = o["cache_version"]
+            source = self._source() if version is None else None
+            identity = task_identity(o["name"], source, version)
             self.__dict__["_cache_identity"] = identity
         return identity
 
@@ -357,7 +388,7 @@ class Task(Bindable, Generic[P, R]):
         """
         ours = dynflow_keywords(self._signature, kwargs, CALL_KEYWORDS)
         bound = self._bind("()", self._with_instance(args), kwargs)
-        node = Node(self._in_flow(), bound.args, bound.kwargs, self._waits("()", ours))
+        node: Node[R] = Node(self._in_flow(), bound.args, bound.kwargs, self._waits("()", ours))
         return node  # type: ignore[return-value] # a type checker sees the value (Types)
 
     def map(self, *args: Any, **kwargs: Any) -> list[R]:
@@ -576,7 +607,7 @@ class TaskDecorator(Protocol):
 
 
 @overload
-def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...  # type: ignore[overload-overlap]
+def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
 @overload
 def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
@@ -679,3 +710,7 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
         return Task(fn, **options)
     # checked when applied, naming the function (or the name option)
     return lambda f: Task(f, **options)
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(Task, task)

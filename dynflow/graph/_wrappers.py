@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
+from dynflow._public import public
 from dynflow._sequences import Product, concatenate, positional, unmappable
 from dynflow.exceptions import MapInputError
 from dynflow.graph._node import AllowFailureNode, FlattenNode, Node
 from dynflow.graph._task import Task
 
-__all__ = ["allow_failure", "flatten", "product"]
+__all__ = ["allow_failure", "allow_failure_node", "flatten", "product"]
 
 T = TypeVar("T")
 
@@ -128,6 +129,13 @@ def allow_failure(node: Any) -> Any:
     >>> count_ok(df.allow_failure(inv.map([1, 0, 2]))).compute(scheduler="sync")
     2
     """
+    return allow_failure_node(node)
+
+
+def allow_failure_node(node: Node) -> AllowFailureNode:
+    """:func:`allow_failure` typed as it runs: a node in, a node out, for dynflow's own
+    code (the public function is typed as what a flow's body sees, values; README
+    "Types")."""
     if isinstance(node, AllowFailureNode):
         return node
     if not isinstance(node, Node) or isinstance(node, FlattenNode):
@@ -183,4 +191,8 @@ def product(*values: Iterable[Any]) -> list[tuple[Any, ...]]:
                 f"product(): argument {k} is a {type(value).__name__}, {why}; pass lists, "
                 "nodes or map nodes"
             )
-    return _PRODUCT(*values)  # type: ignore[no-any-return]
+    return _PRODUCT(*values)
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(allow_failure, flatten, product)

@@ -150,17 +150,23 @@ class ExpansionGroups:
         v = self._value(node, i)
         return self.group[(v.source if isinstance(v, FlattenNode) else v).key]
 
-    def joined(self, node: MapNode) -> list[tuple[str, Node]]:
-        """How map ``node`` joined its group: ``[(how, upstream), ...]``, ``how`` one of
-        ``"stage"``/``"wait"`` (a map: ``node``'s items are its items, index for index)
-        or ``"nest"`` (``flatten(m)``: ``node``'s items are the elements of ``m``'s); none:
-        ``node`` is a top-level map whose items are numbered 0, 1, ..."""
-        n_cands = len(node.slots) + len(node.item_waits)
-        return [
-            (self.how[(node.key, i)], self._value(node, i))
-            for i in range(n_cands)
-            if (node.key, i) in self.how
-        ]
+    def joined(self, node: MapNode) -> list[tuple[str, MapNode]]:
+        """How map ``node`` joined its group: ``[(how, upstream map), ...]``, ``how`` one
+        of ``"stage"``/``"wait"`` (``node``'s items are the map's items, index for index)
+        or ``"nest"`` (it maps over ``flatten(m)``, and ``m`` is given: ``node``'s items
+        are the elements of ``m``'s); none: ``node`` is a top-level map whose items are
+        numbered 0, 1, ..."""
+        out: list[tuple[str, MapNode]] = []
+        for i in range(len(node.slots) + len(node.item_waits)):
+            how = self.how.get((node.key, i))
+            if how is None:
+                continue
+            up = self._value(node, i)
+            if isinstance(up, FlattenNode):  # "nest"
+                up = up.source
+            assert isinstance(up, MapNode), "a map joins maps, or flatten(map)"
+            out.append((how, up))
+        return out
 
     def groups(self) -> list[int]:
         return list(self.members)

@@ -160,12 +160,12 @@ def _ref(obj: Any, large: LargeValues | None = None) -> Any:
 def _node_task(
     node: Node, records: bool, distributed: bool, large: LargeValues | None = None
 ) -> Task:
-    args = [_ref(a, large) for a in node._args]
-    kwargs = {k: _ref(v, large) for k, v in node._kwargs.items()}
+    args = [_ref(a, large) for a in node.args]
+    kwargs = {k: _ref(v, large) for k, v in node.kwargs.items()}
     policy = _policy(node, records, distributed)
     fn = node.task.graph_fn
-    if node._wait_for:
-        waits = parse_input([Alias(n.key) for n in node._wait_for])
+    if node.wait_for:
+        waits = parse_input([Alias(n.key) for n in node.wait_for])
         fn, args = call_after, [fn, waits, *args]
     return policy.spec(node.key, fn, *args, blocking=not distributed, **kwargs)
 
@@ -289,14 +289,14 @@ def plan_stage(
         needs.add(src)
         return ItemOf(src)
 
-    npos = len(node._args)
-    args = tuple(arg(i, s) for i, s in enumerate(node._args))
-    kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node._kwargs.items())}
+    npos = len(node.args)
+    args = tuple(arg(i, s) for i, s in enumerate(node.args))
+    kwargs = {k: arg(npos + j, s) for j, (k, s) in enumerate(node.kwargs.items())}
     # the maps in wait_for, item by item: item i waits for their item i (read like a
     # mapped argument, not passed to the function)
     nslots = len(node.slots)
     waits = tuple(arg(nslots + j, Slot("wait_for", True, w)) for j, w in enumerate(node.item_waits))
-    if subflow:
+    if isinstance(node, SubflowMapNode):  # subflow
         stage: Stage = SubflowStage(
             node.item_name, node.name, node.flow, args, kwargs, {}, lower=_subflow_lowering()
         )
@@ -397,7 +397,7 @@ class _Graph:
         ``allow_failure`` of a plain node, and the raw lists of flattens read whole;
         ``large``: where large concrete arguments become data tasks."""
         for node in order:
-            if node.key in flat_raws:
+            if isinstance(node, FlattenNode) and node.key in flat_raws:
                 key, source = raw_key(node.key), raw_key(node.source.key)
                 self.add(Task(key, concat_raw, node.source.name, TaskRef(source)), {source})
             elif node.key not in whole or isinstance(node, (MapNode, KeyNode)):

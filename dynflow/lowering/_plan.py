@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from dask._task_spec import Alias, GraphNode, List, Task, TaskRef, parse_input
 from dask.local import get_sync
@@ -39,6 +39,9 @@ from dynflow.cluster._items import at_index
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._node import KeyNode
 from dynflow.graph._task import Task as DynflowTask
+
+if TYPE_CHECKING:
+    from dynflow.graph._flow import Flow
 
 __all__ = [
     "Collector",
@@ -63,7 +66,7 @@ class StageTasks(NamedTuple):
     """The tasks a splice adds for one stage, with the annotations they all get."""
 
     annotations: Mapping[str, Any]
-    tasks: list[Task]
+    tasks: Sequence[GraphNode]  # tasks, and aliases (a sub-flow's output as its item)
     queue: bool = False  # may the scheduler queue them as root tasks
 
 
@@ -160,6 +163,7 @@ class Stage:
         ``blocking``: run a coroutine function to completion (local schedulers).
         """
         waited = [_resolve(w, prefix, i, refs) for w in self.waits]
+        extra: tuple[Any, ...]
         if after is not None:
             waited.append(TaskRef(after))
         if waited:  # waited for, not passed: a failure among them fails the item
@@ -411,7 +415,8 @@ class SubflowStage(Stage):
         def value(obj: Any) -> Any:
             return substitute(obj, _is_flow_marker, leaf)
 
-        return self.fn.build(
+        flow = cast("Flow[..., Any]", self.fn)  # a sub-flow stage's function is its flow
+        return flow.build(
             *(value(a) for a in self.args), **{k: value(v) for k, v in self.kwargs.items()}
         )
 
@@ -437,14 +442,15 @@ class SubflowStage(Stage):
     def run_locally(self, data: Mapping[Any, Any], n: int) -> list:
         """Each item's sub-flow computed in this process, in order."""
 
-        assert self.lower is not None
+        lower = self.lower
+        assert lower is not None
 
         def run(i: int) -> Any:
             node = self.build_item(
                 i, src=lambda key, j: data[key][j], stg=_no_stage, ext=data.__getitem__
             )
             # as on a cluster: its failures are records, naming the task they came from
-            return get_sync(dict(self.lower([node], distributed=False, records=True)), node.key)
+            return get_sync(dict(lower([node], distributed=False, records=True)), node.key)
 
         return [run(i) for i in range(n)]
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dynflow._compat import register_dashboard_page
 from dynflow._protocol import TRACKER, sum_counts
+from dynflow.cluster._scheduler_ops import register_dashboard_page
 from dynflow.exceptions import index_text
 from dynflow.graph._flowgraph import FlowGraph
 from dynflow.views._progress import refresh_interval
@@ -37,7 +38,7 @@ PAGE = "/individual-dynflow"
 _TABLE = "border-collapse:collapse;margin-bottom:1em"
 
 
-def _table(css: str, header: tuple[str, ...], rows: list[tuple[str, ...]], pad: str) -> str:
+def _table(css: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]], pad: str) -> str:
     """An HTML table of the page; cells are HTML already (escape before)."""
     cell = f'style="text-align:left;padding:{pad}"'
     head = "".join(f"<th {cell}>{h}</th>" for h in header)
@@ -102,17 +103,24 @@ def _clock(t: float | None) -> str:
     return "" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
 
 
+#: what a bokeh ``Select`` offers: values, or ``(value, label)`` pairs
+_Choices = list[str | tuple[Any, str]]
+
+
 def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
     """The bokeh document of the dynflow page (signature of distributed's dashboard apps)."""
     from bokeh.layouts import column, row
-    from bokeh.models import Button, Div, Select, TextInput
+    from bokeh.models.widgets.buttons import Button
+    from bokeh.models.widgets.inputs import Select, TextInput
+    from bokeh.models.widgets.markups import Div
 
     select = Select(title="Run", options=[], value="", width=500)
     table = Div(text="", sizing_mode="stretch_width")
     detail = Div(text="<p>No dynflow runs yet.</p>", sizing_mode="stretch_width")
     # the items of one map of the chosen run: by state and label, a page at a time
     which = Select(title="Items of", options=[], value="", width=300)
-    state = Select(title="State", options=["", *ITEM_STATES], value="", width=120)
+    states: _Choices = ["", *ITEM_STATES]
+    state = Select(title="State", options=states, value="", width=120)
     search = TextInput(title="Label contains", value="", width=250)
     back, forward = Button(label="◀", width=40), Button(label="▶", width=40)
     items = Div(text="", sizing_mode="stretch_width")
@@ -139,7 +147,7 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
     def update() -> None:
         tracker = scheduler.extensions.get(TRACKER)
         runs = tracker.list_runs() if tracker is not None else []
-        options = [
+        options: _Choices = [
             (r["id"], f"{r['name']} {r['id'][:8]}, {_clock(r.get('started'))} ({r['state']})")
             for r in runs
         ]
@@ -149,21 +157,19 @@ def dynflow_doc(scheduler: Scheduler, extra: dict, doc: Any) -> None:
         if select.value not in ids:
             active = [r["id"] for r in runs if r["state"] in ("pending", "running")]
             select.value = (active or ids or [""])[0]
-        if not runs:
+        if tracker is None or not runs:
             return
         table.text = _runs_table(runs, select.value)
         run = tracker.run_status(select.value, graph=True)
         if run is not None:
             detail.text = run_html(FlowGraph.from_dict(run["graph"]), run)
-            maps = [
-                (n["key"], n.get("label") or n["key"])
-                for n in run["graph"]["nodes"]
-                if n.get("items") is not None
-            ]
+            nodes = [n for n in run["graph"]["nodes"] if n.get("items") is not None]
+            maps: _Choices = [(n["key"], n.get("label") or n["key"]) for n in nodes]
             if maps != which.options:
                 which.options = maps
-            if which.value not in [k for k, _ in maps]:
-                which.value = maps[0][0] if maps else ""
+            keys = [n["key"] for n in nodes]
+            if which.value not in keys:
+                which.value = keys[0] if keys else ""
         show_items()
 
     select.on_change("value", lambda attr, old, new: update())

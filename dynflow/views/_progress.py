@@ -21,10 +21,14 @@ from dask.utils import parse_timedelta
 from distributed.utils import is_kernel
 
 from dynflow._protocol import FINAL_STATES, RUN_STATUS_HANDLER, sum_counts
+from dynflow._public import public
 from dynflow.views._render import finished, short_repr_counts
 from dynflow.views._reprs import live_run_html
 
 if TYPE_CHECKING:
+    from distributed import Client
+    from tornado.ioloop import IOLoop
+
     from dynflow.client._run import Run
 
 __all__ = ["RunView", "TextProgress", "WidgetProgress", "progress", "settle", "show_live"]
@@ -250,7 +254,7 @@ def _name_column() -> Any:
     return Column(max_width=32, no_wrap=True, overflow="ellipsis")
 
 
-class _CountsBar(_ProgressColumn):  # type: ignore[misc,valid-type]
+class _CountsBar(_ProgressColumn):
     """A bar of a node's counts, in proportion (rich's own bar has one colour),
     ``width`` characters (0: none, in a terminal too narrow for one)."""
 
@@ -427,7 +431,7 @@ def show_live(run: Run) -> bool:
     view = RunView(run)
     view.display.show(view.widget)
     view.follow()
-    run.client.loop.add_callback(view.listen)
+    _loop(run.client).add_callback(view.listen)
     return True
 
 
@@ -467,7 +471,7 @@ def progress(*futures: Any, notebook: bool | None = None, interval: float | None
 
         display(bar)
         bar.follow()
-        client.loop.add_callback(bar.listen)
+        _loop(client).add_callback(bar.listen)
         return bar
     text = TextProgress(runs, interval)
     if client.asynchronous:
@@ -476,6 +480,17 @@ def progress(*futures: Any, notebook: bool | None = None, interval: float | None
     return text
 
 
+def _loop(client: Client) -> IOLoop:
+    """The event loop of ``client`` (one that submitted runs has one)."""
+    loop = client.loop
+    assert loop is not None, "the client has no event loop"
+    return loop
+
+
 async def _listened(bar: _Progress) -> _Progress:
     await bar.listen()
     return bar
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(progress)

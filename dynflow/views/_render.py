@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dynflow._public import public
 from dynflow.graph._flow import Flow
 from dynflow.graph._flowgraph import FlowGraph, GraphNode, NodeCounts
 from dynflow.graph._node import Node
@@ -55,7 +56,7 @@ BAR = {
 }
 
 
-def finished(counts: dict[str, Any]) -> int:
+def finished(counts: Mapping[str, Any]) -> int:
     """Units that finished well: done, or read from the result storage (cached)."""
     return (counts.get("done") or 0) + (counts.get("cached") or 0)
 
@@ -83,7 +84,7 @@ SHORT_REPR.maxlevel, SHORT_REPR.maxlist, SHORT_REPR.maxtuple, SHORT_REPR.maxdict
 
 
 # --------------------------------------------------------------------------- text
-def short_repr_counts(counts: NodeCounts | Mapping[str, Any]) -> str:
+def short_repr_counts(counts: Mapping[str, Any]) -> str:
     """Counts in a few words, for terminals and tables.
 
     Without a ``total`` key the total is the sum of the counts; a ``total`` of None (a
@@ -467,3 +468,7 @@ def _what(obj: Any) -> str:
     if isinstance(obj, Flow):
         return f"the flow {obj.name!r} itself; use {obj.name}.build(...) to get its output node"
     return f"{type(obj).__name__} {SHORT_REPR.repr(obj)}"
+
+
+# shown and pickled as dynflow.<name>; their examples are tested here
+__test__ = public(visualize)

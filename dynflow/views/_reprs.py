@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dynflow.exceptions import index_text
@@ -51,7 +51,7 @@ def _signature(fn: Any) -> str:
         return "(...)"
 
 
-def _rows(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
+def _rows(rows: Sequence[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
     """A small table; cells are HTML already (escape before)."""
     head = "".join(f"<th {_CELL}>{h}</th>" for h in header) if header else ""
     body = "".join("<tr>" + "".join(f"<td {_CELL}>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -126,9 +126,9 @@ def _arguments(node: Node) -> list[tuple[str, str, str]]:
                 out.append((s.label, "unmapped", _value(s.value)))
         return out
     try:
-        bound = inspect.signature(node.task.fn).bind(*node._args, **node._kwargs).arguments
+        bound = inspect.signature(node.task.fn).bind(*node.args, **node.kwargs).arguments
     except (TypeError, ValueError):
-        bound = {f"args[{i}]": a for i, a in enumerate(node._args)} | dict(node._kwargs)
+        bound = {f"args[{i}]": a for i, a in enumerate(node.args)} | dict(node.kwargs)
     return [
         (name, "upstream" if find_nodes(v) else "value", _value(v)) for name, v in bound.items()
     ]
@@ -143,7 +143,7 @@ def node_html(node: Node) -> str:
         f"<div>key <code>{_E(str(node.key))}</code></div>",
     ]
     rows = [(f"<code>{_E(a)}</code>", _E(how), what) for a, how, what in _arguments(node)]
-    rows += [("<code>wait_for</code>", "ordering", _value(n)) for n in node._wait_for]
+    rows += [("<code>wait_for</code>", "ordering", _value(n)) for n in node.wait_for]
     if isinstance(node, MapNode):
         opts = {
             "batch_size": node.batch_size,
