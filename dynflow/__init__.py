@@ -7,7 +7,8 @@ upstream value exists on the cluster.
 The package, from the bottom layer up (each imports only those below it)::
 
     exceptions, _protocol, _context, ...   errors; what client, workers, scheduler share
-    cluster/    runs on workers and in the scheduler: calls, expander, splice, tracker
+    worker/     runs in tasks on the workers: calls, caching, failure records, expander
+    extension/  runs in the scheduler: the splice, the run tracker, streams
     graph/      what the user builds: tasks, nodes, flows, the flow-level graph
     lowering/   nodes -> dask task specs: expansion groups and plans
     views/      drawings, HTML reprs, progress bars, the dashboard page
@@ -27,9 +28,9 @@ from dynflow import _config
 _config.load_defaults()
 
 if TYPE_CHECKING:
-    from dynflow.client._cluster import dashboard_link, get_client
+    from dynflow.client._as_completed import AsCompleted, as_completed
+    from dynflow.client._connect import dashboard_link, get_client
     from dynflow.client._run import Run, RunFuture
-    from dynflow.client._stream import AsCompleted, as_completed
     from dynflow.client._submit import cancel, compute, submit, submit_async
     from dynflow.exceptions import (
         DynflowError,
@@ -73,15 +74,15 @@ _EXPORTS = {
     "Task": "dynflow.graph._task",
     "TaskInterruptedError": "dynflow.exceptions",
     "TaskTimeoutError": "dynflow.exceptions",
-    "AsCompleted": "dynflow.client._stream",
+    "AsCompleted": "dynflow.client._as_completed",
     "allow_failure": "dynflow.graph._wrappers",
-    "as_completed": "dynflow.client._stream",
+    "as_completed": "dynflow.client._as_completed",
     "cancel": "dynflow.client._submit",
     "compute": "dynflow.client._submit",
-    "dashboard_link": "dynflow.client._cluster",
+    "dashboard_link": "dynflow.client._connect",
     "flatten": "dynflow.graph._wrappers",
     "flow": "dynflow.graph._flow",
-    "get_client": "dynflow.client._cluster",
+    "get_client": "dynflow.client._connect",
     "product": "dynflow.graph._wrappers",
     "quote": "dynflow.graph._node",
     "progress": "dynflow.views._progress",

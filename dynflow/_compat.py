@@ -4,7 +4,7 @@ and the workers, in one place.
 distributed is pinned (``pyproject.toml``, :data:`SUPPORTED_DISTRIBUTED`) because of
 these and of the scheduler's: every change dynflow makes to the scheduler's state, and
 every scheduler internal it reads, goes through the named operations of
-:mod:`dynflow.cluster._scheduler_ops`, which lists them with the releases it was checked
+:mod:`dynflow.extension._ops`, which lists them with the releases it was checked
 against. The suite runs with the scheduler's and the workers' validation on, which
 checks every state they change.
 
@@ -38,7 +38,7 @@ dask:
   before 2025.4;
 - ``dask._task_spec`` (``Task``, ``Alias``, ``TaskRef``, ``DataNode``, ``List``, ...):
   the lowering and the workers build dask task specs; on the scheduler, only
-  :mod:`dynflow.cluster._scheduler_ops` imports it.
+  :mod:`dynflow.extension._ops` imports it.
 """
 
 from __future__ import annotations

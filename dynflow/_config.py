@@ -15,7 +15,7 @@ __all__ = ["DYNFLOW_FRAMES", "load_defaults"]
 
 #: dynflow's modules, whose frames are left out of users' tracebacks beside those of
 #: dask's ``admin.traceback.shorten`` (``dynflow.shorten-tracebacks``)
-DYNFLOW_FRAMES = r"[\\\/]dynflow[\\\/](client|cluster|graph|lowering|views|_[a-z]+\.py)"
+DYNFLOW_FRAMES = r"[\\\/]dynflow[\\\/](client|extension|worker|graph|lowering|views|_[a-z]+\.py)"
 
 
 def load_defaults() -> None:

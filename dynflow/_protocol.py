@@ -21,7 +21,7 @@ expansion group
 dynamic task
     A task whose function returned a graph (a node, or nodes in a container): the
     graph is spliced into the scheduler and the task's key becomes an alias of its
-    output (:meth:`dynflow.cluster._splice.SpliceExtension.graph_splice`).
+    output (:meth:`dynflow.extension._splice.SpliceExtension.graph_splice`).
 stage
     One map of an expansion group, as its plan describes it (function, arguments with
     item markers, options).

@@ -13,9 +13,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from dynflow._protocol import SPLICE, TRACKER
-from dynflow.cluster._scheduler_ops import dashboard_serves
-from dynflow.cluster._splice import SpliceExtension
-from dynflow.cluster._tracker import RunTracker
+from dynflow.extension._ops import dashboard_serves
+from dynflow.extension._splice import SpliceExtension
+from dynflow.extension._tracker import RunTracker
 from dynflow.views._dashboard import PAGE, page_url, register_page
 
 if TYPE_CHECKING:

@@ -373,7 +373,7 @@ def test_a_large_argument_is_hashed_once_not_per_call(tmp_path, monkeypatch):
             hashed.append(x.nbytes)
         return real(x)
 
-    monkeypatch.setattr("dynflow.cluster._cache._TOKENS", {}, raising=False)
+    monkeypatch.setattr("dynflow.worker._cache._TOKENS", {}, raising=False)
     normalize_token.register(np.ndarray)(counting)
     try:
         _hash_once(tmp_path, np, hashed)

@@ -38,7 +38,7 @@ from utils import no_tasks_left
 
 import dynflow as df
 from dynflow._protocol import TRACKER
-from dynflow.cluster._cache import STALE_AFTER, TEMPORARY
+from dynflow.worker._cache import STALE_AFTER, TEMPORARY
 
 CALLS: collections.Counter = collections.Counter()
 _LOCK = threading.Lock()

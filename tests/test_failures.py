@@ -12,7 +12,7 @@ from distributed.utils_test import async_poll_for, gen_cluster
 from utils import generate_list, no_tasks_left
 
 import dynflow as df
-from dynflow.cluster._calls import CallPolicy
+from dynflow.worker._calls import CallPolicy
 
 EVENTS: list = []  # in-process workers share this module with the test
 RELEASE = threading.Event()

@@ -21,7 +21,7 @@ from utils import generate_list, no_tasks_left, process, reducer
 import dynflow as df
 from dynflow._compat import want_keys
 from dynflow._protocol import SPLICE, SPLICE_HANDLER, TRACKER
-from dynflow.client._cluster import install
+from dynflow.client._connect import install
 
 #: seconds a refused call may take, round trip (a 300,000-item splice took 13 s)
 ANSWERED_WITHIN = 2.0
@@ -209,7 +209,7 @@ async def test_a_signed_splice_must_fit_the_plan(c, s, a, b):
     """Even signed (by a caller holding the workers' key), a request the expander's plan
     cannot make is refused: a length other than the mapped tuple's, a listed source
     that is not mapped, items for a failed source, sub-flow tasks for no sub-flow."""
-    from dynflow.cluster._expand import splice_digest
+    from dynflow.worker._expander import splice_digest
 
     await install(c)
     key = s.extensions[SPLICE].key
@@ -332,7 +332,7 @@ async def test_a_malformed_run_registration_leaves_nothing(c, s, a, b):
     # the same registration, well formed, is accepted; a handler's error is logged on
     # the scheduler, under dynflow's own logger
     assert await c.scheduler.dynflow_run_start(**good) == {"status": "OK"}
-    with captured_logger("dynflow.cluster._tracker") as log:
+    with captured_logger("dynflow.extension._tracker") as log:
         with pytest.raises(ValueError, match="invalid literal"):
             await c.scheduler.dynflow_run_items(run_id="run-1", node="node-1", limit="x")
     assert "invalid literal" in log.getvalue()

@@ -88,7 +88,7 @@ def test_the_public_names_are_one_sorted_list():
 def test_importing_the_scheduler_extension_loads_no_client_code():
     """What a scheduler or worker imports to run dynflow's tasks stays below the client."""
     code = (
-        "import sys; import dynflow.cluster._splice, dynflow.cluster._calls; "
+        "import sys; import dynflow.extension._splice, dynflow.worker._calls; "
         "print(sorted(m for m in sys.modules if m.startswith('dynflow.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

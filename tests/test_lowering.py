@@ -8,12 +8,12 @@ from utils import generate_list, process, reducer
 
 import dynflow as df
 from dynflow._protocol import EXPANDER_PREFIX, lane_key, raw_key
-from dynflow.cluster._collect import gather, gather_concat, gather_raw
-from dynflow.cluster._expand import expand, unspliced
 from dynflow.graph._node import topological
 from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._lower import lower_distributed, lower_local, plan_stage
 from dynflow.lowering._plan import Collector, Expansion, ItemRefs, batch_size
+from dynflow.worker._collect import gather, gather_concat, gather_raw
+from dynflow.worker._expander import expand, unspliced
 
 
 @df.task

@@ -367,7 +367,7 @@ async def test_nodes_inside_a_deque(c, s, a, b):
 
 
 def test_a_cluster_without_the_same_dynflow_or_a_supported_distributed_is_refused():
-    from dynflow.client._cluster import check_versions
+    from dynflow.client._connect import check_versions
 
     def info(dynflow, distributed="2026.8.0"):
         return {"packages": {"dynflow": dynflow, "distributed": distributed}}

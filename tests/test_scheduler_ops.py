@@ -1,4 +1,4 @@
-"""Each operation of dynflow/cluster/_scheduler_ops.py on a live scheduler with validation
+"""Each operation of dynflow/extension/_ops.py on a live scheduler with validation
 on (gen_cluster turns on ``distributed.scheduler.validate``, which validates every key a
 transition touches, and checks the whole state of the scheduler and the workers when the
 test ends). Each test also calls ``s.validate_state()`` right after the operation and
@@ -21,7 +21,7 @@ from distributed.diagnostics.graph_layout import GraphLayout
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_test import async_poll_for, captured_logger, gen_cluster, inc
 
-from dynflow.cluster import _scheduler_ops as ops
+from dynflow.extension import _ops as ops
 
 GATE = threading.Event()
 
@@ -387,7 +387,7 @@ async def test_announce(c, s, a, b):
         new = ops.create_tasks(
             s, [ops.NewTasks([Task("n", inc, 1)], (0, 1), annotations={"retries": 1})]
         )
-        with captured_logger("dynflow.cluster._scheduler_ops") as log:
+        with captured_logger("dynflow.extension._ops") as log:
             ops.announce(s, new, {"r": ["n"]}, "test", client="me", skip=skipped, mine=42)
         assert "broken plugin" in log.getvalue()  # logged; the others heard of it
         (call,) = recorder.calls
@@ -489,7 +489,7 @@ def test_only_the_operations_module_changes_the_scheduler_state():
     found = [
         f"{path.relative_to(package.parent)}:{n}: {line.strip()}"
         for path in sorted(package.rglob("*.py"))
-        if path.name != "_scheduler_ops.py"
+        if path.relative_to(package).as_posix() != "extension/_ops.py"
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if SURGERY.search(line) and not line.lstrip().startswith("#")
     ]

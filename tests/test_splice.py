@@ -13,7 +13,7 @@ from utils import generate_list, no_tasks_left, process, reducer
 
 import dynflow as df
 from dynflow._protocol import SPLICE, SPLICE_HANDLER, SPLICE_TOPIC
-from dynflow.client._cluster import install
+from dynflow.client._connect import install
 
 
 async def installed(c, s):

@@ -18,7 +18,7 @@ from distributed.utils_test import gen_cluster
 from utils import generate_list, no_tasks_left
 
 import dynflow as df
-from dynflow.client._cluster import install
+from dynflow.client._connect import install
 
 #: the Blobs alive in this process that arrived over the network
 LIVE: weakref.WeakSet = weakref.WeakSet()

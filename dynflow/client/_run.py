@@ -1,7 +1,7 @@
 """Submitted runs: :class:`Run` (one ``submit``) and :class:`RunFuture` (one output of it).
 
 ``df.submit`` registers each run with dynflow's run tracker on the scheduler
-(:mod:`dynflow.cluster._tracker`) before its graph is sent, with the flow-level graph, so that the
+(:mod:`dynflow.extension._tracker`) before its graph is sent, with the flow-level graph, so that the
 run's live state (per node: pending, running, done and failed counts, and a map's item
 count once it expanded) can be asked for from anywhere: :meth:`Run.info`, the notebook
 display of a future, :func:`dynflow.progress` and the dashboard page.
@@ -25,7 +25,6 @@ from distributed.client import FutureCancelledError
 from dynflow._config import DYNFLOW_FRAMES
 from dynflow._protocol import RUN_FORGET_HANDLER, RUN_START_HANDLER, RUN_STATUS_HANDLER
 from dynflow._public import public
-from dynflow.cluster._failure import Failure, pickle_without_init
 from dynflow.exceptions import (
     DynflowError,
     ExtensionError,
@@ -38,6 +37,7 @@ from dynflow.graph._node import Node
 from dynflow.views._progress import progress, settle, show_live
 from dynflow.views._render import FlowSVG, to_svg
 from dynflow.views._reprs import live_run_html
+from dynflow.worker._failure import Failure, pickle_without_init
 
 if TYPE_CHECKING:
     from distributed import Client

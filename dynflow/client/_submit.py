@@ -19,7 +19,7 @@ from distributed import Client, Future, get_worker, worker_client
 from dynflow._compat import local_scheduler
 from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
 from dynflow._public import public
-from dynflow.client._cluster import announce, get_client, install
+from dynflow.client._connect import announce, get_client, install
 from dynflow.client._run import (
     Run,
     RunFuture,

@@ -172,7 +172,7 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
         "None, a template such as 'fetch-{account}' or a callable returning a string",
     ),
     "log_prints": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
-    # result caching (dynflow.cluster._cache); None: the flow's, else dynflow.cache.*
+    # result caching (dynflow.worker._cache); None: the flow's, else dynflow.cache.*
     "cache": (None, _check(lambda v: v is None or isinstance(v, bool)), "None or a bool"),
     "cache_version": (
         None,

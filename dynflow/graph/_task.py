@@ -17,8 +17,6 @@ from dask.utils import funcname
 from dynflow._context import FLOW_OPTIONS
 from dynflow._public import public
 from dynflow._sequences import unmappable
-from dynflow.cluster._cache import CachePolicy, check_storage, function_token, task_identity
-from dynflow.cluster._calls import CallPolicy
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._node import MapNode, Node, Slot, unmapped
 from dynflow.graph._options import (
@@ -37,6 +35,8 @@ from dynflow.graph._options import (
     result_storage,
     wait_for_nodes,
 )
+from dynflow.worker._cache import CachePolicy, check_storage, function_token, task_identity
+from dynflow.worker._calls import CallPolicy
 
 if TYPE_CHECKING:
     from dynflow.client._run import RunFuture
@@ -176,7 +176,7 @@ class Task(Bindable, Generic[P, R]):
         return self._fn
 
     def policy(self, records: bool) -> CallPolicy:
-        """How this task's calls run (retries, timeout): :mod:`dynflow.cluster._calls`."""
+        """How this task's calls run (retries, timeout): :mod:`dynflow.worker._calls`."""
         o = self._options
         log_prints = o["log_prints"]
         if log_prints is None:

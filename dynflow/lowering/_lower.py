@@ -8,15 +8,15 @@ Two shapes, one per place the graph runs:
   a nested group, expanded once per item of ``m``. Each top-level group becomes one
   expander task plus a collector task per list that is used; the expander runs on a
   worker once the mapped values exist and has the scheduler add the per-item tasks
-  (:mod:`dynflow.cluster._expand`, :mod:`dynflow.cluster._splice`).
+  (:mod:`dynflow.worker._expander`, :mod:`dynflow.extension._splice`).
 - **local** (:func:`lower_local`, ``scheduler="sync"`` or ``"threads"``): each map is one
   task that calls the function per item, in order; no cluster involved, the same
   values and errors.
 
-Every call's policy carries a :class:`~dynflow.lowering._dynamic.Returned` hook
+Every call's policy carries a :class:`~dynflow.lowering._returned_graph.Returned` hook
 (:data:`RETURNED`, or :data:`RETURNED_LOCAL` on a local scheduler, with the cache options
 the task passes on): a call that returns nodes (a dynamic task) has their graph run in its
-place (:mod:`dynflow.lowering._dynamic`).
+place (:mod:`dynflow.lowering._returned_graph`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ from dask.utils import parse_bytes
 
 from dynflow._containers import substitute
 from dynflow._protocol import EXPANDER_PREFIX, raw_key
-from dynflow.cluster._calls import CallPolicy, call_after
-from dynflow.cluster._collect import concat_raw, gather_raw, tolerate
-from dynflow.cluster._expand import expand, run_map, unspliced
 from dynflow.graph._node import (
     AllowFailureNode,
     FlattenNode,
@@ -52,7 +49,6 @@ from dynflow.graph._node import (
     unmapped,
 )
 from dynflow.graph._options import CALLER_OPTIONS, absolute_storage, result_storage
-from dynflow.lowering._dynamic import Returned
 from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._plan import (
     Collector,
@@ -67,6 +63,10 @@ from dynflow.lowering._plan import (
     SubflowStage,
     key_node,
 )
+from dynflow.lowering._returned_graph import Returned
+from dynflow.worker._calls import CallPolicy, call_after
+from dynflow.worker._collect import concat_raw, gather_raw, tolerate
+from dynflow.worker._expander import expand, run_map, unspliced
 
 __all__ = ["lower", "lower_distributed", "lower_local"]
 
@@ -76,7 +76,7 @@ def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) 
 
     ``distributed``: for a distributed cluster (maps expand in the scheduler), else for
     a local scheduler. ``records``: failures become values
-    (:class:`~dynflow.cluster._failure.Failure`) instead of errors, as inside a sub-flow
+    (:class:`~dynflow.worker._failure.Failure`) instead of errors, as inside a sub-flow
     run per item.
     """
     token = _storage_here()
@@ -221,7 +221,7 @@ def _subflow_lowering() -> _LowerSubflow:
 
 
 def _annotations(node: Node) -> dict[str, Any]:
-    # retries are not dask's: run_call retries with delays (dynflow.cluster._calls)
+    # retries are not dask's: run_call retries with delays (dynflow.worker._calls)
     opts = node.task.options
     out: dict[str, Any] = {}
     if opts["resources"]:

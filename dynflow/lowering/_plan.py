@@ -31,14 +31,14 @@ from dynflow._containers import find, substitute
 from dynflow._context import BATCH_INDEX
 from dynflow._protocol import RAW_PREFIX, at, lane_key
 from dynflow._sequences import positional, unmappable
-from dynflow.cluster._calls import CallPolicy, call_after
-from dynflow.cluster._collect import gather, gather_concat, gather_failed
-from dynflow.cluster._expand import expand, unspliced
-from dynflow.cluster._failure import Failure
-from dynflow.cluster._items import at_index
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._node import KeyNode
 from dynflow.graph._task import Task as DynflowTask
+from dynflow.worker._call_context import at_index
+from dynflow.worker._calls import CallPolicy, call_after
+from dynflow.worker._collect import gather, gather_concat, gather_failed
+from dynflow.worker._expander import expand, unspliced
+from dynflow.worker._failure import Failure
 
 if TYPE_CHECKING:
     from dynflow.graph._flow import Flow
@@ -499,7 +499,7 @@ class Collector:
     """The list ``key`` (at a prefix) of the items ``(of, *prefix, i)``, or their concatenation.
 
     ``mode`` is how failed items are treated in the top-level list (see
-    :func:`dynflow.cluster._collect.gather`); lists at nested levels keep the records as they are.
+    :func:`dynflow.worker._collect.gather`); lists at nested levels keep the records as they are.
     """
 
     key: str

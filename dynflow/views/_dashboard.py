@@ -7,7 +7,7 @@ with live per-node counts and colours (the same rendering as the notebook's,
 starts, so the page is registered on import of :mod:`dynflow.scheduler` (``dask scheduler
 --preload dynflow.scheduler``) and before dynflow starts its embedded LocalCluster. The
 same data is JSON at ``/dynflow/runs.json`` (the run tracker's routes,
-:mod:`dynflow.cluster._tracker`).
+:mod:`dynflow.extension._tracker`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dynflow._protocol import TRACKER, sum_counts
-from dynflow.cluster._scheduler_ops import register_dashboard_page
 from dynflow.exceptions import index_text
+from dynflow.extension._ops import register_dashboard_page
 from dynflow.graph._flowgraph import FlowGraph
 from dynflow.views._progress import refresh_interval
 from dynflow.views._render import short_repr_counts

@@ -2,7 +2,7 @@
 
 distributed's own progress bars follow a fixed set of keys given up front (its
 ``Progress`` scheduler plugin); a dynflow map's items do not exist until it expands, so
-these bars read dynflow's run tracker instead (:mod:`dynflow.cluster._tracker`), polled every
+these bars read dynflow's run tracker instead (:mod:`dynflow.extension._tracker`), polled every
 ``dynflow.dashboard.refresh-interval``. Like distributed's, they are ipywidgets in a notebook
 (shown at once; the cell does not block) and a line of text in a terminal (blocks until
 the runs end).

@@ -33,9 +33,9 @@ from dynflow import __version__ as dynflow_version
 from dynflow._compat import SUPPORTED_DISTRIBUTED, supported_distributed
 from dynflow._protocol import FORWARD_TOPIC, PAGE_HANDLER, SPLICE, TRACKER
 from dynflow._public import public
-from dynflow.cluster._splice import SpliceExtension
-from dynflow.cluster._tracker import RunTracker
 from dynflow.exceptions import ExtensionError
+from dynflow.extension._splice import SpliceExtension
+from dynflow.extension._tracker import RunTracker
 from dynflow.views._dashboard import PAGE, page_url, register_page
 
 logger = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from distributed.protocol.serialize import ToPickle
 
 from dynflow._compat import call_scheduler, expander_run_id, worker_plugin
 from dynflow._protocol import SPLICE_HANDLER, SPLICE_KEY_PLUGIN, at
-from dynflow.cluster._failure import Failure
 from dynflow.exceptions import ExtensionError
+from dynflow.worker._failure import Failure
 
 if TYPE_CHECKING:
     from dynflow.lowering._plan import Expansion

@@ -34,7 +34,7 @@ from dask.utils import parse_timedelta
 from distributed.utils import log_errors
 
 from dynflow._protocol import FINAL_STATES
-from dynflow.cluster import _scheduler_ops as ops
+from dynflow.extension import _ops as ops
 
 if TYPE_CHECKING:
     from distributed import Scheduler

@@ -5,12 +5,12 @@ nodes inside a container (resolved as arguments are); or a dask collection
 (``dask.delayed``, arrays, data frames: anything with ``__dask_graph__``), or several in
 a container (unpacked as ``dask.compute`` does); ``df.quote(value)`` returns ``value``
 as it is. :class:`Returned` is the calls'
-hook (:attr:`CallPolicy.returned <dynflow.cluster._calls.CallPolicy>`): it lowers that
+hook (:attr:`CallPolicy.returned <dynflow.worker._calls.CallPolicy>`): it lowers that
 graph, and
 
 - in a task of its own on a distributed worker, hands it back as a
-  :class:`~dynflow.cluster._dynamic.ReturnedGraph`, which the call splices into the
-  scheduler in the task's place (:mod:`dynflow.cluster._dynamic`);
+  :class:`~dynflow.worker._graph_splice.ReturnedGraph`, which the call splices into the
+  scheduler in the task's place (:mod:`dynflow.worker._graph_splice`);
 - on a local scheduler, computes it here, in this thread (``scheduler="sync"`` gives the
   same values and errors);
 - inside a batch (several items in one task, which cannot be replaced by one graph),
@@ -42,13 +42,13 @@ from distributed import Future, worker_client
 from dynflow._compat import local_scheduler
 from dynflow._containers import find
 from dynflow._context import BATCH_INDEX, LOCAL_KEYS
-from dynflow.cluster._calls import CallPolicy
-from dynflow.cluster._dynamic import ReturnedGraph, needs_itself
-from dynflow.cluster._failure import Failure
-from dynflow.cluster._items import current_key
 from dynflow.exceptions import ExtensionError, SerializationError
 from dynflow.graph._node import Node, find_nodes, quote, replace_nodes, unmapped
 from dynflow.graph._options import CALLER_OPTIONS
+from dynflow.worker._call_context import current_key
+from dynflow.worker._calls import CallPolicy
+from dynflow.worker._failure import Failure
+from dynflow.worker._graph_splice import ReturnedGraph, needs_itself
 
 __all__ = ["Returned", "assemble", "finish_collections"]
 

@@ -2,7 +2,7 @@
 
 A map item (and every task of a sub-flow run per item) never errs in dask: it returns a
 :class:`Failure`, which the map's collector turns into the user's semantics
-(:mod:`dynflow.cluster._collect`). :func:`portable` makes any exception fit to cross
+(:mod:`dynflow.worker._collect`). :func:`portable` makes any exception fit to cross
 processes: long tracebacks trimmed; an exception whose ``__init__`` does not take back
 its ``args`` (``def __init__(self, msg, code, *, detail)``) pickled through
 :func:`_reduce_exception`, which rebuilds it without calling ``__init__``; only an

@@ -1,10 +1,10 @@
 """The scheduler extension that adds per-item tasks to the live scheduler (the splice).
 
-An expander task (:mod:`dynflow.cluster._expand`) measures a map's upstream values on
+An expander task (:mod:`dynflow.worker._expander`) measures a map's upstream values on
 its worker, then calls the ``dynflow_splice`` handler with only the length. The plan
 arrives inside the expander's own task spec: this module imports nothing from the client
 side. It changes the scheduler's state only through the named operations of
-:mod:`dynflow.cluster._scheduler_ops` (and reads it through that module's read helpers):
+:mod:`dynflow.extension._ops` (and reads it through that module's read helpers):
 this module decides what to make and rewire, those operations make it so. The suite
 runs with ``distributed.scheduler.validate`` on.
 
@@ -14,7 +14,7 @@ The splice, in one synchronous pass (it must not interleave with other transitio
    item (:meth:`SpliceExtension._refusal`): its fields' types; that the calling expander
    ``E`` is processing with the caller's run id (a stale or repeated call changes
    nothing); its signature, an HMAC under the key this extension gave its workers only
-   (:class:`dynflow.cluster._expand.SpliceKey`), so the request comes from a worker and
+   (:class:`dynflow.worker._expander.SpliceKey`), so the request comes from a worker and
    ``n`` is the length that worker measured (a caller without the key is refused,
    whatever ``n`` it claims: the scheduler cannot measure the values itself, they live
    on the workers); and that the plan allows it (``Expansion.refuse_splice``: ``n``
@@ -85,9 +85,9 @@ from dynflow._protocol import (
     SPLICE_KEY_PLUGIN,
     SPLICE_TOPIC,
 )
-from dynflow.cluster import _scheduler_ops as ops
-from dynflow.cluster._dynamic import needs_itself, refuse
-from dynflow.cluster._expand import SpliceKey, expand, splice_digest
+from dynflow.extension import _ops as ops
+from dynflow.worker._expander import SpliceKey, expand, splice_digest
+from dynflow.worker._graph_splice import needs_itself, refuse
 
 if TYPE_CHECKING:
     from distributed import Scheduler

@@ -56,9 +56,9 @@ from dynflow._protocol import (
     STREAM_OPEN_HANDLER,
     TRACKER,
 )
-from dynflow.cluster import _scheduler_ops as ops
-from dynflow.cluster._itemtable import CACHED, EARLY, FAILED, ItemTable
-from dynflow.cluster._streams import Streams
+from dynflow.extension import _ops as ops
+from dynflow.extension._itemtable import CACHED, EARLY, FAILED, ItemTable
+from dynflow.extension._streams import Streams
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -91,7 +91,7 @@ class NodeState:
     running: int = 0
     memory: int = 0  # units that finished in dask (failure records included)
     erred: int = 0
-    # per unit, a few bytes (dynflow.cluster._itemtable): FAILED, items that finished
+    # per unit, a few bytes (dynflow.extension._itemtable): FAILED, items that finished
     # holding a failure record (a flag: an item recomputed after a lost worker reports
     # again); EARLY, records reported while their task still runs (the event comes
     # before the task's result: counted as failed once the task has finished, not twice
@@ -481,7 +481,7 @@ class RunTracker(SchedulerPlugin):
     def stream_open(self, run_id: str, node: str, client: str) -> dict[str, Any]:
         """Stream the finished items of map ``node`` of run ``run_id`` to ``client``
         (``dynflow_stream_open``), a client the scheduler knows (it keeps the items for
-        that client until it fetches them); see :mod:`dynflow.cluster._streams`."""
+        that client until it fetches them); see :mod:`dynflow.extension._streams`."""
         if not all(isinstance(x, str) for x in (run_id, node, client)):
             return {"status": "error", "message": "run_id, node and client must be str"}
         s = self.scheduler

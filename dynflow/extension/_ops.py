@@ -1,8 +1,8 @@
 """Every change dynflow makes to the live scheduler's state, as a few named operations.
 
-The splice (:mod:`dynflow.cluster._splice`), the run tracker
-(:mod:`dynflow.cluster._tracker`) and the ``as_completed`` streams
-(:mod:`dynflow.cluster._streams`) change the scheduler's state only through this module,
+The splice (:mod:`dynflow.extension._splice`), the run tracker
+(:mod:`dynflow.extension._tracker`) and the ``as_completed`` streams
+(:mod:`dynflow.extension._streams`) change the scheduler's state only through this module,
 and read its tasks through the read helpers below. Nothing else in dynflow writes a
 ``TaskState`` field or calls a private ``Scheduler`` method. The client, worker and
 dask shims stay in :mod:`dynflow._compat`.

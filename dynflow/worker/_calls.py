@@ -5,7 +5,7 @@ Every task call runs inside :func:`run_call` (a coroutine function's inside
 which exceptions) and timeout. What happens on final failure depends on where the call is:
 
 - a **map item** (and any task of a sub-flow run per item) never errs in dask: it returns
-  a :class:`~dynflow.cluster._failure.Failure` record. Its siblings therefore keep running
+  a :class:`~dynflow.worker._failure.Failure` record. Its siblings therefore keep running
   to completion, and a later item of a chained map that receives a record passes it on
   without running.
 - a **plain task** raises, as any dask task: the caller gets the original exception.
@@ -31,10 +31,15 @@ from distributed.protocol.pickle import dumps
 
 from dynflow._compat import secede_async
 from dynflow._context import CURRENT_KEY, LOCAL_KEYS, RUNNING_ASYNC, RUNNING_TASK
-from dynflow.cluster._cache import MISSING, CachePolicy
-from dynflow.cluster._dynamic import ReturnedGraph, splice_returned, splice_returned_async
-from dynflow.cluster._failure import Failure, portable
-from dynflow.cluster._items import (
+from dynflow.exceptions import (
+    ExtensionError,
+    SerializationError,
+    TaskInterruptedError,
+    TaskTimeoutError,
+    index_text,
+)
+from dynflow.worker._cache import MISSING, CachePolicy
+from dynflow.worker._call_context import (
     current_key,
     forwarding,
     item_index,
@@ -43,13 +48,8 @@ from dynflow.cluster._items import (
     report_failure,
     report_label,
 )
-from dynflow.exceptions import (
-    ExtensionError,
-    SerializationError,
-    TaskInterruptedError,
-    TaskTimeoutError,
-    index_text,
-)
+from dynflow.worker._failure import Failure, portable
+from dynflow.worker._graph_splice import ReturnedGraph, splice_returned, splice_returned_async
 
 __all__ = [
     "CallPolicy",
@@ -82,7 +82,7 @@ class CallPolicy:
     # (policy, value) -> the value, or a ReturnedGraph when it holds nodes (a dynamic
     # task); set by the lowering, which knows what a node is
     returned: Callable[[CallPolicy, Any], Any] | None = None
-    cache: CachePolicy | None = None  # cache=True: results persisted (dynflow.cluster._cache)
+    cache: CachePolicy | None = None  # cache=True: results persisted (dynflow.worker._cache)
 
     def spec(
         self, key: Any, fn: Callable, /, *args: Any, blocking: bool = False, **kwargs: Any

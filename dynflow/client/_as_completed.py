@@ -16,14 +16,14 @@ from distributed.client import FutureCancelledError, FuturesCancelledError
 from dynflow._compat import want_keys
 from dynflow._protocol import STREAM_CLOSE_HANDLER, STREAM_NEXT_HANDLER, STREAM_OPEN_HANDLER
 from dynflow._public import public
-from dynflow.client._cluster import get_client
+from dynflow.client._connect import get_client
 from dynflow.client._run import Run, RunFuture
 from dynflow.client._submit import _submit, compute
-from dynflow.cluster._failure import Failure
 from dynflow.exceptions import ExtensionError, ItemIndex, MapItemError, SchedulerLostError
 from dynflow.graph._node import MapNode, topological
 from dynflow.graph._wrappers import allow_failure_node
 from dynflow.lowering._groups import ExpansionGroups
+from dynflow.worker._failure import Failure
 
 __all__ = ["AsCompleted", "as_completed"]
 

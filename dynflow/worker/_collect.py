@@ -18,8 +18,8 @@ from fractions import Fraction
 from typing import Any
 
 from dynflow._sequences import concatenate
-from dynflow.cluster._failure import Failure, summary
 from dynflow.exceptions import ItemIndex, MapItemError
+from dynflow.worker._failure import Failure, summary
 
 __all__ = [
     "concat_raw",

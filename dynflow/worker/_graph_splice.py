@@ -1,7 +1,7 @@
 """Dynamic tasks, on the worker: a call that returned a graph has it spliced in its place.
 
 A task's function may return a dynflow node (or nodes inside a list, tuple, dict, ...).
-The call's hook (:attr:`CallPolicy.returned <dynflow.cluster._calls.CallPolicy>`, set by
+The call's hook (:attr:`CallPolicy.returned <dynflow.worker._calls.CallPolicy>`, set by
 the lowering) turns it into a :class:`ReturnedGraph`: the task specs of that graph and
 the key of its output. :func:`splice_returned` (:func:`splice_returned_async` from an
 async task) sends them to the scheduler (``dynflow_graph_splice``, a request the first

@@ -2,7 +2,7 @@
 
 A task with ``cache=True`` gets a :class:`CachePolicy` in its call policy (made where
 the graph is built, so the storage location travels with the tasks to every worker).
-:func:`~dynflow.cluster._calls.run_call` asks it, per call (per map item, inside batches
+:func:`~dynflow.worker._calls.run_call` asks it, per call (per map item, inside batches
 too), for the call's *cache key*: a token of the task's identity (its name, its source
 and ``cache_version``) and of the call's argument values (dask's ``tokenize``,
 deterministic only), or of what ``cache_key_fn`` returns. An entry under that key
@@ -48,8 +48,8 @@ from distributed.protocol import deserialize_bytes, serialize_bytes
 from fsspec.implementations.local import LocalFileSystem
 
 from dynflow._containers import find
-from dynflow.cluster._items import item_index, tell_client
 from dynflow.exceptions import ResultStorageError, index_text
+from dynflow.worker._call_context import item_index, tell_client
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ On a worker, a task call can find its map index (from its key, or inside a batch
 :data:`BATCH_INDEX`) and its label (the task's ``task_run_name`` template filled with the
 call's arguments). It reports to dynflow's run tracker with distributed's events:
 
-- a failed map item (a :class:`~dynflow.cluster._failure.Failure` record, which dask sees as a
+- a failed map item (a :class:`~dynflow.worker._failure.Failure` record, which dask sees as a
   finished task) on topic ``dynflow-item``, so progress counts it as failed;
 - with ``log_prints``, every line the call prints to stdout/stderr (instead of the
   worker's own output) and every log record it emits, on topic ``dynflow-log``; the
@@ -31,8 +31,8 @@ from dynflow._context import BATCH_INDEX, CURRENT_KEY
 from dynflow._protocol import CACHED_TOPIC, ITEM_TOPIC, LABEL_TOPIC, LOG_TOPIC
 
 if TYPE_CHECKING:
-    from dynflow.cluster._calls import CallPolicy
-    from dynflow.cluster._failure import Failure
+    from dynflow.worker._calls import CallPolicy
+    from dynflow.worker._failure import Failure
 
 __all__ = [
     "at_index",
