@@ -10,7 +10,7 @@ from distributed.utils_test import async_poll_for, gen_cluster
 from utils import generate_list
 
 import dynflow as df
-from dynflow.lowering._plan import batch_size
+from dynflow.lowering._stage import batch_size
 
 ATTEMPTS: dict = {}
 

@@ -316,7 +316,7 @@ async def test_a_maps_items_by_state_and_label(c, s, a, b):
 def test_listing_items_stays_fast_at_100k():
     """The page's queries scan the items once: filtering 100,000 by label or state."""
     from dynflow.extension._itemtable import FAILED
-    from dynflow.extension._tracker import NodeState, RunState
+    from dynflow.extension._runs import NodeState, RunState
 
     run = RunState("r", "big", "client", {"nodes": [], "edges": []}, ())
     ns = NodeState(run, "m", "map", None, "m-items", 0)

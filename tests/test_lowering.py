@@ -9,9 +9,11 @@ from utils import generate_list, process, reducer
 import dynflow as df
 from dynflow._protocol import EXPANDER_PREFIX, lane_key, raw_key
 from dynflow.graph._node import topological
+from dynflow.lowering._expansion import Collector, Expansion
 from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._lower import lower_distributed, lower_local, plan_stage
-from dynflow.lowering._plan import Collector, Expansion, ItemRefs, batch_size
+from dynflow.lowering._markers import ItemRefs
+from dynflow.lowering._stage import batch_size
 from dynflow.worker._collect import gather, gather_concat, gather_raw
 from dynflow.worker._expander import expand, unspliced
 

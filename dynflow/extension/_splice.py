@@ -93,7 +93,7 @@ if TYPE_CHECKING:
     from distributed import Scheduler
     from distributed.scheduler import Recs, TaskState
 
-    from dynflow.lowering._plan import Expansion
+    from dynflow.lowering._expansion import Expansion
 
 logger = logging.getLogger(__name__)
 

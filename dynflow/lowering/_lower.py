@@ -49,26 +49,17 @@ from dynflow.graph._node import (
     unmapped,
 )
 from dynflow.graph._options import CALLER_OPTIONS, absolute_storage, result_storage
+from dynflow.lowering._expansion import Collector, Expansion, Nested
 from dynflow.lowering._groups import ExpansionGroups
-from dynflow.lowering._plan import (
-    Collector,
-    Concrete,
-    Existing,
-    Expansion,
-    ItemOf,
-    Nested,
-    ParentItem,
-    Stage,
-    StageItem,
-    SubflowStage,
-    key_node,
-)
+from dynflow.lowering._markers import Concrete, Existing, ItemOf, ParentItem, StageItem
 from dynflow.lowering._returned_graph import Returned
+from dynflow.lowering._stage import Stage
+from dynflow.lowering._subflow_stage import SubflowStage, key_node
 from dynflow.worker._calls import CallPolicy, call_after
 from dynflow.worker._collect import concat_raw, gather_raw, tolerate
 from dynflow.worker._expander import expand, run_map, unspliced
 
-__all__ = ["lower", "lower_distributed", "lower_local"]
+__all__ = ["lower", "lower_distributed", "lower_local", "returned_hook"]
 
 
 def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> HighLevelGraph:
@@ -575,6 +566,12 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     for data in large.tasks.values():
         g.add(data, set())
     return g.hlg()
+
+
+def returned_hook(local: bool, inherit: tuple[tuple[str, Any], ...]) -> Returned:
+    """The hook :class:`Returned` pickles as (a :class:`~dynflow.worker._calls.Deferred`
+    of this), made again where a call first uses it."""
+    return Returned(lower, local, inherit)
 
 
 #: the calls' hook for returned graphs (dynamic tasks), lowered by :func:`lower`, for a

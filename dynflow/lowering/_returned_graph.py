@@ -46,7 +46,7 @@ from dynflow.exceptions import ExtensionError, SerializationError
 from dynflow.graph._node import Node, find_nodes, quote, replace_nodes, unmapped
 from dynflow.graph._options import CALLER_OPTIONS
 from dynflow.worker._call_context import current_key
-from dynflow.worker._calls import CallPolicy
+from dynflow.worker._calls import SCALARS, CallPolicy, Deferred
 from dynflow.worker._failure import Failure
 from dynflow.worker._graph_splice import ReturnedGraph, needs_itself
 
@@ -54,7 +54,7 @@ __all__ = ["Returned", "assemble", "finish_collections"]
 
 
 #: values that never hold a graph: returned as they are, without a walk
-_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_SCALARS = SCALARS
 
 
 def _special(obj: Any) -> bool:
@@ -89,6 +89,11 @@ class Returned:
     lower: Callable[..., Any]
     local: bool = False  # the call runs on a local scheduler
     inherit: tuple[tuple[str, Any], ...] = ()
+
+    def __reduce__(self) -> tuple:
+        # made again where it is first called (the lowering it needs is not the
+        # scheduler's business): dynflow.lowering._lower.returned_hook
+        return (Deferred, ("dynflow.lowering._lower.returned_hook", (self.local, self.inherit)))
 
     def _lower(self, nodes: list[Node], distributed: bool, records: bool) -> Any:
         """The returned graph, lowered with the options the caller passes on."""

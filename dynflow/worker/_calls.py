@@ -28,6 +28,7 @@ from typing import Any
 
 from dask._task_spec import Task
 from distributed.protocol.pickle import dumps
+from distributed.utils import import_term
 
 from dynflow._compat import secede_async
 from dynflow._context import CURRENT_KEY, LOCAL_KEYS, RUNNING_ASYNC, RUNNING_TASK
@@ -52,7 +53,9 @@ from dynflow.worker._failure import Failure, portable
 from dynflow.worker._graph_splice import ReturnedGraph, splice_returned, splice_returned_async
 
 __all__ = [
+    "SCALARS",
     "CallPolicy",
+    "Deferred",
     "call_after",
     "run_blocking",
     "run_call",
@@ -60,6 +63,38 @@ __all__ = [
     "run_call_local",
     "run_coroutine",
 ]
+
+
+#: values that never hold a graph: no returned-graph hook sees them
+SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+class Deferred:
+    """A callable made where it is first called: ``import_term(factory)(*args)``.
+
+    The returned-graph hook (:attr:`CallPolicy.returned`) lowers graphs, with code of a
+    higher layer (``dynflow.lowering``); it travels in every task's spec as a
+    ``Deferred``, so the scheduler, which unpickles the specs but never calls the hook,
+    does not import that code. ``factory`` is a dotted name
+    (``distributed.utils.import_term``); two threads that make it at once make equal
+    objects.
+    """
+
+    __slots__ = ("_made", "args", "factory")
+
+    def __init__(self, factory: str, args: tuple = ()) -> None:
+        self.factory = factory
+        self.args = args
+        self._made: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        made = self._made
+        if made is None:
+            made = self._made = import_term(self.factory)(*self.args)
+        return made(*args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        return (Deferred, (self.factory, self.args))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +222,7 @@ def _returned(policy: CallPolicy, result: Any, cache_key: str | None) -> tuple[A
     """The call's value, or the graph it returned (``ReturnedGraph``), through the
     ``returned`` hook; and its cache key (None when the hook computed a returned graph
     here: that value is not the call's own)."""
-    if policy.returned is None:
+    if policy.returned is None or type(result) in SCALARS:
         return result, cache_key
     value = policy.returned(policy, result)
     return value, (cache_key if value is result else None)

@@ -32,7 +32,7 @@ from dynflow.exceptions import ExtensionError
 from dynflow.worker._failure import Failure
 
 if TYPE_CHECKING:
-    from dynflow.lowering._plan import Expansion
+    from dynflow.lowering._expansion import Expansion
 
 logger = logging.getLogger(__name__)
 

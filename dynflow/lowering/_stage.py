@@ -1,0 +1,256 @@
+"""A map's per-item stage: ``fn`` called once per item, alone or in batches.
+
+A :class:`Stage` is part of an expansion plan (:mod:`dynflow.lowering._expansion`): the
+scheduler's splice asks it for its item tasks (:meth:`Stage.items`: one task per item,
+or per batch, with ``max_concurrency`` lanes); a batch runs on a worker
+(:func:`run_batch`), its items called one after another as their own tasks would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dask._task_spec import Alias, GraphNode, List, Task, TaskRef, parse_input
+
+from dynflow._containers import find, substitute
+from dynflow._context import BATCH_INDEX
+from dynflow._protocol import lane_key
+from dynflow.lowering._markers import (
+    MARKERS,
+    Concrete,
+    ItemOf,
+    ItemRefs,
+    Prefix,
+    StageItem,
+    is_marker,
+    resolve,
+    resolve_item,
+)
+from dynflow.worker._call_context import at_index
+from dynflow.worker._calls import CallPolicy, call_after
+
+__all__ = ["Stage", "batch_size", "ranges", "run_batch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """``fn`` called once per item; ``args``/``kwargs`` may hold item markers."""
+
+    key: str  # items are (key, *prefix, i)
+    task_name: str
+    fn: Callable
+    args: tuple
+    kwargs: Mapping[str, Any]
+    annotations: Mapping[str, Any]
+    policy: CallPolicy | None = None  # retries, timeout; items return Failure records
+    batch: int | str | None = None  # items per scheduler task: None, an int or "auto"
+    max_concurrency: int | None = None  # at most this many items running at once
+    # let the scheduler queue the items as root tasks (``dynflow.queue-items``)
+    queue: bool = False
+    # item markers of the maps in wait_for: item i waits for their item i, unread
+    waits: tuple = ()
+
+    #: whether the stage is a whole sub-flow per item (built on the worker)
+    subflow = False
+
+    def call(
+        self,
+        key: Any,
+        prefix: Prefix,
+        i: int,
+        refs: ItemRefs,
+        after: Any = None,
+        blocking: bool = False,
+    ) -> Task:
+        """The task spec of item ``i`` (``key``: its key, or None inside a batch).
+
+        ``after``: a key this item must wait for without reading its value (a lane).
+        ``blocking``: run a coroutine function to completion (local schedulers).
+        """
+        waited = [resolve_item(w, prefix, i, refs) for w in self.waits]
+        extra: tuple[Any, ...]
+        if after is not None:
+            waited.append(TaskRef(after))
+        if waited:  # waited for, not passed: a failure among them fails the item
+            fn, extra = call_after, (self.fn, waited[0] if len(waited) == 1 else List(*waited))
+        else:
+            fn, extra = self.fn, ()
+        assert self.policy is not None
+        return self.policy.spec(
+            key,
+            fn,
+            *extra,
+            *(resolve_item(a, prefix, i, refs) for a in self.args),
+            blocking=blocking,
+            **{name: resolve_item(v, prefix, i, refs) for name, v in self.kwargs.items()},
+        )
+
+    def items(self, prefix: Prefix, n: int, refs: ItemRefs, nthreads: int = 1) -> list[Task]:
+        """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists.
+
+        With ``max_concurrency=k`` the tasks run in ``k`` lanes: task ``t`` waits for a
+        tiny "done" task of task ``t - k``, so at most ``k`` run at once, cluster-wide,
+        and a waiting task is only a scheduler task (no worker thread is held). A batch
+        runs its items one after another, so ``k`` batches also mean ``k`` items.
+        """
+        if self.batch is None:
+
+            def make(t: int, after: Any) -> Task:
+                return self.call((self.key, *prefix, t), prefix, t, refs, after)
+
+            count = n
+        else:
+            spans = ranges(n, batch_size(self.batch, n, nthreads))
+
+            def make(t: int, after: Any) -> Task:
+                start, stop = spans[t]
+                return self._batch((self.key, *prefix, t), prefix, start, stop, refs, after)
+
+            count = len(spans)
+        if not self.max_concurrency:
+            return [make(t, None) for t in range(count)]
+        k, lane = self.max_concurrency, lane_key(self.key)
+        out = []
+        for t in range(count):
+            out.append(make(t, (lane, *prefix, t - k) if t >= k else None))
+            if t + k < count:
+                out.append(Task((lane, *prefix, t), done, TaskRef((self.key, *prefix, t))))
+        return out
+
+    def _batch(
+        self,
+        key: Any,
+        prefix: Prefix,
+        start: int,
+        stop: int,
+        refs: ItemRefs,
+        after: Any = None,
+    ) -> Task:
+        """One task for items ``start:stop`` (``after``: a key it waits for, unread).
+
+        Its spec is small whatever its size: the items' own specs are made where it runs
+        (:func:`run_batch`), which sets each item's index as it runs it; only the
+        batch's dependencies, and its slice of concrete mapped values, are listed here.
+        """
+        markers = find((self.args, self.kwargs, self.waits), is_marker)
+        deps = set(self.call(None, prefix, start, refs).dependencies)
+        for m in markers:
+            if type(m) is StageItem:
+                deps.update(refs.stage_key(m.key, prefix, i) for i in range(start, stop))
+            elif type(m) is Concrete:
+                for v in m.values[start:stop]:
+                    deps.update(getattr(v, "dependencies", ()))
+        stage = self
+        if any(type(m) is Concrete for m in markers):
+
+            def part(m: Any) -> Any:
+                return Concrete(m.values[start:stop], start) if type(m) is Concrete else m
+
+            args, kwargs = substitute((self.args, self.kwargs), is_marker, part)
+            stage = dataclasses.replace(self, args=args, kwargs=kwargs)
+        data = parse_input({d: Alias(d) for d in deps})
+        if after is None:
+            return Task(key, run_batch, stage, prefix, start, stop, refs, data)
+        return Task(
+            key, call_after, run_batch, TaskRef(after), stage, prefix, start, stop, refs, data
+        )
+
+
+def done(_result: Any) -> None:
+    """A lane's token that an item finished (its result is not passed on)."""
+    return None
+
+
+def run_batch(
+    stage: Stage, prefix: Prefix, start: int, stop: int, refs: ItemRefs, data: dict
+) -> list:
+    """A batch, on the worker: each item run in turn (results per item), as its own
+    task would run it. Where every mapped argument is a whole argument (the usual case),
+    items are called directly (:func:`_direct`); else each item's spec is made and run."""
+    direct = _direct(stage, prefix, refs, data)
+    out = []
+    if direct is not None:
+        for i in range(start, stop):
+            token = BATCH_INDEX.set((*prefix, i))
+            try:
+                out.append(direct(i))
+            finally:
+                BATCH_INDEX.reset(token)
+        return out
+    for i in range(start, stop):
+        with at_index((*prefix, i)):
+            out.append(stage.call(None, prefix, i, refs)(data))
+    return out
+
+
+def _direct(
+    stage: Stage, prefix: Prefix, refs: ItemRefs, data: Mapping[Any, Any]
+) -> Callable[[int], Any] | None:
+    """Item ``i``'s call, ``direct(i)``, made without a task spec: the arguments every
+    item shares are evaluated once, and each mapped argument read for ``i`` as its item
+    marker says (the values :meth:`Stage.call`'s spec would give). None when a marker
+    sits inside a container (a spec evaluates that)."""
+    parts = (*stage.waits, *stage.args, *stage.kwargs.values())
+    if any(type(a) not in MARKERS and find(a, is_marker) for a in parts):
+        return None
+
+    def reader(a: Any) -> Callable[[int], Any]:
+        t = type(a)
+        if t is ItemOf:
+            key = resolve(a.key, prefix)
+            if key in refs.from_expander:
+                values = data[refs.expander][key]
+            else:
+                values = data[key]
+            return values.__getitem__
+        if t is StageItem:
+            size = refs.batches.get(a.key)
+            if size is None:
+                return lambda i: data[(a.key, *prefix, i)]
+            return lambda i: data[(a.key, *prefix, i // size)][i % size]
+        if t is Concrete:
+
+            def concrete(i: int) -> Any:
+                v = a.values[i - a.offset]
+                return v(data) if isinstance(v, GraphNode) else v
+
+            return concrete
+        value = a(data) if isinstance(a, GraphNode) else a  # the same for every item
+        return lambda i: value
+
+    waits = [reader(w) for w in stage.waits]
+    args = [reader(a) for a in stage.args]
+    kwargs = [(name, reader(v)) for name, v in stage.kwargs.items()]
+    policy, fn = stage.policy, stage.fn
+    assert policy is not None
+
+    def direct(i: int) -> Any:
+        values = [r(i) for r in args]
+        named = {name: r(i) for name, r in kwargs}
+        if waits:  # waited for, not passed: as Stage.call's call_after
+            waited = [w(i) for w in waits]
+            return policy.run(
+                call_after, fn, waited[0] if len(waited) == 1 else waited, *values, **named
+            )
+        return policy.run(fn, *values, **named)
+
+    return direct
+
+
+def batch_size(batch: int | str, n: int, nthreads: int) -> int:
+    """Items per task: ``batch`` itself, or for ``"auto"`` about 8 tasks per worker thread.
+
+    ``"auto"``: ``ceil(n / (8 * nthreads))``, so each thread of the cluster gets about
+    eight tasks (enough to balance uneven items and to survive a lost worker cheaply),
+    and never fewer than one item per task.
+    """
+    if batch == "auto":
+        return max(1, -(-n // (8 * max(1, nthreads))))
+    return int(batch)
+
+
+def ranges(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
