@@ -29,8 +29,8 @@ from dynflow.client._run import (
     user_traceback,
 )
 from dynflow.exceptions import SerializationError
+from dynflow.graph._mapargs import positional_labels
 from dynflow.graph._node import MapNode, Node, replace_nodes, topological
-from dynflow.graph._task import positional_labels
 from dynflow.lowering._lower import lower
 
 __all__ = ["cancel", "compute", "submit", "submit_async", "user_traceback"]

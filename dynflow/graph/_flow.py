@@ -21,6 +21,8 @@ from dask.utils import funcname
 
 from dynflow._context import BUILDING, CREATED, FLOW_OPTIONS, RUNNING_TASK
 from dynflow._public import public
+from dynflow.graph._bindable import Bindable, bind_instance
+from dynflow.graph._mapargs import bind_map
 from dynflow.graph._node import (
     Node,
     SubflowMapNode,
@@ -37,7 +39,8 @@ from dynflow.graph._options import (
     dynflow_keywords,
     wait_for_nodes,
 )
-from dynflow.graph._task import Bindable, Task, _bind_instance, by_reference, map_slots
+from dynflow.graph._reference import by_reference
+from dynflow.graph._task import Task
 
 if TYPE_CHECKING:
     from dynflow.client._run import RunFuture
@@ -188,7 +191,7 @@ class Flow(Bindable, Generic[P, R]):
 
     def __reduce__(self) -> tuple:
         if self._bound is not None:
-            return _bind_instance, self._bound
+            return bind_instance, self._bound
         # a module-level flow travels as a reference, like a plain function
         state = {"_name": self._name, "_task_options": self._task_options}
         return by_reference(self, self._fn) or (Flow, (self._fn,), state)
@@ -198,14 +201,6 @@ class Flow(Bindable, Generic[P, R]):
         self._name = state["_name"]
         self._task_options = state.get("_task_options", {})
         self._map_options = {"wait_for": (), "min_success_ratio": 1.0}
-
-    def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-        try:
-            return self._signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(
-                f"{self.name}{how}: {e}; the flow's signature is {self.name}{self._signature}"
-            ) from None
 
     def build(self, *args: P.args, **kwargs: P.kwargs) -> Node[R]:
         """Run the body to build the graph; return its output node (nothing runs)."""
@@ -305,20 +300,7 @@ class Flow(Bindable, Generic[P, R]):
                     f"{self.name}.map(): {option} is not supported for a flow run per item "
                     "(a sub-flow is several tasks); set it on the maps inside the flow"
                 )
-        ours = dynflow_keywords(self._signature, kwargs, ("wait_for", "min_success_ratio"))
-        bound = self._bind(".map()", self._with_instance(args, mapped=True), kwargs)
-        slots, kwslots = map_slots(self.name, self._signature, bound)
-        ratio = ours.get("min_success_ratio", self._map_options["min_success_ratio"])
-        check_map_options(self.name, ratio, None, None)
-        waits = self._map_options["wait_for"]
-        if "wait_for" in ours:
-            try:
-                waits = waits + wait_for_nodes(ours["wait_for"])
-            except TypeError:
-                raise TypeError(
-                    f"{self.name}.map(): wait_for must hold nodes (a node or an iterable "
-                    f"of nodes), got {ours['wait_for']!r}"
-                ) from None
+        call = bind_map(self, ("wait_for", "min_success_ratio"), args, kwargs, self._map_options)
         task = Task(self._fn, name=self.name)
         # the instance is already the first (unmapped) argument: the unbound flow runs
         flow = self if self._bound is None else self._bound[0]
@@ -331,7 +313,14 @@ class Flow(Bindable, Generic[P, R]):
         }
         if outer:
             flow = flow.with_options(**outer)
-        node = SubflowMapNode(flow, task, slots, kwslots, waits, min_success_ratio=ratio)
+        node = SubflowMapNode(
+            flow,
+            task,
+            call.slots,
+            call.kwslots,
+            call.wait_for,
+            min_success_ratio=call.min_success_ratio,
+        )
         return node  # type: ignore[return-value] # a type checker sees the list
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> RunFuture[R]:

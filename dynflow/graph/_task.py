@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import string
-import sys
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
@@ -16,9 +14,9 @@ from dask.utils import funcname
 
 from dynflow._context import FLOW_OPTIONS
 from dynflow._public import public
-from dynflow._sequences import unmappable
-from dynflow.exceptions import MapInputError, MapLengthError
-from dynflow.graph._node import MapNode, Node, Slot, unmapped
+from dynflow.graph._bindable import Bindable, bind_instance
+from dynflow.graph._mapargs import add_waits, bind_map
+from dynflow.graph._node import MapNode, Node
 from dynflow.graph._options import (
     CALL_KEYWORDS,
     CALLER_OPTIONS,
@@ -29,28 +27,18 @@ from dynflow.graph._options import (
     TaskOptions,
     absolute_storage,
     cache_config,
-    check_map_options,
     check_options,
     dynflow_keywords,
     result_storage,
-    wait_for_nodes,
 )
+from dynflow.graph._reference import TaskFunction, by_reference, lookup
 from dynflow.worker._cache import CachePolicy, check_storage, function_token, task_identity
 from dynflow.worker._calls import CallPolicy
 
 if TYPE_CHECKING:
     from dynflow.client._run import RunFuture
 
-__all__ = [
-    "Bindable",
-    "Task",
-    "TaskDecorator",
-    "TaskFunction",
-    "by_reference",
-    "map_slots",
-    "positional_labels",
-    "task",
-]
+__all__ = ["Task", "TaskDecorator", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,59 +53,6 @@ def _defaults(signature: inspect.Signature) -> tuple[tuple[str, Any], ...]:
         if p.default is not inspect.Parameter.empty
         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     )
-
-
-class Bindable:
-    """What tasks and flows share: binding a call's arguments to the function's signature,
-    and being defined in a class body, as a method.
-
-    Accessed through an instance (``model.predict``), it is bound to it, as a function
-    is: calls, maps (the instance goes to every item) and pickling carry the instance
-    as the first argument. Prefect's tasks and flows behave the same.
-    """
-
-    __slots__ = ("_bound",)
-    _bound: tuple[Any, Any] | None  # (the unbound task or flow, the instance)
-    _signature: inspect.Signature
-
-    if TYPE_CHECKING:
-
-        @property
-        def name(self) -> str: ...
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None or self._bound is not None:
-            return self
-        bound = object.__new__(type(self))
-        for cls in type(self).__mro__:
-            for slot in getattr(cls, "__slots__", ()):
-                if slot not in ("__dict__", "_bound") and hasattr(self, slot):
-                    object.__setattr__(bound, slot, getattr(self, slot))
-        bound.__dict__.update(self.__dict__)
-        bound._bound = (self, instance)
-        return bound
-
-    def _with_instance(self, args: tuple, mapped: bool = False) -> tuple:
-        """``args`` with the bound instance first (unmapped in a map)."""
-        if self._bound is None:
-            return args
-        instance = self._bound[1]
-        return (unmapped(instance) if mapped else instance, *args)
-
-    def _rebound(self, other: Any) -> Any:
-        """``other`` (a changed copy of this one) bound to the same instance."""
-        return other if self._bound is None else other.__get__(self._bound[1])
-
-    def _bind(self, how: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-        """``args`` and ``kwargs`` bound to the function's signature, or a ``TypeError``
-        naming the call (``"inc()"``, ``"inc.map()"``) and the signature."""
-        try:
-            return self._signature.bind(*args, **kwargs)
-        except TypeError as e:
-            kind = type(self).__name__.lower()
-            raise TypeError(
-                f"{self.name}{how}: {e}; the {kind}'s signature is {self.name}{self._signature}"
-            ) from None
 
 
 def _check_run_name(name: str, run_name: Any, signature: inspect.Signature) -> None:
@@ -140,10 +75,6 @@ def _check_run_name(name: str, run_name: Any, signature: inspect.Signature) -> N
                 f"task {name!r}: option task_run_name={run_name!r} names {root!r}; expected "
                 f"the function's parameters or map_index: {', '.join(sorted(known))}"
             )
-
-
-def _bind_instance(unbound: Any, instance: Any) -> Any:
-    return unbound.__get__(instance)
 
 
 class Task(Bindable, Generic[P, R]):
@@ -291,7 +222,7 @@ class Task(Bindable, Generic[P, R]):
         function) under the function's name, a reference to it is used instead.
         """
         fn = self._fn
-        found = _lookup(fn)
+        found = lookup(fn)
         if isinstance(found, Task) and found._fn is fn:
             return TaskFunction(fn)
         return fn  # not reachable by name (a local function, __main__, ...): cloudpickle it
@@ -337,7 +268,7 @@ class Task(Bindable, Generic[P, R]):
 
     def __reduce__(self) -> tuple:
         if self._bound is not None:
-            return _bind_instance, self._bound
+            return bind_instance, self._bound
         # a module-level task travels as a reference, like a plain function; any other
         # by value, with its function's token made here (a worker may not have the
         # source), unless it can never be cached
@@ -367,18 +298,6 @@ class Task(Bindable, Generic[P, R]):
         return identity
 
     # ---------------------------------------------------------------- building
-    def _waits(self, how: str, ours: Mapping[str, Any]) -> tuple[Node, ...]:
-        """The task's ``wait_for`` option, then the call's."""
-        if "wait_for" not in ours:
-            return self._options["wait_for"]
-        try:
-            return self._options["wait_for"] + wait_for_nodes(ours["wait_for"])
-        except TypeError:
-            raise TypeError(
-                f"{self.name}{how}: wait_for must hold nodes (a node or an iterable of "
-                f"nodes), got {ours['wait_for']!r}"
-            ) from None
-
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Return a lazy node for ``fn(*args, **kwargs)``; nothing runs.
 
@@ -388,7 +307,12 @@ class Task(Bindable, Generic[P, R]):
         """
         ours = dynflow_keywords(self._signature, kwargs, CALL_KEYWORDS)
         bound = self._bind("()", self._with_instance(args), kwargs)
-        node: Node[R] = Node(self._in_flow(), bound.args, bound.kwargs, self._waits("()", ours))
+        node: Node[R] = Node(
+            self._in_flow(),
+            bound.args,
+            bound.kwargs,
+            add_waits(self.name, "()", self._options["wait_for"], ours),
+        )
         return node  # type: ignore[return-value] # a type checker sees the value (Types)
 
     def map(self, *args: Any, **kwargs: Any) -> list[R]:
@@ -451,22 +375,15 @@ class Task(Bindable, Generic[P, R]):
         >>> add.map([1, 2, 3], y=10).compute(scheduler="sync")
         [11, 12, 13]
         """
-        ours = dynflow_keywords(self._signature, kwargs, MAP_KEYWORDS)
-        bound = self._bind(".map()", self._with_instance(args, mapped=True), kwargs)
-        slots, kwslots = map_slots(self.name, self._signature, bound)
-        o = self._options
-        ratio = ours.get("min_success_ratio", o["min_success_ratio"])
-        batch = ours.get("batch_size", o["batch_size"])
-        concurrency = ours.get("max_concurrency", o["max_concurrency"])
-        check_map_options(self.name, ratio, batch, concurrency)
+        call = bind_map(self, MAP_KEYWORDS, args, kwargs, self._options)
         return MapNode(  # type: ignore[return-value] # a type checker sees the list
             self._in_flow(),
-            slots,
-            kwslots,
-            self._waits(".map()", ours),
-            min_success_ratio=ratio,
-            batch_size=batch,
-            max_concurrency=concurrency,
+            call.slots,
+            call.kwslots,
+            call.wait_for,
+            min_success_ratio=call.min_success_ratio,
+            batch_size=call.batch_size,
+            max_concurrency=call.max_concurrency,
         )
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> RunFuture[R]:
@@ -481,119 +398,6 @@ def _make_task(fn: Callable, options: dict[str, Any], source: str | None = None)
     if source is not None:
         task.__dict__["_cache_source"] = source
     return task
-
-
-class TaskFunction:
-    """A module-level task's function, pickled as a reference to ``module.qualname.fn``."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-    def __reduce__(self) -> tuple:
-        return _load_task_function, (self.fn.__module__, self.fn.__qualname__)
-
-    def __repr__(self) -> str:
-        return f"<function {self.fn.__qualname__}>"
-
-
-def _load_task_function(module: str, qualname: str) -> TaskFunction:
-    return TaskFunction(_load_attribute(module, qualname).fn)
-
-
-def map_slots(
-    name: str, signature: inspect.Signature, bound: inspect.BoundArguments
-) -> tuple[tuple[Slot, ...], dict[str, Slot]]:
-    """Classify the arguments of ``name.map(...)`` as mapped or static (build-time checks)."""
-    labels = positional_labels(signature, len(bound.args))
-    slots = tuple(_slot(name, lbl, v) for lbl, v in zip(labels, bound.args, strict=True))
-    kwslots = {k: _slot(name, k, v) for k, v in bound.kwargs.items()}
-    mapped = [s for s in (*slots, *kwslots.values()) if s.mapped]
-    if not mapped:
-        # a value that is not iterable (None, a number) where a list was meant
-        for s in (*slots, *kwslots.values()):
-            if not isinstance(s.value, (str, bytes, bytearray, Node)) and (
-                why := unmappable(s.value)
-            ):
-                raise MapInputError(
-                    f"{name}.map(): no argument to map over: argument {s.label!r} is a "
-                    f"{type(s.value).__name__}, {why}; pass a list, a node or a map node "
-                    "(arguments wrapped in unmapped() are passed to every item)"
-                )
-        raise TypeError(
-            f"{name}.map(): no argument to map over; pass a list, a node or a "
-            "map node (arguments wrapped in unmapped() are passed to every item)"
-        )
-    concrete = {s.label: len(s.value) for s in mapped if isinstance(s.value, tuple)}
-    if len(set(concrete.values())) > 1:
-        found = ", ".join(f"{k}={n}" for k, n in concrete.items())
-        raise MapLengthError(f"{name}.map(): mapped arguments must have equal lengths, got {found}")
-    return slots, kwslots
-
-
-def _slot(name: str, label: str, value: Any) -> Slot:
-    if isinstance(value, unmapped):
-        return Slot(label, False, value.value)
-    if isinstance(value, Node):
-        return Slot(label, True, value)
-    if isinstance(value, (str, bytes, bytearray)):
-        return Slot(label, False, value)
-    if not isinstance(value, Iterable):
-        return Slot(label, False, value)
-    # a one-shot iterator is fine here: it is read once, now, on the client
-    why = None if isinstance(value, Iterator) else unmappable(value)
-    if why is not None:
-        raise MapInputError(
-            f"{name}.map(): argument {label!r} is a {type(value).__name__}, {why}; or "
-            "wrap it in unmapped(...) to pass it whole to every item"
-        )
-    return Slot(label, True, tuple(value))
-
-
-def _lookup(fn: Callable) -> Any:
-    """What ``fn``'s module holds under ``fn``'s name; None for ``__main__`` and locals.
-
-    ``__main__`` is excluded: a remote scheduler or worker has another ``__main__``.
-    """
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    qualname = getattr(fn, "__qualname__", "")
-    if module is None or "<locals>" in qualname or module.__name__ == "__main__":
-        return None
-    found: Any = module
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    return found
-
-
-def by_reference(obj: Any, fn: Callable) -> tuple | None:
-    """``(loader, args)`` to pickle ``obj`` as ``module.qualname`` if that is where it lives."""
-    if _lookup(fn) is obj:
-        return _load_attribute, (fn.__module__, fn.__qualname__)
-    return None
-
-
-def _load_attribute(module: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def positional_labels(sig: inspect.Signature, n: int) -> list[str]:
-    labels: list[str] = []
-    for p in sig.parameters.values():
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            labels.append(p.name)
-        elif p.kind is p.VAR_POSITIONAL:
-            labels += [f"{p.name}[{j}]" for j in range(n - len(labels))]
-            break
-        else:
-            break
-    return labels[:n]
 
 
 class TaskDecorator(Protocol):

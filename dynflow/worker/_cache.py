@@ -49,7 +49,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from dynflow._containers import find
 from dynflow.exceptions import ResultStorageError, index_text
-from dynflow.worker._call_context import item_index, tell_client
+from dynflow.worker._call_context import item_index
+from dynflow.worker._reports import tell_client
 
 logger = logging.getLogger(__name__)
 

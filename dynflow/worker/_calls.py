@@ -40,17 +40,10 @@ from dynflow.exceptions import (
     index_text,
 )
 from dynflow.worker._cache import MISSING, CachePolicy
-from dynflow.worker._call_context import (
-    current_key,
-    forwarding,
-    item_index,
-    label,
-    report_cached,
-    report_failure,
-    report_label,
-)
+from dynflow.worker._call_context import current_key, item_index, label
 from dynflow.worker._failure import Failure, portable
 from dynflow.worker._graph_splice import ReturnedGraph, splice_returned, splice_returned_async
+from dynflow.worker._reports import forwarding, report_cached, report_failure, report_label
 
 __all__ = [
     "SCALARS",
@@ -171,25 +164,21 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
     if passed is not None:
         return passed
     user_args = args[2:] if fn is call_after else args
-    try:
-        cache_key, cached = _cached(policy, user_args, kwargs)
-    except BaseException as e:  # noqa: BLE001 - a cache_key_fn's error is the call's
-        return _failed(policy, _call_error(policy, e), user_args, kwargs)
-    if cached is not MISSING:
-        return cached
+    cache_key, stored = _stored(policy, user_args, kwargs)
+    if stored is not MISSING:
+        return stored
     with _calling(policy, user_args, kwargs):
         attempt = 0
         while True:
+            attempt += 1
             try:
                 result = _attempt(policy, fn, args, kwargs)
                 break
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
-                error = _call_error(policy, e)
-            attempt += 1
-            final, error = _final(policy, attempt, error)
-            if final:
+                delay, error = _next_try(policy, attempt, _call_error(policy, e))
+            if delay is None:
                 return _failed(policy, error, user_args, kwargs)
-            _wait(policy.delay(attempt))
+            _wait(delay)
         try:
             result, cache_key = _returned(policy, result, cache_key)
             if type(result) is ReturnedGraph:
@@ -251,17 +240,13 @@ async def _call_async(
         if secede:
             secede_async(key)
         user_args = args[2:] if fn is call_after else args
-        try:
-            cache_key, cached = await _off_loop(policy, _cached, policy, user_args, kwargs)
-        except asyncio.CancelledError:
-            raise  # cancelled from outside (the worker closes): not the call's
-        except BaseException as e:  # noqa: BLE001 - a cache_key_fn's error is the call's
-            return _failed(policy, _call_error(policy, e), user_args, kwargs)
-        if cached is not MISSING:
-            return cached
+        cache_key, stored = await _off_loop(policy, _stored, policy, user_args, kwargs)
+        if stored is not MISSING:
+            return stored
         with _calling(policy, user_args, kwargs):
             attempt = 0
-            while True:
+            while True:  # as in run_call: only the waits differ
+                attempt += 1
                 try:
                     result = await _attempt_async(policy, fn, args, kwargs)
                     break
@@ -269,14 +254,12 @@ async def _call_async(
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise  # cancelled from outside (the worker closes): not the call's
-                    error = _call_error(policy, e)
+                    delay, error = _next_try(policy, attempt, _call_error(policy, e))
                 except BaseException as e:  # noqa: BLE001 - every error becomes the call's
-                    error = _call_error(policy, e)
-                attempt += 1
-                final, error = _final(policy, attempt, error)
-                if final:
+                    delay, error = _next_try(policy, attempt, _call_error(policy, e))
+                if delay is None:
                     return _failed(policy, error, user_args, kwargs)
-                await asyncio.sleep(policy.delay(attempt))
+                await asyncio.sleep(delay)
             try:  # as in run_call: the returned graph runs once, outside the retries
                 result, cache_key = _returned(policy, result, cache_key)
                 if type(result) is ReturnedGraph:
@@ -362,6 +345,18 @@ async def _off_loop(policy: CallPolicy, fn: Callable, *args: Any) -> Any:
         CURRENT_KEY.reset(token)
 
 
+def _stored(policy: CallPolicy, user_args: tuple, kwargs: dict) -> tuple[str | None, Any]:
+    """The call's cache key (None: not cached), and what the call returns without
+    running: its stored value, or its ``cache_key_fn``'s failure made the call's (a
+    record, or raised); ``MISSING``: it must run."""
+    if policy.cache is None:
+        return None, MISSING
+    try:
+        return _cached(policy, user_args, kwargs)
+    except BaseException as e:  # noqa: BLE001 - a cache_key_fn's error is the call's
+        return None, _failed(policy, _call_error(policy, e), user_args, kwargs)
+
+
 def _cached(policy: CallPolicy, args: tuple, kwargs: dict) -> tuple[str | None, Any]:
     """The call's cache key (None: not cached) and its stored value (or ``MISSING``).
 
@@ -402,18 +397,24 @@ def _call_error(policy: CallPolicy, e: BaseException) -> BaseException:
     return error
 
 
-def _final(policy: CallPolicy, attempt: int, error: BaseException) -> tuple[bool, BaseException]:
-    """Whether the call's ``error`` after ``attempt`` attempts is its last, and the error
-    (the retry condition's own, if it raised: the call's error as its context)."""
+def _next_try(
+    policy: CallPolicy, attempt: int, error: BaseException
+) -> tuple[float | None, BaseException]:
+    """After attempt number ``attempt`` (1-based) failed with ``error``: the seconds to
+    wait before the next one, or None when it was the last; and the error (the retry
+    condition's own, if it raised: the call's error as its context). The one place
+    that decides, for sync and async calls alike."""
     if attempt > policy.retries:
-        return True, error
+        return None, error
     if isinstance(policy.retry_on, tuple):
-        return not isinstance(error, policy.retry_on), error
-    try:
-        return not policy.retry_on(error), error
-    except Exception as e:
-        e.__context__ = error
-        return True, e
+        retry = isinstance(error, policy.retry_on)
+    else:
+        try:
+            retry = bool(policy.retry_on(error))
+        except Exception as e:
+            e.__context__ = error
+            return None, e
+    return (policy.delay(attempt) if retry else None), error
 
 
 def _failed(policy: CallPolicy, error: BaseException, user_args: tuple, kwargs: dict) -> Any:
