@@ -313,6 +313,28 @@ async def test_a_maps_items_by_state_and_label(c, s, a, b):
         del fut
 
 
+@gen_cluster(client=True, scheduler_kwargs=DASHBOARD)
+async def test_a_failed_runs_finished_items_are_done_while_its_future_is_held(c, s, a, b):
+    """A notebook holds a failed run's future: its items are released, not pending."""
+    from dynflow._protocol import TRACKER
+
+    for batch in (None, 40):
+        (fut,) = await df.submit_async(
+            total(labelled.map(numbers(300), batch_size=batch)), client=c
+        )
+        with pytest.raises(df.MapItemError):
+            await fut
+        tracker = s.extensions[TRACKER]
+        key = next(n.key for n in fut.run.graph.nodes if n.label == "labelled.map()")
+        done = tracker.run_items(fut.run.id, key, 0, 1000, state="done")
+        failed = tracker.run_items(fut.run.id, key, 0, 1000, state="failed")
+        assert failed["matched"] == 6
+        assert done["matched"] == 294, tracker.run_items(fut.run.id, key, 0, 10)
+        page = tracker.run_items(fut.run.id, key, 0, 10)
+        assert [it["state"] for it in page["items"]] == ["done"] * 7 + ["failed"] + ["done"] * 2
+        del fut
+
+
 def test_listing_items_stays_fast_at_100k():
     """The page's queries scan the items once: filtering 100,000 by label or state."""
     from dynflow.extension._itemtable import FAILED

@@ -124,3 +124,20 @@ class TestExecutedTour:
         assert "/individual-dynflow" in out, out
         (runs,) = [line for line in out.splitlines() if line.startswith("runs on the page:")]
         assert "squares" in runs and "greetings" in runs, runs
+
+    def test_the_page_link_is_html_and_no_address_is_a_link(self, executed):
+        # the first run says where the page is: as HTML under its cell (not on stderr,
+        # which JupyterLab shows as an error), and the scheduler's tcp:// address is text
+        outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+        links = [
+            o.data["text/html"]
+            for o in outputs
+            if "text/html" in o.get("data", {}) and "are shown at" in o.data["text/html"]
+        ]
+        assert links, outputs  # once per scheduler the tour uses
+        for link in links:
+            assert '<a href="http' in link and "/individual-dynflow" in link, links
+            assert "tcp://" not in link, links
+        stderr = "".join(o.text for o in outputs if o.get("name") == "stderr")
+        assert "dynflow: runs on" not in stderr, stderr
+

@@ -146,6 +146,26 @@ async def test_chained_items_after_a_failure_count_as_failed(c, s, a, b):
     assert counts["inc.map()"]["done"] == 2
 
 
+def _bar_parts(svg: str) -> dict[str, float]:
+    """The coloured parts of a notebook progress bar: state -> width in pixels."""
+    from dynflow.views._render import BAR
+
+    colour = {v: k for k, v in BAR.items()}
+    parts = re.findall(r'<rect x="[^"]*" y="[^"]*" width="([^"]*)" height="6" fill="([^"]*)"', svg)
+    return {colour[f]: float(w) for w, f in parts}
+
+
+@gen_cluster(client=True)
+async def test_one_failed_item_in_135_is_a_sliver_of_the_notebook_bar(c, s, a, b):
+    m = inv.map(numbers(135))  # item 0 fails (1 / 0)
+    (fut,) = await df.submit_async(total(df.allow_failure(m)), client=c)
+    widgets = WidgetProgress([fut.run], interval=0.01)
+    await widgets.listen()
+    map_key = next(n.key for n in fut.run.graph.nodes if n.label == "inv.map()")
+    parts = _bar_parts(widgets.bars[fut.run.id, map_key].value)
+    assert 2.0 <= parts["failed"] <= 3.0 and parts["done"] >= 236, parts
+
+
 @gen_cluster(client=True)
 async def test_totals_grow_when_the_map_expands(c, s, a, b):
     release = Event("release-expansion", client=c)
@@ -159,16 +179,13 @@ async def test_totals_grow_when_the_map_expands(c, s, a, b):
     before = by_label(fut.run, text.infos[fut.run.id])
     assert before["inc.map()"]["total"] is None  # not expanded: the list does not exist
     map_key = next(n.key for n in fut.run.graph.nodes if n.label == "inc.map()")
-    assert widgets.bars[fut.run.id, map_key].max == 1
+    assert _bar_parts(widgets.bars[fut.run.id, map_key].value) == {}  # nothing done yet
     await release.set()
     await listening
     assert await fut == sum(range(1, 7))
     after = by_label(fut.run, text.infos[fut.run.id])
     assert after["inc.map()"]["total"] == 6
-    assert (widgets.bars[fut.run.id, map_key].max, widgets.bars[fut.run.id, map_key].value) == (
-        6,
-        6,
-    )
+    assert _bar_parts(widgets.bars[fut.run.id, map_key].value) == {"done": 240.0}
     assert "6/6" in text.last or "6 done" in text.last
     assert text.file.getvalue().endswith("\n")
 

@@ -20,6 +20,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping
+from html import escape
 from types import FrameType
 from typing import Any
 
@@ -27,7 +28,9 @@ import dask.config
 import distributed
 from distributed import Client, LocalCluster, get_worker
 from distributed.client import default_client
+from distributed.comm.addressing import parse_address
 from distributed.security import Security
+from distributed.utils import is_kernel
 
 from dynflow import __version__ as dynflow_version
 from dynflow._compat import SUPPORTED_DISTRIBUTED, supported_distributed
@@ -319,21 +322,41 @@ async def page_link(client: Client) -> str | None:
 
 
 async def announce(client: Client) -> str | None:
-    """Print the dynflow page's URL once per scheduler and process (to stderr, which a
-    notebook shows under the cell), the first time a run is submitted there."""
+    """Say where the dynflow page is, once per scheduler and process, the first time a
+    run is submitted there: in a notebook as HTML under the cell (a link to the page),
+    elsewhere as a line on stderr. The scheduler's address is shown without its
+    ``tcp://`` scheme, so that nothing makes it a link that leads nowhere."""
     link = await page_link(client)
     sid = _scheduler_id(client)
     if sid not in _announced:
         _announced.add(sid)
+        address = scheduler_address(client)
+        where = parse_address(address)[1] if address else "the scheduler"
         if link:
-            text = f"dynflow: runs on {scheduler_address(client)} are shown at {link}"
+            text = f"dynflow: runs on {where} are shown at {link}"
+            html = (
+                f"dynflow: runs on <code>{escape(where)}</code> are shown at "
+                f'<a href="{escape(link)}" target="_blank">{escape(link)}</a>'
+            )
         else:
             text = (
-                f"dynflow: the dashboard of {scheduler_address(client)} has no dynflow page "
+                f"dynflow: the dashboard of {where} has no dynflow page "
                 "(start the scheduler with --preload dynflow.scheduler to add it)"
             )
-        contextvars.Context().run(print, text, file=sys.stderr)
+            html = escape(text)
+        # in an empty context: ipykernel then sends it to the cell running now, not to
+        # the one that started the client's event loop
+        if is_kernel():
+            contextvars.Context().run(_display_html, html)
+        else:
+            contextvars.Context().run(print, text, file=sys.stderr)
     return link
+
+
+def _display_html(html: str) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(f"<div>{html}</div>"))
 
 
 def dashboard_link(client: Client | None = None) -> str | None:

@@ -134,13 +134,19 @@ class NodeState:
             return "done"
         task = self.task_of(unit)
         st = ops.state_in(tasks, task)
-        if st is None:  # made and forgotten: it finished (or its run ended before)
-            return "done" if self.run.finished is None else "-"
         if st == "erred":
             return "failed"
+        if st == "processing":
+            return "running"
+        if st == "memory" or self.table.seconds(unit) is not None:
+            # finished (its compute time is known), perhaps released since: a failed
+            # run's items are released while its failure is held
+            return "done"
+        if st is None:  # made and forgotten: it finished (or its run ended before)
+            return "done" if self.run.finished is None else "-"
         if st == "released" and task in self.limbo:  # finished, still read
             return "failed" if self.limbo[task][0] == "erred" else "done"
-        return {"processing": "running", "memory": "done"}.get(st, "pending")
+        return "pending"
 
     def list_items(
         self,

@@ -22,7 +22,7 @@ from distributed.utils import is_kernel
 
 from dynflow._protocol import FINAL_STATES, RUN_STATUS_HANDLER, sum_counts
 from dynflow._public import public
-from dynflow.views._render import finished, short_repr_counts
+from dynflow.views._render import bar_svg, finished, short_repr_counts
 from dynflow.views._reprs import live_run_html
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ class WidgetProgress(_Progress):
         super().__init__(runs, interval)
         self._w = ipywidgets
         self.title: dict[str, Any] = {}
-        self.bars: dict[tuple[str, str], Any] = {}  # (run id, node key) -> IntProgress
+        self.bars: dict[tuple[str, str], Any] = {}  # (run id, node key) -> HTML bar
         self.texts: dict[tuple[str, str], Any] = {}
         self.box = ipywidgets.VBox([])
         self._rows: list[Any] = []
@@ -343,7 +343,9 @@ class WidgetProgress(_Progress):
 
     def _row(self, run: Run, key: str, label: str) -> None:
         w = self._w
-        bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="40%"))
+        # an HTML bar, not an IntProgress: its parts in proportion (1 failed item in
+        # 135 is a sliver of red, not a red bar)
+        bar = w.HTML(bar_svg({}), layout=w.Layout(width="40%"))
         text = w.HTML("")
         self.bars[run.id, key], self.texts[run.id, key] = bar, text
         self._rows.append(w.HBox([w.Label(label, layout=w.Layout(width="25%")), bar, text]))
@@ -362,12 +364,8 @@ class WidgetProgress(_Progress):
                 if (run.id, key) not in self.bars:
                     self._row(run, key, label)
                     changed = True
-                bar = self.bars[run.id, key]
                 total = c["total"]
-                bar.max = max(1, total or 0)
-                bar.value = min(bar.max, finished(c) + (c["failed"] or 0))
-                complete = total is not None and finished(c) == total
-                bar.bar_style = "danger" if c["failed"] else ("success" if complete else "")
+                self.bars[run.id, key].value = bar_svg(c)
                 items = "? items" if total is None else f"{total:,}"
                 self.texts[run.id, key].value = f"{short_repr_counts(c)} ({items})"
         if changed:

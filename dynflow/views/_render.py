@@ -32,7 +32,15 @@ if TYPE_CHECKING:
     import graphviz
 
 
-__all__ = ["FlowSVG", "finished", "short_repr_counts", "to_graphviz", "to_svg", "visualize"]
+__all__ = [
+    "FlowSVG",
+    "bar_svg",
+    "finished",
+    "short_repr_counts",
+    "to_graphviz",
+    "to_svg",
+    "visualize",
+]
 
 FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 #: box fill by kind
@@ -168,6 +176,14 @@ def _bar(x: float, y: float, width: float, counts: Mapping[str, Any]) -> list[st
         out.append(f"<rect{_attrs(x=round(at, 2), y=y, width=w, height=6, fill=BAR[k])}/>")
         at += w
     return out
+
+
+def bar_svg(counts: Mapping[str, Any], width: int = 240) -> str:
+    """A node's progress bar alone, as an inline ``<svg>`` ``width`` pixels wide (the
+    notebook's progress rows): done, cached, failed and running in proportion, as
+    in the graph's boxes."""
+    rects = "".join(_bar(0, 0, width, counts))
+    return f'<svg width="{width}" height="6" style="vertical-align:middle">{rects}</svg>'
 
 
 def to_svg(graph: FlowGraph, counts: Mapping[str, NodeCounts] | None = None) -> str:
