@@ -5,7 +5,8 @@ inside its expander task's spec, and is used twice once the mapped values exist:
 worker, to measure and check them (:meth:`Expansion.measure`) and to build sub-flow
 stages, and on the scheduler, to make the per-item tasks (:meth:`Expansion.build`) from
 its stages (:mod:`dynflow.lowering._stage`, :mod:`dynflow.lowering._subflow_stage`) and
-its collectors. Nothing here touches scheduler or worker state.
+its collectors (a local scheduler runs it in one task instead:
+:meth:`Expansion.run_locally`). Nothing here touches scheduler or worker state.
 
 Plans nest. A map over ``flatten(m)`` (or a map inside a sub-flow run per item) expands
 once per item ``i`` of its parent, with a *prefix* ``(i,)``: its items are

@@ -55,11 +55,11 @@ from dynflow.lowering._markers import Concrete, Existing, ItemOf, ParentItem, St
 from dynflow.lowering._returned_graph import Returned
 from dynflow.lowering._stage import Stage
 from dynflow.lowering._subflow_stage import SubflowStage, key_node
-from dynflow.worker._calls import CallPolicy, call_after
+from dynflow.worker._calls import CallPolicy, Deferred, call_after
 from dynflow.worker._collect import concat_raw, gather_raw, tolerate
 from dynflow.worker._expander import expand, run_map, unspliced
 
-__all__ = ["lower", "lower_distributed", "lower_local", "returned_hook"]
+__all__ = ["LowerSubflow", "lower", "lower_distributed", "lower_local", "returned_hook"]
 
 
 def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> HighLevelGraph:
@@ -190,7 +190,7 @@ def _returned(task: Any, distributed: bool) -> Returned:
 
 
 @dataclass(frozen=True, slots=True)
-class _LowerSubflow:
+class LowerSubflow:
     """:func:`lower` for the sub-flows of a flow mapped per item, built on a worker:
     their tasks take the cache options passed on where the map was lowered (by the
     task whose returned graph holds it, and ``dynflow.result-storage`` as read where
@@ -206,9 +206,13 @@ class _LowerSubflow:
             CALLER_OPTIONS.reset(token)
 
 
-def _subflow_lowering() -> _LowerSubflow:
-    """The lowering of a mapped flow's items: see :class:`_LowerSubflow`."""
-    return _LowerSubflow(tuple(sorted(CALLER_OPTIONS.get().items())))
+def _subflow_lowering() -> Deferred:
+    """The lowering of a mapped flow's items (:class:`LowerSubflow`), as a
+    :class:`~dynflow.worker._calls.Deferred` made where it is first called: the plan
+    holding it is unpickled on the scheduler too, which never calls it and so does not
+    import the lowering."""
+    inherit = tuple(sorted(CALLER_OPTIONS.get().items()))
+    return Deferred("dynflow.lowering._lower.LowerSubflow", (inherit,))
 
 
 def _annotations(node: Node) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """A map's per-item stage: ``fn`` called once per item, alone or in batches.
 
-A :class:`Stage` is part of an expansion plan (:mod:`dynflow.lowering._expansion`): the
-scheduler's splice asks it for its item tasks (:meth:`Stage.items`: one task per item,
-or per batch, with ``max_concurrency`` lanes); a batch runs on a worker
-(:func:`run_batch`), its items called one after another as their own tasks would be.
+A :class:`Stage` is part of an expansion plan (:mod:`dynflow.lowering._expansion`), built
+on the client when a graph is lowered: the scheduler's splice asks it for its item tasks
+(:meth:`Stage.items`: one task per item, or per batch, with ``max_concurrency`` lanes); a
+batch runs on a worker (:func:`run_batch`), its items called one after another as their
+own tasks would be.
 """
 
 from __future__ import annotations

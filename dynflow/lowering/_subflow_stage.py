@@ -2,8 +2,10 @@
 
 The sub-flows are built where user code may run: on the worker, by the expander
 (:meth:`SubflowStage.build_subflows`), or in this process for a local run; the
-scheduler only adds the tasks it is sent. This module is imported where sub-flows are
-built, not by the scheduler.
+scheduler only adds the tasks it is sent. A plan with a sub-flow stage is unpickled on
+the scheduler too, which so imports this module and the flow's classes (``graph/``),
+but never calls them; the lowering the stage builds with travels by name (a
+:class:`~dynflow.worker._calls.Deferred`), so the scheduler does not import it.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ class SubflowStage(Stage):
 
     The sub-flows are built where user code may run: on the worker, by the expander
     (:meth:`build_subflows`); the scheduler only adds the tasks it is sent. ``lower`` is
-    the lowering they are built with (:func:`dynflow.lowering._lower.lower`, which makes
-    this plan: it travels by reference, as the plan's functions do).
+    the lowering they are built with (:class:`dynflow.lowering._lower.LowerSubflow`,
+    which makes this plan; a :class:`~dynflow.worker._calls.Deferred` made where it is
+    first called, so that the scheduler, which unpickles the plan, does not import it).
     """
 
     lower: Callable[..., Any] | None = None
