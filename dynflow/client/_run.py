@@ -64,6 +64,9 @@ class Run:
         self.graph = graph
         self.client = client
         self.link: str | None = None  # the dynflow page showing it (set at submit)
+        # the Dask span of its tasks (``distributed.span``, set at submit; each map's
+        # items are in a span inside it, named after the map's task)
+        self.span_id: str | None = None
         self.views: list[Any] = []  # its live notebook views (settled when read)
 
     @classmethod

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 import cloudpickle
-from distributed import Client, Future, get_worker, worker_client
+from distributed import Client, Future, get_worker, span, worker_client
 
 from dynflow._compat import local_scheduler
 from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
@@ -157,14 +157,18 @@ async def _submit(
     must be in place on the scheduler before any task can finish)."""
     await install(client)
     run = Run.of(nodes, client, name)
-    graph = lower(nodes, distributed=True)
     await run.register()
     run.link = await announce(client)
     try:
         if before_send is not None:
             await before_send(run)
-        with _quiet_pickle_errors():  # dynflow says which task and argument instead
-            futures = client.get(graph, [n.key for n in nodes], sync=False)
+        # the run is a Dask span named after it (each map one inside it: the lowering
+        # reads the span), so Dask's own views break time down per run and per map.
+        # Nothing is awaited inside: dask's annotations are process-wide
+        with span(run.name) as run.span_id:
+            graph = lower(nodes, distributed=True)
+            with _quiet_pickle_errors():  # dynflow says which task and argument instead
+                futures = client.get(graph, [n.key for n in nodes], sync=False)
     except BaseException as e:
         with contextlib.suppress(Exception):  # the run never started: forget it
             await run.forget()

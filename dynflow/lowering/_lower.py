@@ -226,6 +226,15 @@ def _annotations(node: Node) -> dict[str, Any]:
     return out
 
 
+def _map_span(node: MapNode) -> dict[str, Any]:
+    """A map's items' Dask span, inside the run's (the span being submitted in, as
+    ``distributed.span`` annotates it), named after the map's task; none outside one."""
+    run = dask.get_annotations().get("span")
+    if not run:
+        return {}
+    return {"span": {"name": (*run["name"], node.name), "ids": (*run["ids"], uuid.uuid4().hex)}}
+
+
 class PlannedStage(NamedTuple):
     """One map's part of an expansion, as :func:`plan_stage` makes it."""
 
@@ -302,7 +311,7 @@ def plan_stage(
             node.task.graph_fn,
             args,
             kwargs,
-            _annotations(node),
+            {**_annotations(node), **_map_span(node)} if distributed else _annotations(node),
             _policy(node, records=True, distributed=distributed),
             node.batch_size,
             node.max_concurrency,
