@@ -43,6 +43,7 @@ __all__ = [
     "ITEM_TOPIC",
     "LABEL_TOPIC",
     "LOG_TOPIC",
+    "RETRY_TOPIC",
     "RAW_PREFIX",
     "RUNS_HANDLER",
     "PAGE_HANDLER",
@@ -103,6 +104,9 @@ CACHED_TOPIC = "dynflow-cached"
 #: worker -> scheduler: a map item's label (``task_run_name``), as it starts (``{"key",
 #: "label"}``): the dashboard lists and searches items by label
 LABEL_TOPIC = "dynflow-label"
+#: worker -> scheduler: a call failed and is retried (``{"key"}``: the task, or the
+#: batch item): the views count retries per node
+RETRY_TOPIC = "dynflow-retry"
 #: worker -> scheduler: a line a call printed or logged (``{"key", "tag", "stream", "text"}``)
 LOG_TOPIC = "dynflow-log"
 #: scheduler -> the client that submitted a run: those lines

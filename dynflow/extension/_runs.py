@@ -57,6 +57,7 @@ class NodeState:
     limbo: dict[Any, tuple[str, int]] = field(default_factory=dict)  # released after a result
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
     spliced: int = 0  # a dynamic box: the calls dynamic tasks made of its task
+    retries: int = 0  # calls (items) that failed and ran again
 
     def __post_init__(self) -> None:
         self.table = ItemTable(self.items)
@@ -209,7 +210,7 @@ class NodeState:
         total = self.total
         known = total if total is not None else finished + failed + self.running
         pending = max(0, known - finished - failed - self.running)
-        return {
+        out: dict[str, int | None] = {
             "total": total,
             "pending": pending,
             "running": self.running,
@@ -217,6 +218,9 @@ class NodeState:
             "failed": failed,
             "cached": cached,
         }
+        if self.retries:  # only where calls were retried
+            out["retries"] = self.retries
+        return out
 
 
 @dataclass(slots=True)

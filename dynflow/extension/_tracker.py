@@ -41,6 +41,7 @@ from dynflow._protocol import (
     LABEL_TOPIC,
     LOG_TOPIC,
     PAGE_HANDLER,
+    RETRY_TOPIC,
     RUN_FORGET_HANDLER,
     RUN_ITEMS_HANDLER,
     RUN_START_HANDLER,
@@ -347,6 +348,10 @@ class RunTracker(SchedulerPlugin):
             ns = self._node_of(key)
             if ns is not None and ns.run.finished is None:
                 ns.table.set(key, CACHED)
+        elif topic == RETRY_TOPIC:
+            ns = self._node_of(_key(msg["key"]))
+            if ns is not None and ns.run.finished is None:
+                ns.retries += 1
         elif topic == LOG_TOPIC:
             run = self._run_of(_key(msg["key"]))
             if run is not None and self.scheduler is not None:

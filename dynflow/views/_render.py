@@ -108,6 +108,8 @@ def short_repr_counts(counts: Mapping[str, Any]) -> str:
     '1,500/2,500 done'
     >>> short_repr_counts({"total": 10, "done": 3, "cached": 7})
     '10/10 done, 7 cached'
+    >>> short_repr_counts({"total": 4, "done": 4, "retries": 3})
+    '4/4 done, 3 retries'
     """
     done, failed, running, pending, cached = (
         counts.get(k) or 0 for k in ("done", "failed", "running", "pending", "cached")
@@ -124,6 +126,9 @@ def short_repr_counts(counts: Mapping[str, Any]) -> str:
         parts.append(f"{failed:,} failed")
     if running:
         parts.append(f"{running:,} running")
+    retries = counts.get("retries") or 0
+    if retries:
+        parts.append(f"{retries:,} retr{'y' if retries == 1 else 'ies'}")
     return ", ".join(parts)
 
 

@@ -43,7 +43,13 @@ from dynflow.worker._cache import MISSING, CachePolicy
 from dynflow.worker._call_context import current_key, item_index, label
 from dynflow.worker._failure import Failure, portable
 from dynflow.worker._graph_splice import ReturnedGraph, splice_returned, splice_returned_async
-from dynflow.worker._reports import forwarding, report_cached, report_failure, report_label
+from dynflow.worker._reports import (
+    forwarding,
+    report_cached,
+    report_failure,
+    report_label,
+    report_retry,
+)
 
 __all__ = [
     "SCALARS",
@@ -175,7 +181,7 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
                 result = _attempt(policy, fn, args, kwargs)
                 break
             except BaseException as e:  # noqa: BLE001 - every error becomes the call's
-                delay, error = _next_try(policy, attempt, _call_error(policy, e))
+                delay, error = _next_try(policy, attempt, _call_error(policy, e), user_args, kwargs)
             if delay is None:
                 return _failed(policy, error, user_args, kwargs)
             _wait(delay)
@@ -254,9 +260,13 @@ async def _call_async(
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise  # cancelled from outside (the worker closes): not the call's
-                    delay, error = _next_try(policy, attempt, _call_error(policy, e))
+                    delay, error = _next_try(
+                        policy, attempt, _call_error(policy, e), user_args, kwargs
+                    )
                 except BaseException as e:  # noqa: BLE001 - every error becomes the call's
-                    delay, error = _next_try(policy, attempt, _call_error(policy, e))
+                    delay, error = _next_try(
+                        policy, attempt, _call_error(policy, e), user_args, kwargs
+                    )
                 if delay is None:
                     return _failed(policy, error, user_args, kwargs)
                 await asyncio.sleep(delay)
@@ -398,12 +408,12 @@ def _call_error(policy: CallPolicy, e: BaseException) -> BaseException:
 
 
 def _next_try(
-    policy: CallPolicy, attempt: int, error: BaseException
+    policy: CallPolicy, attempt: int, error: BaseException, user_args: tuple, kwargs: dict
 ) -> tuple[float | None, BaseException]:
     """After attempt number ``attempt`` (1-based) failed with ``error``: the seconds to
-    wait before the next one, or None when it was the last; and the error (the retry
-    condition's own, if it raised: the call's error as its context). The one place
-    that decides, for sync and async calls alike."""
+    wait before the next one (the retry logged and counted), or None when it was the
+    last; and the error (the retry condition's own, if it raised: the call's error as
+    its context). The one place that decides, for sync and async calls alike."""
     if attempt > policy.retries:
         return None, error
     if isinstance(policy.retry_on, tuple):
@@ -414,7 +424,11 @@ def _next_try(
         except Exception as e:
             e.__context__ = error
             return None, e
-    return (policy.delay(attempt) if retry else None), error
+    if not retry:
+        return None, error
+    delay = policy.delay(attempt)
+    report_retry(policy, attempt, error, delay, user_args, kwargs)
+    return delay, error
 
 
 def _failed(policy: CallPolicy, error: BaseException, user_args: tuple, kwargs: dict) -> Any:

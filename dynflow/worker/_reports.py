@@ -24,14 +24,25 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from dynflow._context import BATCH_INDEX
-from dynflow._protocol import CACHED_TOPIC, ITEM_TOPIC, LABEL_TOPIC, LOG_TOPIC
+from dynflow._protocol import CACHED_TOPIC, ITEM_TOPIC, LABEL_TOPIC, LOG_TOPIC, RETRY_TOPIC
+from dynflow.exceptions import index_text, short_text
 from dynflow.worker._call_context import current_key, item_index, label, tag, this_worker
 
 if TYPE_CHECKING:
     from dynflow.worker._calls import CallPolicy
     from dynflow.worker._failure import Failure
 
-__all__ = ["forwarding", "report_cached", "report_failure", "report_label", "tell_client"]
+__all__ = [
+    "forwarding",
+    "report_cached",
+    "report_failure",
+    "report_label",
+    "report_retry",
+    "tell_client",
+]
+
+#: a retry is logged here (a call's own log records are forwarded with log_prints)
+logger = logging.getLogger("dynflow.retries")
 
 
 # (worker key, tag, buffers) of the call whose output is forwarded, per thread/context
@@ -80,6 +91,41 @@ def tell_client(tag: str, text: str) -> None:
         return
     msg = {"key": _plain(key), "tag": tag, "stream": "stderr", "text": text}
     worker.log_event(LOG_TOPIC, msg)
+
+
+def report_retry(
+    policy: CallPolicy,
+    attempt: int,
+    error: BaseException,
+    delay: float,
+    args: tuple,
+    kwargs: Mapping[str, Any],
+) -> None:
+    """A call's attempt ``attempt`` failed with ``error`` and it runs again in ``delay``
+    seconds: logged on the worker, as Prefect logs a retry (``fetch item 3 (acme):
+    attempt 1 of 4 failed with ConnectionError('...'); retrying in 2.0 s``), which
+    ``log_prints`` forwards to the client as every log record of the call; and told to
+    the run tracker, which counts retries per node."""
+    index = item_index()
+    text = label(policy, args, kwargs)
+    who = policy.task_name
+    if index is not None:
+        who += f" item {index_text(index)}"
+    if text is not None:
+        who += f" ({text})"
+    logger.warning(
+        "%s: attempt %d of %d failed with %s; retrying in %.1f s",
+        who,
+        attempt,
+        policy.retries + 1,
+        short_text(repr(error), 200),
+        delay,
+    )
+    worker, key = this_worker(), current_key()
+    if worker is None or key is None:
+        return
+    unit = key if BATCH_INDEX.get() is None or index is None else (key[0], *index)
+    worker.log_event(RETRY_TOPIC, {"key": _plain(unit)})
 
 
 def report_cached() -> None:
