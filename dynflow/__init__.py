@@ -30,6 +30,7 @@ _config.load_defaults()
 if TYPE_CHECKING:
     from dynflow.client._as_completed import AsCompleted, as_completed
     from dynflow.client._connect import dashboard_link, get_client
+    from dynflow.client._recreate import recreate_error_locally
     from dynflow.client._run import Run, RunFuture
     from dynflow.client._submit import cancel, compute, submit, submit_async
     from dynflow.exceptions import (
@@ -86,6 +87,7 @@ _EXPORTS = {
     "product": "dynflow.graph._wrappers",
     "quote": "dynflow.graph._node",
     "progress": "dynflow.views._progress",
+    "recreate_error_locally": "dynflow.client._recreate",
     "submit": "dynflow.client._submit",
     "submit_async": "dynflow.client._submit",
     "task": "dynflow.graph._task",
@@ -125,6 +127,7 @@ __all__ = [
     "product",
     "progress",
     "quote",
+    "recreate_error_locally",
     "submit",
     "submit_async",
     "task",

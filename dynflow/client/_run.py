@@ -42,7 +42,7 @@ from dynflow.worker._failure import Failure, pickle_without_init
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["Run", "RunFuture", "user_traceback"]
+__all__ = ["Outputs", "Run", "RunFuture", "remember", "user_traceback"]
 
 
 class Run:
@@ -68,13 +68,16 @@ class Run:
         # items are in a span inside it, named after the map's task)
         self.span_id: str | None = None
         self.views: list[Any] = []  # its live notebook views (settled when read)
+        self.outputs: tuple[Node, ...] = ()  # its output nodes (to recreate an error)
 
     @classmethod
     def of(cls, nodes: Sequence[Node], client: Client, name: str | None = None) -> Run:
         """A new run of ``nodes``, named ``name``, else after their flows or tasks."""
         graph = FlowGraph.from_outputs(nodes)
         names = dict.fromkeys(n.flow_name or n.name for n in nodes)
-        return cls(name or ", ".join(names), graph, client)
+        run = cls(name or ", ".join(names), graph, client)
+        run.outputs = tuple(nodes)
+        return run
 
     async def register(self) -> None:
         """Tell the scheduler's run tracker about the run.
@@ -307,6 +310,7 @@ class RunFuture(Future, Generic[R]):  # Future is generic from distributed 2025.
             return output_value(await super()._result(raiseit))
         except BaseException as e:
             error = client_error(e, self.client, self.run.name)
+            remember(error, self.run.outputs, self.client, self.run)
             if error is e:
                 raise
             raise error from None if error.__cause__ is None else error.__cause__
@@ -324,3 +328,31 @@ class RunFuture(Future, Generic[R]):  # Future is generic from distributed 2025.
 
 # shown and pickled as dynflow.<name>; their examples are tested here
 __test__ = public(Run, RunFuture)
+
+
+class Outputs:
+    """The nodes (and client) a computation's error came from, held by the error on
+    the client (``error._dynflow_outputs``); pickled, it holds nothing."""
+
+    __slots__ = ("client", "nodes", "run")
+
+    def __init__(
+        self, nodes: Sequence[Node] = (), client: Client | None = None, run: Run | None = None
+    ) -> None:
+        self.nodes = tuple(nodes)
+        self.client = client
+        self.run = run
+
+    def __reduce__(self) -> tuple:
+        return (Outputs, ())
+
+
+def remember(
+    error: BaseException, nodes: Sequence[Node], client: Client | None, run: Run | None
+) -> None:
+    """Let ``error`` (raised by computing ``nodes``, as ``run``) be recreated locally
+    (:func:`dynflow.recreate_error_locally`)."""
+    try:
+        error.__dict__.setdefault("_dynflow_outputs", Outputs(nodes, client, run))
+    except (AttributeError, TypeError):  # pragma: no cover - an exception without __dict__
+        pass

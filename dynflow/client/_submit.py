@@ -25,6 +25,7 @@ from dynflow.client._run import (
     RunFuture,
     client_error,
     output_value,
+    remember,
     stop_iteration,
     user_traceback,
 )
@@ -337,6 +338,7 @@ async def _compute(nodes: tuple[Node, ...], client: Client, name: str | None) ->
         return tuple(map(output_value, await client.gather(futures, asynchronous=True)))
     except BaseException as e:
         error = client_error(e, client, ", ".join(n.name for n in nodes))
+        remember(error, nodes, client, futures[0].run if futures else None)
         if error is e:
             raise
         raise error from error.__cause__
