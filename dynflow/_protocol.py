@@ -46,7 +46,7 @@ __all__ = [
     "RETRY_TOPIC",
     "RAW_PREFIX",
     "RUNS_HANDLER",
-    "PAGE_HANDLER",
+    "PAGE_PLUGIN",
     "RUN_FORGET_HANDLER",
     "RUN_ITEMS_HANDLER",
     "RUN_START_HANDLER",
@@ -81,8 +81,8 @@ SPLICE_KEY_PLUGIN = "dynflow-splice-key"
 #: a dynamic task (its function returned a graph) asks for that graph in its place
 GRAPH_SPLICE_HANDLER = "dynflow_graph_splice"
 RUN_START_HANDLER = "dynflow_run_start"
-#: client -> scheduler: whether the dashboard serves dynflow's page (the path)
-PAGE_HANDLER = "dynflow_page"
+#: the scheduler plugin that serves the dynflow page (dynflow.views._dashboard)
+PAGE_PLUGIN = "dynflow-page"
 #: a page of a map's items, by state and label (the dashboard's list of items)
 RUN_ITEMS_HANDLER = "dynflow_run_items"
 #: client -> scheduler: a run whose graph could not be sent; the tracker forgets it

@@ -1,9 +1,10 @@
 """Scheduler preload: ``dask scheduler --preload dynflow.scheduler``.
 
-Installs dynflow's scheduler extensions when the scheduler starts (the splice extension
-and the run tracker), so no client needs to install them (clients still may: installing
-is idempotent), and adds the dynflow page to the scheduler's dashboard
-(``/individual-dynflow``, in the "More..." menu). The scheduler must be able to import
+Installs dynflow's scheduler extensions when the scheduler starts (the splice extension,
+the run tracker and the dynflow page, ``/dynflow/``), so no client needs to install them
+(clients still do: installing is idempotent, and a scheduler started without this
+preload gets them at the first run), and lists the page in the dashboard's "More..."
+menu (``/individual-dynflow``), which only a preload can do. The scheduler must be able to import
 dynflow and the modules of the user's tasks, as for any dask graph.
 """
 
@@ -12,11 +13,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dynflow._protocol import SPLICE, TRACKER
-from dynflow.extension._ops import dashboard_serves
+from dynflow._protocol import PAGE_PLUGIN, SPLICE, TRACKER
+from dynflow.extension._ops import http_application
 from dynflow.extension._splice import SpliceExtension
 from dynflow.extension._tracker import RunTracker
-from dynflow.views._dashboard import PAGE, page_url, register_page
+from dynflow.views._dashboard import DashboardPage, page_url, register_page
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -31,7 +32,7 @@ def dashboard_link_of(scheduler: Scheduler) -> str | None:
     (``distributed.dashboard.link``); None without a dashboard."""
     from distributed.utils import format_dashboard_link
 
-    if not dashboard_serves(scheduler, PAGE):
+    if http_application(scheduler) is None:
         return None
     host = scheduler.address.split("://")[-1].rsplit(":", 1)[0]
     try:
@@ -50,6 +51,7 @@ async def dask_setup(scheduler: Scheduler) -> None:
     """Called by distributed when the scheduler starts with this preload."""
     await scheduler.register_scheduler_plugin(SpliceExtension(), name=SPLICE, idempotent=True)
     await scheduler.register_scheduler_plugin(RunTracker(), name=TRACKER, idempotent=True)
+    await scheduler.register_scheduler_plugin(DashboardPage(), name=PAGE_PLUGIN, idempotent=True)
     link = dashboard_link_of(scheduler)
     if link is not None:
         logger.info("dynflow page at: %s", link)

@@ -27,7 +27,7 @@ from tornado.websocket import websocket_connect
 
 import dynflow as df
 import dynflow.scheduler  # noqa: F401  (registers the page before any scheduler starts)
-from dynflow.views._dashboard import PAGE
+from dynflow.views._dashboard import MENU_PAGE, PAGE
 from dynflow.views._render import short_repr_counts
 
 DASHBOARD = {"dashboard": True, "dashboard_address": "127.0.0.1:0"}
@@ -75,7 +75,18 @@ async def test_the_page_and_the_json_answer(c, s, a, b):
 
     page = await fetch(s, PAGE)
     assert page.code == 200
-    assert b"bokeh" in page.body.lower()
+    assert b"view.json" in page.body  # the page asks for its parts
+    view = json.loads((await fetch(s, "/dynflow/view.json")).body)
+    assert view["run"] == fut.run.id and view["runs"][0][0] == fut.run.id
+    assert "squares" in view["html"] and "dynflow-node" in view["html"]  # the graph
+    assert "dynflow-timeline-bar" in view["html"]  # when each node ran
+    assert [label for _, label in view["maps"]] == ["square.map()"]
+    assert "items 1-5 of 5 matching" in view["items"]
+    failed = json.loads((await fetch(s, "/dynflow/view.json?state=failed&q=")).body)
+    assert "items 1-1 of 1 matching" in failed["items"]
+    # the dashboard's menu entry (where the scheduler started with it) shows the page
+    menu = await fetch(s, MENU_PAGE)
+    assert menu.code == 200 and b"bokeh" in menu.body.lower()
 
     listing = await fetch(s, "/dynflow/runs.json")
     assert listing.code == 200
@@ -98,7 +109,7 @@ async def test_the_page_and_the_json_answer(c, s, a, b):
 
 
 @gen_cluster(client=True, scheduler_kwargs=DASHBOARD)
-async def test_the_page_is_in_the_dashboard_menu(c, s, a, b):
+async def test_the_page_is_in_the_dashboard_menu(c, s, a, b):  # with the preload
     status = await fetch(s, "/status")
     assert status.code == 200
     assert b"individual-dynflow" in status.body
@@ -121,21 +132,17 @@ def test_chromium_screenshot_shows_the_run(tmp_path):
     cluster = CLICluster(tmp_path)
     client = None
     try:
+        # a scheduler started without any flag of dynflow's: the first run adds the page
         cluster.start(
             n_workers=1,
-            scheduler_args=(
-                "--dashboard",
-                "--dashboard-address",
-                "127.0.0.1:0",
-                "--preload",
-                "dynflow.scheduler",
-            ),
+            scheduler_args=("--dashboard", "--dashboard-address", "127.0.0.1:0"),
         )
         client = cluster.client(n_workers=1)
         assert total(df.allow_failure(square.map(numbers(6)))).compute(client=client) == 46
         shot = tmp_path / "dynflow-page.png"
         boxes = asyncio.run(screenshot(chromium, _dashboard(client) + PAGE, shot, tmp_path))
         assert boxes == 3  # numbers, square.map(), total
+        assert df.dashboard_link(client) == _dashboard(client) + PAGE
         keep = os.environ.get("DYNFLOW_SCREENSHOT_DIR")
         if keep:
             shutil.copy(shot, Path(keep) / shot.name)
@@ -172,6 +179,7 @@ def test_chromium_screenshot_shows_the_run(tmp_path):
         assert expected in page and "finished" in page, page[:3000]
         assert "index 3" in page  # the failed item, written as every view writes it
         assert "items 1-50 of 10,000 matching" in page  # the map's items, a page of them
+        assert "Timeline" in page and "item " in page  # when nodes ran; item percentiles
         if keep:
             shutil.copy(after, Path(keep) / "dynflow-page-10k.png")
         del fut

@@ -140,9 +140,11 @@ EMBEDDED_SCRIPT = """
         r2 = seed.build(10, 2).compute()
         base = first.dashboard_link.rsplit("/", 1)[0]
         page = urllib.request.urlopen(base + "/individual-dynflow")
+        view = json.load(urllib.request.urlopen(df.dashboard_link() + "view.json"))
         runs = json.load(urllib.request.urlopen(base + "/dynflow/runs.json"))
         print(json.dumps({
             "page": page.status,
+            "view": [view["run"] != "", "dynflow-node" in view["html"]],
             "runs": [r["name"] for r in runs],
             "same_client": first is second,
             "local_cluster": isinstance(first.cluster, LocalCluster),
@@ -166,6 +168,7 @@ def test_embedded_cluster_is_started_once_reused_and_closed_at_exit(tmp_path):
     assert info["same_client"] and info["same_cluster"]
     # the dynflow dashboard page is there, and its data holds both runs, newest first
     assert info["page"] == 200
+    assert info["view"] == [True, True]  # the page itself (df.dashboard_link()), drawn
     assert info["runs"] == ["seed", "seed"]
     assert info["local_cluster"]
     # one LocalCluster: its worker processes were there after the first use, and the

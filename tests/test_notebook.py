@@ -121,7 +121,7 @@ class TestExecutedTour:
         cell = cell_with(executed, "/dynflow/runs.json")
         out = "".join(texts(cell))
         assert "embedded cluster: 2 workers" in out, out  # the test's kernel_env() applies
-        assert "/individual-dynflow" in out, out
+        assert "/dynflow/" in out, out
         (runs,) = [line for line in out.splitlines() if line.startswith("runs on the page:")]
         assert "squares" in runs and "greetings" in runs, runs
 
@@ -136,7 +136,7 @@ class TestExecutedTour:
         ]
         assert links, outputs  # once per scheduler the tour uses
         for link in links:
-            assert '<a href="http' in link and "/individual-dynflow" in link, links
+            assert '<a href="http' in link and "/dynflow/" in link, links
             assert "tcp://" not in link, links
         stderr = "".join(o.text for o in outputs if o.get("name") == "stderr")
         assert "dynflow: runs on" not in stderr, stderr

@@ -34,12 +34,12 @@ from distributed.utils import is_kernel
 
 from dynflow import __version__ as dynflow_version
 from dynflow._compat import SUPPORTED_DISTRIBUTED, supported_distributed
-from dynflow._protocol import FORWARD_TOPIC, PAGE_HANDLER, SPLICE, TRACKER
+from dynflow._protocol import FORWARD_TOPIC, PAGE_PLUGIN, SPLICE, TRACKER
 from dynflow._public import public
 from dynflow.exceptions import ExtensionError
 from dynflow.extension._splice import SpliceExtension
 from dynflow.extension._tracker import RunTracker
-from dynflow.views._dashboard import PAGE, page_url, register_page
+from dynflow.views._dashboard import DashboardPage, page_url, register_page
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +280,7 @@ async def install(client: Client) -> None:
     check_versions(await versions, await _imports(client))
     await client.register_plugin(SpliceExtension(), name=SPLICE)
     await client.register_plugin(RunTracker(), name=TRACKER)
+    await client.register_plugin(DashboardPage(), name=PAGE_PLUGIN)
     client.subscribe_topic(FORWARD_TOPIC, print_forwarded)
     _installed[client] = scheduler_id
 
@@ -309,15 +310,13 @@ def scheduler_address(client: Client) -> str | None:
 
 
 async def page_link(client: Client) -> str | None:
-    """The URL of the dynflow page on ``client``'s scheduler (a coroutine); None where
-    its dashboard does not serve it (a scheduler started without dynflow's preload, or
-    without a dashboard)."""
+    """The URL of the dynflow page on ``client``'s scheduler (a coroutine), which
+    installing dynflow there adds; None where the scheduler has no dashboard."""
     sid = _scheduler_id(client)
     if sid not in _pages:
         await install(client)
         link = client.dashboard_link
-        served = link is not None and await getattr(client.scheduler, PAGE_HANDLER)(path=PAGE)
-        _pages[sid] = page_url(link) if served else ""
+        _pages[sid] = page_url(link) if link is not None else ""
     return _pages[sid] or None
 
 
@@ -340,8 +339,8 @@ async def announce(client: Client) -> str | None:
             )
         else:
             text = (
-                f"dynflow: the dashboard of {where} has no dynflow page "
-                "(start the scheduler with --preload dynflow.scheduler to add it)"
+                f"dynflow: the scheduler at {where} has no dashboard, so no dynflow page "
+                "(its JSON and df.progress work all the same)"
             )
             html = escape(text)
         # in an empty context: ipykernel then sends it to the cell running now, not to

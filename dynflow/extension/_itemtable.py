@@ -124,6 +124,17 @@ class ItemTable:
         value = at[0].seconds[at[1]]
         return float(value) if value else None
 
+    def sample_seconds(self, limit: int) -> list[float]:
+        """Known compute seconds of up to about ``limit`` items, every ``k``-th item of
+        each prefix (``k`` from the total), in O(``limit``)."""
+        total = sum(len(p.flags) for p in self._parts.values())
+        step = max(1, total // max(1, limit))
+        out: list[float] = []
+        for part in self._parts.values():
+            if part.seconds is not None:
+                out.extend(float(v) for v in part.seconds[::step] if v)
+        return out
+
     def nbytes(self) -> int:
         """Bytes the per-item arrays hold (for tests and benchmarks)."""
         total = 0

@@ -26,7 +26,7 @@ a live scheduler with validation on, ``tests/test_scheduler_ops.py``):
 - :func:`announce`: the other scheduler plugins hear of tasks made or rewired;
 - :func:`install`, :func:`uninstall`, :func:`give_workers_plugin`: handlers, stream
   handlers, an extension, a worker plugin;
-- :func:`send_to_client`, :func:`http_application`, :func:`dashboard_serves`,
+- :func:`send_to_client`, :func:`http_application`,
   :func:`register_dashboard_page`: one client's event, the HTTP server, the dashboard.
 
 Conventions: every operation is synchronous and runs on the scheduler's event loop;
@@ -53,7 +53,7 @@ distributed and dask internals touched here (checked against every release in
 - ``Scheduler.register_worker_plugin(comm, plugin, name, *, idempotent)`` (keyword-only
   and required from 2026.6) with a plugin pickled by ``distributed.protocol.pickle``,
   ``Scheduler.send_all(client_msgs, worker_msgs)``,
-  ``Scheduler.http_application`` (tornado) and its bokeh applications' ``_applications``,
+  ``Scheduler.http_application`` (tornado: routes added to it),
   ``distributed.dashboard.scheduler.applications``;
 - ``TaskState`` fields read: ``key``, ``state``, ``run_id``, ``run_spec``, ``priority``,
   ``annotations``, ``dependencies``, ``dependents``, ``waiters``, ``waiting_on``,
@@ -747,16 +747,6 @@ def send_to_client(s: Scheduler, client: str, topic: str, event: Any) -> None:
 def http_application(s: Scheduler) -> Any:
     """The scheduler's tornado application (None without an HTTP server)."""
     return getattr(s, "http_application", None)
-
-
-def dashboard_serves(s: Scheduler, path: str) -> bool:
-    """Whether the scheduler's dashboard serves the bokeh page ``path`` (its pages are
-    those registered before it started)."""
-    app = http_application(s)
-    for bokeh in getattr(app, "applications", None) or ():
-        if path in (getattr(bokeh, "_applications", None) or {}):
-            return True
-    return False
 
 
 def register_dashboard_page(path: str, doc: Callable[..., Any]) -> None:

@@ -58,6 +58,10 @@ class NodeState:
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
     spliced: int = 0  # a dynamic box: the calls dynamic tasks made of its task
     retries: int = 0  # calls (items) that failed and ran again
+    # when its first task started computing and its last finished (worker clocks,
+    # seconds since the epoch): the page's timeline
+    first: float | None = None
+    last: float | None = None
 
     def __post_init__(self) -> None:
         self.table = ItemTable(self.items)
@@ -104,10 +108,22 @@ class NodeState:
         return (*unit[:-1], unit[-1] // span[1])
 
     def timed(self, task: Any, startstops: list) -> None:
-        """``task`` of this map finished: its compute time goes to each of its units."""
-        seconds = sum(s["stop"] - s["start"] for s in startstops if s.get("action") == "compute")
-        units = self.units_of(task)
-        self.table.time(units, seconds / len(units))
+        """``task`` of this node finished: the node's first start and last stop, and for
+        a map the task's compute time, shared by its units."""
+        seconds = 0.0
+        for s in startstops:
+            if s.get("action") == "compute":
+                seconds += s["stop"] - s["start"]
+                self.first = s["start"] if self.first is None else min(self.first, s["start"])
+                self.last = s["stop"] if self.last is None else max(self.last, s["stop"])
+        if self.items is not None:
+            units = self.units_of(task)
+            self.table.time(units, seconds / len(units))
+
+    def durations(self, limit: int = 10_000) -> list[float]:
+        """Compute seconds of up to ``limit`` of this map's finished items, spread
+        evenly over them (the page's percentiles: a sample, not every item)."""
+        return self.table.sample_seconds(limit)
 
     def units_of(self, task: Any) -> list:
         """The units (items) scheduler task ``task`` computes: a batch's, or itself."""
@@ -285,6 +301,10 @@ class RunState:
             "elapsed": end - self.started,
             "nodes": {k: ns.counts() for k, ns in self.nodes.items()},
             "failures": {k: list(ns.failures) for k, ns in self.nodes.items() if ns.failures},
+            # first start and last stop of each node that computed (the page's timeline)
+            "times": {
+                k: [ns.first, ns.last] for k, ns in self.nodes.items() if ns.first is not None
+            },
         }
         if with_graph or self.dynamic:  # dynamic tasks added boxes: the views need them
             out["graph"] = self.graph

@@ -40,7 +40,6 @@ from dynflow._protocol import (
     ITEM_TOPIC,
     LABEL_TOPIC,
     LOG_TOPIC,
-    PAGE_HANDLER,
     RETRY_TOPIC,
     RUN_FORGET_HANDLER,
     RUN_ITEMS_HANDLER,
@@ -89,7 +88,6 @@ class RunTracker(SchedulerPlugin):
         return {
             RUN_START_HANDLER: self.run_start,
             RUN_FORGET_HANDLER: self.run_forget,
-            PAGE_HANDLER: self.page,
             RUN_ITEMS_HANDLER: self.run_items,
             RUN_STATUS_HANDLER: self.run_status,
             RUNS_HANDLER: self.list_runs,
@@ -168,11 +166,6 @@ class RunTracker(SchedulerPlugin):
         self.runs[run_id] = run
         self._trim()
         return {"status": "OK"}
-
-    @log_errors
-    def page(self, path: str) -> bool:
-        """Whether the dashboard serves dynflow's page at ``path`` (``dynflow_page``)."""
-        return self.scheduler is not None and ops.dashboard_serves(self.scheduler, path)
 
     @log_errors
     def run_forget(self, run_id: str) -> None:
@@ -308,7 +301,7 @@ class RunTracker(SchedulerPlugin):
             self.owners.pop(key, None)
         if ns is not None and ns.run.finished is None:
             self._count(ns, key, start, finish)
-            if finish == "memory" and ns.items is not None:
+            if finish == "memory":
                 startstops = ops.compute_startstops(kwargs)
                 if startstops:
                     ns.timed(key, startstops)
