@@ -365,3 +365,36 @@ def test_listing_items_stays_fast_at_100k():
     assert by_label["matched"] == 11  # tile-9999, tile-99990 ... tile-99999
     assert failed["matched"] == 100
     assert seconds < 2.0, seconds  # 0.06 s on the 2-core development machine
+
+
+@df.task
+def wait_for_event(x):
+    from distributed import Event
+
+    Event("dynflow-release-queued").wait()
+    return x
+
+
+@gen_cluster(
+    client=True,
+    scheduler_kwargs=DASHBOARD,
+    nthreads=[("127.0.0.1", 1)],
+    config={"distributed.scheduler.worker-saturation": float("inf")},
+)
+async def test_items_sent_to_a_busy_worker_are_queued_not_running(c, s, a):
+    from distributed import Event
+
+    release = Event("dynflow-release-queued", client=c)
+    (fut,) = await df.submit_async(total(wait_for_event.map(numbers(4))), client=c)
+
+    async def queued() -> str:
+        return json.loads((await fetch(s, "/dynflow/view.json")).body)["html"]
+
+    # all 4 items are assigned to the one thread; one executes, three wait in its queue
+    deadline = time.monotonic() + 15
+    while "(3 queued)" not in (page := await queued()):
+        assert time.monotonic() < deadline, page
+        await asyncio.sleep(0.1)
+    await release.set()
+    assert await fut == 6
+

@@ -58,6 +58,7 @@ distributed and dask internals touched here (checked against every release in
 - ``TaskState`` fields read: ``key``, ``state``, ``run_id``, ``run_spec``, ``priority``,
   ``annotations``, ``dependencies``, ``dependents``, ``waiters``, ``waiting_on``,
   ``who_has``, ``who_wants``, ``processing_on`` (``WorkerState.address``), ``nbytes``,
+  ``WorkerState.executing`` (from heartbeats),
   ``exception_blame``, ``exception_text``; written: ``run_spec``, ``priority``,
   ``run_id`` (-1: ``stimulus_task_finished`` refuses the ended run's ``task-finished``),
   ``exception_blame``, ``waiting_on``, ``waiters``, ``dependencies``/``dependents``
@@ -245,6 +246,12 @@ def reaches(s: Scheduler, start: Iterable[Key], target: Key) -> bool:
 def total_threads(s: Scheduler) -> int:
     """The threads of all the scheduler's workers."""
     return s.total_nthreads
+
+
+def executing_keys(s: Scheduler) -> list[Any]:
+    """The keys the workers said they are executing (not only assigned: queued on a
+    worker is not executing), as of each worker's last heartbeat."""
+    return [ts.key for ws in s.workers.values() for ts in ws.executing]
 
 
 def has_client(s: Scheduler, client: str) -> bool:

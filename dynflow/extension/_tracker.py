@@ -203,6 +203,19 @@ class RunTracker(SchedulerPlugin):
         run = self.runs.get(run_id)
         return None if run is None else run.summary(with_graph=graph)
 
+    def executing(self, run_id: str) -> dict[str, int]:
+        """Per node of run ``run_id``, how many of its running units are executing on a
+        worker now (the rest are queued there), as of the workers' last heartbeats."""
+        run = self.runs.get(run_id)
+        if run is None or run.finished is not None or self.scheduler is None:
+            return {}
+        out: dict[str, int] = {}
+        for key in ops.executing_keys(self.scheduler):
+            ns = self._node_of(key)
+            if ns is not None and ns.run is run:
+                out[ns.key] = out.get(ns.key, 0) + ns.weight(key)
+        return out
+
     @log_errors
     def list_runs(self, graph: bool = False) -> list[dict[str, Any]]:
         """Every known run, newest first (``dynflow_runs``)."""

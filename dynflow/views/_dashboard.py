@@ -223,6 +223,12 @@ def view(scheduler: Scheduler, args: dict[str, str]) -> dict[str, Any]:
     status = tracker.run_status(chosen, graph=True)
     parts = [_runs_table(runs, chosen)]
     if status is not None:
+        # "running" is assigned to a worker; of those, the ones not executing yet are
+        # queued there (the workers' heartbeats say which execute)
+        executing = tracker.executing(chosen)
+        for key, c in status["nodes"].items():
+            if c.get("running"):
+                c["queued"] = max(0, c["running"] - executing.get(key, 0))
         graph = FlowGraph.from_dict(status["graph"])
         nodes = [n for n in status["graph"]["nodes"] if n.get("items") is not None]
         out["maps"] = [[n["key"], n.get("label") or n["key"]] for n in nodes]

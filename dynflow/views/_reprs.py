@@ -198,7 +198,10 @@ def run_html(graph: FlowGraph, status: Mapping[str, Any]) -> str:
             (
                 f"<code>{_E(n.label)}</code>",
                 "?" if total is None else f"{total:,}",
-                *(f"{c.get(k) or 0:,}" for k in ("pending", "running", "done")),
+                f"{c.get('pending') or 0:,}",
+                f"{c.get('running') or 0:,}"
+                + (f" ({c['queued']:,} queued)" if c.get("queued") else ""),
+                f"{c.get('done') or 0:,}",
                 f'<span style="color:{BAR["failed"]}">{failed:,}</span>' if failed else "0",
                 f"{c.get('cached') or 0:,}",
             )
