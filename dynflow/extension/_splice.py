@@ -322,18 +322,14 @@ class SpliceExtension(SchedulerPlugin):
                 added = ops.rewire(s, cts, spec, recommendations)
                 if added:
                     rewired[cts.key] = added
-        ops.announce(
-            s,
+        self._announce(
             new,
             rewired,
+            recommendations,
             stimulus_id,
-            client=SPLICE,
-            skip=self,
-            dynflow_map_lengths=expansion.lengths(0 if failed else n, prefix, threads),
-            dynflow_failed_expander=expander if failed else None,
-            dynflow_dynamic=None,
+            lengths=expansion.lengths(0 if failed else n, prefix, threads),
+            failed_expander=expander if failed else None,
         )
-        ops.commit(s, recommendations, stimulus_id)
         self.splices += 1
         self.tasks_added += len(new)
         return {"status": "OK", "added": len(new)}
@@ -446,18 +442,13 @@ class SpliceExtension(SchedulerPlugin):
             ops.make_alias(s, ts, out, recommendations)
             self.aliases[key] = output
         rewired = {t.key: [output] for t in [*repoint, *([ts] if wanted else [])]}
-        ops.announce(
-            s,
+        self._announce(
             new,
             rewired,
+            recommendations,
             stimulus_id,
-            client=SPLICE,
-            skip=self,
-            dynflow_map_lengths={},
-            dynflow_failed_expander=None,
-            dynflow_dynamic={"parent": key, "alias": wanted, "tasks": [t.key for t in new]},
+            dynamic={"parent": key, "alias": wanted, "tasks": [t.key for t in new]},
         )
-        ops.commit(s, recommendations, stimulus_id)
         self.tasks_added += len(new)
         return {"status": "OK" if wanted or repoint else "unwanted", "added": len(new)}
 
@@ -545,6 +536,34 @@ class SpliceExtension(SchedulerPlugin):
         )
         self.dynamic_keys.update(t.key for t in new)
         return new
+
+    def _announce(
+        self,
+        new: list[TaskState],
+        rewired: dict[Any, list[Any]],
+        recommendations: Recs,
+        stimulus_id: str,
+        lengths: dict[str, tuple] | None = None,
+        failed_expander: Any = None,
+        dynamic: dict[str, Any] | None = None,
+    ) -> None:
+        """A splice's end, map or graph: the other plugins hear of its tasks (the run
+        tracker: a map's lengths, a failed expander, a dynamic task's graph), then its
+        transitions run."""
+        s = self.scheduler
+        assert s is not None  # a splice runs in a started scheduler
+        ops.announce(
+            s,
+            new,
+            rewired,
+            stimulus_id,
+            client=SPLICE,
+            skip=self,
+            dynflow_map_lengths=lengths or {},
+            dynflow_failed_expander=failed_expander,
+            dynflow_dynamic=dynamic,
+        )
+        ops.commit(s, recommendations, stimulus_id)
 
     def _needs_itself(self, ts: TaskState, tasks: dict[Any, Any], output: Any) -> bool:
         """Whether the graph ``tasks`` (output ``output``) returned by ``ts`` needs
