@@ -520,18 +520,9 @@ class SpliceExtension(SchedulerPlugin):
                 continue
             needed.add(k)
             todo.extend(tasks[k].dependencies)
-        span = ops.annotation(ts, "span")  # the returned graph runs in its task's span
         new = ops.create_tasks(
             s,
-            [
-                ops.NewTasks(
-                    list(tasks.values()),
-                    ops.priority(ts),
-                    annotations={"span": span} if span else {},
-                    queue=queue,
-                    only=needed,
-                )
-            ],
+            [ops.NewTasks(list(tasks.values()), ops.priority(ts), queue=queue, only=needed)],
             annotations_by_key=annotations,
         )
         self.dynamic_keys.update(t.key for t in new)
