@@ -189,6 +189,31 @@ def test_chromium_screenshot_shows_the_run(tmp_path):
         cluster.stop()
 
 
+@pytest.mark.slow
+def test_chromium_shows_the_page_of_a_users_local_cluster(tmp_path):
+    """A LocalCluster the user made (no preload, no flag): the first run adds the page."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from distributed import LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        m = square.map(numbers(300))
+        assert total(df.allow_failure(m)).compute(client=client) == sum(
+            x * x for x in range(300) if x != 3
+        )
+        url = df.dashboard_link(client)
+        assert url == _dashboard(client) + PAGE
+        boxes = asyncio.run(screenshot(chromium, url, tmp_path / "p.png", tmp_path, text := []))
+        assert boxes == 3
+        assert "299/300 done, 1 failed" in text[0] and "Timeline" in text[0], text[0][:2000]
+
+
 # the page's text, inside bokeh's shadow DOM too
 PAGE_TEXT = """(function text(root) {
   let t = [];
@@ -397,4 +422,3 @@ async def test_items_sent_to_a_busy_worker_are_queued_not_running(c, s, a):
         await asyncio.sleep(0.1)
     await release.set()
     assert await fut == 6
-
