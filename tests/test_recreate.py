@@ -116,3 +116,12 @@ def test_an_error_that_is_not_dynflows_is_refused(client):
         copy = pickle.loads(pickle.dumps(e))
         with pytest.raises(TypeError, match="expected an error raised in this process"):
             df.recreate_error_locally(copy)
+
+
+def test_a_sync_mode_map_item_is_recreated_and_a_plain_task_is_refused_clearly():
+    error, _ = _raised(df.compute, pipeline.build(6, 5), scheduler="sync")
+    again, frame = _raised(df.recreate_error_locally, error)
+    assert type(again) is Rejected and frame.f_locals == {"x": 5, "limit": 5}
+    error, _ = _raised(df.compute, explode(numbers(3)), scheduler="sync")
+    with pytest.raises(TypeError, match="with scheduler='sync' it was raised here already"):
+        df.recreate_error_locally(error)

@@ -142,8 +142,9 @@ def _recreate_task(error: BaseException, nodes: list[Node], outputs: Outputs) ->
             return _call(node, args, kwargs)
     raise TypeError(
         f"recreate_error_locally(): no failed task is known for {type(error).__name__}: "
-        "only a computation on a cluster (whose run tracker counts failures) or a "
-        "MapItemError can be recreated"
+        "a plain task's error is recreated from a computation on a cluster (whose run "
+        "tracker counts failures); with scheduler='sync' it was raised here already, "
+        "and a MapItemError is recreated from either"
     )
 
 

@@ -319,7 +319,11 @@ def compute(
                 )
             get = local_scheduler(scheduler)
             graph = lower(nodes, distributed=False)
-            return tuple(map(output_value, get(dict(graph), [n.key for n in nodes])))
+            try:
+                return tuple(map(output_value, get(dict(graph), [n.key for n in nodes])))
+            except BaseException as e:  # recreate_error_locally knows its graph, as on a cluster
+                remember(e, nodes, None, None)
+                raise
         client = get_client(client)
         if client.asynchronous:
             return client.sync(_compute, nodes, client, name)  # to be awaited

@@ -53,14 +53,10 @@ from dynflow.worker._graph_splice import ReturnedGraph, needs_itself
 __all__ = ["Returned", "assemble", "finish_collections"]
 
 
-#: values that never hold a graph: returned as they are, without a walk
-_SCALARS = SCALARS
-
-
 def _special(obj: Any) -> bool:
     """Whether ``obj`` is something a returned value is not returned as it is: a node,
     a marker, a future, a generator, or a dask collection."""
-    if type(obj) in _SCALARS:
+    if type(obj) in SCALARS:
         return False
     return isinstance(
         obj, Node | unmapped | quote | Future | types.GeneratorType | types.AsyncGeneratorType
@@ -104,7 +100,7 @@ class Returned:
             CALLER_OPTIONS.reset(token)
 
     def __call__(self, policy: CallPolicy, value: Any) -> Any:
-        if type(value) in _SCALARS or not find(value, _special):
+        if type(value) in SCALARS or not find(value, _special):
             return value  # plain data (every map item's usual value): one walk, no more
         if isinstance(value, types.GeneratorType | types.AsyncGeneratorType):
             raise SerializationError(
