@@ -30,10 +30,12 @@ _config.load_defaults()
 if TYPE_CHECKING:
     from dynflow.client._as_completed import AsCompleted, as_completed
     from dynflow.client._connect import dashboard_link, get_client
+    from dynflow.client._limits import concurrency_limits, set_concurrency_limit
     from dynflow.client._recreate import recreate_error_locally
     from dynflow.client._run import Run, RunFuture
     from dynflow.client._submit import cancel, compute, submit, submit_async
     from dynflow.exceptions import (
+        ConcurrencyLimitError,
         DynflowError,
         ExtensionError,
         LazyValueError,
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 
 #: public name -> the module that defines it
 _EXPORTS = {
+    "ConcurrencyLimitError": "dynflow.exceptions",
     "DynflowError": "dynflow.exceptions",
     "ExtensionError": "dynflow.exceptions",
     "FlattenNode": "dynflow.graph._node",
@@ -80,6 +83,7 @@ _EXPORTS = {
     "as_completed": "dynflow.client._as_completed",
     "cancel": "dynflow.client._submit",
     "compute": "dynflow.client._submit",
+    "concurrency_limits": "dynflow.client._limits",
     "dashboard_link": "dynflow.client._connect",
     "flatten": "dynflow.graph._wrappers",
     "flow": "dynflow.graph._flow",
@@ -88,6 +92,7 @@ _EXPORTS = {
     "quote": "dynflow.graph._node",
     "progress": "dynflow.views._progress",
     "recreate_error_locally": "dynflow.client._recreate",
+    "set_concurrency_limit": "dynflow.client._limits",
     "submit": "dynflow.client._submit",
     "submit_async": "dynflow.client._submit",
     "task": "dynflow.graph._task",
@@ -97,6 +102,7 @@ _EXPORTS = {
 
 __all__ = [
     "AsCompleted",
+    "ConcurrencyLimitError",
     "DynflowError",
     "ExtensionError",
     "FlattenNode",
@@ -120,6 +126,7 @@ __all__ = [
     "as_completed",
     "cancel",
     "compute",
+    "concurrency_limits",
     "dashboard_link",
     "flatten",
     "flow",
@@ -128,6 +135,7 @@ __all__ = [
     "progress",
     "quote",
     "recreate_error_locally",
+    "set_concurrency_limit",
     "submit",
     "submit_async",
     "task",

@@ -42,6 +42,9 @@ __all__ = [
     "CACHED_TOPIC",
     "ITEM_TOPIC",
     "LABEL_TOPIC",
+    "LIMITS",
+    "LIMITS_HANDLER",
+    "LIMIT_ANNOTATION",
     "LOG_TOPIC",
     "RETRY_TOPIC",
     "RAW_PREFIX",
@@ -51,6 +54,7 @@ __all__ = [
     "RUN_ITEMS_HANDLER",
     "RUN_START_HANDLER",
     "RUN_STATUS_HANDLER",
+    "SET_LIMIT_HANDLER",
     "SPLICE",
     "SPLICE_HANDLER",
     "SPLICE_KEY_PLUGIN",
@@ -70,6 +74,14 @@ __all__ = [
 SPLICE = "dynflow"
 #: the run tracker's name (scheduler plugin and extension)
 TRACKER = "dynflow-runs"
+
+#: the concurrency limits' name (scheduler plugin and extension), the annotation of a
+#: task that carries a limit (its value: the limit's name), and its handlers: a client
+#: sets a limit; a client reads the limits set (those of a graph, before it sends it)
+LIMITS = "dynflow-limits"
+LIMIT_ANNOTATION = "dynflow_limit"
+SET_LIMIT_HANDLER = "dynflow_set_limit"
+LIMITS_HANDLER = "dynflow_limits"
 
 #: scheduler handlers: an expander asks for its splice; a client registers a run, asks
 #: for one run's state, or for every run's

@@ -12,6 +12,7 @@
      ├── RemoteError(DynflowError, RuntimeError)      a worker's exception not rebuildable here
      ├── TaskTimeoutError(DynflowError, TimeoutError) a call ran past its task's timeout
      ├── SchedulerLostError(DynflowError, ConnectionError)  the scheduler went away mid-run
+     ├── ConcurrencyLimitError(DynflowError, LookupError)   a concurrency limit never set
      ├── ResultStorageError(DynflowError, OSError)    a cached task's storage cannot be written
      └── TaskInterruptedError(DynflowError, RuntimeError)  KeyboardInterrupt/SystemExit in a task
 
@@ -29,6 +30,7 @@ from typing import Any
 from dynflow._public import public
 
 __all__ = [
+    "ConcurrencyLimitError",
     "DynflowError",
     "ExtensionError",
     "LazyValueError",
@@ -222,8 +224,14 @@ class SchedulerLostError(DynflowError, ConnectionError):
     """The connection to the scheduler was lost while a run was being computed."""
 
 
+class ConcurrencyLimitError(DynflowError, LookupError):
+    """A task carries a ``concurrency_limit`` name that was never set on the cluster
+    (:func:`dynflow.set_concurrency_limit`)."""
+
+
 # shown and pickled as dynflow.<name>; their examples are tested here
 __test__ = public(
+    ConcurrencyLimitError,
     DynflowError,
     ExtensionError,
     LazyValueError,

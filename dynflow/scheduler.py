@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dynflow._protocol import PAGE_PLUGIN, SPLICE, TRACKER
+from dynflow._protocol import LIMITS, PAGE_PLUGIN, SPLICE, TRACKER
+from dynflow.extension._limits import ConcurrencyLimits
 from dynflow.extension._ops import http_application
 from dynflow.extension._splice import SpliceExtension
 from dynflow.extension._tracker import RunTracker
@@ -51,6 +52,7 @@ async def dask_setup(scheduler: Scheduler) -> None:
     """Called by distributed when the scheduler starts with this preload."""
     await scheduler.register_scheduler_plugin(SpliceExtension(), name=SPLICE, idempotent=True)
     await scheduler.register_scheduler_plugin(RunTracker(), name=TRACKER, idempotent=True)
+    await scheduler.register_scheduler_plugin(ConcurrencyLimits(), name=LIMITS, idempotent=True)
     await scheduler.register_scheduler_plugin(DashboardPage(), name=PAGE_PLUGIN, idempotent=True)
     link = dashboard_link_of(scheduler)
     if link is not None:

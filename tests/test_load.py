@@ -29,7 +29,8 @@ def total(xs):
 
 @df.flow
 def one_flow(n, offset):
-    return total(square.map(generate_list(n, offset)))
+    # one task per item: the load is 20,000 scheduler tasks at once
+    return total(square.map(generate_list(n, offset), batch_size=None))
 
 
 @pytest.mark.slow

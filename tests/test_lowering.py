@@ -130,7 +130,8 @@ def test_measure_checks_lengths_and_lists_what_cannot_be_indexed():
 def test_stage_items_plain_batched_and_in_lanes(options, keys):
     m = process.map(generate_list(5), **options)
     stage = plan_stage(m, {}).stage
-    refs = ItemRefs("e", frozenset())
+    batches = Expansion("e", (stage,), (), {}, (), ()).batches(5, 1)
+    refs = ItemRefs("e", frozenset(), batches)
     tasks = stage.items((), 5, refs)
     items = [t.key for t in tasks if t.key[0] == stage.key]
     assert [(("i",) + k[1:]) for k in items] == keys
@@ -149,8 +150,7 @@ def test_collectors_read_items_or_batches():
     task = plain.task((), 3)
     assert isinstance(task, Task) and task.func is gather
     assert task.dependencies == {("items", 0), ("items", 1), ("items", 2)}
-    batched = Collector("list", "items", "process", batch=2)
-    task = batched.task((), 5)
+    task = plain.task((), 5, batches={"items": 2})
     assert task.func is gather_concat
     assert task.dependencies == {("items", 0), ("items", 1), ("items", 2)}
     nested = Collector("list", "items", "process").task((4,), 2)

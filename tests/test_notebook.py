@@ -140,4 +140,3 @@ class TestExecutedTour:
             assert "tcp://" not in link, links
         stderr = "".join(o.text for o in outputs if o.get("name") == "stderr")
         assert "dynflow: runs on" not in stderr, stderr
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 from hypothesis import HealthCheck, given, settings
@@ -234,3 +235,56 @@ def test_counts_follow_the_scheduler_and_never_go_down(shared_client, base, prog
         assert c["running"] == c["pending"] == 0, (key, c)
         assert c["done"] + c["failed"] + c["cached"] == (c["total"] or 0), (key, c)
     del fut
+
+
+def with_sizes(program, size):
+    """``program`` with every map's batch_size set to ``size``."""
+    out = []
+    for op in program:
+        if op[0] == "affine":
+            out.append((*op[:4], size))
+        elif op[0] == "flatten":
+            out.append(("flatten", size))
+        else:
+            out.append(op)
+    return out
+
+
+#: "adaptive" grouping even for the few items of these pipelines: at least one task per
+#: worker thread, no minimum length (the real rule keeps maps of <= 256 items per item)
+GROUP_SMALL = {"dynflow.adaptive.min-items": 0, "dynflow.adaptive.tasks-per-thread": 1}
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    base=st.lists(st.integers(0, 20), max_size=9),
+    program=ops,
+    concrete=st.booleans(),
+    tolerant=st.booleans(),
+    ratio=st.sampled_from([1.0, 1.0, 0.5, 0.0]),
+)
+def test_adaptive_grouping_gives_what_one_task_per_item_gives(
+    shared_client, base, program, concrete, tolerant, ratio
+):
+    """Random pipelines whose maps group their items adaptively (maps left unset, which
+    is "adaptive", and maps set to it), one task per item, and fixed batches of 2: the
+    same values and the same errors (map, indices, origin, cause), and the same as in
+    sync mode."""
+
+    def run(size, scheduler=None):
+        # the last map of a pipeline sets no batch_size: it reads dynflow.batch-size
+        with dask.config.set({"dynflow.batch-size": size}):
+            node, _ = build(base, with_sizes(program, size), concrete, size, ratio)
+        consumer = describe(df.allow_failure(node) if tolerant else node)
+        if scheduler == "sync":
+            return outcome(lambda: consumer.compute(scheduler="sync"))
+        return outcome(lambda: consumer.compute(client=shared_client))
+
+    with dask.config.set(GROUP_SMALL):
+        adaptive = run("adaptive")
+    per_item, fixed = run(None), run(2)
+    assert adaptive == per_item == fixed == run("adaptive", "sync")

@@ -230,7 +230,10 @@ LONG_RUN = textwrap.dedent(
     import remote_tasks as rt
     import dynflow as df
 
-    node = rt.reducer(rt.slow_item.map(rt.generate_list(400), df.unmapped(0.1)))
+    # one task per item: the test counts the items in the scheduler
+    node = rt.reducer(
+        rt.slow_item.map(rt.generate_list(400), df.unmapped(0.1), batch_size=None)
+    )
     print("submitting", flush=True)
     if sys.argv[1:] == ["submit"]:
         print(node.submit().result(), flush=True)

@@ -334,6 +334,40 @@ async def test_respec_to_a_failing_call(c, s, a, b):
         GATE.set()
 
 
+# ----------------------------------------------------------------------------- holding
+@gen_cluster(client=True)
+async def test_hold_and_unhold(c, s, a, b):
+    """A task held before its first transition (as the concurrency limits' update_graph
+    holds it), once ready, waits in no-worker, on no worker; let go, it runs, with its
+    own restrictions (here: worker b only) back."""
+    x = c.submit(inc, 1, key="x")
+    await x
+    with pytest.raises(ops.SchedulerStateError, match="memory"):
+        ops.hold(s.tasks["x"], "nowhere://")
+    held: dict = {}
+
+    class Hold(SchedulerPlugin):
+        def update_graph(self, scheduler, **kwargs):
+            ts = ops.get_task(scheduler, "V")
+            if ts is not None and not held:
+                held["V"] = ops.hold(ts, "nowhere://")
+
+    await s.register_scheduler_plugin(Hold(), name="hold-test", idempotent=False)
+    v = c.submit(inc, x, key="V", workers=[b.address])
+    await async_poll_for(lambda: "V" in s.tasks and s.tasks["V"].state == "no-worker", 10)
+    ts = s.tasks["V"]
+    s.validate_state()
+    assert "V" not in a.state.tasks and "V" not in b.state.tasks
+    assert ts.worker_restrictions == {"nowhere://"}
+    recs: dict = {}
+    ops.unhold(ts, held["V"], recs)
+    assert recs == {"V": "processing"} and ts.worker_restrictions == {b.address}
+    ops.commit(s, recs, "test")
+    s.validate_state()
+    assert await v == 3
+    assert "V" in b.data
+
+
 # ----------------------------------------------------------------------------- clients
 @gen_cluster(client=True)
 async def test_keep_and_release_for_client(c, s, a, b):
@@ -476,7 +510,8 @@ async def test_reads(c, s, a, b):
 SURGERY = re.compile(
     r"\.(dependencies|dependents|waiters|waiting_on|who_has|who_wants)\.(add|discard|clear|"
     r"remove|update|pop)\(|\.(run_spec|run_id|priority|exception_blame|_queueable|"
-    r"waiting_on|waiters|dependencies|dependents) = |\.add_dependency\(|\.transitions?\(|"
+    r"waiting_on|waiters|dependencies|dependents|worker_restrictions|host_restrictions|"
+    r"loose_restrictions) = |\.add_dependency\(|\.transitions?\(|"
     r"client_desires_keys|client_releases_keys|stream_handlers|\.handlers\[|"
     r"\.handlers\.(update|pop)|\.extensions\[|\.extensions\.pop|new_task\(|"
     r"_apply_annotations|observe_tasks|\.send_all\(|total_nthreads|\bs\.tasks\b|"

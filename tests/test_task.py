@@ -181,7 +181,7 @@ def test_a_parameter_named_like_a_dynflow_keyword_gets_the_users_value(keyword, 
     got = m.compute(scheduler="sync")
     position = ["batch_size", "max_concurrency", "min_success_ratio", "wait_for"].index(keyword)
     assert [r[1 + position] for r in got] == [value, value]
-    assert (m.batch_size, m.max_concurrency, m.min_success_ratio) == (None, None, 1.0)
+    assert (m.batch_size, m.max_concurrency, m.min_success_ratio) == ("adaptive", None, 1.0)
     assert m.dependencies == ()
     if keyword == "wait_for":  # also on a plain call
         assert train(1, wait_for=7).compute(scheduler="sync")[4] == 7

@@ -34,9 +34,10 @@ from distributed.utils import is_kernel
 
 from dynflow import __version__ as dynflow_version
 from dynflow._compat import SUPPORTED_DISTRIBUTED, supported_distributed
-from dynflow._protocol import FORWARD_TOPIC, PAGE_PLUGIN, SPLICE, TRACKER
+from dynflow._protocol import FORWARD_TOPIC, LIMITS, PAGE_PLUGIN, SPLICE, TRACKER
 from dynflow._public import public
 from dynflow.exceptions import ExtensionError
+from dynflow.extension._limits import ConcurrencyLimits
 from dynflow.extension._splice import SpliceExtension
 from dynflow.extension._tracker import RunTracker
 from dynflow.views._dashboard import DashboardPage, page_url, register_page
@@ -280,6 +281,7 @@ async def install(client: Client) -> None:
     check_versions(await versions, await _imports(client))
     await client.register_plugin(SpliceExtension(), name=SPLICE)
     await client.register_plugin(RunTracker(), name=TRACKER)
+    await client.register_plugin(ConcurrencyLimits(), name=LIMITS)
     await client.register_plugin(DashboardPage(), name=PAGE_PLUGIN)
     client.subscribe_topic(FORWARD_TOPIC, print_forwarded)
     _installed[client] = scheduler_id

@@ -20,6 +20,7 @@ from dynflow._compat import local_scheduler
 from dynflow._context import RUNNING_ASYNC, RUNNING_TASK
 from dynflow._public import public
 from dynflow.client._connect import announce, get_client, install
+from dynflow.client._limits import check_limits
 from dynflow.client._run import (
     Run,
     RunFuture,
@@ -157,6 +158,7 @@ async def _submit(
     """Install, register the run, then send its graph (``before_send(run)`` first: what
     must be in place on the scheduler before any task can finish)."""
     await install(client)
+    await check_limits(client, nodes)
     run = Run.of(nodes, client, name)
     await run.register()
     run.link = await announce(client)

@@ -19,6 +19,8 @@ a live scheduler with validation on, ``tests/test_scheduler_ops.py``):
 - :func:`end_run`: a processing task's run ends now (its late result is refused);
 - :func:`respec`, :func:`make_alias`, :func:`make_call`: a released task runs another
   spec, its old inputs let go of;
+- :func:`hold`, :func:`unhold`: a task waits in ``no-worker`` once ready (a worker
+  restriction no worker meets), then runs (named concurrency limits);
 - :func:`forget`: tasks nothing uses go, as distributed forgets a task nobody needs;
 - :func:`keep_for_client`, :func:`release_for_client`: the scheduler keeps keys for a
   client as if it held futures of them, then lets go;
@@ -63,7 +65,10 @@ distributed and dask internals touched here (checked against every release in
   ``run_id`` (-1: ``stimulus_task_finished`` refuses the ended run's ``task-finished``),
   ``exception_blame``, ``waiting_on``, ``waiters``, ``dependencies``/``dependents``
   (``TaskState.add_dependency``; ``discard`` for an edge that goes), ``_queueable`` (the
-  flag distributed's P2P shuffle sets to keep root-ish tasks out of the queue);
+  flag distributed's P2P shuffle sets to keep root-ish tasks out of the queue),
+  ``worker_restrictions``, ``host_restrictions``, ``loose_restrictions`` (a held task:
+  ``Scheduler.valid_workers`` finds no worker, so the scheduler keeps it in
+  ``no-worker`` until they are given back);
 - the ``spans`` extension's ``observe_tasks(tss, code, span_metadata)``;
 - ``SchedulerPlugin.update_graph`` of the other plugins, called with dynflow's client
   name and keyword arguments of its own (``dependencies=`` too before 2025.5, which
@@ -198,6 +203,11 @@ def dependents(ts: TaskState, states: Container[str] | None = None) -> list[Task
 def wanted_by_client(ts: TaskState) -> bool:
     """Whether a client holds a future of ``ts`` (or the scheduler keeps it for one)."""
     return bool(ts.who_wants)
+
+
+def dependency_keys(ts: TaskState) -> list[Key]:
+    """The keys ``ts`` reads."""
+    return [d.key for d in ts.dependencies]
 
 
 def priority(ts: TaskState) -> tuple[float, ...]:
@@ -569,6 +579,36 @@ def make_call(
     """Released ``ts`` runs ``func(*args)`` (literal arguments) when it runs again
     (:func:`respec`)."""
     respec(s, ts, Task(ts.key, func, *args), recs)
+
+
+# ---------------------------------------------------------------------------- holding
+#: a held task's saved restrictions: (worker, host, loose)
+Saved = tuple[Any, Any, Any]
+
+
+def hold(ts: TaskState, tag: str) -> Saved:
+    """Keep a task that is not running from starting: it gets the worker restriction
+    ``tag``, which no worker's address is, and no host restriction, strictly, so when
+    it is ready the scheduler puts it in ``no-worker``, where it waits holding no
+    worker thread. Returns its own restrictions, for :func:`unhold`.
+
+    Precondition: ``ts`` is released, waiting or no-worker (never processing).
+    """
+    if ts.state not in ("released", "waiting", "no-worker"):
+        raise SchedulerStateError(f"hold: {str(ts.key)!r} is {ts.state}")
+    saved = (ts.worker_restrictions, ts.host_restrictions, ts.loose_restrictions)
+    ts.worker_restrictions = {tag}
+    ts.host_restrictions = None
+    ts.loose_restrictions = False
+    return saved
+
+
+def unhold(ts: TaskState, saved: Saved, recs: Recs) -> None:
+    """Let a task :func:`hold` kept go: its own restrictions back; if it waits in
+    ``no-worker``, it is recommended to ``processing`` (the scheduler picks a worker)."""
+    ts.worker_restrictions, ts.host_restrictions, ts.loose_restrictions = saved
+    if ts.state == "no-worker":
+        recs[ts.key] = "processing"
 
 
 # ----------------------------------------------------------------------------- forget

@@ -236,6 +236,10 @@ class NodeState:
         }
         if self.retries:  # only where calls were retried
             out["retries"] = self.retries
+        if any(size for _, size in self.lengths.values()):  # only where items were grouped
+            out["tasks"] = sum(
+                n if size is None else -(-n // size) for n, size in self.lengths.values()
+            )
         return out
 
 

@@ -86,6 +86,7 @@ from dynflow._protocol import (
     SPLICE_TOPIC,
 )
 from dynflow.extension import _ops as ops
+from dynflow.extension._durations import ItemDurations
 from dynflow.worker._expander import SpliceKey, expand, splice_digest
 from dynflow.worker._graph_splice import needs_itself, refuse
 
@@ -143,6 +144,8 @@ class SpliceExtension(SchedulerPlugin):
         self.dynamic_keys: set[Any] = set()  # tasks a graph splice created (while they live)
         # the key expanders sign their requests with: made here, given to the workers only
         self.key = secrets.token_bytes(32)
+        # compute seconds per map item, per task name: "adaptive" batch sizes
+        self.durations = ItemDurations()
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -299,7 +302,11 @@ class SpliceExtension(SchedulerPlugin):
         # the collectors (placeholders) of this expansion still waiting for their items
         collectors = ops.dependents(ets, ("waiting",))
         threads = ops.total_threads(s)
-        stages, specs = expansion.build(n, prefix, listed, subflow_tasks or {}, failed, threads)
+        batches = {} if failed else expansion.batches(n, threads, self.durations.seconds)
+        stages, specs = expansion.build(n, prefix, listed, subflow_tasks or {}, failed, batches)
+        if not failed:
+            for stage_key, task_name in expansion.task_names().items():
+                self.durations.planned(stage_key, prefix, task_name, n, batches.get(stage_key))
         span = ops.annotation(ets, "span")
         new = ops.create_tasks(
             s,
@@ -327,7 +334,7 @@ class SpliceExtension(SchedulerPlugin):
             rewired,
             recommendations,
             stimulus_id,
-            lengths=expansion.lengths(0 if failed else n, prefix, threads),
+            lengths=expansion.lengths(0 if failed else n, prefix, batches),
             failed_expander=expander if failed else None,
         )
         self.splices += 1
@@ -335,6 +342,8 @@ class SpliceExtension(SchedulerPlugin):
         return {"status": "OK", "added": len(new)}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish == "memory" and type(key) is tuple:
+            self.durations.finished(key, ops.compute_startstops(kwargs))
         if finish == "forgotten" and (self.dynamic_keys or self.aliases):
             self.aliases.pop(key, None)
             self.dynamic_keys.discard(key)

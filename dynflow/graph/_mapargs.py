@@ -11,7 +11,13 @@ from dynflow._sequences import unmappable
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._bindable import Bindable
 from dynflow.graph._node import Node, Slot, unmapped
-from dynflow.graph._options import check_map_options, dynflow_keywords, wait_for_nodes
+from dynflow.graph._options import (
+    Default,
+    batch_size_config,
+    check_map_options,
+    dynflow_keywords,
+    wait_for_nodes,
+)
 
 __all__ = ["MapCall", "add_waits", "bind_map", "map_slots", "positional_labels"]
 
@@ -39,6 +45,8 @@ def bind_map(
     slots, kwslots = map_slots(owner.name, owner._signature, bound)
     ratio = ours.get("min_success_ratio", defaults["min_success_ratio"])
     batch = ours.get("batch_size", defaults.get("batch_size"))
+    if batch is Default.BATCH_SIZE:  # unset: the config where the map is made
+        batch = batch_size_config(owner.name)
     concurrency = ours.get("max_concurrency", defaults.get("max_concurrency"))
     check_map_options(owner.name, ratio, batch, concurrency)
     waits = add_waits(owner.name, ".map()", defaults["wait_for"], ours)

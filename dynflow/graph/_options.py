@@ -4,12 +4,13 @@ calls that are dynflow's, and where cached results are stored."""
 from __future__ import annotations
 
 import datetime
+import enum
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import dask.config
 from dask.utils import parse_timedelta
@@ -25,7 +26,10 @@ __all__ = [
     "OPTIONS",
     "PASSED_ON",
     "TaskOptions",
+    "BatchSize",
+    "Default",
     "absolute_storage",
+    "batch_size_config",
     "cache_config",
     "check_map_options",
     "check_options",
@@ -40,6 +44,18 @@ __all__ = [
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 #: a duration: seconds, a string as dask writes them ("30s", "1d"), or a timedelta
 Duration = float | str | datetime.timedelta
+#: items per scheduler task of a map: None (one task per item), a count, "auto" (about
+#: eight tasks per worker thread) or "adaptive" (from the items' measured duration)
+BatchSize = int | Literal["auto", "adaptive"] | None
+
+
+class Default(enum.Enum):
+    """An option left unset: its value is read from dask config where the call is made."""
+
+    BATCH_SIZE = "dynflow.batch-size"
+
+    def __repr__(self) -> str:
+        return f"<from {self.value}>"
 
 
 class FlowOptions(TypedDict, total=False):
@@ -81,8 +97,9 @@ class TaskOptions(TypedDict, total=False):
     result_storage: str | None
     wait_for: Any
     min_success_ratio: float
-    batch_size: int | str | None
+    batch_size: BatchSize
     max_concurrency: int | None
+    concurrency_limit: str | None
 
 
 def duration(value: Any) -> float | None:
@@ -128,6 +145,29 @@ def _check(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+_BATCH_EXPECTED = "None, an int >= 1, 'auto' or 'adaptive'"
+
+
+def _batch_ok(v: Any) -> bool:
+    if isinstance(v, str):
+        return v in ("auto", "adaptive")
+    return v is None or (_is_int(v) and v >= 1)
+
+
+def batch_size_config(name: str) -> BatchSize:
+    """``dynflow.batch-size``, checked: a bad value raises a ``ValueError`` naming the
+    key, the value, what is expected and the map (``name.map()``) that reads it."""
+    value = dask.config.get("dynflow.batch-size")
+    if value in ("null", "none", "None"):  # a YAML null written as a string
+        value = None
+    if not _batch_ok(value):
+        raise ValueError(
+            f"{name}.map(): the dask config key dynflow.batch-size is {value!r}; expected "
+            f"{_BATCH_EXPECTED}"
+        )
+    return value
 
 
 def _is_number(v: Any) -> bool:
@@ -205,9 +245,14 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
         "a number in [0, 1]",
     ),
     "batch_size": (
+        Default.BATCH_SIZE,
+        _check(lambda v: v is Default.BATCH_SIZE or _batch_ok(v)),
+        _BATCH_EXPECTED,
+    ),
+    "concurrency_limit": (
         None,
-        _check(lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1)),
-        "None, an int >= 1 or 'auto'",
+        _check(lambda v: v is None or (isinstance(v, str) and bool(v))),
+        "None or the name of a limit (a non-empty str; see df.set_concurrency_limit)",
     ),
     "max_concurrency": (
         None,
@@ -345,12 +390,8 @@ def check_map_options(
         raise TypeError(
             f"{name}.map(): min_success_ratio={min_success_ratio!r}; expected a number in [0, 1]"
         )
-    if not (
-        batch_size is None or batch_size == "auto" or (_is_int(batch_size) and batch_size >= 1)
-    ):
-        raise TypeError(
-            f"{name}.map(): batch_size={batch_size!r}; expected None, an int >= 1 or 'auto'"
-        )
+    if not _batch_ok(batch_size):
+        raise TypeError(f"{name}.map(): batch_size={batch_size!r}; expected {_BATCH_EXPECTED}")
     if max_concurrency is not None and not (_is_int(max_concurrency) and max_concurrency >= 1):
         raise TypeError(
             f"{name}.map(): max_concurrency={max_concurrency!r}; expected None or an int >= 1"

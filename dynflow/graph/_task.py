@@ -343,10 +343,15 @@ class Task(Bindable, Generic[P, R]):
             :class:`~dynflow.MapItemError` if any item failed; with ``r < 1`` the list
             is handed on when at least ``r`` of the items succeeded (compared exactly,
             as written: 55 of 100 meet 0.55), with ``None`` in place of failed items.
-        batch_size : int or "auto", optional
-            Items per scheduler task (``"auto"``: about eight tasks per worker thread);
-            results, failures and retries stay per item, and the list is the same as
-            unbatched. A map chained on a batched map reads its items batch by batch.
+        batch_size : int, "auto", "adaptive" or None, optional
+            Items per scheduler task. Unset: the ``dynflow.batch-size`` config
+            (``"adaptive"``: one task per item for at most 256 items or items of 10 ms
+            or more, else about 50 ms of measured compute per task and at least eight
+            tasks per worker thread; see :func:`dynflow.lowering._stage.batch_size`).
+            None: one task per item; ``"auto"``: about eight tasks per worker thread.
+            Results, failures and retries stay per item, and the list is the same as
+            with one task per item. A map chained on a batched map reads its items
+            batch by batch.
         max_concurrency : int, optional
             At most this many items of this map run at once, cluster-wide (items wait
             as scheduler tasks, holding no worker thread); batched, at most this many
@@ -365,6 +370,9 @@ class Task(Bindable, Generic[P, R]):
             A concrete mapped argument that cannot be mapped over.
         MapLengthError
             Concrete mapped arguments of different lengths.
+        ValueError
+            ``batch_size`` unset and a ``dynflow.batch-size`` config value that does
+            not fit.
 
         Examples
         --------
@@ -449,6 +457,12 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
         Abstract worker resources each call needs, e.g. ``{"GPU": 1}``.
     priority : int
         Scheduling priority; higher runs first.
+    concurrency_limit : str, optional
+        The name of a limit set with :func:`dynflow.set_concurrency_limit`: at most
+        that many calls of tasks carrying the name run at once, cluster-wide (across
+        maps, runs and clients); waiting calls hold no worker thread. A name never set
+        fails the run at submit (:class:`~dynflow.ConcurrencyLimitError`). Local
+        schedulers ignore it.
     task_run_name : str or callable, optional
         Label of each call in dynflow's views, forwarded output and error messages:
         a template filled with the call's arguments by name and ``map_index``

@@ -15,7 +15,7 @@ once per item ``i`` of its parent, with a *prefix* ``(i,)``: its items are
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -53,7 +53,7 @@ class Nested:
     expansion: Expansion
     annotations: Mapping[str, Any]
 
-    def items(self, prefix: Prefix, n: int, refs: ItemRefs, nthreads: int = 1) -> list[Task]:
+    def items(self, prefix: Prefix, n: int, refs: ItemRefs) -> list[Task]:
         child = self.expansion
         out = []
         for i in range(n):
@@ -82,20 +82,21 @@ class Collector:
     concat: bool = False
     mode: str = "strict"
     ratio: float = 1.0
-    batch: int | str | None = None  # the batching of the stage it gathers
 
-    def task(self, prefix: Prefix, n: int, failed: Any = None, nthreads: int = 1) -> Task:
-        """The collector's spec; ``failed``: the expander's key, whose value is a Failure."""
+    def task(
+        self, prefix: Prefix, n: int, failed: Any = None, batches: Mapping[str, int] = {}
+    ) -> Task:
+        """The collector's spec; ``failed``: the expander's key, whose value is a Failure;
+        ``batches``: items per task of the batched stages (as :class:`ItemRefs`)."""
         mode = self.mode if not prefix else "raw"
         if failed is not None:  # no items: the source's failure, by mode
             args = (self.task_name, mode, self.ratio, TaskRef(failed))
             return Task(at(self.key, prefix), gather_failed, *args)
-        if self.batch is not None:
-            n = len(ranges(n, batch_size(self.batch, n, nthreads)))
-            refs = (TaskRef((self.of, *prefix, b)) for b in range(n))
-        else:
-            refs = (TaskRef((self.of, *prefix, i)) for i in range(n))
-        fn = gather_concat if self.concat or self.batch is not None else gather
+        size = batches.get(self.of)
+        if size is not None:
+            n = len(ranges(n, size))
+        refs = (TaskRef((self.of, *prefix, t)) for t in range(n))
+        fn = gather_concat if self.concat or size is not None else gather
         return Task(at(self.key, prefix), fn, self.task_name, mode, self.ratio, *refs)
 
 
@@ -186,23 +187,18 @@ class Expansion:
         listed: list,
         subflow_tasks: Mapping[int, list],
         failed: bool = False,
-        nthreads: int = 1,
+        batches: Mapping[str, int] = {},
     ) -> tuple[list[StageTasks], dict[Any, Task]]:
         """Per-item tasks of every stage (in order), and the collectors' task specs.
 
         ``subflow_tasks`` holds the sub-flow stages' tasks, built by :meth:`build_subflows`.
         ``failed``: a mapped source was a failure record (the expander's value): no
-        items, and each collector's list is that failure. ``nthreads``: the cluster's
-        worker threads, for ``batch_size="auto"``.
+        items, and each collector's list is that failure. ``batches``: items per task of
+        the batched stages (:meth:`batches`; the others: one task per item).
         """
         ekey = at(self.expander, prefix)
         if failed:
             return [], {at(c.key, prefix): c.task(prefix, 0, ekey) for c in self.collectors}
-        batches = {
-            s.key: batch_size(s.batch, n, nthreads)
-            for s in self.stages
-            if isinstance(s, Stage) and s.batch is not None
-        }
         refs = ItemRefs(ekey, frozenset(listed), batches)
 
         stages: list[StageTasks] = []
@@ -210,12 +206,27 @@ class Expansion:
             if s_index in subflow_tasks:
                 stages += subflow_tasks[s_index]
             else:
-                items = s.items(prefix, n, refs, nthreads)
+                items = s.items(prefix, n, refs)
                 stages.append(StageTasks(s.annotations, items, getattr(s, "queue", False)))
         collectors = {
-            at(c.key, prefix): c.task(prefix, n, nthreads=nthreads) for c in self.collectors
+            at(c.key, prefix): c.task(prefix, n, batches=batches) for c in self.collectors
         }
         return stages, collectors
+
+    def batches(
+        self, n: int, nthreads: int, seconds: Callable[[str], float | None] = lambda _: None
+    ) -> dict[str, int]:
+        """Items per task of each stage that groups its ``n`` items (the others run one
+        task per item), decided once per splice (:func:`~dynflow.lowering._stage.batch_size`):
+        ``nthreads``, the cluster's worker threads; ``seconds(task_name)``, a task's
+        measured compute seconds per item (None: not measured)."""
+        out = {}
+        for s in self.stages:
+            if isinstance(s, Stage) and s.batch is not None:
+                size = batch_size(s.batch, n, nthreads, seconds(s.task_name))
+                if size is not None:
+                    out[s.key] = size
+        return out
 
     def refuse_splice(
         self, n: int, prefix: Prefix, listed: Any, subflow_tasks: Mapping[Any, Any], failed: bool
@@ -261,13 +272,14 @@ class Expansion:
                 )
         return None
 
-    def lengths(self, n: int, prefix: Prefix, nthreads: int = 1) -> dict[str, tuple]:
+    def task_names(self) -> dict[str, str]:
+        """``{stage key: task name}`` of the stages that call a task per item (not the
+        sub-flow stages), whose items' compute time is measured."""
+        return {s.key: s.task_name for s in self.stages if isinstance(s, Stage) and not s.subflow}
+
+    def lengths(self, n: int, prefix: Prefix, batches: Mapping[str, int]) -> dict[str, tuple]:
         """``{stage key: (prefix, n, items per task or None)}`` for progress tracking."""
-        return {
-            s.key: (prefix, n, None if s.batch is None else batch_size(s.batch, n, nthreads))
-            for s in self.stages
-            if isinstance(s, Stage)
-        }
+        return {s.key: (prefix, n, batches.get(s.key)) for s in self.stages if isinstance(s, Stage)}
 
     def run_locally(self, data: dict[Any, Any]) -> list | Failure:
         """Evaluate a single-stage, top-level expansion in this process."""

@@ -7,6 +7,12 @@ from dynflow.graph._node import FlattenNode, MapNode, Node, SubflowMapNode, find
 __all__ = ["ExpansionGroups"]
 
 
+def _itemwise(node: MapNode) -> bool:
+    """Whether ``node``'s single items can be read: one task per item, or ``"adaptive"``
+    (kept to one task per item where a reader needs that: :attr:`ExpansionGroups.per_item`)."""
+    return node.batch_size is None or node.batch_size == "adaptive"
+
+
 class ExpansionGroups:
     """Which maps expand together, and at which level, without creating cycles.
 
@@ -32,6 +38,8 @@ class ExpansionGroups:
         self.upstream: dict[str, frozenset[str]] = {}  # node key -> map keys it needs
         self.how: dict[tuple[str, int], str] = {}  # (map key, slot) -> "stage" / "nest"
         self.pos: dict[str, int] = {}  # map key -> position in topological order
+        # "adaptive" maps whose items are read one by one (see `visit`): one task per item
+        self.per_item: set[str] = set()
 
     def find(self, f: int) -> int:
         while f in self.alias:
@@ -72,7 +80,7 @@ class ExpansionGroups:
         # (index len(slots) + j), which join like a mapped map but are not passed
         cands: dict[int, tuple[str, int | None]] = {}  # index -> (how, level)
         for j, w in enumerate(node.item_waits):
-            if w.batch_size is None:
+            if _itemwise(w):
                 cands[len(node.slots) + j] = ("wait", self.parent_of(self.group[w.key]))
         for i, s in enumerate(node.slots):
             if not s.mapped:
@@ -80,13 +88,13 @@ class ExpansionGroups:
             # a batched map's items are read from its batches (not by a sub-flow, which
             # is built on a worker that cannot know an "auto" batch size)
             if isinstance(s.value, MapNode) and (
-                s.value.batch_size is None or not isinstance(node, SubflowMapNode)
+                _itemwise(s.value) or not isinstance(node, SubflowMapNode)
             ):
                 cands[i] = ("stage", self.parent_of(self.group[s.value.key]))
             elif (
                 isinstance(s.value, FlattenNode)
                 and isinstance(s.value.source, MapNode)
-                and s.value.source.batch_size is None
+                and _itemwise(s.value.source)
             ):
                 cands[i] = ("nest", self.find(self.group[s.value.source.key]))
         others = [n for i, s in enumerate(node.slots) for n in find_nodes(s) if i not in cands]
@@ -132,6 +140,13 @@ class ExpansionGroups:
         self.group[node.key] = fid
         for i, (how, _) in joinable.items():
             self.how[(node.key, i)] = how
+            if how == "nest" or (how == "stage" and isinstance(node, SubflowMapNode)):
+                # read one item at a time where the batch size cannot be known (a
+                # nested expansion's sources, a sub-flow built on a worker)
+                value = self._value(node, i)
+                source = value.source if isinstance(value, FlattenNode) else value
+                if isinstance(source, MapNode) and source.batch_size == "adaptive":
+                    self.per_item.add(source.key)
             if how in ("stage", "wait"):
                 f = self.find(self.group[self._value(node, i).key])
                 if f != fid:

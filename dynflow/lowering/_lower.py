@@ -34,7 +34,7 @@ from dask.sizeof import sizeof
 from dask.utils import parse_bytes
 
 from dynflow._containers import substitute
-from dynflow._protocol import EXPANDER_PREFIX, raw_key
+from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, raw_key
 from dynflow.graph._node import (
     AllowFailureNode,
     FlattenNode,
@@ -223,6 +223,8 @@ def _annotations(node: Node) -> dict[str, Any]:
         out["resources"] = dict(opts["resources"])
     if opts["priority"]:
         out["priority"] = opts["priority"]
+    if opts["concurrency_limit"]:  # held by the scheduler's concurrency limits
+        out[LIMIT_ANNOTATION] = opts["concurrency_limit"]
     return out
 
 
@@ -249,12 +251,15 @@ def plan_stage(
     how: dict[tuple[str, int], str],
     distributed: bool = True,
     large: LargeValues | None = None,
+    per_item: set[str] | frozenset[str] = frozenset(),
 ) -> PlannedStage:
     """The stage of one map: its plan, sources, concrete tuples and the keys its items
     need. ``how``: the slots that join an expansion group (``"stage"``, ``"nest"``); any
     other mapped node is read whole, raw (:func:`_whole_source`). ``distributed``:
     whether the items run on a cluster (else on a local scheduler); ``large``: where
-    large concrete values become data tasks (see :class:`LargeValues`)."""
+    large concrete values become data tasks (see :class:`LargeValues`); ``per_item``:
+    ``"adaptive"`` maps that must run one task per item (see
+    :attr:`~dynflow.lowering._groups.ExpansionGroups.per_item`)."""
     sources: dict[Any, tuple[str, str]] = {}
     concretes: list[tuple[str, str, int]] = []
     needs: set[Any] = {n.key for n in node.whole_waits}
@@ -313,7 +318,7 @@ def plan_stage(
             kwargs,
             {**_annotations(node), **_map_span(node)} if distributed else _annotations(node),
             _policy(node, records=True, distributed=distributed),
-            node.batch_size,
+            None if node.key in per_item else node.batch_size,
             node.max_concurrency,
             bool(dask.config.get("dynflow.queue-items")),
             waits,
@@ -517,7 +522,9 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     recorded = _recorded(order, whole, records)
     large = LargeValues()
     planned = {
-        n.key: plan_stage(n, groups.how, large=large) for n in order if isinstance(n, MapNode)
+        n.key: plan_stage(n, groups.how, large=large, per_item=groups.per_item)
+        for n in order
+        if isinstance(n, MapNode)
     }
     maps = {n.key: n for n in order if isinstance(n, MapNode)}
 
@@ -530,9 +537,7 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
             stage, node = planned[key].stage, maps[key]
             for ckey, mode in _lists(key, whole, raw_lists, tolerant, recorded):
                 ratio = node.min_success_ratio
-                c = Collector(
-                    ckey, stage.key, stage.task_name, mode=mode, ratio=ratio, batch=node.batch_size
-                )
+                c = Collector(ckey, stage.key, stage.task_name, mode=mode, ratio=ratio)
                 collectors[chain[0]].append(c)
                 for up in chain[1:]:
                     collectors[up].append(Collector(ckey, ckey, stage.task_name, True, mode, ratio))

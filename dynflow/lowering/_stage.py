@@ -10,11 +10,14 @@ own tasks would be.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+import dask.config
 from dask._task_spec import Alias, GraphNode, List, Task, TaskRef, parse_input
+from dask.utils import parse_timedelta
 
 from dynflow._containers import find, substitute
 from dynflow._context import BATCH_INDEX
@@ -33,7 +36,7 @@ from dynflow.lowering._markers import (
 from dynflow.worker._call_context import at_index
 from dynflow.worker._calls import CallPolicy, call_after
 
-__all__ = ["Stage", "batch_size", "ranges", "run_batch"]
+__all__ = ["AdaptiveRule", "Stage", "adaptive_rule", "batch_size", "ranges", "run_batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,8 @@ class Stage:
     kwargs: Mapping[str, Any]
     annotations: Mapping[str, Any]
     policy: CallPolicy | None = None  # retries, timeout; items return Failure records
-    batch: int | str | None = None  # items per scheduler task: None, an int or "auto"
+    # items per scheduler task: None, an int, "auto" or "adaptive" (see batch_size)
+    batch: int | str | None = None
     max_concurrency: int | None = None  # at most this many items running at once
     # let the scheduler queue the items as root tasks (``dynflow.queue-items``)
     queue: bool = False
@@ -89,22 +93,24 @@ class Stage:
             **{name: resolve_item(v, prefix, i, refs) for name, v in self.kwargs.items()},
         )
 
-    def items(self, prefix: Prefix, n: int, refs: ItemRefs, nthreads: int = 1) -> list[Task]:
-        """Item tasks ``(key, *prefix, i)``; batched: tasks ``(key, *prefix, b)`` of lists.
+    def items(self, prefix: Prefix, n: int, refs: ItemRefs) -> list[Task]:
+        """Item tasks ``(key, *prefix, i)``; batched (``refs.batches`` gives this stage
+        a size): tasks ``(key, *prefix, b)`` of lists.
 
         With ``max_concurrency=k`` the tasks run in ``k`` lanes: task ``t`` waits for a
         tiny "done" task of task ``t - k``, so at most ``k`` run at once, cluster-wide,
         and a waiting task is only a scheduler task (no worker thread is held). A batch
         runs its items one after another, so ``k`` batches also mean ``k`` items.
         """
-        if self.batch is None:
+        size = refs.batches.get(self.key)
+        if size is None:
 
             def make(t: int, after: Any) -> Task:
                 return self.call((self.key, *prefix, t), prefix, t, refs, after)
 
             count = n
         else:
-            spans = ranges(n, batch_size(self.batch, n, nthreads))
+            spans = ranges(n, size)
 
             def make(t: int, after: Any) -> Task:
                 start, stop = spans[t]
@@ -241,16 +247,83 @@ def _direct(
     return direct
 
 
-def batch_size(batch: int | str, n: int, nthreads: int) -> int:
-    """Items per task: ``batch`` itself, or for ``"auto"`` about 8 tasks per worker thread.
+#: ``"auto"``: about this many tasks per worker thread
+TASKS_PER_THREAD = 8
 
-    ``"auto"``: ``ceil(n / (8 * nthreads))``, so each thread of the cluster gets about
-    eight tasks (enough to balance uneven items and to survive a lost worker cheaply),
-    and never fewer than one item per task.
+
+def batch_size(
+    batch: int | str | None, n: int, nthreads: int, seconds: float | None = None
+) -> int | None:
+    """Items per task of a map of ``n`` items on ``nthreads`` worker threads (None: one
+    task per item), for its ``batch_size`` option ``batch``.
+
+    - ``"auto"``: ``ceil(n / (8 * nthreads))``, so each thread of the cluster gets about
+      eight tasks (enough to balance uneven items and to survive a lost worker cheaply).
+    - ``"adaptive"`` (the thresholds are the ``dynflow.adaptive`` config, read here):
+      one task per item for ``n <= min-items`` (256) and for items whose measured
+      compute time ``seconds`` (per item, from earlier maps of the task; None: not
+      measured yet) is ``slow-item`` (10 ms) or more; else ``ceil(target / seconds)``
+      items (``target``: 50 ms of compute per task), but no fewer than
+      ``tasks-per-thread`` (8) tasks per worker thread, so every thread has work and
+      stealing can even out a heavy tail; unmeasured, that smallest count of tasks.
+    - an int: that many.
+
+    Raises
+    ------
+    ValueError
+        A ``dynflow.adaptive`` config value that does not fit, naming its key.
     """
+    if batch is None:
+        return None
     if batch == "auto":
-        return max(1, -(-n // (8 * max(1, nthreads))))
+        return max(1, -(-n // (TASKS_PER_THREAD * max(1, nthreads))))
+    if batch == "adaptive":
+        rule = adaptive_rule()
+        if n <= rule.min_items or (seconds is not None and seconds >= rule.slow_item):
+            return None
+        most = max(1, -(-n // (rule.tasks_per_thread * max(1, nthreads))))
+        size = most if seconds is None else min(most, math.ceil(rule.target / max(seconds, 1e-9)))
+        return size if size > 1 else None
     return int(batch)
+
+
+class AdaptiveRule(NamedTuple):
+    """The ``dynflow.adaptive`` config, checked (seconds for the durations)."""
+
+    min_items: int
+    slow_item: float
+    target: float
+    tasks_per_thread: int
+
+
+def adaptive_rule() -> AdaptiveRule:
+    """``dynflow.adaptive`` as an :class:`AdaptiveRule` (``ValueError`` naming the key)."""
+    config = dask.config.get("dynflow.adaptive")
+    out = []
+    for name, kind in (
+        ("min-items", int),
+        ("slow-item", float),
+        ("target", float),
+        ("tasks-per-thread", int),
+    ):
+        value = config.get(name) if isinstance(config, Mapping) else None
+        try:
+            if kind is float:
+                parsed: Any = parse_timedelta(value)
+                ok = parsed is not None and parsed >= 0
+            else:
+                parsed = value
+                least = 0 if name == "min-items" else 1
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+        except (TypeError, ValueError, KeyError):
+            ok = False
+        if not ok:
+            what = "a duration such as '10ms'" if kind is float else f"an int >= {least}"
+            raise ValueError(
+                f"the dask config key dynflow.adaptive.{name} is {value!r}; expected {what}"
+            )
+        out.append(parsed)
+    return AdaptiveRule(*out)
 
 
 def ranges(n: int, size: int) -> list[tuple[int, int]]:

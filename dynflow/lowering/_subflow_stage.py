@@ -56,7 +56,7 @@ class SubflowStage(Stage):
 
     subflow = True
 
-    def items(self, prefix: Prefix, n: int, refs: ItemRefs, nthreads: int = 1) -> list[Task]:
+    def items(self, prefix: Prefix, n: int, refs: ItemRefs) -> list[Task]:
         raise RuntimeError("internal error: sub-flow stages are built on the worker")
 
     def build_item(self, i: int, src: Callable, stg: Callable, ext: Callable) -> Any:

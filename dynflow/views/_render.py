@@ -110,6 +110,8 @@ def short_repr_counts(counts: Mapping[str, Any]) -> str:
     '10/10 done, 7 cached'
     >>> short_repr_counts({"total": 4, "done": 4, "retries": 3})
     '4/4 done, 3 retries'
+    >>> short_repr_counts({"total": 2000, "done": 2000, "tasks": 16})
+    '2,000/2,000 done, in 16 tasks'
     """
     done, failed, running, pending, cached = (
         counts.get(k) or 0 for k in ("done", "failed", "running", "pending", "cached")
@@ -129,6 +131,9 @@ def short_repr_counts(counts: Mapping[str, Any]) -> str:
     retries = counts.get("retries") or 0
     if retries:
         parts.append(f"{retries:,} retr{'y' if retries == 1 else 'ies'}")
+    tasks = counts.get("tasks")
+    if tasks is not None:  # a map whose items are grouped into fewer scheduler tasks
+        parts.append(f"in {tasks:,} task{'' if tasks == 1 else 's'}")
     return ", ".join(parts)
 
 

@@ -30,9 +30,9 @@ from distributed import get_worker
 from tblib import Traceback
 
 from dynflow._context import LOCAL_KEYS
-from dynflow.exceptions import RemoteError, short_text
+from dynflow.exceptions import ConcurrencyLimitError, RemoteError, short_text
 
-__all__ = ["Failure", "pickle_without_init", "portable", "summary"]
+__all__ = ["Failure", "limit_never_set", "pickle_without_init", "portable", "summary"]
 
 
 class Failure:
@@ -512,3 +512,13 @@ def _innermost(tb: TracebackType | None, frames: int) -> TracebackType | None:
         entries.append(tb)
         tb = tb.tb_next
     return Traceback(entries[-frames:][0]).as_traceback() if entries else None
+
+
+def limit_never_set(name: str, key: str, *inputs: Any) -> Any:
+    """What a task runs in place of its call when the ``concurrency_limit`` it carries
+    was never set on the scheduler (:mod:`dynflow.extension._limits`): it fails,
+    naming the limit."""
+    raise ConcurrencyLimitError(
+        f"concurrency limit {name!r} (task {key}) was never set on this cluster; call "
+        f"df.set_concurrency_limit({name!r}, n) first"
+    )
