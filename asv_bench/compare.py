@@ -101,8 +101,9 @@ def header(saturation: Any) -> None:
     )
 
 
-#: the seed pattern's contenders: plain Dask, dynflow, dynflow with batch_size="auto"
-SYSTEMS = ("dask", "dynflow", "dynflow-auto")
+#: the seed pattern's contenders: plain Dask, dynflow (default options: adaptive
+#: grouping), dynflow one task per item (batch_size=None), dynflow batch_size="auto"
+SYSTEMS = ("dask", "dynflow", "dynflow-per-item", "dynflow-auto")
 #: the peer systems, in the order they run (peers.py)
 PEERS = ("ray", "prefect-threads", "prefect-dask")
 

@@ -29,6 +29,8 @@ Worker:
   message silently while the stream is closed; the scheduler's stream handler gets it
   with the worker's address);
 - :func:`worker_plugin`: a worker plugin by name (``Worker.plugins``);
+- :func:`ready_count`: the worker state machine's ``ready`` tasks (a dynamic task's
+  returned graph is computed in place while the worker has a backlog);
 - used directly: ``distributed.protocol.serialize.ToPickle`` (task specs sent to the
   scheduler pickled), ``distributed.protocol.pickle`` (failure records).
 
@@ -137,6 +139,12 @@ def send_to_scheduler(worker: Worker, msg: dict[str, Any]) -> None:
     scheduler, in order with the worker's own messages (``task-finished``, ...). On the
     worker's event loop; dropped silently while the stream is closed."""
     worker.batched_send(msg)
+
+
+def ready_count(worker: Worker) -> int:
+    """Tasks ``worker`` holds ready to run and waiting for a thread
+    (``WorkerState.ready``)."""
+    return len(worker.state.ready)
 
 
 def worker_plugin(worker: Worker, name: str) -> Any:

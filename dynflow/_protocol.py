@@ -40,6 +40,7 @@ __all__ = [
     "FORWARD_TOPIC",
     "GRAPH_SPLICE_HANDLER",
     "CACHED_TOPIC",
+    "IN_PLACE_TOPIC",
     "ITEM_TOPIC",
     "LABEL_TOPIC",
     "LIMITS",
@@ -119,6 +120,9 @@ LABEL_TOPIC = "dynflow-label"
 #: worker -> scheduler: a call failed and is retried (``{"key"}``: the task, or the
 #: batch item): the views count retries per node
 RETRY_TOPIC = "dynflow-retry"
+#: worker -> scheduler: a dynamic task computed its returned graph in place, making
+#: these calls (``{"key", "calls": {task name: count}}``): the views count them
+IN_PLACE_TOPIC = "dynflow-in-place"
 #: worker -> scheduler: a line a call printed or logged (``{"key", "tag", "stream", "text"}``)
 LOG_TOPIC = "dynflow-log"
 #: scheduler -> the client that submitted a run: those lines

@@ -74,10 +74,16 @@ def expected(n: int, factor: int = 2) -> int:
     return factor * n * (n - 1) // 2
 
 
-def seed_graph(n: int, factor: int = 2, batch_size: int | str | None = None) -> df.Node:
-    """The dynflow seed pipeline's output node (fresh keys on every call)."""
+#: :func:`seed_graph`'s map sets no batch_size (the default: ``dynflow.batch-size``)
+DEFAULT = "default"
+
+
+def seed_graph(n: int, factor: int = 2, batch_size: int | str | None = DEFAULT) -> df.Node:
+    """The dynflow seed pipeline's output node (fresh keys on every call); its map's
+    ``batch_size`` as given (:data:`DEFAULT`: none given, dynflow's default)."""
     items = generate_list(n)
-    return reducer(process.map(items, factor=df.unmapped(factor), batch_size=batch_size))
+    options = {} if batch_size == DEFAULT else {"batch_size": batch_size}
+    return reducer(process.map(items, factor=df.unmapped(factor), **options))
 
 
 def stream_all(client: Client, n: int, factor: int = 2) -> int:
@@ -90,8 +96,14 @@ def stream_all(client: Client, n: int, factor: int = 2) -> int:
 
 
 def seed_dynflow(client: Client, n: int, factor: int = 2) -> int:
-    """generate_list -> process.map -> reducer, expanded inside the scheduler."""
+    """generate_list -> process.map -> reducer, expanded inside the scheduler, with
+    default options (``batch_size="adaptive"``)."""
     return seed_graph(n, factor).compute(client=client)
+
+
+def seed_dynflow_per_item(client: Client, n: int, factor: int = 2) -> int:
+    """:func:`seed_dynflow` with one scheduler task per item (``batch_size=None``)."""
+    return seed_graph(n, factor, batch_size=None).compute(client=client)
 
 
 def seed_dynflow_auto(client: Client, n: int, factor: int = 2) -> int:
@@ -154,7 +166,12 @@ def large_unmapped(client: Client, n: int, mbytes: int) -> float:
 
 
 def run_seed(system: str, client: Client, n: int) -> int:
-    fn = {"dynflow": seed_dynflow, "dynflow-auto": seed_dynflow_auto, "dask": seed_plain}[system]
+    fn = {
+        "dynflow": seed_dynflow,
+        "dynflow-per-item": seed_dynflow_per_item,
+        "dynflow-auto": seed_dynflow_auto,
+        "dask": seed_plain,
+    }[system]
     out = fn(client, n)
     if out != expected(n):
         raise AssertionError(f"{system} seed pipeline, n={n}: got {out}, want {expected(n)}")

@@ -103,8 +103,14 @@ class SeedSuite(_WallTimeSuite):
     param_names = ["n"]
 
     def time_dynflow(self, n: int) -> None:
-        """Wall time of the dynflow pipeline with n items, from building the graph to the result."""
+        """Wall time of the dynflow pipeline with n items and default options (items
+        grouped: batch_size="adaptive"), from building the graph to the result."""
         run_seed("dynflow", self.client, n)
+
+    def time_dynflow_per_item(self, n: int) -> None:
+        """Wall time of the dynflow pipeline with one scheduler task per item
+        (``batch_size=None``; the default groups items: ``"adaptive"``)."""
+        run_seed("dynflow-per-item", self.client, n)
 
     def time_dynflow_batched_auto(self, n: int) -> None:
         """Wall time of the dynflow pipeline with batch_size="auto" (8 tasks per thread)."""

@@ -37,6 +37,7 @@ from distributed.utils import log_errors
 from dynflow._protocol import (
     CACHED_TOPIC,
     FORWARD_TOPIC,
+    IN_PLACE_TOPIC,
     ITEM_TOPIC,
     LABEL_TOPIC,
     LOG_TOPIC,
@@ -358,10 +359,24 @@ class RunTracker(SchedulerPlugin):
             ns = self._node_of(_key(msg["key"]))
             if ns is not None and ns.run.finished is None:
                 ns.retries += 1
+        elif topic == IN_PLACE_TOPIC:
+            self._in_place(_key(msg["key"]), msg.get("calls"))
         elif topic == LOG_TOPIC:
             run = self._run_of(_key(msg["key"]))
             if run is not None and self.scheduler is not None:
                 ops.send_to_client(self.scheduler, run.client, FORWARD_TOPIC, msg)
+
+    def _in_place(self, key: Any, calls: Any) -> None:
+        """Dynamic task ``key`` computed its returned graph in place, making ``calls``
+        (``{task name: count}``): each counted done in its box, as if spliced."""
+        pns = self.dynamic.get(key) or self._node_of(key)
+        if pns is None or pns.run.finished is not None or not isinstance(calls, dict):
+            return
+        for name, n in calls.items():
+            if isinstance(name, str) and isinstance(n, int) and n > 0:
+                ns = pns.run.dynamic_box(name, pns)
+                ns.spliced += n
+                ns.memory += n
 
     def _run_of(self, key: Any) -> RunState | None:
         """The run task ``key`` belongs to: its node's, its dynamic box's, or the run of

@@ -27,11 +27,13 @@ own graph was lowered), which its tasks take where they leave them unset
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import dask
@@ -43,12 +45,23 @@ from dynflow._compat import local_scheduler
 from dynflow._containers import find
 from dynflow._context import BATCH_INDEX, LOCAL_KEYS
 from dynflow.exceptions import ExtensionError, SerializationError
-from dynflow.graph._node import Node, find_nodes, quote, replace_nodes, unmapped
+from dynflow.graph._node import (
+    FlattenNode,
+    MapNode,
+    Node,
+    find_nodes,
+    quote,
+    replace_nodes,
+    topological,
+    unmapped,
+)
 from dynflow.graph._options import CALLER_OPTIONS
+from dynflow.worker import _in_place as in_place
 from dynflow.worker._call_context import current_key
-from dynflow.worker._calls import SCALARS, CallPolicy, Deferred
+from dynflow.worker._calls import SCALARS, CallPolicy, Deferred, running_locally
 from dynflow.worker._failure import Failure
 from dynflow.worker._graph_splice import ReturnedGraph, needs_itself
+from dynflow.worker._in_place import counting
 
 __all__ = ["Returned", "assemble", "finish_collections"]
 
@@ -122,6 +135,8 @@ class Returned:
         key = self._splice_key()
         if key is None:
             return self._compute_here(policy, value, nodes, distributed=self._on_worker())
+        if _in_place(policy, nodes):  # a busy worker: work first (dynflow.worker._in_place)
+            return self._in_place(policy, value, nodes, key)
         graph = self._lower(nodes, distributed=True, records=policy.records)
         tasks: dict[Any, Any] = {}
         annotations: dict[Any, dict] = {}
@@ -137,6 +152,16 @@ class Returned:
             tasks[output] = Task(output, assemble, policy.records, _spec_of(value))
         queue = bool(dask.config.get("dynflow.queue-items"))
         return ReturnedGraph(policy.task_name, tasks, output, annotations, queue)
+
+    def _in_place(self, policy: CallPolicy, value: Any, nodes: list[Node], key: Any) -> Any:
+        """The returned graph computed in this thread, as on a local scheduler, its
+        calls counted and told to the run tracker, its time recorded."""
+        start = perf_counter()
+        with counting() as calls, running_locally(key):
+            out = self._compute_here(policy, value, nodes, distributed=False)
+        in_place.record(policy.task_name, perf_counter() - start, calls)
+        in_place.report_in_place(key, calls)
+        return out
 
     def _splice_key(self) -> Any:
         """The key of the task this call is, when its returned graph can be spliced in
@@ -216,6 +241,7 @@ class Returned:
             limit = sys.getrecursionlimit()
             sys.setrecursionlimit(max(limit, 1000 + 40 * (len(running) + 1)))
             try:
+                in_place.count_calls(graph)
                 results = dask.get(dict(graph), keys)
             finally:
                 sys.setrecursionlimit(limit)
@@ -226,6 +252,25 @@ class Returned:
                 raise out.exception
             return out
         return assemble(policy.records, replace_nodes(value, lambda n: values[n.key]))
+
+
+#: a returned graph of at most this many calls may be computed in place
+IN_PLACE_NODES = 16
+
+
+def _in_place(policy: CallPolicy, nodes: list[Node]) -> bool:
+    """Whether a returned graph is computed in the calling thread instead of spliced:
+    a few plain calls (no map: its items are what the cluster is for), an event loop
+    not running here (an async call's hook runs on the worker's loop), the worker
+    busy, and this task's graphs computed in place quick so far."""
+    graph = topological(nodes)
+    if len(graph) > IN_PLACE_NODES or any(isinstance(n, MapNode | FlattenNode) for n in graph):
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return in_place.busy() and in_place.short(policy.task_name)
+    return False
 
 
 def _refs(keys: Any) -> Any:

@@ -61,6 +61,7 @@ __all__ = [
     "run_call_async",
     "run_call_local",
     "run_coroutine",
+    "running_locally",
 ]
 
 
@@ -198,12 +199,12 @@ def run_call(policy: CallPolicy, fn: Callable, /, *args: Any, **kwargs: Any) -> 
 def run_call_local(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """:func:`run_call` on a local scheduler, with ``key`` among the running calls'
     keys (:data:`~dynflow._context.LOCAL_KEYS`) while it runs."""
-    with _running_locally(key):
+    with running_locally(key):
         return run_call(policy, fn, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def _running_locally(key: Any) -> Iterator[None]:
+def running_locally(key: Any) -> Iterator[None]:
     """``key`` is among the running calls' keys on a local scheduler (None: no key)."""
     token = LOCAL_KEYS.set((*LOCAL_KEYS.get(), key)) if key is not None else None
     try:
@@ -289,7 +290,7 @@ async def _call_async(
 
 def run_blocking(policy: CallPolicy, key: Any, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     """:func:`run_call_async` run to completion here (local schedulers, batches)."""
-    with _running_locally(key):
+    with running_locally(key):
         return run_coroutine(_call_async(policy, key, fn, args, kwargs, secede=False))
 
 
