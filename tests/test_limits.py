@@ -215,3 +215,18 @@ async def test_a_worker_that_dies_gives_back_its_slot(c, s, *nannies):
     del fut
     await no_tasks_left(s)
     assert not ext.granted["slow"] and not ext.held and not ext.limited
+
+
+@df.task
+def wraps_a_limited_call(x):
+    """A dynamic task: its returned graph is one limited call (never computed in place)."""
+    return call_api(x, 0.02)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2), ("127.0.0.1", 2)])
+async def test_a_limited_call_in_a_returned_graph_is_held_too(c, s, a, b):
+    """Busy workers compute small returned graphs in place, but not limited calls: the
+    limit holds for them as for any call."""
+    await df.set_concurrency_limit("api", 1, client=c)
+    assert await wraps_a_limited_call.map(range(30)).compute(client=c) == list(range(30))
+    assert most("api") == 1

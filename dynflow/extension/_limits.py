@@ -32,6 +32,7 @@ from time import time
 from typing import TYPE_CHECKING, Any
 
 from dask._task_spec import Task, TaskRef
+from dask.utils import key_split
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
 
@@ -120,7 +121,7 @@ class ConcurrencyLimits(SchedulerPlugin):
                 # never set: the call fails saying so, instead of waiting forever (it
                 # reads the same inputs, so nothing else changes)
                 inputs = [TaskRef(k) for k in ops.dependency_keys(ts)]
-                spec = Task(key, limit_never_set, str(name), str(key), *inputs)
+                spec = Task(key, limit_never_set, str(name), key_split(key), *inputs)
                 ops.respec(scheduler, ts, spec, recs)
                 continue
             self.limited[key] = name

@@ -264,13 +264,22 @@ def _in_place(policy: CallPolicy, nodes: list[Node]) -> bool:
     not running here (an async call's hook runs on the worker's loop), the worker
     busy, and this task's graphs computed in place quick so far."""
     graph = topological(nodes)
-    if len(graph) > IN_PLACE_NODES or any(isinstance(n, MapNode | FlattenNode) for n in graph):
-        return False
+    if len(graph) > IN_PLACE_NODES or any(
+        isinstance(n, MapNode | FlattenNode) or _limited(n) for n in graph
+    ):
+        return False  # a map's items, and calls under a concurrency limit: spliced
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return in_place.busy() and in_place.short(policy.task_name)
     return False
+
+
+def _limited(node: Node) -> bool:
+    """Whether ``node`` is a call of a task that carries a concurrency limit (held by
+    the scheduler: never computed in place, which would bypass it)."""
+    task = getattr(node, "task", None)
+    return task is not None and task.options.get("concurrency_limit") is not None
 
 
 def _refs(keys: Any) -> Any:

@@ -519,6 +519,6 @@ def limit_never_set(name: str, key: str, *inputs: Any) -> Any:
     was never set on the scheduler (:mod:`dynflow.extension._limits`): it fails,
     naming the limit."""
     raise ConcurrencyLimitError(
-        f"concurrency limit {name!r} (task {key}) was never set on this cluster; call "
+        f"concurrency limit {name!r} (task {key!r}) was never set on this cluster; call "
         f"df.set_concurrency_limit({name!r}, n) first"
     )
