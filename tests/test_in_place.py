@@ -8,6 +8,7 @@ import traceback
 import dask
 import pytest
 from distributed.utils_test import gen_cluster
+from remote_tasks import add, fib
 from utils import generate_list, no_tasks_left, process
 
 import dynflow as df
@@ -16,16 +17,6 @@ from dynflow._protocol import SPLICE
 
 class LeafError(Exception):
     pass
-
-
-@df.task
-def add(a, b):
-    return a + b
-
-
-@df.task
-def fib(n):
-    return n if n < 2 else add(fib(n - 1), fib(n - 2))
 
 
 @df.task

@@ -26,7 +26,6 @@ scaling, and ``distributed.scheduler.no-workers-timeout``, if set, fails them.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from time import time
 from typing import TYPE_CHECKING, Any
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from distributed import Scheduler
 
 __all__ = ["ConcurrencyLimits"]
-
-logger = logging.getLogger(__name__)
 
 #: the worker restriction of a held task: no worker has this address
 HELD = "dynflow-held://"

@@ -263,16 +263,18 @@ def _in_place(policy: CallPolicy, nodes: list[Node]) -> bool:
     a few plain calls (no map: its items are what the cluster is for), an event loop
     not running here (an async call's hook runs on the worker's loop), the worker
     busy, and this task's graphs computed in place quick so far."""
-    graph = topological(nodes)
-    if len(graph) > IN_PLACE_NODES or any(
-        isinstance(n, MapNode | FlattenNode) or _limited(n) for n in graph
-    ):
-        return False  # a map's items, and calls under a concurrency limit: spliced
     try:
         asyncio.get_running_loop()
+        return False
     except RuntimeError:
-        return in_place.busy() and in_place.short(policy.task_name)
-    return False
+        pass
+    if not (in_place.busy() and in_place.short(policy.task_name)):
+        return False  # the usual case, decided before the graph is walked
+    graph = topological(nodes)
+    # a map's items, and calls under a concurrency limit, are spliced
+    return len(graph) <= IN_PLACE_NODES and not any(
+        isinstance(n, MapNode | FlattenNode) or _limited(n) for n in graph
+    )
 
 
 def _limited(node: Node) -> bool:
