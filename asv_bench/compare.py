@@ -103,7 +103,14 @@ def header(saturation: Any) -> None:
 
 #: the seed pattern's contenders: plain Dask, dynflow (default options: adaptive
 #: grouping), dynflow one task per item (batch_size=None), dynflow batch_size="auto"
-SYSTEMS = ("dask", "dynflow", "dynflow-per-item", "dynflow-auto")
+SYSTEMS = (
+    "dask",
+    "dynflow",
+    "dynflow-per-item",
+    "dynflow-auto",
+    "dynflow-stream",
+    "dynflow-stream-per-item",
+)
 #: the peer systems, in the order they run (peers.py)
 PEERS = ("ray", "prefect-threads", "prefect-dask")
 
@@ -291,6 +298,20 @@ def peer_table(systems: list[str], ns: list[int], repeat: int, res: Results, thr
     print()
 
 
+def stream_latency_table(client, n: int, repeat: int) -> None:
+    """Seconds from a stream's yield to its item starting (README "Streaming sources")."""
+    latencies: list[float] = []
+    for _ in range(repeat):
+        u.wait_idle(client)
+        latencies += u.stream_latency(client, n)
+    ms = sorted(x * 1e3 for x in latencies)
+    print(
+        f"Stream: yield -> item start, {len(ms)} items 0.2 s apart on the idle cluster: "
+        f"median {statistics.median(ms):.1f} ms, p90 {ms[int(0.9 * (len(ms) - 1))]:.1f} ms, "
+        f"max {ms[-1]:.1f} ms\n"
+    )
+
+
 def expansion_table(client, ns: list[int], repeat: int, profile: bool) -> None:
     probe = u.install_probe(client)
     print(f"Expansion (generator in memory -> all per-item tasks waiting), best of {repeat}")
@@ -473,6 +494,14 @@ def main(argv: list[str] | None = None) -> None:
         "dynflow's embedded-cluster setting (inf), 'none' distributed's own (1.1), or a number",
     )
     parser.add_argument(
+        "--stream-latency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time yield -> item start of a stream: N items 0.2 s apart, on the idle "
+        "cluster (0: skip it)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also print a cProfile of the splice at the largest --expansion-n",
@@ -512,6 +541,8 @@ def main(argv: list[str] | None = None) -> None:
                     seed_table(client, ns, args.repeat, core, res)
                 if args.expansion_n:
                     expansion_table(client, sorted(args.expansion_n), args.repeat, args.profile)
+                if args.stream_latency:
+                    stream_latency_table(client, args.stream_latency, args.repeat)
             finally:
                 u.stop_cluster(cluster, client)
         if args.dynamic:

@@ -47,6 +47,7 @@ __all__ = [
     "LIMITS_HANDLER",
     "LIMIT_ANNOTATION",
     "LOG_TOPIC",
+    "OWN_LIMIT_PREFIX",
     "RETRY_TOPIC",
     "RAW_PREFIX",
     "RUNS_HANDLER",
@@ -56,16 +57,22 @@ __all__ = [
     "RUN_START_HANDLER",
     "RUN_STATUS_HANDLER",
     "SET_LIMIT_HANDLER",
+    "SOURCE_TOPIC",
     "SPLICE",
     "SPLICE_HANDLER",
     "SPLICE_KEY_PLUGIN",
     "SPLICE_TOPIC",
+    "STREAM_CHUNK_HANDLER",
     "STREAM_CLOSE_HANDLER",
+    "STREAM_END_HANDLER",
     "STREAM_NEXT_HANDLER",
     "STREAM_OPEN_HANDLER",
+    "STREAM_START_HANDLER",
     "TRACKER",
     "at",
     "lane_key",
+    "own_limit",
+    "own_limit_size",
     "raw_key",
     "sum_counts",
 ]
@@ -94,6 +101,13 @@ SPLICE_KEY_PLUGIN = "dynflow-splice-key"
 #: a dynamic task (its function returned a graph) asks for that graph in its place
 GRAPH_SPLICE_HANDLER = "dynflow_graph_splice"
 RUN_START_HANDLER = "dynflow_run_start"
+#: a stream's source: asks how many of its items the scheduler has (a request), hands
+#: on a chunk of items, says it ended (messages on its worker's stream)
+STREAM_START_HANDLER = "dynflow_stream_start"
+STREAM_CHUNK_HANDLER = "dynflow_stream_chunk"
+STREAM_END_HANDLER = "dynflow_stream_end"
+#: the topic of a stream's events (items yielded so far, its end), for the run views
+SOURCE_TOPIC = "dynflow-source"
 #: the scheduler plugin that serves the dynflow page (dynflow.views._dashboard)
 PAGE_PLUGIN = "dynflow-page"
 #: a page of a map's items, by state and label (the dashboard's list of items)
@@ -149,6 +163,25 @@ RAW_PREFIX = "dynflow-raw-"
 def raw_key(key: str) -> str:
     """The key of the raw list (failure records left in) of map or flatten ``key``."""
     return f"{RAW_PREFIX}{key}"
+
+
+#: a map's own ``max_concurrency`` kept as a concurrency limit (a map nested per chunk of a
+#: stream, whose items no lanes can chain): the name carries the size, so the limits
+#: plugin sets it when its first task arrives
+OWN_LIMIT_PREFIX = "dynflow-max-concurrency-"
+
+
+def own_limit(item_name: str, n: int) -> str:
+    """The concurrency limit name of map ``item_name``'s ``max_concurrency=n``."""
+    return f"{OWN_LIMIT_PREFIX}{n}-{item_name}"
+
+
+def own_limit_size(name: str) -> int | None:
+    """``n`` of a name made by :func:`own_limit` (None: a user's limit)."""
+    if not name.startswith(OWN_LIMIT_PREFIX):
+        return None
+    size, _, _ = name[len(OWN_LIMIT_PREFIX) :].partition("-")
+    return int(size) if size.isdigit() else None
 
 
 def lane_key(item_name: str) -> str:

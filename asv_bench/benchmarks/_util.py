@@ -28,6 +28,7 @@ import pstats
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,6 +112,46 @@ def seed_dynflow_auto(client: Client, n: int, factor: int = 2) -> int:
     return seed_graph(n, factor, batch_size="auto").compute(client=client)
 
 
+@df.task
+def generate_stream(n: int) -> Iterator[int]:
+    """The seed's generator as a stream: item ``i`` can start as soon as it is yielded."""
+    yield from range(n)
+
+
+def seed_dynflow_stream(client: Client, n: int, factor: int = 2) -> int:
+    """:func:`seed_dynflow` over a stream (README "Streaming sources"), default options."""
+    items = generate_stream(n)
+    return reducer(process.map(items, factor=df.unmapped(factor))).compute(client=client)
+
+
+def seed_dynflow_stream_per_item(client: Client, n: int, factor: int = 2) -> int:
+    """:func:`seed_dynflow_stream` with one scheduler task per item."""
+    items = generate_stream(n)
+    node = reducer(process.map(items, factor=df.unmapped(factor), batch_size=None))
+    return node.compute(client=client)
+
+
+@df.task
+def paced(n: int, gap: float) -> Iterator[tuple[int, float]]:
+    """``n`` items, ``gap`` seconds apart, each with the time it was yielded."""
+    for i in range(n):
+        if i:
+            time.sleep(gap)
+        yield i, time.time()
+
+
+@df.task
+def started(item: tuple[int, float]) -> float:
+    """Seconds from the item's yield to this call starting (one host's clock)."""
+    return time.time() - item[1]
+
+
+def stream_latency(client: Client, n: int = 20, gap: float = 0.2) -> list[float]:
+    """Seconds from each yield to its item starting, on an idle cluster: ``n`` items,
+    ``gap`` seconds apart (each flushes alone: the source waits between them)."""
+    return started.map(paced(n, gap), batch_size=None).compute(client=client)
+
+
 def seed_plain(client: Client, n: int, factor: int = 2) -> int:
     """The same pipeline in plain Dask: the list travels to the client and back.
 
@@ -170,6 +211,8 @@ def run_seed(system: str, client: Client, n: int) -> int:
         "dynflow": seed_dynflow,
         "dynflow-per-item": seed_dynflow_per_item,
         "dynflow-auto": seed_dynflow_auto,
+        "dynflow-stream": seed_dynflow_stream,
+        "dynflow-stream-per-item": seed_dynflow_stream_per_item,
         "dask": seed_plain,
     }[system]
     out = fn(client, n)

@@ -35,7 +35,13 @@ from dask.utils import key_split
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import log_errors
 
-from dynflow._protocol import LIMIT_ANNOTATION, LIMITS, LIMITS_HANDLER, SET_LIMIT_HANDLER
+from dynflow._protocol import (
+    LIMIT_ANNOTATION,
+    LIMITS,
+    LIMITS_HANDLER,
+    SET_LIMIT_HANDLER,
+    own_limit_size,
+)
 from dynflow.extension import _ops as ops
 from dynflow.worker._failure import limit_never_set
 
@@ -114,6 +120,8 @@ class ConcurrencyLimits(SchedulerPlugin):
             ts = ops.get_task(scheduler, key)
             if ts is None or key in self.limited or ops.state(ts) != "released":
                 continue  # known already (the same key sent again), or running
+            if name not in self.limits and (size := own_limit_size(str(name))) is not None:
+                self.set_limit(name, size)  # a map's own max_concurrency
             if name not in self.limits:
                 # never set: the call fails saying so, instead of waiting forever (it
                 # reads the same inputs, so nothing else changes)

@@ -21,6 +21,8 @@ a live scheduler with validation on, ``tests/test_scheduler_ops.py``):
   spec, its old inputs let go of;
 - :func:`hold`, :func:`unhold`: a task waits in ``no-worker`` once ready (a worker
   restriction no worker meets), then runs (named concurrency limits);
+- :func:`put_in_memory`: a task just created is in memory on the worker that holds its
+  value already (a stream's chunk), as distributed's ``update_data`` makes scattered data;
 - :func:`forget`: tasks nothing uses go, as distributed forgets a task nobody needs;
 - :func:`keep_for_client`, :func:`release_for_client`: the scheduler keeps keys for a
   client as if it held futures of them, then lets go;
@@ -612,6 +614,27 @@ def unhold(ts: TaskState, saved: Saved, recs: Recs) -> None:
 
 
 # ----------------------------------------------------------------------------- forget
+def put_in_memory(s: Scheduler, ts: TaskState, worker: str, nbytes: int) -> bool:
+    """Released ``ts``, just made by :func:`create_tasks` (nobody waits for it yet), is
+    in memory on ``worker``, which holds its value already: what
+    ``Scheduler.update_data`` does for scattered data, for a task that keeps its spec
+    (should its only copy be lost, it is computed again, as any task). False, and
+    nothing changed, when ``worker`` is not one of the scheduler's.
+
+    Post: ``ts`` is ``memory``, with ``nbytes`` and ``worker`` among its holders; the
+    caller makes it read (tasks that wait for it) in the same pass, or it is never let
+    go of."""
+    if ts.state != "released" or ts.waiters or ts.who_wants:
+        raise SchedulerStateError(f"put_in_memory: {str(ts.key)!r} is {ts.state} or wanted")
+    ws = s.workers.get(worker)
+    if ws is None:
+        return False
+    ts.state = "memory"
+    ts.set_nbytes(nbytes)
+    s.add_replica(ts, ws)
+    return True
+
+
 def forget(s: Scheduler, tasks: Sequence[TaskState], stimulus_id: str) -> None:
     """Forget ``tasks`` (made in this pass and not used yet, or nothing uses them any
     more), as distributed forgets a task nobody needs: its edges go, and dependencies

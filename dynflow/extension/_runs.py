@@ -58,6 +58,9 @@ class NodeState:
     failures: deque = field(default_factory=lambda: deque(maxlen=20))
     spliced: int = 0  # a dynamic box: the calls dynamic tasks made of its task
     retries: int = 0  # calls (items) that failed and ran again
+    # a stream's source: the items it handed on so far (None: none yet), and whether it ended
+    yielded: int | None = None
+    ended: bool = False
     # when its first task started computing and its last finished (worker clocks,
     # seconds since the epoch): the page's timeline
     first: float | None = None
@@ -79,6 +82,8 @@ class NodeState:
             return 1  # the tracker maps only this box's calls to it
         if self.kind in ("task", "flatten", "key"):
             return 1 if key == self.key else 0
+        if self.kind == "stream":  # its source task (``items``) is its one unit
+            return 1 if key == self.items else 0
         span = self._span(key)
         if span is None:
             return 0  # a collector or a per-parent list
@@ -236,6 +241,9 @@ class NodeState:
         }
         if self.retries:  # only where calls were retried
             out["retries"] = self.retries
+        if self.yielded is not None:  # a stream's source: items handed on so far
+            out["yielded"] = self.yielded
+            out["streaming"] = not self.ended
         if any(size for _, size in self.lengths.values()):  # only where items were grouped
             out["tasks"] = sum(
                 n if size is None else -(-n // size) for n, size in self.lengths.values()

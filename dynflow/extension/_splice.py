@@ -84,9 +84,13 @@ from dynflow._protocol import (
     SPLICE_HANDLER,
     SPLICE_KEY_PLUGIN,
     SPLICE_TOPIC,
+    STREAM_CHUNK_HANDLER,
+    STREAM_END_HANDLER,
+    STREAM_START_HANDLER,
 )
 from dynflow.extension import _ops as ops
 from dynflow.extension._durations import ItemDurations
+from dynflow.extension._sources import Sources
 from dynflow.worker._expander import SpliceKey, expand, splice_digest
 from dynflow.worker._graph_splice import needs_itself, refuse
 
@@ -146,9 +150,11 @@ class SpliceExtension(SchedulerPlugin):
         self.key = secrets.token_bytes(32)
         # compute seconds per map item, per task name: "adaptive" batch sizes
         self.durations = ItemDurations()
+        self.sources: Sources | None = None  # streaming sources' chunks (once started)
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        self.sources = Sources(scheduler, self)
         try:  # to every worker, present and future (a joining worker gets it as it registers)
             await ops.give_workers_plugin(scheduler, SpliceKey(self.key), SPLICE_KEY_PLUGIN)
         except Exception:  # a worker that could not take it: its splices are refused, saying so
@@ -157,10 +163,18 @@ class SpliceExtension(SchedulerPlugin):
             scheduler,
             SPLICE,
             self,
-            {SPLICE_HANDLER: self.splice, GRAPH_SPLICE_HANDLER: self.graph_splice},
+            {
+                SPLICE_HANDLER: self.splice,
+                GRAPH_SPLICE_HANDLER: self.graph_splice,
+                STREAM_START_HANDLER: self.sources.start,
+            },
             # later splices of a worker come as messages on its stream, in order with its
-            # "reschedule" of the same task
-            {GRAPH_SPLICE_HANDLER: self.graph_splice_message},
+            # "reschedule" of the same task; so do a stream's chunks, before their add-keys
+            {
+                GRAPH_SPLICE_HANDLER: self.graph_splice_message,
+                STREAM_CHUNK_HANDLER: self.sources.chunk,
+                STREAM_END_HANDLER: self.sources.end,
+            },
         )
 
     async def close(self) -> None:
@@ -168,8 +182,8 @@ class SpliceExtension(SchedulerPlugin):
             ops.uninstall(
                 self.scheduler,
                 SPLICE,
-                (SPLICE_HANDLER, GRAPH_SPLICE_HANDLER),
-                (GRAPH_SPLICE_HANDLER,),
+                (SPLICE_HANDLER, GRAPH_SPLICE_HANDLER, STREAM_START_HANDLER),
+                (GRAPH_SPLICE_HANDLER, STREAM_CHUNK_HANDLER, STREAM_END_HANDLER),
             )
 
     @log_errors
@@ -344,6 +358,8 @@ class SpliceExtension(SchedulerPlugin):
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if finish == "memory" and type(key) is tuple:
             self.durations.finished(key, ops.compute_startstops(kwargs))
+        if finish == "forgotten" and self.sources is not None and self.sources.handed:
+            self.sources.forgotten(key)
         if finish == "forgotten" and (self.dynamic_keys or self.aliases):
             self.aliases.pop(key, None)
             self.dynamic_keys.discard(key)

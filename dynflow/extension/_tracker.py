@@ -47,6 +47,7 @@ from dynflow._protocol import (
     RUN_START_HANDLER,
     RUN_STATUS_HANDLER,
     RUNS_HANDLER,
+    SOURCE_TOPIC,
     SPLICE,
     STREAM_CLOSE_HANDLER,
     STREAM_NEXT_HANDLER,
@@ -301,7 +302,8 @@ class RunTracker(SchedulerPlugin):
                 continue
             run.state = "running"
             for ns in run.nodes.values():
-                if ns.fixed_total == 1 and not ops.has_task(scheduler, ns.key):
+                unit = ns.items if ns.kind == "stream" else ns.key  # a stream: its source
+                if ns.fixed_total == 1 and not ops.has_task(scheduler, unit):
                     ns.fixed_total = 0  # built but not needed (a flatten only mapped over)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
@@ -325,6 +327,12 @@ class RunTracker(SchedulerPlugin):
             self._output(key, finish, runs, str(kwargs.get("stimulus_id") or ""))
 
     def log_event(self, topic: str, msg: Any) -> None:
+        if topic == SOURCE_TOPIC:  # a stream's source handed on items, or ended
+            ns = self.index.get(msg.get("node")) if isinstance(msg, dict) else None
+            if ns is not None and ns.kind == "stream" and ns.run.finished is None:
+                ns.yielded = int(msg.get("items") or 0)
+                ns.ended = bool(msg.get("ended"))
+            return
         if topic == ITEM_TOPIC:
             key = _key(msg["key"])
             ns = self._node_of(key)

@@ -26,6 +26,7 @@ from dynflow.graph._node import (
     KeyNode,
     MapNode,
     Node,
+    StreamNode,
     SubflowMapNode,
     find_nodes,
     topological,
@@ -52,8 +53,9 @@ class NodeCounts(TypedDict, total=False):
 class GraphNode:
     """One box of a :class:`FlowGraph`.
 
-    ``kind`` is ``"task"``, ``"map"``, ``"subflow-map"`` (``flow.map``), ``"flatten"``
-    or ``"key"`` (a value that exists on the cluster already); ``label`` is what the box
+    ``kind`` is ``"task"``, ``"map"``, ``"subflow-map"`` (``flow.map``), ``"flatten"``,
+    ``"stream"`` (a streaming source: ``items`` is its source task's key) or ``"key"``
+    (a value that exists on the cluster already); ``label`` is what the box
     shows: ``"inc"``, ``"inc.map()"``, ``"flatten(inc.map())"``.
     """
 
@@ -70,6 +72,8 @@ def node_kind(node: Node) -> str:
         return "subflow-map"
     if isinstance(node, MapNode):
         return "map"
+    if isinstance(node, StreamNode):
+        return "stream"
     if isinstance(node, FlattenNode):
         return "flatten"
     if isinstance(node, AllowFailureNode):
@@ -162,7 +166,10 @@ class FlowGraph:
             if kind == "allow_failure":
                 continue
             key = _key(node)
+            # a map's item name; a stream's source key (the task that streams)
             items = node.item_name if isinstance(node, MapNode) else None
+            if isinstance(node, StreamNode):
+                items = node.source_key
             boxes.append(GraphNode(key, node.name, kind, node_label(node), items))
             for up, style in _in_edges(node):
                 pair = (_key(up), key)

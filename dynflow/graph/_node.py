@@ -34,6 +34,7 @@ __all__ = [
     "MapNode",
     "Node",
     "Slot",
+    "StreamNode",
     "SubflowMapNode",
     "find_nodes",
     "replace_nodes",
@@ -357,6 +358,40 @@ class Slot(NamedTuple):
     label: str  # the argument's name, as written in error messages: "items", "args[1]"
     mapped: bool
     value: Any  # mapped: a Node, a MapNode, or a tuple of concrete values; else the value
+
+
+class StreamNode(Node[list[Any]]):
+    """A lazy call of a *stream* task: a generator function, an async generator
+    function, or a function annotated to return an iterator (``-> Iterator[T]``).
+
+    Mapped over (``g.map(stream)``), on a cluster, item ``i`` of ``g`` starts as soon as
+    the source has yielded it: the source's task ``(source_key)`` hands its items to the
+    scheduler in chunks ``(item_name, c)`` held where it runs, a bounded window ahead of
+    its consumers (``dynflow.stream``). Used whole, its value is the list of what it
+    yielded. See the README's "Streaming sources".
+    """
+
+    __slots__ = ("_item_name", "_source_key")
+
+    _item_name: str
+    _source_key: str
+
+    def _set_key(self, name: str, token: str) -> None:
+        # its list "name", its running source "name.stream", its chunks "name.chunk"
+        object.__setattr__(self, "_key", f"{name}-{token}")
+        object.__setattr__(self, "_source_key", f"{name}.stream-{token}")
+        object.__setattr__(self, "_item_name", f"{name}.chunk-{token}")
+
+    @property
+    def item_name(self) -> str:
+        """The name of the chunks the source yields: chunk ``c`` is ``(item_name, c)``,
+        a list of consecutive items."""
+        return self._item_name
+
+    @property
+    def source_key(self) -> str:
+        """The key of the task that runs the source (processing while it streams)."""
+        return self._source_key
 
 
 class MapNode(Node[list[Any]]):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import functools
 import inspect
 import string
-from collections.abc import Callable, Coroutine, Mapping
+import typing
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+    Mapping,
+)
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
@@ -16,7 +25,7 @@ from dynflow._context import FLOW_OPTIONS
 from dynflow._public import public
 from dynflow.graph._bindable import Bindable, bind_instance
 from dynflow.graph._mapargs import add_waits, bind_map
-from dynflow.graph._node import MapNode, Node
+from dynflow.graph._node import MapNode, Node, StreamNode
 from dynflow.graph._options import (
     CALL_KEYWORDS,
     CALLER_OPTIONS,
@@ -77,6 +86,24 @@ def _check_run_name(name: str, run_name: Any, signature: inspect.Signature) -> N
             )
 
 
+#: return annotations that make a task a stream
+_STREAM_RETURNS = (Iterator, Generator, AsyncIterator, AsyncGenerator)
+
+
+def is_stream(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` makes a stream when called: a generator function, an async
+    generator function, or a function annotated to return an iterator or generator
+    (``collections.abc`` or ``typing``); see :class:`~dynflow.graph._node.StreamNode`."""
+    fn = inspect.unwrap(fn)
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        return True
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:  # an annotation that cannot be resolved here: not a stream
+        return False
+    return (typing.get_origin(hint) or hint) in _STREAM_RETURNS
+
+
 class Task(Bindable, Generic[P, R]):
     """A function that builds lazy :class:`~dynflow.Node` objects when called.
 
@@ -100,6 +127,15 @@ class Task(Bindable, Generic[P, R]):
         self._signature = inspect.signature(fn)
         _check_run_name(opts["name"], opts["task_run_name"], self._signature)
         functools.update_wrapper(self, fn)
+
+    @property
+    def is_stream(self) -> bool:
+        """Whether a call makes a stream (:func:`is_stream`): ``g.map(call)`` starts
+        each item as soon as the function has yielded it (README "Streaming sources")."""
+        memo = self.__dict__.get("_is_stream")
+        if memo is None:
+            memo = self.__dict__["_is_stream"] = is_stream(self._fn)
+        return memo
 
     @property
     def fn(self) -> Callable[P, R]:
@@ -307,7 +343,8 @@ class Task(Bindable, Generic[P, R]):
         """
         ours = dynflow_keywords(self._signature, kwargs, CALL_KEYWORDS)
         bound = self._bind("()", self._with_instance(args), kwargs)
-        node: Node[R] = Node(
+        make: type[Node[Any]] = StreamNode if self.is_stream else Node
+        node: Node[R] = make(
             self._in_flow(),
             bound.args,
             bound.kwargs,

@@ -54,17 +54,18 @@ class Nested:
     annotations: Mapping[str, Any]
 
     def items(self, prefix: Prefix, n: int, refs: ItemRefs) -> list[Task]:
+        return [t for i in range(n) for t in self.item((*prefix, i))]
+
+    def item(self, sub: Prefix) -> list[Task]:
+        """The expander of parent item ``sub`` (its full index) and its collectors'
+        placeholders."""
         child = self.expansion
-        out = []
-        for i in range(n):
-            sub = (*prefix, i)
-            ekey = at(child.expander, sub)
-            data = parse_input({k: Alias(k) for k in child.needs_at(sub)})
-            out.append(Task(ekey, expand, child, sub, data))
-            out += [
-                Task(at(c.key, sub), unspliced, TaskRef(ekey), c.task_name)
-                for c in child.collectors
-            ]
+        ekey = at(child.expander, sub)
+        data = parse_input({k: Alias(k) for k in child.needs_at(sub)})
+        out = [Task(ekey, expand, child, sub, data)]
+        out += [
+            Task(at(c.key, sub), unspliced, TaskRef(ekey), c.task_name) for c in child.collectors
+        ]
         return out
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from dynflow.graph._node import FlattenNode, MapNode, Node, SubflowMapNode, find_nodes
+from dynflow.graph._node import (
+    FlattenNode,
+    MapNode,
+    Node,
+    StreamNode,
+    SubflowMapNode,
+    find_nodes,
+)
 
 __all__ = ["ExpansionGroups"]
 
@@ -70,6 +77,17 @@ class ExpansionGroups:
         up: set[str] = set()
         for d in node.dependencies:
             up |= self.upstream[d.key]
+        if isinstance(node, StreamNode):
+            # a group of its own, at top level, whose "items" are its chunks: the maps
+            # over it nest per chunk, as maps over flatten(m) nest per item of m
+            self.upstream[node.key] = frozenset(up | {node.key})
+            self.pos[node.key] = len(self.pos)
+            fid = len(self.parent)
+            self.parent[fid] = None
+            self.members[fid] = [node.key]
+            self.ext[fid] = set(up)
+            self.group[node.key] = fid
+            return
         if not isinstance(node, MapNode):
             self.upstream[node.key] = frozenset(up)
             return
@@ -91,6 +109,8 @@ class ExpansionGroups:
                 _itemwise(s.value) or not isinstance(node, SubflowMapNode)
             ):
                 cands[i] = ("stage", self.parent_of(self.group[s.value.key]))
+            elif isinstance(s.value, StreamNode):
+                cands[i] = ("nest", self.find(self.group[s.value.key]))
             elif (
                 isinstance(s.value, FlattenNode)
                 and isinstance(s.value.source, MapNode)
@@ -170,13 +190,15 @@ class ExpansionGroups:
         of ``"stage"``/``"wait"`` (``node``'s items are the map's items, index for index)
         or ``"nest"`` (it maps over ``flatten(m)``, and ``m`` is given: ``node``'s items
         are the elements of ``m``'s); none: ``node`` is a top-level map whose items are
-        numbered 0, 1, ..."""
+        numbered 0, 1, ..., or a map over a stream (nested per chunk)."""
         out: list[tuple[str, MapNode]] = []
         for i in range(len(node.slots) + len(node.item_waits)):
             how = self.how.get((node.key, i))
             if how is None:
                 continue
             up = self._value(node, i)
+            if isinstance(up, StreamNode):  # nested per chunk: items numbered 0, 1, ...
+                continue
             if isinstance(up, FlattenNode):  # "nest"
                 up = up.source
             assert isinstance(up, MapNode), "a map joins maps, or flatten(map)"

@@ -31,10 +31,10 @@ from dask._task_spec import Alias, DataNode, Task, TaskRef, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.sizeof import sizeof
-from dask.utils import parse_bytes
+from dask.utils import parse_bytes, parse_timedelta
 
 from dynflow._containers import substitute
-from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, raw_key
+from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, own_limit, raw_key
 from dynflow.graph._node import (
     AllowFailureNode,
     FlattenNode,
@@ -42,6 +42,7 @@ from dynflow.graph._node import (
     MapNode,
     Node,
     Slot,
+    StreamNode,
     SubflowMapNode,
     find_nodes,
     replace_nodes,
@@ -54,10 +55,12 @@ from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._markers import Concrete, Existing, ItemOf, ParentItem, StageItem
 from dynflow.lowering._returned_graph import Returned
 from dynflow.lowering._stage import Stage
+from dynflow.lowering._stream import StreamPlan
 from dynflow.lowering._subflow_stage import SubflowStage, key_node
 from dynflow.worker._calls import CallPolicy, Deferred, call_after
 from dynflow.worker._collect import concat_raw, gather_raw, tolerate
 from dynflow.worker._expander import expand, run_map, unspliced
+from dynflow.worker._source import Listed, stream_source
 
 __all__ = ["LowerSubflow", "lower", "lower_distributed", "lower_local", "returned_hook"]
 
@@ -155,6 +158,8 @@ def _node_task(
     kwargs = {k: _ref(v, large) for k, v in node.kwargs.items()}
     policy = _policy(node, records, distributed)
     fn = node.task.graph_fn
+    if isinstance(node, StreamNode):  # on a local scheduler: the list of what it yields
+        fn = Listed(fn, node.name)
     if node.wait_for:
         waits = parse_input([Alias(n.key) for n in node.wait_for])
         fn, args = call_after, [fn, waits, *args]
@@ -252,6 +257,7 @@ def plan_stage(
     distributed: bool = True,
     large: LargeValues | None = None,
     per_item: set[str] | frozenset[str] = frozenset(),
+    streamed: bool = False,
 ) -> PlannedStage:
     """The stage of one map: its plan, sources, concrete tuples and the keys its items
     need. ``how``: the slots that join an expansion group (``"stage"``, ``"nest"``); any
@@ -259,7 +265,9 @@ def plan_stage(
     whether the items run on a cluster (else on a local scheduler); ``large``: where
     large concrete values become data tasks (see :class:`LargeValues`); ``per_item``:
     ``"adaptive"`` maps that must run one task per item (see
-    :attr:`~dynflow.lowering._groups.ExpansionGroups.per_item`)."""
+    :attr:`~dynflow.lowering._groups.ExpansionGroups.per_item`); ``streamed``: the map
+    expands per chunk of a stream, so its ``max_concurrency`` is kept by the scheduler's
+    concurrency limits (:func:`~dynflow._protocol.own_limit`), not by lanes per chunk."""
     sources: dict[Any, tuple[str, str]] = {}
     concretes: list[tuple[str, str, int]] = []
     needs: set[Any] = {n.key for n in node.whole_waits}
@@ -287,8 +295,9 @@ def plan_stage(
         kind = how.get((node.key, i))
         if kind in ("stage", "wait"):
             return StageItem(slot.value.item_name)
-        if kind == "nest":
-            src: Any = ParentItem(slot.value.source.item_name)
+        if kind == "nest":  # per item of a flatten's map, or per chunk of a stream
+            v = slot.value
+            src: Any = ParentItem(v.item_name if isinstance(v, StreamNode) else v.source.item_name)
         elif isinstance(slot.value, Node):
             src = _whole_source(slot.value)
         else:
@@ -310,16 +319,23 @@ def plan_stage(
             node.item_name, node.name, node.flow, args, kwargs, {}, lower=_subflow_lowering()
         )
     else:
+        annotations = (
+            {**_annotations(node), **_map_span(node)} if distributed else _annotations(node)
+        )
+        lanes = node.max_concurrency
+        if streamed and lanes and LIMIT_ANNOTATION not in annotations:
+            annotations[LIMIT_ANNOTATION] = own_limit(node.item_name, lanes)
+            lanes = None
         stage = Stage(
             node.item_name,
             node.name,
             node.task.graph_fn,
             args,
             kwargs,
-            {**_annotations(node), **_map_span(node)} if distributed else _annotations(node),
+            annotations,
             _policy(node, records=True, distributed=distributed),
             None if node.key in per_item else node.batch_size,
-            node.max_concurrency,
+            lanes,
             bool(dask.config.get("dynflow.queue-items")),
             waits,
         )
@@ -364,7 +380,7 @@ def _whole(
             for j, w in enumerate(node.item_waits):
                 if (node.key, len(node.slots) + j) not in how:
                     raw.add(w.key)  # read whole, raw: item i waits for item i of it
-        elif node.key in whole:
+        elif node.key in whole or isinstance(node, StreamNode):  # a source reads its inputs
             whole.update(d.key for d in node.dependencies)
     return whole, raw, flat
 
@@ -411,6 +427,8 @@ class _Graph:
                 self.add(Task(key, concat_raw, node.source.name, TaskRef(source)), {source})
             elif node.key not in whole or isinstance(node, (MapNode, KeyNode)):
                 continue
+            elif distributed and isinstance(node, StreamNode):
+                continue  # its source and lists: lower_distributed
             elif isinstance(node, AllowFailureNode):
                 if not isinstance(node.source, MapNode):
                     source = node.source.key
@@ -521,12 +539,22 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     tolerant = _tolerant(order, whole)
     recorded = _recorded(order, whole, records)
     large = LargeValues()
-    planned = {
-        n.key: plan_stage(n, groups.how, large=large, per_item=groups.per_item)
-        for n in order
-        if isinstance(n, MapNode)
-    }
     maps = {n.key: n for n in order if isinstance(n, MapNode)}
+    streams = {n.key: n for n in order if isinstance(n, StreamNode)}
+    # maps expanded per chunk of a stream (in a group below a stream's)
+    streamed = {
+        key
+        for key in maps
+        if any(
+            m in streams for f in groups.depth_chain(groups.group[key]) for m in groups.members[f]
+        )
+    }
+    planned = {
+        n.key: plan_stage(
+            n, groups.how, large=large, per_item=groups.per_item, streamed=n.key in streamed
+        )
+        for n in maps.values()
+    }
 
     # the collectors each group makes: a used list at its own level, concatenated at
     # every level above it
@@ -534,6 +562,12 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     for f in groups.groups():
         chain = groups.depth_chain(f)
         for key in groups.members[f]:
+            if key in streams:  # its own list, if used whole: the chunks concatenated
+                sn = streams[key]
+                if key in whole:
+                    mode = "record" if key in recorded else "strict"
+                    collectors[f].append(Collector(key, sn.item_name, sn.name, True, mode))
+                continue
             stage, node = planned[key].stage, maps[key]
             for ckey, mode in _lists(key, whole, raw_lists, tolerant, recorded):
                 ratio = node.min_success_ratio
@@ -548,6 +582,8 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         concretes: list[tuple[str, str, int]] = []
         needs: set[Any] = set()
         for key in sorted(groups.members[f], key=groups.pos.__getitem__):
+            if key in streams:
+                continue
             p = planned[key]
             stages.append(p.stage)
             for k, v in p.sources.items():
@@ -562,8 +598,9 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         # expansions (e.g. of the same map, chained differently) share a key
         made = [*groups.members[f], *(c.key for c in collectors[f])]
         made += [s.expansion.expander for s in stages if isinstance(s, Nested)]
+        stream = next((streams[k] for k in groups.members[f] if k in streams), None)
         return Expansion(
-            f"{EXPANDER_PREFIX}-" + tokenize(*made),
+            stream.source_key if stream is not None else f"{EXPANDER_PREFIX}-" + tokenize(*made),
             tuple(stages),
             tuple(collectors[f]),
             sources,
@@ -576,14 +613,58 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         if groups.parent_of(f) is not None:
             continue
         exp = expansion(f)
-        data = parse_input({k: Alias(k) for k in exp.needs})
-        g.add(Task(exp.expander, expand, exp, (), data), set(exp.needs))
+        stream = next((streams[k] for k in groups.members[f] if k in streams), None)
+        if stream is not None:
+            plan = _stream_plan(stream, exp, stream.key not in whole, large)
+            deps = set(exp.needs) | set(plan.call.dependencies)
+            data = parse_input({k: Alias(k) for k in sorted(deps, key=str)})
+            g.add(Task(exp.expander, stream_source, plan, data), deps, _annotations(stream))
+        else:
+            data = parse_input({k: Alias(k) for k in exp.needs})
+            g.add(Task(exp.expander, expand, exp, (), data), set(exp.needs))
         for c in exp.collectors:
             g.add(Task(c.key, unspliced, TaskRef(exp.expander), c.task_name), {exp.expander})
     g.add_plain(order, whole, set(flat_raws), recorded, distributed=True, large=large)
     for data in large.tasks.values():
         g.add(data, set())
     return g.hlg()
+
+
+def _stream_plan(
+    node: StreamNode, expansion: Expansion, windowed: bool, large: LargeValues
+) -> StreamPlan:
+    """The plan of ``node``'s source (``windowed``: its list is not used whole, so it
+    runs at most ``dynflow.stream.window-*`` ahead of its maps)."""
+    config = dask.config.get("dynflow.stream")
+    try:
+        window = (int(config["window-items"]), parse_bytes(config["window-bytes"]))
+        interval = parse_timedelta(config["interval"])
+        chunk = (int(config["chunk-items"]), parse_bytes(config["chunk-bytes"]))
+        if min(*window, *chunk) < 1 or interval is None or interval < 0:
+            raise ValueError("must be positive")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"stream {node.name!r}: the dask config dynflow.stream is {config!r}; expected "
+            "window-items and chunk-items ints >= 1, window-bytes and chunk-bytes sizes "
+            f"such as '64MiB', interval a duration such as '10ms' ({e})"
+        ) from None
+    args = [_ref(a, large) for a in node.args]
+    kwargs = {k: _ref(v, large) for k, v in node.kwargs.items()}
+    fn = node.task.graph_fn
+    if node.wait_for:
+        waits = parse_input([Alias(n.key) for n in node.wait_for])
+        fn, args = call_after, [fn, waits, *args]
+    return StreamPlan(
+        node.name,
+        node.key,
+        node.item_name,
+        Task(None, fn, *args, **kwargs),
+        node.task.policy(records=False),
+        expansion,
+        window if windowed else None,
+        float(interval),
+        *chunk,
+    )
 
 
 def returned_hook(local: bool, inherit: tuple[tuple[str, Any], ...]) -> Returned:

@@ -44,7 +44,7 @@ from distributed import Future, worker_client
 from dynflow._compat import local_scheduler
 from dynflow._containers import find
 from dynflow._context import BATCH_INDEX, LOCAL_KEYS
-from dynflow.exceptions import ExtensionError, SerializationError
+from dynflow.exceptions import ExtensionError
 from dynflow.graph._node import (
     FlattenNode,
     MapNode,
@@ -62,6 +62,7 @@ from dynflow.worker._calls import SCALARS, CallPolicy, Deferred, running_locally
 from dynflow.worker._failure import Failure
 from dynflow.worker._graph_splice import ReturnedGraph, needs_itself
 from dynflow.worker._in_place import counting
+from dynflow.worker._source import iterate
 
 __all__ = ["Returned", "assemble", "finish_collections"]
 
@@ -116,11 +117,9 @@ class Returned:
         if type(value) in SCALARS or not find(value, _special):
             return value  # plain data (every map item's usual value): one walk, no more
         if isinstance(value, types.GeneratorType | types.AsyncGeneratorType):
-            raise SerializationError(
-                f"task {policy.task_name!r} returned a generator, which cannot be pickled "
-                "to send it between processes: return a list (of values, or of nodes to "
-                "run them in the task's place)"
-            )
+            # a task not declared a stream (README "Streaming sources"): its value is the
+            # list, made where it ran (a generator cannot travel)
+            return self(policy, list(iterate(policy.task_name, value)))
         if type(value) is quote:
             return value.value
         _refuse_markers(policy, value)

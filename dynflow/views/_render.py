@@ -50,6 +50,7 @@ FILL = {
     "subflow-map": "#fdf0e1",
     "flatten": "#f1eaf8",
     "key": "#ffffff",
+    "stream": "#e8f6f6",  # a streaming source
     "dynamic": "#eaf6ec",  # the calls dynamic tasks made, by task name
 }
 #: boxes that stand for many tasks (drawn stacked, with their count)
@@ -112,6 +113,10 @@ def short_repr_counts(counts: Mapping[str, Any]) -> str:
     '4/4 done, 3 retries'
     >>> short_repr_counts({"total": 2000, "done": 2000, "tasks": 16})
     '2,000/2,000 done, in 16 tasks'
+    >>> short_repr_counts({"total": 1, "running": 1, "yielded": 1200, "streaming": True})
+    'streaming, 1,200 yielded'
+    >>> short_repr_counts({"total": 1, "done": 1, "yielded": 1200, "streaming": False})
+    '1/1 done, 1,200 yielded'
     """
     done, failed, running, pending, cached = (
         counts.get(k) or 0 for k in ("done", "failed", "running", "pending", "cached")
@@ -134,6 +139,14 @@ def short_repr_counts(counts: Mapping[str, Any]) -> str:
     tasks = counts.get("tasks")
     if tasks is not None:  # a map whose items are grouped into fewer scheduler tasks
         parts.append(f"in {tasks:,} task{'' if tasks == 1 else 's'}")
+    yielded = counts.get("yielded")
+    if yielded is not None:  # a stream's source: what it yielded so far
+        if counts.get("streaming"):
+            parts = [f"streaming, {yielded:,} yielded", *parts[1:]]
+            if running:
+                parts.remove(f"{running:,} running")
+        else:
+            parts.append(f"{yielded:,} yielded")
     return ", ".join(parts)
 
 

@@ -1,0 +1,284 @@
+"""Streaming sources: a generator task feeds its maps item by item (README "Streaming
+sources"), on a cluster (gen_cluster, validate on; LocalCluster with processes) and in
+sync mode."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import traceback
+
+import dask.config
+import psutil
+import pytest
+from distributed import Client, Event, LocalCluster, Nanny
+from distributed.utils_test import async_poll_for, gen_cluster
+from stream_tasks import (
+    LEAD,
+    SEEN,
+    annotated,
+    anumbers,
+    fails_after,
+    fails_on,
+    flaky_source,
+    gated,
+    inc,
+    length,
+    listed,
+    lockstep,
+    mark,
+    numbers,
+    pair,
+    payload,
+    record,
+    reset,
+    total,
+    watched,
+)
+from utils import no_tasks_left
+
+import dynflow as df
+from dynflow.graph._node import StreamNode
+
+
+def pipelines(n: int) -> list:
+    """Streamed maps of every kind over a stream of n numbers, and their list twins."""
+    out = []
+    for src in (numbers(n), listed(n)):
+        m = inc.map(src)
+        out += [
+            total(m),
+            inc.map(inc.map(src)),  # chained: item by item
+            src,  # the list itself
+            inc.map(df.flatten(pair.map(src))),  # flatten of a streamed map
+            fails_on.map(src, bad=3, min_success_ratio=0.5),
+            df.allow_failure(fails_on.map(src, bad=2)),
+            inc.map(src, batch_size=7),
+            inc.map(src, max_concurrency=2),
+        ]
+    return out
+
+
+def test_stream_tasks_make_stream_nodes():
+    assert isinstance(numbers(3), StreamNode)
+    assert isinstance(anumbers(3), StreamNode)
+    assert isinstance(annotated(3), StreamNode)
+    assert not isinstance(listed(3), StreamNode)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 300])
+def test_sync_gives_the_lists_values(n):
+    values = df.compute(*pipelines(n), scheduler="sync")
+    half = len(values) // 2
+    assert _plain(values[:half]) == _plain(values[half:])
+    assert df.compute(anumbers(n), annotated(n), scheduler="sync") == (
+        list(range(n)),
+        list(range(n)),
+    )
+
+
+def _plain(values: list) -> list:
+    """Exceptions compared by type and text."""
+    out = []
+    for v in values:
+        if isinstance(v, list):
+            v = [(type(x).__name__, str(x)) if isinstance(x, BaseException) else x for x in v]
+        out.append(v)
+    return out
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_streamed_maps_give_what_maps_over_lists_give(c, s, a, b):
+    for n in (0, 1, 5, 400):
+        values = await df.compute(*pipelines(n), client=c)
+        half = len(values) // 2
+        assert _plain(values[:half]) == _plain(values[half:]), n
+        assert _plain(values[:half]) == _plain(df.compute(*pipelines(n)[:half], scheduler="sync"))
+    assert await df.compute(anumbers(7), total(inc.map(annotated(7))), client=c) == (
+        list(range(7)),
+        28,
+    )
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_items_start_while_the_source_runs(c, s, a, b):
+    """The source yields item i only after item i - 1 was processed: a map that waited
+    for the whole list would never finish it."""
+    n = 30
+    m = mark.map(lockstep(n, "lockstep-gen"), prefix="lockstep-gen")
+    assert await df.compute(total(m), client=c) == (2 * sum(range(n)),)
+    # chained maps pipeline item by item too
+    m2 = inc.map(mark.map(lockstep(n, "lockstep-chain"), prefix="lockstep-chain"))
+    assert await df.compute(m2, client=c) == ([2 * i + 1 for i in range(n)],)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_a_source_that_fails_mid_stream(c, s, a, b):
+    reset()
+    m = record.map(fails_after(40, "page 3 broke"))
+    with pytest.raises(ValueError, match="page 3 broke") as info:
+        await df.compute(total(m), client=c)
+    # the source's own traceback came with it
+    assert "fails_after" in "".join(traceback.format_tb(info.value.__traceback__))
+    # every item yielded before the failure ran, once
+    assert SEEN == dict.fromkeys(range(40), 1)
+    # allow_failure hands the exception on: of the stream, of a map over it
+    (e1, e2) = await df.compute(
+        df.allow_failure(fails_after(3, "a")), df.allow_failure(inc.map(fails_after(3, "b"))),
+        client=c,
+    )  # fmt: skip
+    assert type(e1) is ValueError and str(e1) == "a"
+    assert type(e2) is ValueError and str(e2) == "b"
+    # the same in sync mode
+    with pytest.raises(ValueError, match="page 3 broke"):
+        df.compute(total(inc.map(fails_after(40, "page 3 broke"))), scheduler="sync")
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_source_retries_skip_the_items_handed_on(c, s, a, b):
+    reset()
+    m = record.map(flaky_source(50, fail_at=20))
+    assert await df.compute(m, client=c) == (list(range(50)),)
+    assert SEEN == dict.fromkeys(range(50), 1)  # none lost, none twice
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_the_window_bounds_how_far_the_source_runs_ahead(c, s, a, b):
+    reset()
+    n = 3000
+    config = {"dynflow.stream.window-items": 50, "dynflow.stream.chunk-items": 10}
+    with dask.config.set(config):  # read where the graph is built: at compute
+        node = total(record.map(watched(n), batch_size=None))
+        assert await df.compute(node, client=c) == (sum(range(n)),)
+    # at most the window ahead, and the items in a flush or two on their way
+    assert 0 < LEAD[0] <= 50 + 2 * 10, LEAD[0]
+    # used whole too, the stream has no window: its list is all kept anyway
+    reset()
+    with dask.config.set(config):
+        src = watched(500)
+        values = await df.compute(src, total(record.map(src)), client=c)
+    assert values == (list(range(500)), sum(range(500)))
+
+
+def test_bad_stream_config_is_refused_where_the_graph_is_built():
+    with dask.config.set({"dynflow.stream.window-items": "many"}):
+        with pytest.raises(ValueError, match=r"stream 'numbers'.*dynflow.stream"):
+            from dynflow.lowering._lower import lower
+
+            lower([inc.map(numbers(3))], distributed=True)
+
+
+@pytest.mark.slow
+@gen_cluster(client=True, Worker=Nanny, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
+async def test_a_worker_killed_while_it_runs_the_source(c, s, a, b):
+    n, gate_from = 60, 30
+    src = gated(n, gate_from, "stream-kill-go")
+    m = inc.map(src, batch_size=None)
+    (fut,) = await df.submit_async(total(m), client=c)
+    # the items before the gate were handed on and (some) processed
+    await async_poll_for(
+        lambda: src.source_key in s.tasks
+        and s.tasks[src.source_key].processing_on is not None
+        and sum(
+            1 for k, ts in s.tasks.items() if type(k) is tuple and k[0] == m.item_name
+        ) >= gate_from,
+        timeout=60,
+    )  # fmt: skip
+    holder = s.tasks[src.source_key].processing_on.address
+    victim = a if a.worker_address == holder else b
+    await victim.kill()
+    await Event("stream-kill-go", client=c).set()
+    assert await fut == sum(range(1, n + 1))
+    counts = (await fut.run.info())["nodes"][m.key]
+    assert (counts["done"], counts["failed"], counts["pending"]) == (n, 0, 0)
+
+
+@pytest.mark.slow
+def test_local_cluster_with_processes():
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.validate)
+        m = mark.map(lockstep(20, "lockstep-processes"), prefix="lockstep-processes")
+        assert total(m).compute(client=client) == 2 * sum(range(20))
+        assert inc.map(inc.map(anumbers(2000))).compute(client=client) == list(range(2, 2002))
+        with pytest.raises(ValueError, match="late"):
+            total(inc.map(fails_after(10, "late"))).compute(client=client)
+
+
+@pytest.mark.slow
+def test_a_stream_larger_than_memory_flows_through():
+    """60,000 items of 20 KB (1.2 GB) summed on two 1-thread workers: no worker passes
+    700 MB (sampled every 50 ms)."""
+    n, size, limit = 60_000, 20_000, 700 * 2**20
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+        memory_limit="2GiB",
+    ) as cluster, Client(cluster, set_as_default=False) as client:  # fmt: skip
+        pids = list(client.run(lambda: __import__("os").getpid()).values())
+        peak = dict.fromkeys(pids, 0)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.05):
+                for pid in pids:
+                    try:
+                        peak[pid] = max(peak[pid], psutil.Process(pid).memory_info().rss)
+                    except psutil.Error:
+                        pass
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        try:
+            assert total(length.map(payload(n, size))).compute(client=client) == n * size
+        finally:
+            stop.set()
+            sampler.join()
+        print(f"1.2 GB stream: {time.perf_counter() - start:.1f} s, peak RSS (MB):",
+              {pid: round(v / 2**20) for pid, v in peak.items()})  # fmt: skip
+        assert max(peak.values()) < limit, peak
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 4)] * 2, timeout=60)
+async def test_max_concurrency_holds_across_a_streams_chunks(c, s, a, b):
+    """The chunks expand one by one, but the map's items run at most 3 at once."""
+    from stream_tasks import RUNNING, busy
+
+    RUNNING[:] = [0, 0]
+    with dask.config.set({"dynflow.stream.chunk-items": 5}):
+        m = busy.map(numbers(60), max_concurrency=3, batch_size=None)
+        assert await df.compute(m, client=c) == (list(range(60)),)
+    assert RUNNING[1] == 3, RUNNING
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_views_show_a_stream_and_the_items_yielded(c, s, a, b):
+    from dynflow.views._render import short_repr_counts
+
+    src = gated(100, 40, "views-go")
+    (fut,) = await df.submit_async(total(inc.map(src)), client=c)
+
+    async def yielded() -> dict:
+        return (await fut.run.info())["nodes"][src.key]
+
+    await async_poll_for(lambda: s.tasks.get(src.source_key) is not None, timeout=10)
+    for _ in range(100):  # bounded: until the 40 items before the gate are in
+        counts = await yielded()
+        if counts.get("yielded") == 40:
+            break
+        await asyncio.sleep(0.05)
+    assert counts["streaming"] and counts["running"] == 1, counts
+    assert short_repr_counts(counts) == "streaming, 40 yielded"
+    await Event("views-go", client=c).set()
+    assert await fut == sum(range(1, 101))
+    counts = await yielded()
+    assert (counts["done"], counts["yielded"], counts["streaming"]) == (1, 100, False)
+    assert short_repr_counts(counts) == "1/1 done, 100 yielded"
