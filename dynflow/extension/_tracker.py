@@ -302,7 +302,8 @@ class RunTracker(SchedulerPlugin):
                 continue
             run.state = "running"
             for ns in run.nodes.values():
-                unit = ns.items if ns.kind == "stream" else ns.key  # a stream: its source
+                # a stream's unit is its source task
+                unit = ns.items if ns.kind == "stream" and ns.items is not None else ns.key
                 if ns.fixed_total == 1 and not ops.has_task(scheduler, unit):
                     ns.fixed_total = 0  # built but not needed (a flatten only mapped over)
 
@@ -328,7 +329,7 @@ class RunTracker(SchedulerPlugin):
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == SOURCE_TOPIC:  # a stream's source handed on items, or ended
-            ns = self.index.get(msg.get("node")) if isinstance(msg, dict) else None
+            ns = self.index.get(str(msg.get("node"))) if isinstance(msg, dict) else None
             if ns is not None and ns.kind == "stream" and ns.run.finished is None:
                 ns.yielded = int(msg.get("items") or 0)
                 ns.ended = bool(msg.get("ended"))
