@@ -1,8 +1,9 @@
-"""Accounts -> services -> metrics from an HTTP API: nested fan-out with ``flatten``.
+"""Accounts -> services -> metrics from a paged HTTP API: a streaming source, nested
+fan-out with ``flatten``.
 
 The script serves a small fake HTTP API itself (stdlib ``http.server`` in a thread):
 
-    GET /accounts                    -> ["acc-000", ...]
+    GET /accounts?page=<k>           -> {"accounts": ["acc-000", ...], "next": k + 1 or null}
     GET /accounts/<id>/services      -> [{"id": "acc-000-svc-0", "account": "acc-000"}, ...]
     GET /services/<id>/metrics       -> {"service": ..., "requests": ..., "errors": ...}
 
@@ -10,13 +11,15 @@ and answers a seeded fraction of the calls with HTTP 503, which the tasks absorb
 ``retries=`` and ``retry_delay=``. The tasks call it with ``urllib.request`` from the
 workers:
 
-    accounts = list_accounts(api)
+    accounts = list_accounts(api)                       # a generator: page after page
     services = list_services.map(accounts)              # one list per account
     metrics = fetch_metrics.map(df.flatten(services))   # one call per service
     report = aggregate(services, metrics)
 
-How many services there are is known only as each account's list arrives: the metrics
-calls of an account's services start as soon as that account's list is done.
+``list_accounts`` is a generator task (a stream, README "Streaming sources"): an
+account's services are listed as soon as its page arrived, while the next page is being
+fetched. How many services there are is known only as each account's list arrives: the
+metrics calls of an account's services start as soon as that account's list is done.
 
     python examples/accounts_services.py                      # embedded LocalCluster
     python examples/accounts_services.py --address tcp://10.0.0.5:8786 --api-host 10.0.0.7
@@ -34,6 +37,7 @@ import random
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -60,6 +64,7 @@ class FakeAPI:
         self.failure_rate = failure_rate
         self.max_failures = max_failures  # per URL: later calls of it always succeed
         self.accounts = [f"acc-{i:03d}" for i in range(n_accounts)]
+        self.page_size = 4
         self.services: dict[str, list[dict[str, str]]] = {}
         self.metrics: dict[str, dict[str, Any]] = {}
         for account in self.accounts:
@@ -102,9 +107,16 @@ class FakeAPI:
             return fail
 
     def answer(self, path: str) -> Any:
+        path, _, query = path.partition("?")
         parts = path.strip("/").split("/")
-        if parts == ["accounts"]:
-            return self.accounts
+        if parts == ["accounts"]:  # paged: ?page=k (from 0)
+            k = int(query.removeprefix("page=") or 0) if query.startswith("page=") else 0
+            size = self.page_size
+            more = (k + 1) * size < len(self.accounts)
+            return {
+                "accounts": self.accounts[k * size : (k + 1) * size],
+                "next": k + 1 if more else None,
+            }
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "services":
             return self.services.get(parts[1])
         if len(parts) == 3 and parts[0] == "services" and parts[2] == "metrics":
@@ -156,8 +168,14 @@ RETRIES = dict(retries=4, retry_delay=0.05, retry_backoff=2.0, retry_on=(Connect
 
 
 @df.task(**RETRIES)
-def list_accounts(api: str) -> list[str]:
-    return get_json(f"{api}/accounts")
+def list_accounts(api: str) -> Iterator[str]:
+    """Every account, page after page: a stream, whose accounts start their maps as soon
+    as their page arrived. A retry calls it again and skips the accounts handed on."""
+    page: int | None = 0
+    while page is not None:
+        body = get_json(f"{api}/accounts?page={page}")
+        yield from body["accounts"]
+        page = body["next"]
 
 
 @df.task(**RETRIES, task_run_name="services-{account}")  # labels items in errors and logs

@@ -103,7 +103,7 @@ def fails_after(n, message):
     raise ValueError(message)
 
 
-@df.task(retries=1)
+@df.task(retries=1, retry_delay=0.05)
 def flaky_source(n, fail_at):
     """Fails once, at item ``fail_at`` (in-process workers), then yields all n."""
     for i in range(n):
@@ -157,4 +157,34 @@ def busy(x):
     time.sleep(0.02)
     with LOCK:
         RUNNING[0] -= 1
+    return x
+
+
+@df.task
+def rowsum(row):
+    """The sum of one row of an array."""
+    return float(sum(row))
+
+
+@df.task(priority=5)
+def inc_first(x):
+    """inc, with a priority: its graph's tasks carry annotations."""
+    return x + 1
+
+
+def ten_times(x):
+    return 10 * x
+
+
+def wait_for_first(part, event):
+    """A bag partition's function: partition 1 waits until an item of partition 0 ran."""
+    if part and part[0] != 0:
+        assert Event(event).wait(timeout=30), "no item of partition 0 ran first"
+    return part
+
+
+@df.task
+def first_item_done(x, event):
+    if x == 0:
+        Event(event).set()
     return x

@@ -282,3 +282,71 @@ async def test_views_show_a_stream_and_the_items_yielded(c, s, a, b):
     counts = await yielded()
     assert (counts["done"], counts["yielded"], counts["streaming"]) == (1, 100, False)
     assert short_repr_counts(counts) == "1/1 done, 100 yielded"
+
+
+# ---------------------------------------------------------------- dask collections
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_maps_over_dask_bags_and_arrays(c, s, a, b):
+    import dask.array as da
+    import dask.bag as db
+    from stream_tasks import inc_first, rowsum, ten_times
+
+    bag = db.from_sequence(range(23), npartitions=4).map(ten_times)
+    arr = da.arange(24, chunks=5).reshape((6, 4)).rechunk((2, 2))
+    want = [10 * i + 1 for i in range(23)]
+    nodes = [
+        inc.map(bag),
+        total(inc.map(inc.map(bag))),
+        rowsum.map(arr),
+        inc_first.map(bag),  # annotated tasks: a graph of layers
+        inc.map(da.arange(7, chunks=3)),
+    ]
+    values = await df.compute(*nodes, client=c)
+    assert values[0] == want and values[3] == want
+    assert values[1] == sum(want) + 23
+    assert values[2] == [6.0, 22.0, 38.0, 54.0, 70.0, 86.0]
+    assert [int(x) for x in values[4]] == list(range(1, 8))
+    # the same in sync mode
+    local = df.compute(*nodes, scheduler="sync")
+    assert local[:4] == values[:4] and [int(x) for x in local[4]] == list(range(1, 8))
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_a_bags_partitions_are_mapped_as_each_finishes(c, s, a, b):
+    """Partition 1 of the bag waits until an item of partition 0 ran: a map that
+    waited for the whole bag would never finish."""
+    import dask.bag as db
+    from stream_tasks import first_item_done, wait_for_first
+
+    bag = db.from_sequence(range(10), npartitions=2).map_partitions(
+        wait_for_first, "bag-first-done"
+    )
+    m = first_item_done.map(bag, event="bag-first-done")
+    assert await df.compute(m, client=c) == (list(range(10)),)
+
+
+def test_dask_collections_that_are_not_mapped_over_are_refused():
+    import dask.array as da
+
+    with pytest.raises(df.MapInputError, match=r"inc.map\(\): argument 'x' is a dask Array"):
+        inc.map(da.ones(()))
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    frame = dd.from_pandas(pd.DataFrame({"a": [1, 2]}), npartitions=1)
+    with pytest.raises(df.MapInputError, match=r"dask DataFrame, ambiguous.*frame.to_bag\(\)"):
+        inc.map(frame)
+    # a dask Series maps over its values, as a pandas one (its to_bag())
+    assert inc.map(frame["a"]).compute(scheduler="sync") == [2, 3]
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_as_completed_over_a_streamed_map(c, s, a, b):
+    """Items come as they finish, indexed (chunk, j); the values in chunk order are the
+    list's. Run here, the stream is one chunk: (0, j)."""
+    m = inc.map(numbers(40))
+    pairs = [p async for p in df.as_completed(m, client=c)]
+    assert all(len(index) == 2 for index, _ in pairs)
+    assert [v for _, v in sorted(pairs)] == list(range(1, 41))
+    local = list(df.as_completed(inc.map(numbers(4)), scheduler="sync"))
+    assert local == [((0, j), j + 1) for j in range(4)]

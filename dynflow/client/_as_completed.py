@@ -234,6 +234,9 @@ class AsCompleted(Generic[T]):
 
         def find(m: MapNode) -> None:
             for how, up in groups.joined(m):
+                if how == "chunks":  # a stream's or a collection's: no map above
+                    continue
+                assert isinstance(up, MapNode)
                 if how == "nest":  # up: the map whose items are flattened
                     parents[up.key] = up
                 find(up)
@@ -254,6 +257,9 @@ class AsCompleted(Generic[T]):
         def indices(m: MapNode, n: int) -> list[tuple[int, ...]]:
             """The indices of ``m``'s ``n`` items (a joined map has its upstream's)."""
             for how, up in groups.joined(m):
+                if how == "chunks":  # run here, a stream or collection is one chunk
+                    return [(0, j) for j in range(n)]
+                assert isinstance(up, MapNode)
                 if how != "nest":
                     return indices(up, n)
                 out: list[tuple[int, ...]] = []
@@ -267,7 +273,10 @@ class AsCompleted(Generic[T]):
             return [(i,) for i in range(n)]
 
         def nested(m: MapNode) -> bool:
-            return any(how == "nest" or nested(up) for how, up in groups.joined(m))
+            return any(
+                how in ("nest", "chunks") or (isinstance(up, MapNode) and nested(up))
+                for how, up in groups.joined(m)
+            )
 
         flat = not nested(self._node)  # top level: items are numbered 0, 1, ...
         for index, value in zip(indices(self._node, len(items)), items, strict=True):

@@ -4,13 +4,16 @@ passed whole, and the map's options, checked when the map is built."""
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
+
+from dask.base import is_dask_collection
 
 from dynflow._sequences import unmappable
 from dynflow.exceptions import MapInputError, MapLengthError
 from dynflow.graph._bindable import Bindable
-from dynflow.graph._node import Node, Slot, unmapped
+from dynflow.graph._node import CollectionNode, Node, Slot, unmapped
 from dynflow.graph._options import (
     Default,
     batch_size_config,
@@ -101,6 +104,8 @@ def _slot(name: str, label: str, value: Any) -> Slot:
         return Slot(label, False, value.value)
     if isinstance(value, Node):
         return Slot(label, True, value)
+    if is_dask_collection(value):
+        return Slot(label, True, collection_node(name, label, value))
     if isinstance(value, (str, bytes, bytearray)):
         return Slot(label, False, value)
     if not isinstance(value, Iterable):
@@ -113,6 +118,49 @@ def _slot(name: str, label: str, value: Any) -> Slot:
             "wrap it in unmapped(...) to pass it whole to every item"
         )
     return Slot(label, True, tuple(value))
+
+
+def collection_node(name: str, label: str, value: Any) -> CollectionNode:
+    """The node of a dask collection mapped over: a Bag (its elements), an Array along
+    its first axis (its rows: blocks along the other axes are joined first, by dask's
+    ``rechunk``), a dask Series (its values, as ``to_bag()`` gives them).
+
+    Raises
+    ------
+    MapInputError
+        A dask DataFrame (ambiguous, as a pandas one: rows or columns?), a 0-d array,
+        or another kind of collection, naming the map and the argument.
+    """
+    frame = sys.modules.get("dask.dataframe")  # only what is imported can be an instance
+    if frame is not None and isinstance(value, frame.Series):
+        value = value.to_bag()
+    bag, array = (sys.modules.get(f"dask.{m}") for m in ("bag", "array"))
+    kind = None
+    if bag is not None and isinstance(value, bag.Bag):
+        kind = "bag"
+    elif array is not None and isinstance(value, array.Array) and value.ndim > 0:
+        kind = "array"
+        if any(n > 1 for n in value.numblocks[1:]):
+            value = value.rechunk({d: -1 for d in range(1, value.ndim)})
+    if kind is None:
+        if frame is not None and isinstance(value, frame.DataFrame):
+            why = (
+                "ambiguous to map over (iterating a DataFrame gives its column names); map "
+                "over frame.to_bag() for its rows (tuples; to_bag(format='dict') for dicts) "
+                "or frame[column] for a column"
+            )
+        else:
+            why = "not a collection dynflow maps over: map over a dask Bag or Array"
+        raise MapInputError(
+            f"{name}.map(): argument {label!r} is a dask {type(value).__name__}, {why}"
+        )
+    assert COLLECTION_TASK is not None  # set when dynflow.graph._task is imported
+    return CollectionNode(COLLECTION_TASK, value, kind)
+
+
+#: the task every collection node carries (its pure option; the node is named after its
+#: collection), made by :mod:`dynflow.graph._task`, which imports this module
+COLLECTION_TASK: Any = None
 
 
 def positional_labels(sig: inspect.Signature, n: int) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
 
 from dask.base import tokenize
+from dask.utils import key_split
 
 from dynflow._containers import find, substitute
 from dynflow._context import BUILDING, CREATED, RUNNING_TASK
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
     from dynflow.graph._task import Task
 
 __all__ = [
+    "PARTED",
     "AllowFailureNode",
+    "CollectionNode",
     "FlattenNode",
     "KeyNode",
     "MapNode",
@@ -392,6 +395,68 @@ class StreamNode(Node[list[Any]]):
     def source_key(self) -> str:
         """The key of the task that runs the source (processing while it streams)."""
         return self._source_key
+
+
+class CollectionNode(Node[list[Any]]):
+    """A dask collection mapped over: a ``dask.bag.Bag`` (its elements), or a dask array
+    along its first axis (its rows), made by ``task.map(collection)``.
+
+    Its graph runs in the same run; a map over it expands once per partition (per block
+    of rows) as soon as that partition is done, where it lives: chunk ``i`` is
+    ``(item_name, i)``, the partition's items as a list (an array's rows as an array).
+    Used whole, its value is the list of every item.
+    """
+
+    __slots__ = ("_collection", "_item_name", "_kind")
+
+    _collection: Any
+    _item_name: str
+    _kind: str
+
+    def __init__(self, task: Task, collection: Any, kind: str) -> None:
+        object.__setattr__(self, "_collection", collection)
+        object.__setattr__(self, "_kind", kind)
+        super().__init__(task, (), {})
+
+    def _token_options(self) -> tuple:
+        return (self._collection.name,)  # a dask name is the token of its graph
+
+    def _set_key(self, name: str, token: str) -> None:
+        name = self.name
+        object.__setattr__(self, "_key", f"{name}-{token}")
+        object.__setattr__(self, "_item_name", f"{name}.partition-{token}")
+
+    @property
+    def name(self) -> str:
+        """The collection's name (``from_sequence``, ``array``, ...)."""
+        return key_split(self._collection.name)
+
+    @property
+    def collection(self) -> Any:
+        return self._collection
+
+    @property
+    def kind(self) -> str:
+        """``"bag"`` or ``"array"``."""
+        return self._kind
+
+    @property
+    def item_name(self) -> str:
+        """Chunk ``i`` (the items of partition ``i``, as a list) is ``(item_name, i)``."""
+        return self._item_name
+
+    def partition_keys(self) -> list[Any]:
+        """The collection's key of each partition (an array's block of rows), in order."""
+        out = []
+        for k in self._collection.__dask_keys__():
+            while isinstance(k, list):  # an array's row block: one chunk across
+                k = k[0]
+            out.append(k)
+        return out
+
+
+#: nodes whose maps expand once per chunk (a stream's, a collection's partitions)
+PARTED = (StreamNode, CollectionNode)
 
 
 class MapNode(Node[list[Any]]):

@@ -23,6 +23,7 @@ from dask.utils import funcname
 
 from dynflow._context import FLOW_OPTIONS
 from dynflow._public import public
+from dynflow.graph import _mapargs
 from dynflow.graph._bindable import Bindable, bind_instance
 from dynflow.graph._mapargs import add_waits, bind_map
 from dynflow.graph._node import MapNode, Node, StreamNode
@@ -362,7 +363,9 @@ class Task(Bindable, Generic[P, R]):
 
         Item ``i`` of a mapped value is what iterating it yields at position ``i``
         (a pandas Series by position, never by label). A dict or a pandas DataFrame is
-        refused (:class:`~dynflow.MapInputError`) as ambiguous.
+        refused (:class:`~dynflow.MapInputError`) as ambiguous. A stream (a call of a
+        generator task) or a dask Bag or Array (its first axis) is mapped chunk by chunk
+        as its items come: see the README's "Streaming sources".
 
         dynflow's keywords below are taken from the call unless the function has a
         parameter of the same name: the function always gets its own arguments, and
@@ -569,3 +572,11 @@ def task(fn: Callable | None = None, /, **options: Any) -> Any:
 
 # shown and pickled as dynflow.<name>; their examples are tested here
 __test__ = public(Task, task)
+
+
+def _partitions(*_: Any) -> None:
+    """The function of a dask collection's node (never called: a ``CollectionNode`` is
+    lowered from its collection's graph)."""
+
+
+_mapargs.COLLECTION_TASK = Task(_partitions, name="collection", pure=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dynflow.graph._node import (
+    PARTED,
     FlattenNode,
     MapNode,
     Node,
-    StreamNode,
     SubflowMapNode,
     find_nodes,
 )
@@ -77,7 +77,7 @@ class ExpansionGroups:
         up: set[str] = set()
         for d in node.dependencies:
             up |= self.upstream[d.key]
-        if isinstance(node, StreamNode):
+        if isinstance(node, PARTED):
             # a group of its own, at top level, whose "items" are its chunks: the maps
             # over it nest per chunk, as maps over flatten(m) nest per item of m
             self.upstream[node.key] = frozenset(up | {node.key})
@@ -109,7 +109,7 @@ class ExpansionGroups:
                 _itemwise(s.value) or not isinstance(node, SubflowMapNode)
             ):
                 cands[i] = ("stage", self.parent_of(self.group[s.value.key]))
-            elif isinstance(s.value, StreamNode):
+            elif isinstance(s.value, PARTED):  # a stream's or a collection's chunks
                 cands[i] = ("nest", self.find(self.group[s.value.key]))
             elif (
                 isinstance(s.value, FlattenNode)
@@ -185,19 +185,21 @@ class ExpansionGroups:
         v = self._value(node, i)
         return self.group[(v.source if isinstance(v, FlattenNode) else v).key]
 
-    def joined(self, node: MapNode) -> list[tuple[str, MapNode]]:
-        """How map ``node`` joined its group: ``[(how, upstream map), ...]``, ``how`` one
-        of ``"stage"``/``"wait"`` (``node``'s items are the map's items, index for index)
-        or ``"nest"`` (it maps over ``flatten(m)``, and ``m`` is given: ``node``'s items
-        are the elements of ``m``'s); none: ``node`` is a top-level map whose items are
-        numbered 0, 1, ..., or a map over a stream (nested per chunk)."""
-        out: list[tuple[str, MapNode]] = []
+    def joined(self, node: MapNode) -> list[tuple[str, Node]]:
+        """How map ``node`` joined its group: ``[(how, upstream node), ...]``, ``how`` one
+        of ``"stage"``/``"wait"`` (``node``'s items are the map's items, index for index),
+        ``"nest"`` (it maps over ``flatten(m)``, and ``m`` is given: ``node``'s items
+        are the elements of ``m``'s) or ``"chunks"`` (it maps over a stream or a dask
+        collection, given: its items are indexed ``(chunk, j)``); none: ``node`` is a
+        top-level map whose items are numbered 0, 1, ..."""
+        out: list[tuple[str, Node]] = []
         for i in range(len(node.slots) + len(node.item_waits)):
             how = self.how.get((node.key, i))
             if how is None:
                 continue
             up = self._value(node, i)
-            if isinstance(up, StreamNode):  # nested per chunk: items numbered 0, 1, ...
+            if isinstance(up, PARTED):  # nested per chunk of a stream or collection
+                out.append(("chunks", up))
                 continue
             if isinstance(up, FlattenNode):  # "nest"
                 up = up.source

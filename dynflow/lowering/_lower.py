@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import dask.config
-from dask._task_spec import Alias, DataNode, Task, TaskRef, parse_input
+from dask._task_spec import Alias, DataNode, Task, TaskRef, convert_legacy_graph, parse_input
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.sizeof import sizeof
@@ -36,7 +36,9 @@ from dask.utils import parse_bytes, parse_timedelta
 from dynflow._containers import substitute
 from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, own_limit, raw_key
 from dynflow.graph._node import (
+    PARTED,
     AllowFailureNode,
+    CollectionNode,
     FlattenNode,
     KeyNode,
     MapNode,
@@ -58,9 +60,9 @@ from dynflow.lowering._stage import Stage
 from dynflow.lowering._stream import StreamPlan
 from dynflow.lowering._subflow_stage import SubflowStage, key_node
 from dynflow.worker._calls import CallPolicy, Deferred, call_after
-from dynflow.worker._collect import concat_raw, gather_raw, tolerate
+from dynflow.worker._collect import concat_raw, gather_concat, gather_raw, tolerate
 from dynflow.worker._expander import expand, run_map, unspliced
-from dynflow.worker._source import Listed, stream_source
+from dynflow.worker._source import Listed, partition_items, stream_source
 
 __all__ = ["LowerSubflow", "lower", "lower_distributed", "lower_local", "returned_hook"]
 
@@ -297,7 +299,7 @@ def plan_stage(
             return StageItem(slot.value.item_name)
         if kind == "nest":  # per item of a flatten's map, or per chunk of a stream
             v = slot.value
-            src: Any = ParentItem(v.item_name if isinstance(v, StreamNode) else v.source.item_name)
+            src: Any = ParentItem(v.item_name if isinstance(v, PARTED) else v.source.item_name)
         elif isinstance(slot.value, Node):
             src = _whole_source(slot.value)
         else:
@@ -427,8 +429,12 @@ class _Graph:
                 self.add(Task(key, concat_raw, node.source.name, TaskRef(source)), {source})
             elif node.key not in whole or isinstance(node, (MapNode, KeyNode)):
                 continue
-            elif distributed and isinstance(node, StreamNode):
-                continue  # its source and lists: lower_distributed
+            elif distributed and isinstance(node, PARTED):
+                continue  # its source or partitions, and its lists: lower_distributed
+            elif isinstance(node, CollectionNode):  # on a local scheduler: its whole list
+                chunks = self.add_collection(node)
+                args = (node.name, "strict", 1.0, *(TaskRef(k) for k in chunks))
+                self.add(Task(node.key, gather_concat, *args), set(chunks))
             elif isinstance(node, AllowFailureNode):
                 if not isinstance(node.source, MapNode):
                     source = node.source.key
@@ -436,6 +442,24 @@ class _Graph:
             else:
                 task = _node_task(node, node.key in recorded, distributed, large)
                 self.add(task, {d.key for d in node.dependencies}, _annotations(node))
+
+    def add_layer(self, name: str, tasks: dict[Any, Any]) -> None:
+        """Tasks in a layer of their own (a dask collection's graph, tuple keys)."""
+        self.layers[name] = tasks
+        self.deps[name] = set()
+
+    def add_collection(self, node: CollectionNode) -> list[Any]:
+        """The graph of the collection ``node`` maps over, and a task per partition that
+        gives its items (``(item name, i)``); returns those tasks' keys."""
+        coll = node.collection
+        tasks = convert_legacy_graph(dict(coll.__dask_graph__()))
+        chunks = []
+        for i, pkey in enumerate(node.partition_keys()):
+            ckey = (node.item_name, i)
+            tasks[ckey] = Task(ckey, partition_items, node.kind, TaskRef(pkey))
+            chunks.append(ckey)
+        self.add_layer(f"{node.key}-graph", tasks)
+        return chunks
 
     def hlg(self) -> HighLevelGraph:
         """The graph: one layer, or where tasks carry annotations (resources,
@@ -540,8 +564,9 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     recorded = _recorded(order, whole, records)
     large = LargeValues()
     maps = {n.key: n for n in order if isinstance(n, MapNode)}
-    streams = {n.key: n for n in order if isinstance(n, StreamNode)}
-    # maps expanded per chunk of a stream (in a group below a stream's)
+    # streams and dask collections: their maps expand once per chunk
+    streams = {n.key: n for n in order if isinstance(n, PARTED)}
+    # maps expanded per chunk (in a group below a stream's or a collection's)
     streamed = {
         key
         for key in maps
@@ -600,7 +625,9 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         made += [s.expansion.expander for s in stages if isinstance(s, Nested)]
         stream = next((streams[k] for k in groups.members[f] if k in streams), None)
         return Expansion(
-            stream.source_key if stream is not None else f"{EXPANDER_PREFIX}-" + tokenize(*made),
+            stream.source_key
+            if isinstance(stream, StreamNode)
+            else f"{EXPANDER_PREFIX}-" + tokenize(*made),
             tuple(stages),
             tuple(collectors[f]),
             sources,
@@ -614,7 +641,18 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
             continue
         exp = expansion(f)
         stream = next((streams[k] for k in groups.members[f] if k in streams), None)
-        if stream is not None:
+        if isinstance(stream, CollectionNode):  # its partitions: known now
+            chunks = g.add_collection(stream)
+            static: dict[Any, Task] = {}
+            for nest in exp.stages:
+                assert isinstance(nest, Nested)
+                for i in range(len(chunks)):
+                    static.update((t.key, t) for t in nest.item((i,)))
+            for c in exp.collectors:
+                static[c.key] = c.task((), len(chunks))
+            g.add_layer(f"{stream.key}-items", static)
+            continue
+        if isinstance(stream, StreamNode):
             plan = _stream_plan(stream, exp, stream.key not in whole, large)
             deps = set(exp.needs) | set(plan.call.dependencies)
             data = parse_input({k: Alias(k) for k in sorted(deps, key=str)})

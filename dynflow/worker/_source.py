@@ -45,13 +45,13 @@ from dynflow._compat import call_scheduler, expander_run_id, send_to_scheduler
 from dynflow._protocol import STREAM_CHUNK_HANDLER, STREAM_END_HANDLER, STREAM_START_HANDLER
 from dynflow.exceptions import ExtensionError
 from dynflow.worker._call_context import current_key
-from dynflow.worker._calls import _call_error, _next_try, _wait
+from dynflow.worker._calls import _call_error, _next_try
 from dynflow.worker._failure import Failure
 
 if TYPE_CHECKING:
     from distributed import Worker
 
-__all__ = ["Listed", "iterate", "replay_chunk", "stream_source", "unfinished"]
+__all__ = ["Listed", "iterate", "partition_items", "replay_chunk", "stream_source", "unfinished"]
 
 
 def iterate(task_name: str, value: Any) -> Iterator[Any]:
@@ -165,7 +165,7 @@ def stream_source(plan: Any, data: dict[Any, Any]) -> Any:
             if delay is None:
                 outlet.close(failed=True)
                 return Failure(error, plan.task_name)
-            _wait(delay)
+            time.sleep(delay)  # seceded already: the worker's threads run on
     outlet.close(failed=False)
     return outlet.count
 
@@ -324,3 +324,11 @@ def unfinished(task_name: str, *_inputs: Any) -> None:
     raise ExtensionError(
         f"stream {task_name!r}: its source ended without handing its end to the scheduler"
     )
+
+
+def partition_items(kind: str, part: Any) -> Any:
+    """The items of one partition of a dask collection mapped over: a Bag's partition
+    as a list (a partition may be a lazy iterator), an Array's block of rows as it is."""
+    if kind == "array" or isinstance(part, list):
+        return part
+    return list(part)
