@@ -134,3 +134,15 @@ async def test_per_item_promises_hold_in_adaptive_groups(c, s, a, b):
         waiting = process.map(generate_list(40), 2, wait_for=first)
         assert await waiting.compute(client=c) == [2 * i for i in range(40)]
     await no_tasks_left(s)
+
+
+def test_stream_rule_groups_a_chunk_by_measured_time_only():
+    """Per chunk of a stream: as "adaptive" until measured; then target / seconds items
+    per task, at most the chunk, whatever the threads; slow items one task each."""
+    from dynflow.lowering._stage import batch_size
+
+    assert batch_size("stream", 100, 4, None) is None  # <= min-items, unmeasured
+    assert batch_size("stream", 10_000, 4, None) == batch_size("adaptive", 10_000, 4, None)
+    assert batch_size("stream", 100, 4, 1e-4) == 100  # 50 ms / 0.1 ms = 500 > the chunk
+    assert batch_size("stream", 10_000, 4, 1e-3) == 50
+    assert batch_size("stream", 10_000, 4, 0.02) is None

@@ -324,6 +324,9 @@ def plan_stage(
         annotations = (
             {**_annotations(node), **_map_span(node)} if distributed else _annotations(node)
         )
+        batch = None if node.key in per_item else node.batch_size
+        if streamed and batch == "adaptive":  # sized per chunk, as the chunks come
+            batch = "stream"
         lanes = node.max_concurrency
         if streamed and lanes and LIMIT_ANNOTATION not in annotations:
             annotations[LIMIT_ANNOTATION] = own_limit(node.item_name, lanes)
@@ -336,7 +339,7 @@ def plan_stage(
             kwargs,
             annotations,
             _policy(node, records=True, distributed=distributed),
-            None if node.key in per_item else node.batch_size,
+            batch,
             lanes,
             bool(dask.config.get("dynflow.queue-items")),
             waits,
@@ -668,16 +671,28 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     return g.hlg()
 
 
+def _count(value: Any) -> int:
+    """A config value that is a count: an int, or its text (an environment variable)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"expected an int, got {value!r}")
+    return int(value)
+
+
 def _stream_plan(
     node: StreamNode, expansion: Expansion, windowed: bool, large: LargeValues
 ) -> StreamPlan:
     """The plan of ``node``'s source (``windowed``: its list is not used whole, so it
     runs at most ``dynflow.stream.window-*`` ahead of its maps)."""
-    config = dask.config.get("dynflow.stream")
+    # each key on its own: dask.config.get matches "window-items" and "window_items" (an
+    # environment variable's spelling), a sub-dict's keys do not
+    config = {
+        name: dask.config.get(f"dynflow.stream.{name}", default=None)
+        for name in ("window-items", "window-bytes", "interval", "chunk-items", "chunk-bytes")
+    }
     try:
-        window = (int(config["window-items"]), parse_bytes(config["window-bytes"]))
+        window = (_count(config["window-items"]), parse_bytes(config["window-bytes"]))
         interval = parse_timedelta(config["interval"])
-        chunk = (int(config["chunk-items"]), parse_bytes(config["chunk-bytes"]))
+        chunk = (_count(config["chunk-items"]), parse_bytes(config["chunk-bytes"]))
         if min(*window, *chunk) < 1 or interval is None or interval < 0:
             raise ValueError("must be positive")
     except (KeyError, TypeError, ValueError) as e:

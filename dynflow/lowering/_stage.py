@@ -50,7 +50,7 @@ class Stage:
     kwargs: Mapping[str, Any]
     annotations: Mapping[str, Any]
     policy: CallPolicy | None = None  # retries, timeout; items return Failure records
-    # items per scheduler task: None, an int, "auto" or "adaptive" (see batch_size)
+    # items per scheduler task: None, an int, "auto", "adaptive" or "stream" (batch_size)
     batch: int | str | None = None
     max_concurrency: int | None = None  # at most this many items running at once
     # let the scheduler queue the items as root tasks (``dynflow.queue-items``)
@@ -266,6 +266,12 @@ def batch_size(
       items (``target``: 50 ms of compute per task), but no fewer than
       ``tasks-per-thread`` (8) tasks per worker thread, so every thread has work and
       stealing can even out a heavy tail; unmeasured, that smallest count of tasks.
+    - ``"stream"`` (``"adaptive"`` for a map expanded per chunk of a stream or of a
+      dask collection, where ``n`` is one chunk's items and the chunks keep coming):
+      as ``"adaptive"`` until the task's items are measured; then one task per item
+      for items of ``slow-item`` or more, else ``ceil(target / seconds)`` items per
+      task, at most the chunk (no minimum count of tasks: the next chunks give the
+      threads work).
     - an int: that many.
 
     Raises
@@ -277,7 +283,13 @@ def batch_size(
         return None
     if batch == "auto":
         return max(1, -(-n // (TASKS_PER_THREAD * max(1, nthreads))))
-    if batch == "adaptive":
+    if batch == "stream" and seconds is not None:  # "adaptive" per chunk, measured
+        rule = adaptive_rule()
+        if seconds >= rule.slow_item:
+            return None
+        size = min(n, math.ceil(rule.target / max(seconds, 1e-9)))
+        return size if size > 1 else None
+    if batch in ("adaptive", "stream"):
         rule = adaptive_rule()
         if n <= rule.min_items or (seconds is not None and seconds >= rule.slow_item):
             return None
@@ -298,7 +310,12 @@ class AdaptiveRule(NamedTuple):
 
 def adaptive_rule() -> AdaptiveRule:
     """``dynflow.adaptive`` as an :class:`AdaptiveRule` (``ValueError`` naming the key)."""
-    config = dask.config.get("dynflow.adaptive")
+    # each key on its own: dask.config.get matches "min-items" and "min_items" (an
+    # environment variable's spelling), a sub-dict's keys do not
+    config = {
+        name: dask.config.get(f"dynflow.adaptive.{name}", default=None)
+        for name in ("min-items", "slow-item", "target", "tasks-per-thread")
+    }
     out = []
     for name, kind in (
         ("min-items", int),
