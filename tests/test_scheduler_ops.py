@@ -119,6 +119,31 @@ async def test_create_tasks_with_a_missing_dependency_changes_nothing(c, s, a, b
 
 # ------------------------------------------------------------------------------ forget
 @gen_cluster(client=True)
+async def test_put_in_memory(c, s, a, b):
+    """A task the worker holds already (a stream's chunk) is in memory there, with its
+    spec kept: a task reading it runs at once; lost, it would be computed again."""
+    a.update_data({"chunk": [1, 2, 3]})  # the worker's add-keys comes after: kept
+    (ts,) = ops.create_tasks(s, [ops.NewTasks([Task("chunk", list, [7])], (0,))])
+    assert ops.put_in_memory(s, ts, a.address, 99)
+    assert (
+        ts.state == "memory" and ts.nbytes == 99 and {w.address for w in ts.who_has} == {a.address}
+    )
+    with pytest.raises(ops.SchedulerStateError):
+        ops.put_in_memory(s, ts, a.address, 1)  # not released: refused
+    # read in the same pass (validate_state refuses a memory task nobody needs)
+    (reader,) = ops.create_tasks(s, [ops.NewTasks([Task("total", sum, TaskRef("chunk"))], (1,))])
+    (f,) = held(c, s, ["total"])
+    ops.commit(s, {"total": "waiting"}, "test")
+    s.validate_state()
+    assert await f == 6  # the worker's value, not the spec's
+    (other,) = ops.create_tasks(s, [ops.NewTasks([Task("nowhere", inc, 1)], (2,))])
+    assert not ops.put_in_memory(s, other, "tcp://no-such-worker:1", 1)
+    assert other.state == "released"
+    ops.forget(s, [other], "test")
+    s.validate_state()
+
+
+@gen_cluster(client=True)
 async def test_forget(c, s, a, b):
     x = c.submit(inc, 1, key="x")
     await x

@@ -70,7 +70,10 @@ distributed and dask internals touched here (checked against every release in
   flag distributed's P2P shuffle sets to keep root-ish tasks out of the queue),
   ``worker_restrictions``, ``host_restrictions``, ``loose_restrictions`` (a held task:
   ``Scheduler.valid_workers`` finds no worker, so the scheduler keeps it in
-  ``no-worker`` until they are given back);
+  ``no-worker`` until they are given back), ``state`` and ``type`` with
+  ``TaskState.set_nbytes`` and
+  ``Scheduler.add_replica(ts, ws)`` on a worker of ``Scheduler.workers`` (a stream's chunk
+  put in memory where its source stored it, as ``Scheduler.update_data`` does);
 - the ``spans`` extension's ``observe_tasks(tss, code, span_metadata)``;
 - ``SchedulerPlugin.update_graph`` of the other plugins, called with dynflow's client
   name and keyword arguments of its own (``dependencies=`` too before 2025.5, which
@@ -614,14 +617,17 @@ def unhold(ts: TaskState, saved: Saved, recs: Recs) -> None:
 
 
 # ----------------------------------------------------------------------------- forget
-def put_in_memory(s: Scheduler, ts: TaskState, worker: str, nbytes: int) -> bool:
+def put_in_memory(
+    s: Scheduler, ts: TaskState, worker: str, nbytes: int, typename: str = "list"
+) -> bool:
     """Released ``ts``, just made by :func:`create_tasks` (nobody waits for it yet), is
     in memory on ``worker``, which holds its value already: what
     ``Scheduler.update_data`` does for scattered data, for a task that keeps its spec
     (should its only copy be lost, it is computed again, as any task). False, and
     nothing changed, when ``worker`` is not one of the scheduler's.
 
-    Post: ``ts`` is ``memory``, with ``nbytes`` and ``worker`` among its holders; the
+    Post: ``ts`` is ``memory``, with ``nbytes``, its value's type name ``typename``
+    (distributed checks that a computed task has one) and ``worker`` among its holders; the
     caller makes it read (tasks that wait for it) in the same pass, or it is never let
     go of."""
     if ts.state != "released" or ts.waiters or ts.who_wants:
@@ -631,6 +637,7 @@ def put_in_memory(s: Scheduler, ts: TaskState, worker: str, nbytes: int) -> bool
         return False
     ts.state = "memory"
     ts.set_nbytes(nbytes)
+    ts.type = typename
     s.add_replica(ts, ws)
     return True
 
