@@ -69,6 +69,14 @@ def count(names: list[str]) -> int:
     return len(names)
 
 
+@df.task
+def pages(n: int) -> Iterator[str]:
+    """A stream (a generator): its maps start items as they are yielded; whole, its
+    value is the list (a type checker sees ``list[str]``)."""
+    for i in range(n):
+        yield f"acct{i}"
+
+
 @df.flow
 def per_account(account: str, weight: float) -> float:
     """A sub-flow, mapped over the accounts below."""
@@ -99,6 +107,9 @@ def main() -> tuple[float, int, int, float]:
         df.as_completed(score.map(fetch.map(accounts(3)), weight=1.0))
     )
     assert sorted(i for i, _ in stream) == [0, 1, 2]
+    # a stream: its items start as they are yielded; whole, a list of str
+    (streamed, listed) = df.compute(total(score.map(fetch.map(pages(3)), weight=1.0)), pages(2))
+    assert streamed == 18.0 and listed == ["acct0", "acct1"]
     return result
 
 

@@ -6,6 +6,8 @@ error on exactly the lines with an error comment, and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dynflow as df
 
 
@@ -33,6 +35,16 @@ def pipeline(n: int) -> float:
     scores = score.map([usage], weight=df.unmapped(2.0))
     mixed = total(fetch.map(["a", "b"]))  # error: a list of dicts where floats are expected
     return total(scores) + missing + extra + wrong + mixed
+
+
+@df.task
+def names(n: int) -> Iterator[str]:  # a stream: its value is the list of what it yields
+    yield from (str(i) for i in range(n))
+
+
+@df.flow
+def streamed(n: int) -> float:
+    return total(names(n))  # error: a stream of str where a list of floats is expected
 
 
 fast = fetch.with_options(retries=2, retrys=3)  # error: an option that does not exist
