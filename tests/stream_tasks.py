@@ -188,3 +188,15 @@ def first_item_done(x, event):
     if x == 0:
         Event(event).set()
     return x
+
+
+@df.flow
+def summed_stream(n):
+    """A sub-flow holding a stream, mapped per item."""
+    return total(inc.map(numbers(n)))
+
+
+@df.task
+def returns_stream_pipeline(n):
+    """A dynamic task whose returned graph holds a stream."""
+    return total(inc.map(numbers(n)))

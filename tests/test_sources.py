@@ -350,3 +350,15 @@ async def test_as_completed_over_a_streamed_map(c, s, a, b):
     assert [v for _, v in sorted(pairs)] == list(range(1, 41))
     local = list(df.as_completed(inc.map(numbers(4)), scheduler="sync"))
     assert local == [((0, j), j + 1) for j in range(4)]
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_streams_inside_sub_flows_and_returned_graphs(c, s, a, b):
+    """A stream built on a worker (a sub-flow run per item, a dynamic task's graph)
+    streams as one built on the client."""
+    from stream_tasks import returns_stream_pipeline, summed_stream
+
+    nodes = [summed_stream.map([3, 4, 0]), returns_stream_pipeline.map([3, 5])]
+    assert await df.compute(*nodes, client=c) == ([6, 10, 0], [6, 15])
+    assert df.compute(*nodes, scheduler="sync") == ([6, 10, 0], [6, 15])
+    await no_tasks_left(s)
