@@ -200,3 +200,21 @@ def summed_stream(n):
 def returns_stream_pipeline(n):
     """A dynamic task whose returned graph holds a stream."""
     return total(inc.map(numbers(n)))
+
+
+STOPPED = threading.Event()
+
+
+@df.task
+def endless(gap):
+    """Yields forever, slowly; notes when it is stopped (in-process workers)."""
+    import time
+
+    try:
+        i = 0
+        while True:
+            yield i
+            i += 1
+            time.sleep(gap)
+    finally:
+        STOPPED.set()

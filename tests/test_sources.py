@@ -362,3 +362,18 @@ async def test_streams_inside_sub_flows_and_returned_graphs(c, s, a, b):
     assert await df.compute(*nodes, client=c) == ([6, 10, 0], [6, 15])
     assert df.compute(*nodes, scheduler="sync") == ([6, 10, 0], [6, 15])
     await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_a_cancelled_run_stops_its_source(c, s, a, b):
+    """An endless source stops at its next item once its run is cancelled."""
+    from stream_tasks import STOPPED, endless
+
+    STOPPED.clear()
+    src = endless(0.01)
+    (fut,) = await df.submit_async(total(inc.map(src)), client=c)
+    await async_poll_for(lambda: src.source_key in s.tasks, timeout=10)
+    await asyncio.sleep(0.2)  # a few chunks handed on
+    await fut.cancel()
+    await async_poll_for(STOPPED.is_set, timeout=10)
+    await no_tasks_left(s)

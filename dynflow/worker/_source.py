@@ -242,9 +242,8 @@ class _Outlet:
                 if self.pending:
                     loop.add_callback(self._flush)
                 time.sleep(0.002)
-        elif full and not self._wanted():
-            return False
-        return True
+        # each item: a run cancelled (its client gone, the future released) stops here
+        return self._wanted()
 
     def close(self, failed: bool) -> None:
         """The source ended: flush, then tell the scheduler (before the task's result)."""
