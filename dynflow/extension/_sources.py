@@ -133,11 +133,8 @@ class Sources:
         if ts is None or plan is None:
             return
         chunks, _ = self.handed.setdefault(key, [0, 0])
-        specs = {}
-        for cts in ops.dependents(ts, ("waiting",)):
-            spec = plan.final(cts.key, chunks, bool(failed))
-            if spec is not None:
-                specs[cts.key] = spec
+        # the lists' real specs (final() knows only this plan's collectors)
+        specs = {c.key: plan.final(c.key, chunks, bool(failed)) for c in plan.expansion.collectors}
         recs: Recs = {}
         rewired = self._rewire(ts, specs, recs)
         self._announce([], rewired, recs, f"dynflow-stream-end-{time()}", plan, ended=True)
