@@ -38,6 +38,10 @@ dask:
 
 - :func:`local_scheduler`: ``dask.base.get_scheduler`` without the warning of releases
   before 2025.4;
+- :func:`collection_graph`: a dask collection's graph and the key of its computed value
+  (``dask._expr.FinalizeCompute`` over ``dask.base.collections_to_expr``, as
+  ``dask.compute`` builds it; before dask 2025.4, ``dask.optimize`` and the collection's
+  ``__dask_postcompute__``);
 - ``dask._task_spec`` (``Task``, ``Alias``, ``TaskRef``, ``DataNode``, ``List``, ...):
   the lowering and the workers build dask task specs; on the scheduler, only
   :mod:`dynflow.extension._ops` imports it.
@@ -97,6 +101,40 @@ def local_scheduler(name: str) -> Callable[..., Any]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Running on a single-machine scheduler", UserWarning)
         return get_scheduler(scheduler=name)
+
+
+def collection_graph(value: Any, key: str) -> dict[Any, Any]:
+    """The tasks that compute dask collection ``value`` as ``dask.compute`` would
+    (optimized), with task ``key`` giving its value (a Bag's list, an Array's ndarray,
+    a DataFrame's pandas frame, a Delayed's value)."""
+    from dask._task_spec import Alias, Task, convert_legacy_graph, parse_input
+    from dask.core import flatten
+
+    try:
+        from dask._expr import FinalizeCompute
+        from dask.base import collections_to_expr
+    except ImportError:  # dask before 2025.4: the collection's own postcompute
+        import dask
+
+        (optimized,) = dask.optimize(value)
+        tasks = convert_legacy_graph(dict(optimized.__dask_graph__()))
+        func, extra = optimized.__dask_postcompute__()
+        refs = parse_input(_key_refs(optimized.__dask_keys__()))
+        tasks[key] = Task(key, func, refs, *extra)
+        return tasks
+    expr = FinalizeCompute(collections_to_expr(value)).optimize()
+    tasks = convert_legacy_graph(dict(expr.__dask_graph__()))
+    (final,) = flatten(expr.__dask_keys__())
+    tasks[key] = Alias(key, final)
+    return tasks
+
+
+def _key_refs(keys: Any) -> Any:
+    from dask._task_spec import TaskRef
+
+    if isinstance(keys, list):
+        return [_key_refs(k) for k in keys]
+    return TaskRef(keys)
 
 
 # -------------------------------------------------------------------------- worker

@@ -218,3 +218,36 @@ def endless(gap):
             time.sleep(gap)
     finally:
         STOPPED.set()
+
+
+@df.task(pure=True)
+def slow_numbers(n, gap):
+    """A pure stream (its key is the same in every run), yielding slowly."""
+    import time
+
+    for i in range(n):
+        yield i
+        time.sleep(gap)
+
+
+@df.task
+def unpicklable(n, at):
+    """Yields n items; item ``at`` is a lock (it cannot be pickled)."""
+    for i in range(n):
+        yield threading.Lock() if i == at else i
+
+
+@df.task(timeout=0.5)
+def too_slow(n):
+    """A source whose items come slower than its timeout allows in all."""
+    import time
+
+    for i in range(n):
+        time.sleep(0.1)
+        yield i
+
+
+@df.task
+def size_of(x):
+    """The length of a list, or an array's shape."""
+    return getattr(x, "shape", None) or len(x)

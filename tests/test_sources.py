@@ -377,3 +377,120 @@ async def test_a_cancelled_run_stops_its_source(c, s, a, b):
     await fut.cancel()
     await async_poll_for(STOPPED.is_set, timeout=10)
     await no_tasks_left(s)
+
+
+# ---------------------------------------------------------------- regressions (new-user trial)
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=90)
+async def test_a_run_of_the_same_source_key_makes_the_same_chunks(c, s, a, b):
+    """A later run of a source key (a pure task's; the same node computed again) makes
+    the chunks the first run made: the keys under the stream (chunk c, its items, its
+    batches) mean the same items in both, whatever a worker still runs of the first."""
+    from stream_tasks import slow_numbers
+
+    n = 120
+
+    async def chunks() -> list:
+        node = inc.map(slow_numbers(n, 0.002))
+        pairs = [p async for p in df.as_completed(node, client=c)]
+        assert sorted(v for _, v in pairs) == list(range(1, n + 1))
+        await no_tasks_left(s)
+        return sorted(index for index, _ in pairs)
+
+    first = await chunks()
+    assert first[-1][0] > 0  # several chunks (flushed every 10 ms)
+    with dask.config.set({"dynflow.stream.interval": "1ms"}):  # would chunk otherwise
+        assert await chunks() == first
+
+
+@pytest.mark.slow
+@gen_cluster(client=True, Worker=Nanny, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
+async def test_a_worker_killed_while_the_source_runs_default_batches(c, s, a, b):
+    """Default options (grouping decided per chunk): a chunk's expander run again after
+    the kill groups its items as it did the first time, measured or not."""
+    n, gate_from = 300, 150
+    src = gated(n, gate_from, "stream-kill-default")
+    m = inc.map(src)
+    (fut,) = await df.submit_async(total(m), client=c)
+    await async_poll_for(
+        lambda: src.source_key in s.tasks
+        and s.tasks[src.source_key].processing_on is not None
+        and any(type(k) is tuple and k[0] == m.item_name and ts.state == "memory"
+                for k, ts in s.tasks.items()),
+        timeout=60,
+    )  # fmt: skip
+    holder = s.tasks[src.source_key].processing_on.address
+    victim = a if a.worker_address == holder else b
+    await victim.kill()
+    await Event("stream-kill-default", client=c).set()
+    assert await fut == sum(range(1, n + 1))
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_as_completed_raises_a_failed_sources_error(c, s, a, b):
+    """As in sync mode: the items yielded before come, then the source's exception."""
+    got = []
+    with pytest.raises(ValueError, match="page 2 broke"):
+        async for pair_ in df.as_completed(
+            inc.map(fails_after(12, "page 2 broke")), client=c, raise_errors=True
+        ):
+            got.append(pair_)
+    assert len(got) <= 12
+    with pytest.raises(ValueError, match="page 2 broke"):
+        list(df.as_completed(inc.map(fails_after(12, "page 2 broke")), scheduler="sync"))
+    info = None
+    (fut,) = await df.submit_async(total(inc.map(fails_after(5, "x"))), client=c)
+    with pytest.raises(ValueError):
+        await fut
+    info = await fut.run.info()
+    src = [v for k, v in info["nodes"].items() if v.get("yielded") is not None][0]
+    assert (src["done"], src["failed"], src["streaming"]) == (0, 1, False), src
+    fut.release()
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_an_unpicklable_item_fails_the_source_naming_it(c, s, a, b):
+    from stream_tasks import unpicklable
+
+    for node in (total(inc.map(unpicklable(30, 7))), unpicklable(30, 7)):
+        with pytest.raises(df.SerializationError, match=r"stream 'unpicklable' yielded item 7"):
+            await df.compute(node, client=c)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_a_sources_timeout_holds_on_a_cluster_as_in_sync(c, s, a, b):
+    from stream_tasks import too_slow
+
+    with pytest.raises(df.TaskTimeoutError, match="too_slow"):
+        await df.compute(total(inc.map(too_slow(20))), client=c)
+    with pytest.raises(df.TaskTimeoutError, match="too_slow"):
+        df.compute(total(inc.map(too_slow(20))), scheduler="sync")
+    # within its timeout: the whole stream
+    assert await df.compute(inc.map(too_slow(3)), client=c) == ([1, 2, 3],)
+    await no_tasks_left(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_chunks_never_pass_chunk_items(c, s, a, b):
+    with dask.config.set({"dynflow.stream.chunk-items": 5, "dynflow.stream.interval": "1s"}):
+        pairs = [p async for p in df.as_completed(inc.map(numbers(200)), client=c)]
+    assert sorted(v for _, v in pairs) == list(range(1, 201))
+    assert max(j for (_, j), _ in pairs) <= 4
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_a_dask_collection_passed_whole_is_its_value(c, s, a, b):
+    """As dask.delayed passes it: a Bag's list, an Array's ndarray, a Delayed's value,
+    computed in the same run (also inside containers), on a cluster and in sync mode."""
+    import dask.array as da
+    import dask.bag as db
+    from stream_tasks import size_of
+
+    bag = db.from_sequence(range(10), npartitions=3).map(lambda x: x * 2)
+    arr = da.ones((6, 4), chunks=(2, 2))
+    nodes = [total(bag), size_of(arr), size_of(bag), total([dask.delayed(sum)([1, 2]), 4])]
+    expected = (90, (6, 4), 10, 7)
+    assert await df.compute(*nodes, client=c) == expected
+    assert df.compute(*nodes, scheduler="sync") == expected
+    await no_tasks_left(s)

@@ -41,6 +41,16 @@ class ItemDurations:
         if len(self.plans) > MAX_PLANS:
             self.plans.popitem(last=False)
 
+    def decided(self, stage: str, prefix: tuple, n: int) -> tuple[bool, int | None]:
+        """``(True, size)`` when a splice already made ``stage``'s ``n`` items at
+        ``prefix`` (``size`` to a task, None: one task per item), else ``(False, None)``:
+        a splice made again (its expander ran again, its first value lost with a worker)
+        must group as the first did, since the tasks it made keep their keys."""
+        plan = self.plans.get((stage, prefix))
+        if plan is None or plan[1] != n:
+            return False, None
+        return True, plan[2]
+
     def finished(self, key: Any, startstops: Sequence[Mapping[str, Any]] | None) -> None:
         """Task ``key`` finished, computing for the ``"compute"`` spans of
         ``startstops``; counted if it is one of the planned tasks."""

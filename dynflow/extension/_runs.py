@@ -61,6 +61,7 @@ class NodeState:
     # a stream's source: the items it handed on so far (None: none yet), and whether it ended
     yielded: int | None = None
     ended: bool = False
+    source_failed: bool = False  # it ended raising (its task's value is a failure record)
     # when its first task started computing and its last finished (worker clocks,
     # seconds since the epoch): the page's timeline
     first: float | None = None
@@ -228,6 +229,8 @@ class NodeState:
         finished = max(0, self.memory - records)
         cached = min(self.table.count(CACHED), finished)
         done = finished - cached
+        if self.source_failed and done:  # a stream's source ended with its failure
+            done, failed = done - 1, failed + 1
         total = self.total
         known = total if total is not None else finished + failed + self.running
         pending = max(0, known - finished - failed - self.running)
@@ -243,7 +246,7 @@ class NodeState:
             out["retries"] = self.retries
         if self.yielded is not None:  # a stream's source: items handed on so far
             out["yielded"] = self.yielded
-            out["streaming"] = not self.ended
+            out["streaming"] = not self.ended and self.run.finished is None
         if any(size for _, size in self.lengths.values()):  # only where items were grouped
             out["tasks"] = sum(
                 n if size is None else -(-n // size) for n, size in self.lengths.values()

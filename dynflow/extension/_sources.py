@@ -27,12 +27,16 @@ At the end, each list gets its real spec: the chunks' lists concatenated, or, wh
 source failed, its failure once every chunk's items ran. Events on topic
 ``dynflow-source`` (the stream's key, the items so far, whether it ended) let the run
 views show it. State: per source key, the chunks and items it handed on, dropped when
-the source task is forgotten.
+the source task is forgotten; the sizes of its chunks, kept for the last
+:data:`MAX_PREVIOUS` sources forgotten: a later run of the same key (a pure task's,
+the same node computed again) is told to make the same chunks, so that every key
+under the stream means the same items in both runs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +52,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: sources forgotten whose chunks' sizes are kept for a later run of the same key
+MAX_PREVIOUS = 1_000
+
 __all__ = ["Sources"]
 
 
@@ -58,6 +65,10 @@ class Sources:
         self.scheduler = scheduler
         self.skip = skip  # the plugin that owns this (not told of its own tasks)
         self.handed: dict[Any, list[int]] = {}  # source key -> [chunks, items]
+        self.sizes: dict[Any, list[int]] = {}  # source key -> its chunks' sizes
+        # the chunks' sizes of sources forgotten lately: a later run of the same key
+        # (the same keys under it) makes the same chunks (see start)
+        self.previous: OrderedDict[Any, list[int]] = OrderedDict()
 
     @log_errors
     def start(self, key: Any = None, run_id: Any = None) -> dict[str, Any]:
@@ -69,7 +80,12 @@ class Sources:
         if _plan_of(ts) is None:
             return {"status": "error", "message": f"{str(key)!r} is not a stream's source"}
         chunks, items = self.handed.get(key, (0, 0))
-        return {"status": "OK", "chunks": chunks, "items": items}
+        # a new run of a key run before: its chunks as that run made them, since the
+        # keys under the stream (chunk c, its item j, its batches, its list) are the
+        # same, and a worker may still run the earlier run's tasks (distributed resumes
+        # a cancelled task asked for again: its value is taken as the new run's)
+        bounds = self.previous.get(key, []) if not items else []
+        return {"status": "OK", "chunks": chunks, "items": items, "bounds": bounds}
 
     def chunk(self, worker: str, **msg: Any) -> None:
         """``dynflow_stream_chunk``, a message on ``worker``'s stream (never raises: a
@@ -88,6 +104,12 @@ class Sources:
 
     def forgotten(self, key: Any) -> None:
         self.handed.pop(key, None)
+        sizes = self.sizes.pop(key, None)
+        if sizes:
+            self.previous[key] = sizes
+            self.previous.move_to_end(key)
+            if len(self.previous) > MAX_PREVIOUS:
+                self.previous.popitem(last=False)
 
     # ------------------------------------------------------------------ passes
     def _chunk(
@@ -122,9 +144,10 @@ class Sources:
             return
         handed[0] += 1
         handed[1] += n
+        self.sizes.setdefault(key, []).append(n)
         recs: Recs = {t.key: "waiting" for t in reversed(new[1:])}
         rewired = self._rewire(ts, partial, recs)
-        self._announce(new, rewired, recs, stimulus_id, plan, ended=False)
+        self._announce(new, rewired, recs, stimulus_id, plan, False)
 
     def _end(self, worker: str, key: Any, run_id: int, failed: bool) -> None:
         s = self.scheduler
@@ -137,7 +160,10 @@ class Sources:
         specs = {c.key: plan.final(c.key, chunks, bool(failed)) for c in plan.expansion.collectors}
         recs: Recs = {}
         rewired = self._rewire(ts, specs, recs)
-        self._announce([], rewired, recs, f"dynflow-stream-end-{time()}", plan, ended=True)
+        # a failed source stands for its maps' items it did not yield (as a failed
+        # expander does: the run views count it, as_completed raises it)
+        failed_source = {"source": key, "stages": plan.stage_keys()} if failed else None
+        self._announce([], rewired, recs, f"dynflow-stream-end-{time()}", plan, True, failed_source)
 
     def _rewire(self, ts: TaskState, specs: dict[Any, Any], recs: Recs) -> dict[Any, list]:
         """The source's waiting lists get ``specs`` (their dependencies added)."""
@@ -156,12 +182,24 @@ class Sources:
         stimulus_id: str,
         plan: Any,
         ended: bool,
+        failed_source: dict[str, Any] | None = None,
     ) -> None:
         s = self.scheduler
         items = self.handed.get(plan.source, (0, 0))[1]
-        ops.announce(s, new, rewired, stimulus_id, client=SPLICE, skip=self.skip)
+        ops.announce(
+            s,
+            new,
+            rewired,
+            stimulus_id,
+            client=SPLICE,
+            skip=self.skip,
+            dynflow_failed_source=failed_source,
+        )
         ops.commit(s, recs, stimulus_id)
-        s.log_event(SOURCE_TOPIC, {"node": plan.node_key, "items": items, "ended": ended})
+        s.log_event(
+            SOURCE_TOPIC,
+            {"node": plan.node_key, "items": items, "ended": ended, "failed": bool(failed_source)},
+        )
 
 
 def _plan_of(ts: TaskState) -> Any:

@@ -316,7 +316,16 @@ class SpliceExtension(SchedulerPlugin):
         # the collectors (placeholders) of this expansion still waiting for their items
         collectors = ops.dependents(ets, ("waiting",))
         threads = ops.total_threads(s)
-        batches = {} if failed else expansion.batches(n, threads, self.durations.seconds)
+        batches = (
+            {}
+            if failed
+            else expansion.batches(
+                n,
+                threads,
+                self.durations.seconds,
+                lambda stage: self.durations.decided(stage, prefix, n),
+            )
+        )
         stages, specs = expansion.build(n, prefix, listed, subflow_tasks or {}, failed, batches)
         if not failed:
             for stage_key, task_name in expansion.task_names().items():

@@ -290,6 +290,15 @@ class RunTracker(SchedulerPlugin):
                     if not (type(k) is tuple and k[0] in stages) and self._node_of(k) is None:
                         self.owners[k] = run  # a sub-flow's task (what it prints goes on)
             return
+        source = kwargs.get("dynflow_failed_source")
+        if source:  # a stream's source failed: it stands for its maps' other items
+            for key in source["stages"]:
+                ns = self.index.get(key)
+                if ns is not None and ns.run.finished is None:
+                    ns.failed_parents[()] = source["source"]
+                    if self.streams is not None:
+                        self.streams.parent_failed(ns, source["source"], ())
+            return
         dynamic = kwargs.get("dynflow_dynamic")
         if dynamic:
             self._dynamic(dynamic["parent"], dynamic["alias"], dynamic["tasks"])
@@ -333,6 +342,7 @@ class RunTracker(SchedulerPlugin):
             if ns is not None and ns.kind == "stream" and ns.run.finished is None:
                 ns.yielded = int(msg.get("items") or 0)
                 ns.ended = bool(msg.get("ended"))
+                ns.source_failed = bool(msg.get("failed"))
             return
         if topic == ITEM_TOPIC:
             key = _key(msg["key"])

@@ -215,16 +215,24 @@ class Expansion:
         return stages, collectors
 
     def batches(
-        self, n: int, nthreads: int, seconds: Callable[[str], float | None] = lambda _: None
+        self,
+        n: int,
+        nthreads: int,
+        seconds: Callable[[str], float | None] = lambda _: None,
+        decided: Callable[[str], tuple[bool, int | None]] = lambda _: (False, None),
     ) -> dict[str, int]:
         """Items per task of each stage that groups its ``n`` items (the others run one
         task per item), decided once per splice (:func:`~dynflow.lowering._stage.batch_size`):
         ``nthreads``, the cluster's worker threads; ``seconds(task_name)``, a task's
-        measured compute seconds per item (None: not measured)."""
+        measured compute seconds per item (None: not measured); ``decided(stage key)``,
+        ``(True, size)`` where an earlier splice of the same items decided already
+        (kept: its tasks keep their keys)."""
         out = {}
         for s in self.stages:
             if isinstance(s, Stage) and s.batch is not None:
-                size = batch_size(s.batch, n, nthreads, seconds(s.task_name))
+                known, size = decided(s.key)
+                if not known:
+                    size = batch_size(s.batch, n, nthreads, seconds(s.task_name))
                 if size is not None:
                     out[s.key] = size
         return out

@@ -28,11 +28,12 @@ from typing import Any, NamedTuple
 
 import dask.config
 from dask._task_spec import Alias, DataNode, Task, TaskRef, convert_legacy_graph, parse_input
-from dask.base import tokenize
+from dask.base import is_dask_collection, tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.sizeof import sizeof
 from dask.utils import parse_bytes, parse_timedelta
 
+from dynflow._compat import collection_graph
 from dynflow._containers import substitute
 from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, own_limit, raw_key
 from dynflow.graph._node import (
@@ -107,15 +108,32 @@ class LargeValues:
     that needs it once, not inside every task's spec (a ``df.unmapped(array)`` that
     every item of a map receives). Subtrees holding nodes are never data."""
 
-    def __init__(self) -> None:
-        self.limit = parse_bytes(dask.config.get("dynflow.large-argument"))
+    def __init__(self, data: bool = True) -> None:
+        # data=False (a local scheduler): only dask collections are taken out
+        self.limit = parse_bytes(dask.config.get("dynflow.large-argument")) if data else None
         self.tasks: dict[str, DataNode] = {}
         self._keys: dict[int, str] = {}  # id(value) -> its key (one token per value)
+        # dask collections in arguments: per collection, its (optimized) graph and the
+        # task that gives its value (as dask.compute would), under the same key
+        self.collections: dict[str, dict[Any, Any]] = {}
 
     def is_large(self, obj: Any) -> bool:
-        if type(obj) in _SMALL or isinstance(obj, (Node, unmapped)):
+        if self.limit is None or type(obj) in _SMALL or isinstance(obj, (Node, unmapped)):
             return False
         return sizeof(obj) >= self.limit and not find_nodes(obj)
+
+    def collection(self, value: Any) -> str:
+        """The key of the task whose value is dask collection ``value`` computed, as
+        ``dask.delayed`` passes a collection argument (a Bag's list, an Array's
+        ndarray, a DataFrame's pandas frame, a Delayed's value); its graph runs in the
+        same run (made the first time)."""
+        key = self._keys.get(id(value))
+        if key is None:
+            key = self._keys[id(value)] = f"dynflow-collection-{tokenize(value)}"
+            if key not in self.collections:
+                tasks = collection_graph(value, key)
+                self.collections[key] = tasks
+        return key
 
     def key(self, value: Any) -> str:
         """The key of the data task holding ``value`` (made the first time)."""
@@ -134,11 +152,21 @@ class LargeValues:
                 return fn(o)
             if isinstance(o, unmapped):
                 return unmapped(self.replace(o.value, fn))
+            if _is_collection(o):
+                return fn(key_node(self.collection(o)))
             return fn(key_node(self.key(o)))
 
         return substitute(
-            obj, lambda o: isinstance(o, (Node, unmapped)) or self.is_large(o), leaf, spec
+            obj,
+            lambda o: isinstance(o, (Node, unmapped)) or _is_collection(o) or self.is_large(o),
+            leaf,
+            spec,
         )
+
+
+def _is_collection(obj: Any) -> bool:
+    """A dask collection (not a dynflow node) in a task's arguments."""
+    return not isinstance(obj, Node) and is_dask_collection(obj)
 
 
 #: values never large enough to matter (their sizeof is not worth asking)
@@ -451,6 +479,11 @@ class _Graph:
         self.layers[name] = tasks
         self.deps[name] = set()
 
+    def add_collections(self, large: LargeValues) -> None:
+        """The graphs of the dask collections found in arguments, a layer each."""
+        for key, tasks in large.collections.items():
+            self.add_layer(key, tasks)
+
     def add_collection(self, node: CollectionNode) -> list[Any]:
         """The graph of the collection ``node`` maps over, and a task per partition that
         gives its items (``(item name, i)``); returns those tasks' keys."""
@@ -540,10 +573,11 @@ def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGrap
     tolerant = _tolerant(order, whole)
     recorded = _recorded(order, whole, records)
     g = _Graph()
+    large = LargeValues(data=False)  # dask collections in arguments only
     for node in order:
         if not isinstance(node, MapNode):
             continue
-        planned = plan_stage(node, {}, distributed=False)
+        planned = plan_stage(node, {}, distributed=False, large=large)
         raw = raw_key(node.key)
         exp = Expansion(raw, (planned.stage,), (), planned.sources, tuple(planned.concretes), ())
         data = parse_input({k: Alias(k) for k in sorted(planned.needs)})
@@ -551,7 +585,8 @@ def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGrap
         for key, mode in _lists(node.key, whole, set(), tolerant, recorded):
             args = (node.name, mode, node.min_success_ratio, TaskRef(raw))
             g.add(Task(key, gather_raw, *args), {raw})
-    g.add_plain(order, whole, set(flat_raws), recorded, distributed=False)
+    g.add_plain(order, whole, set(flat_raws), recorded, distributed=False, large=large)
+    g.add_collections(large)
     return g.hlg()
 
 
@@ -668,6 +703,7 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
     g.add_plain(order, whole, set(flat_raws), recorded, distributed=True, large=large)
     for data in large.tasks.values():
         g.add(data, set())
+    g.add_collections(large)
     return g.hlg()
 
 

@@ -37,11 +37,11 @@ from time import perf_counter
 from typing import Any
 
 import dask
-from dask._task_spec import Alias, Task, TaskRef, convert_legacy_graph, parse_input
+from dask._task_spec import Alias, List, Task, TaskRef, parse_input
 from dask.base import is_dask_collection, unpack_collections
 from distributed import Future, worker_client
 
-from dynflow._compat import local_scheduler
+from dynflow._compat import collection_graph, local_scheduler
 from dynflow._containers import find
 from dynflow._context import BATCH_INDEX, LOCAL_KEYS
 from dynflow.exceptions import ExtensionError
@@ -175,7 +175,7 @@ class Returned:
 
     def _collections(self, policy: CallPolicy, value: Any) -> Any:
         """``value``, or when it is or holds dask collections, their graph (as
-        ``dask.compute(value)`` would run it, after ``dask.optimize``)."""
+        ``dask.compute(value)`` would run it, optimized)."""
         collections, repack = unpack_collections(value)
         if not collections:
             return value
@@ -201,23 +201,17 @@ class Returned:
                     raise
                 return Failure(e, policy.task_name)
             return out
-        collections = dask.optimize(*collections)
         tasks: dict[Any, Any] = {}
-        for c in collections:
-            for k, spec in convert_legacy_graph(dict(c.__dask_graph__())).items():
+        output = f"{policy.task_name}-value-{uuid.uuid4().hex}"
+        values = []
+        for i, c in enumerate(collections):
+            # each as dask.compute computes it (optimized, its value finalized)
+            for k, spec in collection_graph(c, f"{output}-{i}").items():
                 if policy.records and isinstance(spec, Task):
                     spec = Task(k, _Guarded(spec.func, policy.task_name), *spec.args, **spec.kwargs)
                 tasks[k] = spec
-        finals = [(c.__dask_postcompute__(), _refs(c.__dask_keys__())) for c in collections]
-        output = f"{policy.task_name}-value-{uuid.uuid4().hex}"
-        tasks[output] = Task(
-            output,
-            finish_collections,
-            policy.records,
-            repack,
-            [(func, tuple(extra)) for (func, extra), _ in finals],
-            parse_input([refs for _, refs in finals]),
-        )
+            values.append(TaskRef(f"{output}-{i}"))
+        tasks[output] = Task(output, finish_collections, policy.records, repack, List(*values))
         queue = bool(dask.config.get("dynflow.queue-items"))
         return ReturnedGraph(policy.task_name, tasks, output, {}, queue)
 
@@ -283,13 +277,6 @@ def _limited(node: Node) -> bool:
     return task is not None and task.options.get("concurrency_limit") is not None
 
 
-def _refs(keys: Any) -> Any:
-    """A collection's ``__dask_keys__`` (nested lists) with each key a reference."""
-    if isinstance(keys, list):
-        return [_refs(k) for k in keys]
-    return TaskRef(keys)
-
-
 @dataclass(frozen=True, slots=True)
 class _Guarded:
     """A returned dask collection's task inside a map item or sub-flow item: a failure
@@ -307,16 +294,13 @@ class _Guarded:
             return Failure(e, self.task_name)
 
 
-def finish_collections(
-    records: bool, repack: Callable[[Any], Any], finals: list[tuple[Any, tuple]], results: list
-) -> Any:
-    """The value of returned dask collections: each one's ``__dask_postcompute__``
-    applied to its results, the whole repacked as it was returned. A failure record
-    among the results fails it (see :func:`assemble`)."""
+def finish_collections(records: bool, repack: Callable[[Any], Any], results: list) -> Any:
+    """The value of returned dask collections: their values (``results``) repacked as
+    they were returned. A failure record among them fails it (see :func:`assemble`)."""
     checked = assemble(records, results)
     if type(checked) is Failure:
         return checked
-    (value,) = repack([f(r, *extra) for (f, extra), r in zip(finals, results, strict=True)])
+    (value,) = repack(results)
     return value
 
 

@@ -72,6 +72,20 @@ class StreamPlan:
         }
         return dspec, nested, partial
 
+    def stage_keys(self) -> list[str]:
+        """The keys of the stages of every map under the stream (nested per chunk, and
+        deeper: a ``flatten`` of one), whose items the source's failure stands for."""
+        out: list[str] = []
+        todo = [self.expansion]
+        while todo:
+            exp = todo.pop()
+            for stage in exp.stages:
+                if isinstance(stage, Nested):
+                    todo.append(stage.expansion)
+                else:
+                    out.append(stage.key)
+        return out
+
     def final(self, key: Any, chunks: int, failed: bool) -> Task | None:
         """Collector ``key``'s spec once the source ended after ``chunks`` chunks
         (``failed``: the source's value is its failure record: the list is that failure,

@@ -30,6 +30,8 @@ again after its worker died asks the scheduler how many items it has
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import threading
 import time
 from collections import deque
@@ -39,13 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 from dask.sizeof import sizeof
 from distributed import get_worker, secede
+from distributed.protocol.pickle import dumps
 from distributed.utils import sync
 
 from dynflow._compat import call_scheduler, expander_run_id, send_to_scheduler
+from dynflow._context import CURRENT_KEY
 from dynflow._protocol import STREAM_CHUNK_HANDLER, STREAM_END_HANDLER, STREAM_START_HANDLER
-from dynflow.exceptions import ExtensionError
+from dynflow.exceptions import ExtensionError, SerializationError, TaskTimeoutError
 from dynflow.worker._call_context import current_key
-from dynflow.worker._calls import _call_error, _next_try
+from dynflow.worker._calls import _PLAIN, _call_error, _next_try
 from dynflow.worker._failure import Failure
 
 if TYPE_CHECKING:
@@ -149,16 +153,14 @@ def stream_source(plan: Any, data: dict[Any, Any]) -> Any:
         return None
     secede()  # a long-running task: the worker's threads run the items it feeds
     outlet = _Outlet(worker, key, run_id, plan, reply["items"], reply["chunks"])
+    outlet.bounds.extend(reply.get("bounds") or ())
     policy = plan.policy
     attempt = 0
     while True:
         attempt += 1
         try:
-            for i, item in enumerate(iterate(plan.task_name, plan.call(data))):
-                if i < outlet.count:
-                    continue  # handed on by an earlier attempt or run
-                if not outlet.put(item):
-                    return None  # the run is not wanted any more
+            if not _attempt(plan, data, outlet, attempt):
+                return None  # the run is not wanted any more
             break
         except BaseException as e:  # noqa: BLE001 - every error becomes the source's
             delay, error = _next_try(policy, attempt, _call_error(policy, e), (), {})
@@ -168,6 +170,55 @@ def stream_source(plan: Any, data: dict[Any, Any]) -> Any:
             time.sleep(delay)  # seceded already: the worker's threads run on
     outlet.close(failed=False)
     return outlet.count
+
+
+def _attempt(plan: Any, data: dict[Any, Any], outlet: _Outlet, attempt: int) -> bool:
+    """One call of a source's function, its items handed to ``outlet`` (those an
+    earlier attempt or run handed on are skipped); False: the run is not wanted any
+    more. With a ``timeout``, the attempt runs in a thread of its own and is abandoned
+    (its next items refused) once it ran longer than that, not counting the time it
+    waited for its window.
+
+    Raises
+    ------
+    TaskTimeoutError
+        The attempt ran longer than the task's ``timeout``.
+    """
+
+    def run() -> bool:
+        for i, item in enumerate(iterate(plan.task_name, plan.call(data))):
+            if i < outlet.count:
+                continue  # handed on by an earlier attempt or run
+            if not outlet.put(item, attempt, i):
+                return False
+        return True
+
+    timeout = plan.policy.timeout
+    if timeout is None:
+        return run()
+    # a thread cannot be stopped: at its timeout the attempt is abandoned, and the
+    # outlet refuses what it yields after that (it stops at its next item)
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynflow-source")
+    token = CURRENT_KEY.set(current_key())  # its context goes with it into the thread
+    try:
+        future = pool.submit(contextvars.copy_context().run, run)
+    finally:
+        CURRENT_KEY.reset(token)
+    started = time.monotonic()
+    try:
+        while True:
+            left = started + timeout + outlet.waited - time.monotonic()
+            try:
+                return future.result(timeout=max(left, 0.001))
+            except concurrent.futures.TimeoutError:
+                if started + timeout + outlet.waited - time.monotonic() <= 0:
+                    outlet.abandon(attempt)
+                    raise TaskTimeoutError(
+                        f"task {plan.task_name!r} (a stream) did not finish within "
+                        f"{timeout:g} s (not counting the time it waited for its consumers)"
+                    ) from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def replay_chunk(plan: Any, start: int, stop: int, data: dict[Any, Any]) -> list:
@@ -194,8 +245,8 @@ def replay_chunk(plan: Any, start: int, stop: int, data: dict[Any, Any]) -> list
 
 class _Outlet:
     """Where a source's items go: chunks, flushed from the worker's event loop, and the
-    window (see the module docstring). :meth:`put` and :meth:`close` are called from
-    the source's thread; the rest runs on the event loop."""
+    window (see the module docstring). :meth:`put`, :meth:`abandon` and :meth:`close`
+    are called from the source's thread; the rest runs on the event loop."""
 
     def __init__(
         self, worker: Worker, key: Any, run_id: int, plan: Any, count: int, chunk: int
@@ -209,20 +260,48 @@ class _Outlet:
         self.chunk = chunk  # the next chunk's index
         self.pending: list[Any] = []
         self.pending_bytes = 0
+        self.ready: deque[tuple[list, int]] = deque()  # full chunks, not flushed yet
         self.armed = False  # a flush is timed
         self.lock = threading.Lock()
         self.held: deque[tuple[Any, int, int]] = deque()  # (chunk key, items, bytes)
+        # the sizes of the next chunks, when an earlier run of this key made them: the
+        # same chunks again (a chunk is then flushed only once it has its items)
+        self.bounds: deque[int] = deque()
+        self.refused = 0  # attempts up to this one were abandoned (timed out)
+        self.waited = 0.0  # seconds the source waited for its window
 
     # ------------------------------------------------------------- source thread
-    def put(self, item: Any) -> bool:
-        """Take one item; False when the source's run is not wanted any more."""
+    def put(self, item: Any, attempt: int = 1, index: int | None = None) -> bool:
+        """Take item ``index`` of attempt ``attempt``; False when the source's run is not
+        wanted any more, or that attempt was abandoned.
+
+        Raises
+        ------
+        SerializationError
+            The item cannot be pickled (it could never reach another worker).
+        """
         plan = self.plan
+        if type(item) not in _PLAIN:
+            _check_picklable(plan.task_name, self.count if index is None else index, item)
         size = sizeof(item)
         with self.lock:
+            if attempt <= self.refused:
+                return False
             self.pending.append(item)
             self.pending_bytes += size
             self.count += 1
-            full = len(self.pending) >= plan.chunk_items or self.pending_bytes >= plan.chunk_bytes
+            if self.bounds:
+                full = len(self.pending) >= self.bounds[0]
+            else:
+                full = (
+                    len(self.pending) >= plan.chunk_items
+                    or self.pending_bytes >= plan.chunk_bytes
+                )
+            if full:  # a chunk never holds more than chunk-items / chunk-bytes (or one item)
+                if self.bounds:
+                    self.bounds.popleft()
+                self.ready.append((self.pending, self.pending_bytes))
+                self.pending, self.pending_bytes = [], 0
             arm = not full and not self.armed
             if arm:
                 self.armed = True
@@ -233,17 +312,29 @@ class _Outlet:
             loop.add_callback(self._arm)
         if plan.window is not None:
             items, nbytes = plan.window
+            since = None
             while True:
                 held_items, held_bytes = self._held()
                 if held_items < items and held_bytes < nbytes:
                     break
                 if not self._wanted():
                     return False
+                if since is None:
+                    since = time.monotonic()
                 if self.pending:
+                    with self.lock:
+                        self.bounds.clear()  # (never waits for a chunk the window holds back)
                     loop.add_callback(self._flush)
                 time.sleep(0.002)
+            if since is not None:
+                self.waited += time.monotonic() - since
         # each item: a run cancelled (its client gone, the future released) stops here
         return self._wanted()
+
+    def abandon(self, attempt: int) -> None:
+        """Attempt ``attempt`` timed out: what it yields from now on is refused."""
+        with self.lock:
+            self.refused = max(self.refused, attempt)
 
     def close(self, failed: bool) -> None:
         """The source ended: flush, then tell the scheduler (before the task's result)."""
@@ -260,7 +351,9 @@ class _Outlet:
         held = self.held
         while held and not kept(held[0][0]):
             held.popleft()
-        items, nbytes = len(self.pending), self.pending_bytes
+        with self.lock:
+            items = len(self.pending) + sum(len(c) for c, _ in self.ready)
+            nbytes = self.pending_bytes + sum(b for _, b in self.ready)
         for key, n, size in list(held):
             if kept(key):
                 items += n
@@ -283,38 +376,59 @@ class _Outlet:
     def _arm(self) -> None:
         self.worker.loop.call_later(self.plan.interval, self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, end: bool = False) -> None:
         with self.lock:
-            chunk, nbytes = self.pending, self.pending_bytes
-            self.pending, self.pending_bytes, self.armed = [], 0, False
-        if not chunk:
+            chunks = list(self.ready)
+            self.ready.clear()
+            if self.pending and (end or not self.bounds):  # a bounded chunk waits
+                chunks.append((self.pending, self.pending_bytes))
+                self.pending, self.pending_bytes = [], 0
+            self.armed = False
+        # on the event loop, as the worker's own state changes: a run cancelled (or
+        # replaced by a run of the same key) hands on nothing more
+        if not chunks or not self._wanted():
             return
-        c, start = self.chunk, self.sent
-        self.chunk += 1
-        self.sent += len(chunk)
-        dkey = (self.plan.chunk_name, c)
-        # first the chunk's message, then the data (whose add-keys follows it)
-        send_to_scheduler(
-            self.worker,
-            {
-                "op": STREAM_CHUNK_HANDLER,
-                "key": self.key,
-                "run_id": self.run,
-                "chunk": c,
-                "start": start,
-                "n": len(chunk),
-                "nbytes": nbytes,
-            },
-        )
-        self.worker.update_data({dkey: chunk}, stimulus_id=f"dynflow-stream-{time.time()}")
-        self.held.append((dkey, len(chunk), nbytes))
+        for chunk, nbytes in chunks:
+            c, start = self.chunk, self.sent
+            self.chunk += 1
+            self.sent += len(chunk)
+            dkey = (self.plan.chunk_name, c)
+            # first the chunk's message, then the data (whose add-keys follows it)
+            send_to_scheduler(
+                self.worker,
+                {
+                    "op": STREAM_CHUNK_HANDLER,
+                    "key": self.key,
+                    "run_id": self.run,
+                    "chunk": c,
+                    "start": start,
+                    "n": len(chunk),
+                    "nbytes": nbytes,
+                },
+            )
+            self.worker.update_data({dkey: chunk}, stimulus_id=f"dynflow-stream-{time.time()}")
+            self.held.append((dkey, len(chunk), nbytes))
 
     async def _end(self, failed: bool) -> None:
-        self._flush()
+        self._flush(end=True)
+        if not self._wanted():
+            return
         send_to_scheduler(
             self.worker,
             {"op": STREAM_END_HANDLER, "key": self.key, "run_id": self.run, "failed": failed},
         )
+
+
+def _check_picklable(task_name: str, index: int, item: Any) -> None:
+    """Raise :class:`SerializationError` for an item that cannot be pickled (large
+    buffers are passed out of band: not copied)."""
+    try:
+        dumps(item, buffer_callback=lambda _: None)
+    except Exception as e:
+        raise SerializationError(
+            f"stream {task_name!r} yielded item {index}, a {type(item).__name__} that cannot "
+            f"be pickled, so it could not be sent to the workers that process it: {e}"
+        ) from e
 
 
 def unfinished(task_name: str, *_inputs: Any) -> None:
