@@ -294,8 +294,7 @@ class _Outlet:
                 full = len(self.pending) >= self.bounds[0]
             else:
                 full = (
-                    len(self.pending) >= plan.chunk_items
-                    or self.pending_bytes >= plan.chunk_bytes
+                    len(self.pending) >= plan.chunk_items or self.pending_bytes >= plan.chunk_bytes
                 )
             if full:  # a chunk never holds more than chunk-items / chunk-bytes (or one item)
                 if self.bounds:
