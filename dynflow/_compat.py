@@ -29,6 +29,9 @@ Worker:
   message silently while the stream is closed; the scheduler's stream handler gets it
   with the worker's address);
 - :func:`worker_plugin`: a worker plugin by name (``Worker.plugins``);
+- :func:`drop_local`: the worker state machine's ``RemoveReplicasEvent`` (a stale
+  stream chunk it holds in memory is let go of before a new one is stored under its
+  key: ``update_data`` of a key in memory does not replace its value);
 - :func:`ready_count`: the worker state machine's ``ready`` tasks (a dynamic task's
   returned graph is computed in place while the worker has a backlog);
 - used directly: ``distributed.protocol.serialize.ToPickle`` (task specs sent to the
@@ -183,6 +186,14 @@ def ready_count(worker: Worker) -> int:
     """Tasks ``worker`` holds ready to run and waiting for a thread
     (``WorkerState.ready``)."""
     return len(worker.state.ready)
+
+
+def drop_local(worker: Worker, key: Any, stimulus_id: str) -> None:
+    """``worker`` lets go of ``key``'s data, if it holds it in memory (and no task of
+    it runs reading it)."""
+    from distributed.worker_state_machine import RemoveReplicasEvent
+
+    worker.handle_stimulus(RemoveReplicasEvent(keys=[key], stimulus_id=stimulus_id))
 
 
 def worker_plugin(worker: Worker, name: str) -> Any:

@@ -402,6 +402,28 @@ async def test_a_run_of_the_same_source_key_makes_the_same_chunks(c, s, a, b):
         assert await chunks() == first
 
 
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=90)
+async def test_a_cancelled_run_then_the_same_keys_again_is_exact(c, s, a, b):
+    """A pure source's run cancelled mid-stream, the same keys computed again at once
+    (the cancelled source may still be running): the same list, and no chunk of the
+    cancelled run left on a worker."""
+    from stream_tasks import slow_numbers
+
+    n = 300
+    for _ in range(3):
+        await no_tasks_left(s)
+        reset()
+        node = record.map(slow_numbers(n, 0.005))
+        (fut,) = await df.submit_async(node, client=c)
+        await async_poll_for(lambda: len(SEEN) >= 20, timeout=20)
+        await fut.cancel()
+        await async_poll_for(lambda: node.key not in s.tasks, timeout=10)
+        assert await df.compute(node, client=c) == (list(range(n)),)
+        del fut  # (its key is the new run's too)
+    await no_tasks_left(s)
+    await async_poll_for(lambda: not a.data and not b.data, timeout=10)
+
+
 @pytest.mark.slow
 @gen_cluster(client=True, Worker=Nanny, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
 async def test_a_worker_killed_while_the_source_runs_default_batches(c, s, a, b):

@@ -23,6 +23,8 @@ a live scheduler with validation on, ``tests/test_scheduler_ops.py``):
   restriction no worker meets), then runs (named concurrency limits);
 - :func:`put_in_memory`: a task just created is in memory on the worker that holds its
   value already (a stream's chunk), as distributed's ``update_data`` makes scattered data;
+- :func:`drop_stray_data`: a worker lets go of data stored under a key the scheduler
+  does not hold there (a stale stream chunk), as distributed's ``add-keys`` answers one;
 - :func:`forget`: tasks nothing uses go, as distributed forgets a task nobody needs;
 - :func:`keep_for_client`, :func:`release_for_client`: the scheduler keeps keys for a
   client as if it held futures of them, then lets go;
@@ -74,6 +76,8 @@ distributed and dask internals touched here (checked against every release in
   ``TaskState.set_nbytes`` and
   ``Scheduler.add_replica(ts, ws)`` on a worker of ``Scheduler.workers`` (a stream's chunk
   put in memory where its source stored it, as ``Scheduler.update_data`` does);
+- ``Scheduler.worker_send(address, msg)`` with the worker's ``remove-replicas`` message
+  (``{"op", "keys", "stimulus_id"}``: it releases a key it holds in memory);
 - the ``spans`` extension's ``observe_tasks(tss, code, span_metadata)``;
 - ``SchedulerPlugin.update_graph`` of the other plugins, called with dynflow's client
   name and keyword arguments of its own (``dependencies=`` too before 2025.5, which
@@ -639,6 +643,22 @@ def put_in_memory(
     ts.set_nbytes(nbytes)
     ts.type = typename
     s.add_replica(ts, ws)
+    return True
+
+
+def drop_stray_data(s: Scheduler, worker: str, key: Key, stimulus_id: str) -> bool:
+    """``worker`` stored data under ``key`` that the scheduler does not hold there (a
+    chunk a stream's stale run stored, which distributed's ``update_data`` does not
+    report): the worker is told to let go of it, with the ``remove-replicas`` message
+    distributed's ``add-keys`` handler sends for a key it does not know. Nothing when
+    the scheduler holds ``key`` on ``worker`` (False) or the worker is gone.
+
+    Post: no scheduler state changed; the worker releases ``key`` if it has it in memory."""
+    ts = s.tasks.get(key)
+    ws = s.workers.get(worker)
+    if ws is None or (ts is not None and ws in ts.who_has):
+        return False
+    s.worker_send(worker, {"op": "remove-replicas", "keys": [key], "stimulus_id": stimulus_id})
     return True
 
 

@@ -10,8 +10,9 @@ from the client side, and changes the scheduler only through
 :mod:`dynflow.extension._ops`.
 
 Per chunk ``c``, in one synchronous pass, for a message from the worker running the
-source's current run (any other is ignored; the worker's copy of a chunk nobody took is
-then let go of by distributed, which never heard of its key):
+source's current run (any other is ignored, and that worker told to let go of the copy
+it stored: distributed's ``update_data`` does not report a key to the scheduler, so it
+would stay there, and a later run of the same key would read it):
 
 1. the chunk's task ``(chunk name, c)`` is created in memory on that worker
    (``put_in_memory``); its spec runs the source again up to it, should that copy be
@@ -113,13 +114,25 @@ class Sources:
 
     # ------------------------------------------------------------------ passes
     def _chunk(
-        self, worker: str, key: Any, run_id: int, chunk: int, start: int, n: int, nbytes: int
+        self,
+        worker: str,
+        key: Any,
+        run_id: int,
+        chunk: int,
+        start: int,
+        n: int,
+        nbytes: int,
+        name: Any = None,
     ) -> None:
         s = self.scheduler
         ts = ops.current_run(s, key, run_id, worker)
         plan = None if ts is None else _plan_of(ts)
         if ts is None or plan is None:
-            return  # a stale run's: its chunk is let go of where it is
+            # a stale run's chunk (stored there already): let go of where it is, or a
+            # later run of the same key would find it there
+            if isinstance(name, str) and isinstance(chunk, int):
+                ops.drop_stray_data(s, worker, (name, chunk), f"dynflow-stale-chunk-{time()}")
+            return
         handed = self.handed.setdefault(key, [0, 0])
         if [chunk, start] != handed or n < 1:
             logger.warning(

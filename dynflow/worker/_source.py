@@ -44,7 +44,7 @@ from distributed import get_worker, secede
 from distributed.protocol.pickle import dumps
 from distributed.utils import sync
 
-from dynflow._compat import call_scheduler, expander_run_id, send_to_scheduler
+from dynflow._compat import call_scheduler, drop_local, expander_run_id, send_to_scheduler
 from dynflow._context import CURRENT_KEY
 from dynflow._protocol import STREAM_CHUNK_HANDLER, STREAM_END_HANDLER, STREAM_START_HANDLER
 from dynflow.exceptions import ExtensionError, SerializationError, TaskTimeoutError
@@ -403,9 +403,13 @@ class _Outlet:
                     "start": start,
                     "n": len(chunk),
                     "nbytes": nbytes,
+                    "name": self.plan.chunk_name,
                 },
             )
-            self.worker.update_data({dkey: chunk}, stimulus_id=f"dynflow-stream-{time.time()}")
+            stimulus_id = f"dynflow-stream-{time.time()}"
+            if dkey in self.worker.state.tasks:  # a stale copy (an earlier run's)
+                drop_local(self.worker, dkey, stimulus_id)
+            self.worker.update_data({dkey: chunk}, stimulus_id=stimulus_id)
             self.held.append((dkey, len(chunk), nbytes))
 
     async def _end(self, failed: bool) -> None:
