@@ -417,7 +417,7 @@ async def test_a_cancelled_run_then_the_same_keys_again_is_exact(c, s, a, b):
         (fut,) = await df.submit_async(node, client=c)
         await async_poll_for(lambda: len(SEEN) >= 20, timeout=20)
         await fut.cancel()
-        await async_poll_for(lambda: node.key not in s.tasks, timeout=10)
+        await async_poll_for(lambda key=node.key: key not in s.tasks, timeout=10)
         assert await df.compute(node, client=c) == (list(range(n)),)
         del fut  # (its key is the new run's too)
     await no_tasks_left(s)
