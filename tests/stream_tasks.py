@@ -251,3 +251,17 @@ def too_slow(n):
 def size_of(x):
     """The length of a list, or an array's shape."""
     return getattr(x, "shape", None) or len(x)
+
+
+@df.task
+def gated_logged(n, gate_from, event, log):
+    """``gated``, noting each call of the function in the file ``log`` (any process)."""
+    import time
+
+    with open(log, "a") as f:
+        f.write("call\n")
+    for i in range(n):
+        if i == gate_from:
+            assert Event(event).wait(timeout=60)
+        yield i
+        time.sleep(0.005)  # a chunk every 2 items or so

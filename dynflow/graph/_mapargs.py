@@ -149,6 +149,8 @@ def collection_node(name: str, label: str, value: Any) -> CollectionNode:
                 "over frame.to_bag() for its rows (tuples; to_bag(format='dict') for dicts) "
                 "or frame[column] for a column"
             )
+        elif array is not None and isinstance(value, array.Array):
+            why = "0-dimensional: it has no first axis to map over"
         else:
             why = "not a collection dynflow maps over: map over a dask Bag or Array"
         raise MapInputError(

@@ -189,6 +189,7 @@ def _node_task(
     policy = _policy(node, records, distributed)
     fn = node.task.graph_fn
     if isinstance(node, StreamNode):  # on a local scheduler: the list of what it yields
+        stream_config(node.name)  # checked as on a cluster
         fn = Listed(fn, node.name)
     if node.wait_for:
         waits = parse_input([Alias(n.key) for n in node.wait_for])
@@ -714,29 +715,47 @@ def _count(value: Any) -> int:
     return int(value)
 
 
+def stream_config(name: str) -> tuple[tuple[int, int], float, tuple[int, int]]:
+    """The ``dynflow.stream`` config, checked, for stream ``name``: ``((window-items,
+    window-bytes), interval in seconds, (chunk-items, chunk-bytes))``.
+
+    Raises
+    ------
+    ValueError
+        A value that does not fit, naming the stream and the keys.
+    """
+    # each key on its own: dask.config.get matches "window-items" and "window_items" (an
+    # environment variable's spelling), a sub-dict's keys do not
+    config = {
+        key: dask.config.get(f"dynflow.stream.{key}", default=None)
+        for key in ("window-items", "window-bytes", "interval", "chunk-items", "chunk-bytes")
+    }
+    try:
+        window = (_count(config["window-items"]), parse_bytes(config["window-bytes"]))
+        raw = config["interval"]
+        # a number is seconds (dask's parse_timedelta garbles a negative one)
+        number = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+        interval = float(raw) if number else parse_timedelta(raw)
+        chunk = (_count(config["chunk-items"]), parse_bytes(config["chunk-bytes"]))
+        if min(*window, *chunk) < 1:
+            raise ValueError("counts and sizes must be at least 1")
+        if interval is None or interval < 0:
+            raise ValueError("the interval must be a duration of 0 or more")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"stream {name!r}: the dask config dynflow.stream is {config!r}; expected "
+            "window-items and chunk-items ints >= 1, window-bytes and chunk-bytes sizes "
+            f"such as '64MiB', interval a duration such as '10ms' (0: flush at once) ({e})"
+        ) from None
+    return window, float(interval), chunk
+
+
 def _stream_plan(
     node: StreamNode, expansion: Expansion, windowed: bool, large: LargeValues
 ) -> StreamPlan:
     """The plan of ``node``'s source (``windowed``: its list is not used whole, so it
     runs at most ``dynflow.stream.window-*`` ahead of its maps)."""
-    # each key on its own: dask.config.get matches "window-items" and "window_items" (an
-    # environment variable's spelling), a sub-dict's keys do not
-    config = {
-        name: dask.config.get(f"dynflow.stream.{name}", default=None)
-        for name in ("window-items", "window-bytes", "interval", "chunk-items", "chunk-bytes")
-    }
-    try:
-        window = (_count(config["window-items"]), parse_bytes(config["window-bytes"]))
-        interval = parse_timedelta(config["interval"])
-        chunk = (_count(config["chunk-items"]), parse_bytes(config["chunk-bytes"]))
-        if min(*window, *chunk) < 1 or interval is None or interval < 0:
-            raise ValueError("must be positive")
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
-            f"stream {node.name!r}: the dask config dynflow.stream is {config!r}; expected "
-            "window-items and chunk-items ints >= 1, window-bytes and chunk-bytes sizes "
-            f"such as '64MiB', interval a duration such as '10ms' ({e})"
-        ) from None
+    window, interval, chunk = stream_config(node.name)
     args = [_ref(a, large) for a in node.args]
     kwargs = {k: _ref(v, large) for k, v in node.kwargs.items()}
     fn = node.task.graph_fn
@@ -751,7 +770,7 @@ def _stream_plan(
         node.task.policy(records=False),
         expansion,
         window if windowed else None,
-        float(interval),
+        interval,
         *chunk,
     )
 

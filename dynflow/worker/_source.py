@@ -223,24 +223,75 @@ def _attempt(plan: Any, data: dict[Any, Any], outlet: _Outlet, attempt: int) -> 
 
 def replay_chunk(plan: Any, start: int, stop: int, data: dict[Any, Any]) -> list:
     """Chunk ``[start, stop)`` of a stream made again (its only copy was lost): the
-    function is called again and its items up to ``stop`` iterated.
+    function is called again and its items up to ``stop`` iterated. The iterator is
+    kept on this worker for :data:`REPLAY_IDLE` seconds, so that the next lost chunks,
+    made again in order, continue from it: the chunks a lost worker held are made in
+    one pass over the source per worker, not one pass each.
 
     Raises
     ------
     ExtensionError
         The function yielded fewer than ``stop`` items this time.
     """
+    with _REPLAYS_LOCK:
+        kept = _REPLAYS.pop(plan.source, None)
+    if kept is not None and kept[1] > start:  # behind it: a pass of its own
+        _close(kept)
+        kept = None
+    items, position = kept[:2] if kept is not None else (None, 0)
+    if items is None:
+        items = iter(iterate(plan.task_name, plan.call(data)))
     out = []
-    for i, item in enumerate(iterate(plan.task_name, plan.call(data))):
-        if i >= start:
+    for item in items:
+        if position >= start:
             out.append(item)
-        if i + 1 >= stop:
+        position += 1
+        if position >= stop:
+            _keep_replay(plan.source, items, position)
             return out
     raise ExtensionError(
         f"stream {plan.task_name!r}: items {start}..{stop - 1} were lost with a worker, and "
         f"running the source again yielded only {start + len(out)} items: a source must "
         "yield the same items when run again"
     )
+
+
+#: seconds a replayed source's iterator is kept for the next lost chunk
+REPLAY_IDLE = 10.0
+#: source key -> (its iterator, the items it yielded, the timer that closes it)
+_REPLAYS: dict[Any, tuple[Any, int, threading.Timer]] = {}
+_REPLAYS_LOCK = threading.Lock()
+
+
+def _keep_replay(source: Any, items: Any, position: int) -> None:
+    timer = threading.Timer(REPLAY_IDLE, _expire_replay, (source, items))
+    timer.daemon = True
+    with _REPLAYS_LOCK:
+        old = _REPLAYS.pop(source, None)
+        _REPLAYS[source] = (items, position, timer)
+    if old is not None:
+        _close(old)
+    timer.start()
+
+
+def _expire_replay(source: Any, items: Any) -> None:
+    with _REPLAYS_LOCK:
+        kept = _REPLAYS.get(source)
+        if kept is None or kept[0] is not items:
+            return
+        del _REPLAYS[source]
+    _close(kept)
+
+
+def _close(kept: tuple[Any, int, threading.Timer]) -> None:
+    """Close a kept replay's iterator (its ``finally`` blocks run) and its timer."""
+    kept[2].cancel()
+    close = getattr(kept[0], "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: S110 - closing is best effort
+            pass
 
 
 class _Outlet:
