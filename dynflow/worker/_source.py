@@ -312,9 +312,11 @@ class _Outlet:
         self.pending: list[Any] = []
         self.pending_bytes = 0
         self.ready: deque[tuple[list, int]] = deque()  # full chunks, not flushed yet
+        self.ready_items = self.ready_bytes = 0  # in them
         self.armed = False  # a flush is timed
         self.lock = threading.Lock()
         self.held: deque[tuple[Any, int, int]] = deque()  # (chunk key, items, bytes)
+        self.held_items = self.held_bytes = 0  # in them
         # the sizes of the next chunks, when an earlier run of this key made them: the
         # same chunks again (a chunk is then flushed only once it has its items)
         self.bounds: deque[int] = deque()
@@ -351,6 +353,8 @@ class _Outlet:
                 if self.bounds:
                     self.bounds.popleft()
                 self.ready.append((self.pending, self.pending_bytes))
+                self.ready_items += len(self.pending)
+                self.ready_bytes += self.pending_bytes
                 self.pending, self.pending_bytes = [], 0
             arm = not full and not self.armed
             if arm:
@@ -391,23 +395,26 @@ class _Outlet:
         sync(self.worker.loop, self._end, failed)
 
     def _held(self) -> tuple[int, int]:
-        """Items and bytes in chunks the scheduler still holds here, and pending."""
-        tasks = self.worker.state.tasks
+        """Items and bytes in chunks the scheduler still holds here, and not flushed
+        yet: O(1) while they are below the window (the chunks' totals count some that
+        were let go of already), counted exactly (those dropped) once they reach it."""
+        # (read without the lock: a count a moment old only delays the wait by an item)
+        items = len(self.pending) + self.ready_items + self.held_items
+        nbytes = self.pending_bytes + self.ready_bytes + self.held_bytes
+        window = self.plan.window
+        if window is not None and (items >= window[0] or nbytes >= window[1]):
+            tasks = self.worker.state.tasks
 
-        def kept(key: Any) -> bool:  # its data is here still (a released task may stay)
-            ts = tasks.get(key)
-            return ts is not None and ts.state == "memory"
+            def kept(key: Any) -> bool:  # its data is here still (a released task may stay)
+                ts = tasks.get(key)
+                return ts is not None and ts.state == "memory"
 
-        held = self.held
-        while held and not kept(held[0][0]):
-            held.popleft()
-        with self.lock:
-            items = len(self.pending) + sum(len(c) for c, _ in self.ready)
-            nbytes = self.pending_bytes + sum(b for _, b in self.ready)
-        for key, n, size in list(held):
-            if kept(key):
-                items += n
-                nbytes += size
+            with self.lock:
+                self.held = deque(h for h in self.held if kept(h[0]))
+                self.held_items = sum(n for _, n, _ in self.held)
+                self.held_bytes = sum(b for _, _, b in self.held)
+            items = len(self.pending) + self.ready_items + self.held_items
+            nbytes = self.pending_bytes + self.ready_bytes + self.held_bytes
         return items, nbytes
 
     def _wanted(self) -> bool:
@@ -430,6 +437,7 @@ class _Outlet:
         with self.lock:
             chunks = list(self.ready)
             self.ready.clear()
+            self.ready_items = self.ready_bytes = 0
             if self.pending and (end or not self.bounds):  # a bounded chunk waits
                 chunks.append((self.pending, self.pending_bytes))
                 self.pending, self.pending_bytes = [], 0
@@ -443,7 +451,8 @@ class _Outlet:
             self.chunk += 1
             self.sent += len(chunk)
             dkey = (self.plan.chunk_name, c)
-            # first the chunk's message, then the data (whose add-keys follows it)
+            # first the chunk's message (the scheduler puts the chunk in memory here on
+            # it), then the data, before anything can ask this worker for it
             send_to_scheduler(
                 self.worker,
                 {
@@ -461,7 +470,10 @@ class _Outlet:
             if dkey in self.worker.state.tasks:  # a stale copy (an earlier run's)
                 drop_local(self.worker, dkey, stimulus_id)
             self.worker.update_data({dkey: chunk}, stimulus_id=stimulus_id)
-            self.held.append((dkey, len(chunk), nbytes))
+            with self.lock:
+                self.held.append((dkey, len(chunk), nbytes))
+                self.held_items += len(chunk)
+                self.held_bytes += nbytes
 
     async def _end(self, failed: bool) -> None:
         self._flush(end=True)
