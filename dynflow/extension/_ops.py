@@ -656,7 +656,7 @@ def drop_stray_data(s: Scheduler, worker: str, key: Key, stimulus_id: str) -> bo
     Post: no scheduler state changed; the worker releases ``key`` if it has it in memory."""
     ts = s.tasks.get(key)
     ws = s.workers.get(worker)
-    if ws is None or (ts is not None and ws in ts.who_has):
+    if ws is None or (ts is not None and ws in (ts.who_has or ())):
         return False
     s.worker_send(worker, {"op": "remove-replicas", "keys": [key], "stimulus_id": stimulus_id})
     return True
