@@ -188,12 +188,18 @@ def ready_count(worker: Worker) -> int:
     return len(worker.state.ready)
 
 
-def drop_local(worker: Worker, key: Any, stimulus_id: str) -> None:
-    """``worker`` lets go of ``key``'s data, if it holds it in memory (and no task of
-    it runs reading it)."""
+def drop_local(worker: Worker, key: Any, stimulus_id: str) -> bool:
+    """``worker`` lets go of ``key``'s data, if it holds it in memory and no task that
+    reads it runs (the state machine refuses that); False when it does not."""
     from distributed.worker_state_machine import RemoveReplicasEvent
 
+    ts = worker.state.tasks.get(key)
+    if ts is None or ts.state != "memory":
+        return ts is None
+    if any(d.state in ("executing", "long-running") for d in ts.dependents):
+        return False
     worker.handle_stimulus(RemoveReplicasEvent(keys=[key], stimulus_id=stimulus_id))
+    return True
 
 
 def worker_plugin(worker: Worker, name: str) -> Any:

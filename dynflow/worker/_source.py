@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import logging
 import threading
 import time
 from collections import deque
@@ -54,6 +55,8 @@ from dynflow.worker._failure import Failure
 
 if TYPE_CHECKING:
     from distributed import Worker
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Listed", "iterate", "partition_items", "replay_chunk", "stream_source", "unfinished"]
 
@@ -467,8 +470,12 @@ class _Outlet:
                 },
             )
             stimulus_id = f"dynflow-stream-{time.time()}"
-            if dkey in self.worker.state.tasks:  # a stale copy (an earlier run's)
-                drop_local(self.worker, dkey, stimulus_id)
+            if dkey in self.worker.state.tasks and not drop_local(self.worker, dkey, stimulus_id):
+                logger.warning(  # a stale copy (an earlier run's) that a task still reads
+                    "stream %r: chunk %s of an earlier run is still read here; its data "
+                    "may be kept instead of this run's",
+                    self.plan.task_name, c,
+                )  # fmt: skip
             self.worker.update_data({dkey: chunk}, stimulus_id=stimulus_id)
             with self.lock:
                 self.held.append((dkey, len(chunk), nbytes))
