@@ -48,6 +48,9 @@ __all__ = [
     "LIMIT_ANNOTATION",
     "LOG_TOPIC",
     "OWN_LIMIT_PREFIX",
+    "RUN_SEP",
+    "base_name",
+    "run_name",
     "RETRY_TOPIC",
     "RAW_PREFIX",
     "RUNS_HANDLER",
@@ -168,6 +171,23 @@ def raw_key(key: str) -> str:
 #: a map's own ``max_concurrency`` kept as a concurrency limit (a map nested per chunk of a
 #: stream, whose items no lanes can chain): the name carries the size, so the limits
 #: plugin sets it when its first task arrives
+#: between a name and the token of the lowering that made it (a stream's tasks: each
+#: run's own, see :func:`dynflow.lowering._lower.lower_distributed`)
+RUN_SEP = "~"
+
+
+def run_name(name: str, run: str) -> str:
+    """``name`` of run ``run``: ``"inc-3f2a~9c1d"``."""
+    return f"{name}{RUN_SEP}{run}"
+
+
+def base_name(name: Any) -> Any:
+    """The name a run's own name was made from (:func:`run_name`); others as they are."""
+    if type(name) is str and RUN_SEP in name:
+        return name.partition(RUN_SEP)[0]
+    return name
+
+
 OWN_LIMIT_PREFIX = "dynflow-max-concurrency-"
 
 

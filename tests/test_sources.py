@@ -41,7 +41,22 @@ from stream_tasks import (
 from utils import no_tasks_left
 
 import dynflow as df
+from dynflow._protocol import base_name
 from dynflow.graph._node import StreamNode
+
+
+def source_of(s, src):
+    """The scheduler's task of stream ``src``'s source in the run now (its key carries
+    the run: dynflow._protocol.run_name), or None."""
+    for k, ts in s.tasks.items():
+        if type(k) is str and base_name(k) == src.source_key:
+            return ts
+    return None
+
+
+def named(key, name) -> bool:
+    """Whether ``key`` is a task ``(name of some run, ...)``."""
+    return type(key) is tuple and base_name(key[0]) == name
 
 
 def pipelines(n: int) -> list:
@@ -183,14 +198,14 @@ async def test_a_worker_killed_while_it_runs_the_source(c, s, a, b):
     (fut,) = await df.submit_async(total(m), client=c)
     # the items before the gate were handed on and (some) processed
     await async_poll_for(
-        lambda: src.source_key in s.tasks
-        and s.tasks[src.source_key].processing_on is not None
-        and sum(
-            1 for k, ts in s.tasks.items() if type(k) is tuple and k[0] == m.item_name
-        ) >= gate_from,
+        lambda: (
+            source_of(s, src) is not None
+            and source_of(s, src).processing_on is not None
+            and sum(1 for k in s.tasks if named(k, m.item_name)) >= gate_from
+        ),
         timeout=60,
-    )  # fmt: skip
-    holder = s.tasks[src.source_key].processing_on.address
+    )
+    holder = source_of(s, src).processing_on.address
     victim = a if a.worker_address == holder else b
     await victim.kill()
     await Event("stream-kill-go", client=c).set()
@@ -271,7 +286,7 @@ async def test_views_show_a_stream_and_the_items_yielded(c, s, a, b):
     async def yielded() -> dict:
         return (await fut.run.info())["nodes"][src.key]
 
-    await async_poll_for(lambda: s.tasks.get(src.source_key) is not None, timeout=10)
+    await async_poll_for(lambda: source_of(s, src) is not None, timeout=10)
     for _ in range(100):  # bounded: until the 40 items before the gate are in
         counts = await yielded()
         if counts.get("yielded") == 40:
@@ -374,7 +389,7 @@ async def test_a_cancelled_run_stops_its_source(c, s, a, b):
     STOPPED.clear()
     src = endless(0.01)
     (fut,) = await df.submit_async(total(inc.map(src)), client=c)
-    await async_poll_for(lambda: src.source_key in s.tasks, timeout=10)
+    await async_poll_for(lambda: source_of(s, src) is not None, timeout=10)
     await asyncio.sleep(0.2)  # a few chunks handed on
     await fut.cancel()
     await async_poll_for(STOPPED.is_set, timeout=10)
@@ -382,28 +397,6 @@ async def test_a_cancelled_run_stops_its_source(c, s, a, b):
 
 
 # ---------------------------------------------------------------- regressions (new-user trial)
-@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=90)
-async def test_a_run_of_the_same_source_key_makes_the_same_chunks(c, s, a, b):
-    """A later run of a source key (a pure task's; the same node computed again) makes
-    the chunks the first run made: the keys under the stream (chunk c, its items, its
-    batches) mean the same items in both, whatever a worker still runs of the first."""
-    from stream_tasks import slow_numbers
-
-    n = 120
-
-    async def chunks() -> list:
-        node = inc.map(slow_numbers(n, 0.002))
-        pairs = [p async for p in df.as_completed(node, client=c)]
-        assert sorted(v for _, v in pairs) == list(range(1, n + 1))
-        await no_tasks_left(s)
-        return sorted(index for index, _ in pairs)
-
-    first = await chunks()
-    assert first[-1][0] > 0  # several chunks (flushed every 10 ms)
-    with dask.config.set({"dynflow.stream.interval": "1ms"}):  # would chunk otherwise
-        assert await chunks() == first
-
-
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=90)
 async def test_a_cancelled_run_then_the_same_keys_again_is_exact(c, s, a, b):
     """A pure source's run cancelled mid-stream, the same keys computed again at once
@@ -426,6 +419,37 @@ async def test_a_cancelled_run_then_the_same_keys_again_is_exact(c, s, a, b):
     await async_poll_for(lambda: not a.data and not b.data, timeout=10)
 
 
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=90)
+async def test_runs_live_at_once_never_share_a_streams_tasks(c, s, a, b):
+    """Two runs mapping one stream node differently, and five runs of a pure source
+    with the same arguments, live at once: each run has its own source, chunks and
+    items (how items fall into chunks is each run's), so each gets its exact value."""
+    from stream_tasks import slow_numbers
+
+    n = 100
+    src = slow_numbers(n, 0.002)
+    (f1,) = await df.submit_async(total(inc.map(src)), client=c)
+    (f2,) = await df.submit_async(total(df.flatten(pair.map(src))), client=c)
+    assert (await f1, await f2) == (sum(range(1, n + 1)), sum(range(n)) * 2)
+    pure = [total(inc.map(slow_numbers(n, 0.002))) for _ in range(5)]
+    futures = [(await df.submit_async(node, client=c))[0] for node in pure]
+    assert [await f for f in futures] == [sum(range(1, n + 1))] * 5
+    # computed at once after a cancel (dask may cancel the new future too: never a
+    # wrong value)
+    for _ in range(3):
+        node = total(inc.map(slow_numbers(300, 0.002)))
+        (fut,) = await df.submit_async(node, client=c)
+        await asyncio.sleep(0.2)  # part of the stream handed on
+        await fut.cancel()
+        try:
+            assert await df.compute(node, client=c) == (sum(range(1, 301)),)
+        except BaseException as e:  # FutureCancelledError (CancelledError before 2025.x)
+            assert "Cancelled" in type(e).__name__, e
+        del fut
+    del f1, f2, futures
+    await no_tasks_left(s)
+
+
 @pytest.mark.slow
 @gen_cluster(client=True, Worker=Nanny, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
 async def test_a_worker_killed_while_the_source_runs_default_batches(c, s, a, b):
@@ -440,13 +464,13 @@ async def test_a_worker_killed_while_the_source_runs_default_batches(c, s, a, b)
     (fut,) = await df.submit_async(total(m), client=c)
     await async_poll_for(
         lambda: (
-            src.source_key in s.tasks
-            and s.tasks[src.source_key].processing_on is not None
-            and sum(1 for k in s.tasks if type(k) is tuple and k[0] == src.item_name) >= 20
+            source_of(s, src) is not None
+            and source_of(s, src).processing_on is not None
+            and sum(1 for k in s.tasks if named(k, src.item_name)) >= 20
         ),
         timeout=60,
     )  # many chunks wait on the source's worker
-    holder = s.tasks[src.source_key].processing_on.address
+    holder = source_of(s, src).processing_on.address
     victim = a if a.worker_address == holder else b
     await victim.kill()
     await Event("stream-kill-default", client=c).set()
@@ -504,11 +528,17 @@ async def test_a_sources_timeout_holds_on_a_cluster_as_in_sync(c, s, a, b):
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
-async def test_chunks_never_pass_chunk_items(c, s, a, b):
+async def test_chunks_never_pass_chunk_items_or_bytes(c, s, a, b):
     with dask.config.set({"dynflow.stream.chunk-items": 5, "dynflow.stream.interval": "1s"}):
         pairs = [p async for p in df.as_completed(inc.map(numbers(200)), client=c)]
     assert sorted(v for _, v in pairs) == list(range(1, 201))
     assert max(j for (_, j), _ in pairs) <= 4
+    # chunk-bytes too: items of 3,000 bytes (sizeof 3,033), at most 10,000 bytes a chunk
+    config = {"dynflow.stream.chunk-bytes": 10_000, "dynflow.stream.interval": "1s"}
+    with dask.config.set(config):
+        pairs = [p async for p in df.as_completed(length.map(payload(60, 3000)), client=c)]
+    assert [v for _, v in pairs] == [3000] * 60
+    assert max(j for (_, j), _ in pairs) == 2  # three items a chunk
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)

@@ -169,7 +169,7 @@ async def _submit(
         # reads the span), so Dask's own views break time down per run and per map.
         # Nothing is awaited inside: dask's annotations are process-wide
         with span(run.name) as run.span_id:
-            graph = lower(nodes, distributed=True)
+            graph = lower(nodes, distributed=True, run=run.id)
             with _quiet_pickle_errors():  # dynflow says which task and argument instead
                 futures = client.get(graph, [n.key for n in nodes], sync=False)
     except BaseException as e:

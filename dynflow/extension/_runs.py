@@ -62,6 +62,9 @@ class NodeState:
     yielded: int | None = None
     ended: bool = False
     source_failed: bool = False  # it ended raising (its task's value is a failure record)
+    # the item name it was registered under, once ``items`` is this run's own name (a
+    # map under a stream; a stream's source: dynflow._protocol.run_name)
+    named: str | None = None
     # when its first task started computing and its last finished (worker clocks,
     # seconds since the epoch): the page's timeline
     first: float | None = None

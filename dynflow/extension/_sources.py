@@ -28,16 +28,14 @@ At the end, each list gets its real spec: the chunks' lists concatenated, or, wh
 source failed, its failure once every chunk's items ran. Events on topic
 ``dynflow-source`` (the stream's key, the items so far, whether it ended) let the run
 views show it. State: per source key, the chunks and items it handed on, dropped when
-the source task is forgotten; the sizes of its chunks, kept for the last
-:data:`MAX_PREVIOUS` sources forgotten: a later run of the same key (a pure task's,
-the same node computed again) is told to make the same chunks, so that every key
-under the stream means the same items in both runs.
+the source task is forgotten. (The keys under a stream are each run's own, see
+:func:`dynflow.lowering._lower.lower_distributed`: how items fall into chunks depends on
+timing, so no two runs share a chunk's key.)
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,9 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: sources forgotten whose chunks' sizes are kept for a later run of the same key
-MAX_PREVIOUS = 1_000
-
 __all__ = ["Sources"]
 
 
@@ -66,10 +61,6 @@ class Sources:
         self.scheduler = scheduler
         self.skip = skip  # the plugin that owns this (not told of its own tasks)
         self.handed: dict[Any, list[int]] = {}  # source key -> [chunks, items]
-        self.sizes: dict[Any, list[int]] = {}  # source key -> its chunks' sizes
-        # the chunks' sizes of sources forgotten lately: a later run of the same key
-        # (the same keys under it) makes the same chunks (see start)
-        self.previous: OrderedDict[Any, list[int]] = OrderedDict()
 
     @log_errors
     def start(self, key: Any = None, run_id: Any = None) -> dict[str, Any]:
@@ -81,12 +72,7 @@ class Sources:
         if _plan_of(ts) is None:
             return {"status": "error", "message": f"{str(key)!r} is not a stream's source"}
         chunks, items = self.handed.get(key, (0, 0))
-        # a new run of a key run before: its chunks as that run made them, since the
-        # keys under the stream (chunk c, its item j, its batches, its list) are the
-        # same, and a worker may still run the earlier run's tasks (distributed resumes
-        # a cancelled task asked for again: its value is taken as the new run's)
-        bounds = self.previous.get(key, []) if not items else []
-        return {"status": "OK", "chunks": chunks, "items": items, "bounds": bounds}
+        return {"status": "OK", "chunks": chunks, "items": items}
 
     def chunk(self, worker: str, **msg: Any) -> None:
         """``dynflow_stream_chunk``, a message on ``worker``'s stream (never raises: a
@@ -105,12 +91,6 @@ class Sources:
 
     def forgotten(self, key: Any) -> None:
         self.handed.pop(key, None)
-        sizes = self.sizes.pop(key, None)
-        if sizes:
-            self.previous[key] = sizes
-            self.previous.move_to_end(key)
-            if len(self.previous) > MAX_PREVIOUS:
-                self.previous.popitem(last=False)
 
     # ------------------------------------------------------------------ passes
     def _chunk(
@@ -157,7 +137,6 @@ class Sources:
             return
         handed[0] += 1
         handed[1] += n
-        self.sizes.setdefault(key, []).append(n)
         recs: Recs = {t.key: "waiting" for t in reversed(new[1:])}
         rewired = self._rewire(ts, partial, recs)
         self._announce(new, rewired, recs, stimulus_id, plan, False)

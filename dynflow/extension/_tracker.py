@@ -53,6 +53,7 @@ from dynflow._protocol import (
     STREAM_NEXT_HANDLER,
     STREAM_OPEN_HANDLER,
     TRACKER,
+    run_name,
 )
 from dynflow.extension import _ops as ops
 from dynflow.extension._itemtable import CACHED, EARLY, FAILED
@@ -163,6 +164,12 @@ class RunTracker(SchedulerPlugin):
             self.index[ns.key] = ns
             if ns.items is not None:  # a map's items are (items, *prefix, i)
                 self.index[ns.items] = ns
+                # under a stream, names are the run's own (dynflow._protocol.run_name):
+                # a map's items once spliced (see update_graph), a stream's source task
+                self.index[run_name(ns.items, run_id)] = ns
+                if ns.kind == "stream":
+                    ns.named, ns.items = ns.items, run_name(ns.items, run_id)
+                    ns.table.items = ns.items
         for k in run.outputs:
             self.outputs.setdefault(k, []).append(run)
         self.runs[run_id] = run
@@ -279,6 +286,9 @@ class RunTracker(SchedulerPlugin):
                 ns = self.index.get(key)
                 if ns is None:
                     continue
+                if ns.items != key and ns.named is None:  # a map under a stream
+                    ns.named, ns.items = ns.items, key
+                    ns.table.items = key
                 run = ns.run
                 ns.sized(tuple(prefix), n, size)
                 if failed is not None:
@@ -489,7 +499,9 @@ class RunTracker(SchedulerPlugin):
         for ns in run.nodes.values():
             ns.running = 0
             ns.limbo.clear()
-            for k in (ns.key, ns.items):
+            base = ns.named or ns.items
+            names = (ns.key, ns.items, base, None if base is None else run_name(base, run.id))
+            for k in names:
                 if k is not None and self.index.get(k) is ns:
                     del self.index[k]
         if run.dynamic:

@@ -22,7 +22,7 @@ place (:mod:`dynflow.lowering._returned_graph`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -35,7 +35,7 @@ from dask.utils import parse_bytes, parse_timedelta
 
 from dynflow._compat import collection_graph
 from dynflow._containers import substitute
-from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, own_limit, raw_key
+from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, own_limit, raw_key, run_name
 from dynflow.graph._node import (
     PARTED,
     AllowFailureNode,
@@ -68,18 +68,21 @@ from dynflow.worker._source import Listed, partition_items, stream_source
 __all__ = ["LowerSubflow", "lower", "lower_distributed", "lower_local", "returned_hook"]
 
 
-def lower(outputs: Sequence[Node], *, distributed: bool, records: bool = False) -> HighLevelGraph:
+def lower(
+    outputs: Sequence[Node], *, distributed: bool, records: bool = False, run: str | None = None
+) -> HighLevelGraph:
     """The dask graph computing ``outputs``; their keys are the nodes' keys.
 
     ``distributed``: for a distributed cluster (maps expand in the scheduler), else for
     a local scheduler. ``records``: failures become values
     (:class:`~dynflow.worker._failure.Failure`) instead of errors, as inside a sub-flow
-    run per item.
+    run per item. ``run``: the run's id, which the tasks under a stream carry in their
+    names (:func:`~dynflow._protocol.run_name`); None: a token of this lowering.
     """
     token = _storage_here()
     try:
         if distributed:
-            return lower_distributed(outputs, records)
+            return lower_distributed(outputs, records, run)
         return lower_local(outputs, records)
     finally:
         if token is not None:
@@ -289,6 +292,7 @@ def plan_stage(
     large: LargeValues | None = None,
     per_item: set[str] | frozenset[str] = frozenset(),
     streamed: bool = False,
+    names: Mapping[str, str] = {},
 ) -> PlannedStage:
     """The stage of one map: its plan, sources, concrete tuples and the keys its items
     need. ``how``: the slots that join an expansion group (``"stage"``, ``"nest"``); any
@@ -298,7 +302,13 @@ def plan_stage(
     ``"adaptive"`` maps that must run one task per item (see
     :attr:`~dynflow.lowering._groups.ExpansionGroups.per_item`); ``streamed``: the map
     expands per chunk of a stream, so its ``max_concurrency`` is kept by the scheduler's
-    concurrency limits (:func:`~dynflow._protocol.own_limit`), not by lanes per chunk."""
+    concurrency limits (:func:`~dynflow._protocol.own_limit`), not by lanes per chunk;
+    ``names``: the item names of this run for nodes under a stream (see
+    :func:`lower_distributed`), else a node's own."""
+
+    def name_of(n: Any) -> str:
+        return names.get(n.key, n.item_name)
+
     sources: dict[Any, tuple[str, str]] = {}
     concretes: list[tuple[str, str, int]] = []
     needs: set[Any] = {n.key for n in node.whole_waits}
@@ -325,10 +335,10 @@ def plan_stage(
             return ref(slot.value)
         kind = how.get((node.key, i))
         if kind in ("stage", "wait"):
-            return StageItem(slot.value.item_name)
+            return StageItem(name_of(slot.value))
         if kind == "nest":  # per item of a flatten's map, or per chunk of a stream
             v = slot.value
-            src: Any = ParentItem(v.item_name if isinstance(v, PARTED) else v.source.item_name)
+            src: Any = ParentItem(name_of(v if isinstance(v, PARTED) else v.source))
         elif isinstance(slot.value, Node):
             src = _whole_source(slot.value)
         else:
@@ -347,7 +357,7 @@ def plan_stage(
     waits = tuple(arg(nslots + j, Slot("wait_for", True, w)) for j, w in enumerate(node.item_waits))
     if isinstance(node, SubflowMapNode):  # subflow
         stage: Stage = SubflowStage(
-            node.item_name, node.name, node.flow, args, kwargs, {}, lower=_subflow_lowering()
+            name_of(node), node.name, node.flow, args, kwargs, {}, lower=_subflow_lowering()
         )
     else:
         annotations = (
@@ -361,7 +371,7 @@ def plan_stage(
             annotations[LIMIT_ANNOTATION] = own_limit(node.item_name, lanes)
             lanes = None
         stage = Stage(
-            node.item_name,
+            name_of(node),
             node.name,
             node.task.graph_fn,
             args,
@@ -591,7 +601,9 @@ def lower_local(outputs: Sequence[Node], records: bool = False) -> HighLevelGrap
     return g.hlg()
 
 
-def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLevelGraph:
+def lower_distributed(
+    outputs: Sequence[Node], records: bool = False, run: str | None = None
+) -> HighLevelGraph:
     """The graph for a distributed cluster: an expander and placeholder collectors per
     top-level expansion group, whose items the scheduler adds when the expander runs."""
     order = topological(outputs)
@@ -613,9 +625,34 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
             m in streams for f in groups.depth_chain(groups.group[key]) for m in groups.members[f]
         )
     }
+    # under a stream, every key is this run's own: how a stream's items fall into
+    # chunks depends on timing, so chunk c (and item j of it, its batches, its lists)
+    # of one run is not chunk c of another; a worker may still run a cancelled run's
+    # task when the same key is asked for again, and distributed then takes its value
+    # for the new run's. Sources, chunks, item names and nested lists of streams get a
+    # run's id (their lists, the nodes' keys, stay the same).
+    run = run or uuid.uuid4().hex
+    under = {
+        key
+        for key in maps
+        if any(
+            isinstance(streams.get(m), StreamNode)
+            for f in groups.depth_chain(groups.group[key])
+            for m in groups.members[f]
+        )
+    }
+    names = {key: run_name(maps[key].item_name, run) for key in under}
+    names.update(
+        (k, run_name(n.item_name, run)) for k, n in streams.items() if isinstance(n, StreamNode)
+    )
     planned = {
         n.key: plan_stage(
-            n, groups.how, large=large, per_item=groups.per_item, streamed=n.key in streamed
+            n,
+            groups.how,
+            large=large,
+            per_item=groups.per_item,
+            streamed=n.key in streamed,
+            names=names,
         )
         for n in maps.values()
     }
@@ -630,15 +667,21 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
                 sn = streams[key]
                 if key in whole:
                     mode = "record" if key in recorded else "strict"
-                    collectors[f].append(Collector(key, sn.item_name, sn.name, True, mode))
+                    of = names.get(key, sn.item_name)
+                    collectors[f].append(Collector(key, of, sn.name, True, mode))
                 continue
             stage, node = planned[key].stage, maps[key]
             for ckey, mode in _lists(key, whole, raw_lists, tolerant, recorded):
                 ratio = node.min_success_ratio
-                c = Collector(ckey, stage.key, stage.task_name, mode=mode, ratio=ratio)
+                # the lists below the top (per chunk, per item): this run's own under a stream
+                low = run_name(ckey, run) if key in under else ckey
+                keys = [low] * (len(chain) - 1) + [ckey]
+                c = Collector(keys[0], stage.key, stage.task_name, mode=mode, ratio=ratio)
                 collectors[chain[0]].append(c)
-                for up in chain[1:]:
-                    collectors[up].append(Collector(ckey, ckey, stage.task_name, True, mode, ratio))
+                for level, up in enumerate(chain[1:], 1):
+                    collectors[up].append(
+                        Collector(keys[level], keys[level - 1], stage.task_name, True, mode, ratio)
+                    )
 
     def expansion(f: int) -> Expansion:
         stages: list[Stage | Nested] = []
@@ -664,7 +707,7 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
         made += [s.expansion.expander for s in stages if isinstance(s, Nested)]
         stream = next((streams[k] for k in groups.members[f] if k in streams), None)
         return Expansion(
-            stream.source_key
+            run_name(stream.source_key, run)
             if isinstance(stream, StreamNode)
             else f"{EXPANDER_PREFIX}-" + tokenize(*made),
             tuple(stages),
@@ -692,7 +735,7 @@ def lower_distributed(outputs: Sequence[Node], records: bool = False) -> HighLev
             g.add_layer(f"{stream.key}-items", static)
             continue
         if isinstance(stream, StreamNode):
-            plan = _stream_plan(stream, exp, stream.key not in whole, large)
+            plan = _stream_plan(stream, exp, stream.key not in whole, large, names[stream.key])
             deps = set(exp.needs) | set(plan.call.dependencies)
             data = parse_input({k: Alias(k) for k in sorted(deps, key=str)})
             g.add(Task(exp.expander, stream_source, plan, data), deps, _annotations(stream))
@@ -751,7 +794,7 @@ def stream_config(name: str) -> tuple[tuple[int, int], float, tuple[int, int]]:
 
 
 def _stream_plan(
-    node: StreamNode, expansion: Expansion, windowed: bool, large: LargeValues
+    node: StreamNode, expansion: Expansion, windowed: bool, large: LargeValues, chunk_name: str
 ) -> StreamPlan:
     """The plan of ``node``'s source (``windowed``: its list is not used whole, so it
     runs at most ``dynflow.stream.window-*`` ahead of its maps)."""
@@ -765,7 +808,7 @@ def _stream_plan(
     return StreamPlan(
         node.name,
         node.key,
-        node.item_name,
+        chunk_name,
         Task(None, fn, *args, **kwargs),
         node.task.policy(records=False),
         expansion,

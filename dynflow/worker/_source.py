@@ -156,7 +156,6 @@ def stream_source(plan: Any, data: dict[Any, Any]) -> Any:
         return None
     secede()  # a long-running task: the worker's threads run the items it feeds
     outlet = _Outlet(worker, key, run_id, plan, reply["items"], reply["chunks"])
-    outlet.bounds.extend(reply.get("bounds") or ())
     policy = plan.policy
     attempt = 0
     while True:
@@ -320,9 +319,6 @@ class _Outlet:
         self.lock = threading.Lock()
         self.held: deque[tuple[Any, int, int]] = deque()  # (chunk key, items, bytes)
         self.held_items = self.held_bytes = 0  # in them
-        # the sizes of the next chunks, when an earlier run of this key made them: the
-        # same chunks again (a chunk is then flushed only once it has its items)
-        self.bounds: deque[int] = deque()
         self.refused = 0  # attempts up to this one were abandoned (timed out)
         self.waited = 0.0  # seconds the source waited for its window
 
@@ -343,22 +339,16 @@ class _Outlet:
         with self.lock:
             if attempt <= self.refused:
                 return False
+            # a chunk never holds more than chunk-items or chunk-bytes (but one item)
+            full = bool(self.pending) and self.pending_bytes + size > plan.chunk_bytes
+            if full:  # this item would not fit: the chunk so far is closed first
+                self._close_pending()
             self.pending.append(item)
             self.pending_bytes += size
             self.count += 1
-            if self.bounds:
-                full = len(self.pending) >= self.bounds[0]
-            else:
-                full = (
-                    len(self.pending) >= plan.chunk_items or self.pending_bytes >= plan.chunk_bytes
-                )
-            if full:  # a chunk never holds more than chunk-items / chunk-bytes (or one item)
-                if self.bounds:
-                    self.bounds.popleft()
-                self.ready.append((self.pending, self.pending_bytes))
-                self.ready_items += len(self.pending)
-                self.ready_bytes += self.pending_bytes
-                self.pending, self.pending_bytes = [], 0
+            if len(self.pending) >= plan.chunk_items or self.pending_bytes >= plan.chunk_bytes:
+                self._close_pending()
+                full = True
             arm = not full and not self.armed
             if arm:
                 self.armed = True
@@ -379,14 +369,19 @@ class _Outlet:
                 if since is None:
                     since = time.monotonic()
                 if self.pending:
-                    with self.lock:
-                        self.bounds.clear()  # (never waits for a chunk the window holds back)
                     loop.add_callback(self._flush)
                 time.sleep(0.002)
             if since is not None:
                 self.waited += time.monotonic() - since
         # each item: a run cancelled (its client gone, the future released) stops here
         return self._wanted()
+
+    def _close_pending(self) -> None:
+        """The pending items are a chunk, ready to be flushed (under the lock)."""
+        self.ready.append((self.pending, self.pending_bytes))
+        self.ready_items += len(self.pending)
+        self.ready_bytes += self.pending_bytes
+        self.pending, self.pending_bytes = [], 0
 
     def abandon(self, attempt: int) -> None:
         """Attempt ``attempt`` timed out: what it yields from now on is refused."""
@@ -436,12 +431,12 @@ class _Outlet:
     def _arm(self) -> None:
         self.worker.loop.call_later(self.plan.interval, self._flush)
 
-    def _flush(self, end: bool = False) -> None:
+    def _flush(self) -> None:
         with self.lock:
             chunks = list(self.ready)
             self.ready.clear()
             self.ready_items = self.ready_bytes = 0
-            if self.pending and (end or not self.bounds):  # a bounded chunk waits
+            if self.pending:
                 chunks.append((self.pending, self.pending_bytes))
                 self.pending, self.pending_bytes = [], 0
             self.armed = False
@@ -483,7 +478,7 @@ class _Outlet:
                 self.held_bytes += nbytes
 
     async def _end(self, failed: bool) -> None:
-        self._flush(end=True)
+        self._flush()
         if not self._wanted():
             return
         send_to_scheduler(
