@@ -265,3 +265,10 @@ def gated_logged(n, gate_from, event, log):
             assert Event(event).wait(timeout=60)
         yield i
         time.sleep(0.005)  # a chunk every 2 items or so
+
+
+def fail_on_three(part):
+    """A bag partition's function: the partition holding 3 fails."""
+    if 3 in part:
+        raise KeyError("partition with 3")
+    return part

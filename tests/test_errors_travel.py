@@ -349,3 +349,21 @@ def test_between_worker_processes():
         with pytest.raises(df.MapItemError) as info:
             per_item.map(["ok", "coded"], [0, 1]).compute(client=client)
         check_map_error(info.value.__cause__)
+
+
+def test_a_carried_os_error_keeps_its_text():
+    """An OSError subclass (TaskTimeoutError is a TimeoutError) carried by a failure
+    record prints as it did: its unset fields stay unset (set to None, an OSError
+    prints "[Errno None] None: None -> None")."""
+    from distributed.protocol.pickle import dumps, loads
+
+    from dynflow.worker._failure import Failure
+
+    for e in (
+        df.TaskTimeoutError("task 'x' did not finish within 0.5 s"),
+        OSError(2, "No such file", "a.txt"),
+        FileNotFoundError(2, "gone", "f", None, "g"),
+        ConnectionError("reset"),
+    ):
+        carried = loads(dumps(Failure(e, "x"))).exception
+        assert (type(carried), str(carried), carried.args) == (type(e), str(e), e.args)

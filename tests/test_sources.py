@@ -181,6 +181,18 @@ async def test_the_window_bounds_how_far_the_source_runs_ahead(c, s, a, b):
     assert values == (list(range(500)), sum(range(500)))
 
 
+def test_cache_on_a_stream_is_refused_where_it_is_called():
+    """A stream's list is never stored whole: cache=True on one is an error, not ignored."""
+
+    def pages(n):
+        yield from range(n)
+
+    with pytest.raises(ValueError, match=r"task 'pages' is a stream.*cache=True"):
+        df.task(cache=True)(pages)(3)
+    with pytest.raises(ValueError, match=r"task 'pages' is a stream"):
+        df.task(pages).with_options(cache=True)(3)
+
+
 def test_bad_stream_config_is_refused_where_the_graph_is_built():
     with dask.config.set({"dynflow.stream.window-items": "many"}):
         with pytest.raises(ValueError, match=r"stream 'numbers'.*dynflow.stream"):
@@ -483,14 +495,17 @@ async def test_a_worker_killed_while_the_source_runs_default_batches(c, s, a, b)
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
 async def test_as_completed_raises_a_failed_sources_error(c, s, a, b):
-    """As in sync mode: the items yielded before come, then the source's exception."""
+    """The items yielded before come (each ran), then the source's exception; in sync
+    mode (the list made first) the exception alone."""
+    from stream_tasks import busy
+
     got = []
     with pytest.raises(ValueError, match="page 2 broke"):
         async for pair_ in df.as_completed(
-            inc.map(fails_after(12, "page 2 broke")), client=c, raise_errors=True
+            busy.map(fails_after(12, "page 2 broke")), client=c, raise_errors=True
         ):
             got.append(pair_)
-    assert len(got) <= 12
+    assert sorted(v for _, v in got) == list(range(12))  # every item yielded before
     with pytest.raises(ValueError, match="page 2 broke"):
         list(df.as_completed(inc.map(fails_after(12, "page 2 broke")), scheduler="sync"))
     info = None
@@ -539,6 +554,28 @@ async def test_chunks_never_pass_chunk_items_or_bytes(c, s, a, b):
         pairs = [p async for p in df.as_completed(length.map(payload(60, 3000)), client=c)]
     assert [v for _, v in pairs] == [3000] * 60
     assert max(j for (_, j), _ in pairs) == 2  # three items a chunk
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)
+async def test_a_failed_partition_stands_for_its_items(c, s, a, b):
+    """allow_failure and min_success_ratio over a Bag whose partition fails, as over a
+    flatten whose parent item failed; a strict map's MapItemError names the partition's
+    task and error."""
+    import dask.bag as db
+    from stream_tasks import fail_on_three
+
+    bag = db.from_sequence(range(8), npartitions=4).map_partitions(fail_on_three)
+    nodes = [df.allow_failure(inc.map(bag)), inc.map(bag, min_success_ratio=0.5)]
+    for values in (await df.compute(*nodes, client=c), df.compute(*nodes, scheduler="sync")):
+        tolerant, ratio = values
+        assert [v for v in tolerant if not isinstance(v, KeyError)] == [1, 2, 5, 6, 7, 8]
+        assert [type(v) for v in tolerant].count(KeyError) == 1, tolerant
+        assert ratio == [1, 2, None, 5, 6, 7, 8]  # the failed partition: one None
+    with pytest.raises(df.MapItemError, match="failed in task 'fail_on_three'.*partition with 3"):
+        await df.compute(inc.map(bag), client=c)
+    with pytest.raises(df.MapItemError, match="failed in task 'fail_on_three'.*partition with 3"):
+        df.compute(inc.map(bag), scheduler="sync")
+    await no_tasks_left(s)
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 2, timeout=60)

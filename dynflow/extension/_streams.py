@@ -59,6 +59,9 @@ class Stream:
     seen: set = field(default_factory=set)  # keys queued or handed out
     # expanders whose source failed -> their prefix: the failure stands for the items
     parents: dict = field(default_factory=dict)
+    # a failed stream source's key: handed out last, once the run ended (the items it
+    # yielded before run first)
+    last: list = field(default_factory=list)
     event: asyncio.Event = field(default_factory=asyncio.Event)
     last_read: float = field(default_factory=monotonic)  # the client's last ``next``
     timer: Any = None  # once its run ended: the check that closes it if nobody reads it
@@ -89,7 +92,7 @@ class Streams:
                     self._queue(stream, key)
         for prefix, key in node.failed_parents.items():
             stream.parents[key] = prefix
-            self._queue(stream, key)
+            self._queue(stream, key, last=not prefix)
         return stream.id
 
     def parent_failed(self, node: Any, key: Any, prefix: tuple) -> None:
@@ -97,14 +100,15 @@ class Streams:
         the failure record, stands for the items there (streamed as one, at ``prefix``)."""
         for stream in self.by_node.get(id(node), ()):
             stream.parents[key] = prefix
-            self._queue(stream, key)
+            self._queue(stream, key, last=not prefix)
 
     def finished(self, node: Any, key: Any) -> None:
         """Item (or batch) ``key`` of ``node`` is in memory: queue it for its streams."""
         for stream in self.by_node.get(id(node), ()):
             self._queue(stream, key)
 
-    def _queue(self, stream: Stream, key: Any) -> None:
+    def _queue(self, stream: Stream, key: Any, last: bool = False) -> None:
+        """``key`` is handed out to ``stream``'s client (``last``: once the run ended)."""
         s = self.scheduler
         if key in stream.seen or not ops.has_waiters(s, key):
             return  # no list of the run keeps it: it is released at once, not streamable
@@ -113,6 +117,9 @@ class Streams:
         stream.seen.add(key)
         # kept for the client until it fetches (and so releases) it
         ops.keep_for_client(s, stream.client, [key])
+        if last and stream.run.finished is None:
+            stream.last.append(key)
+            return
         stream.ready.append(key)
         stream.event.set()
 
@@ -123,6 +130,8 @@ class Streams:
         ``dynflow.as-completed.idle-timeout`` without a read before they are closed."""
         timeout = parse_timedelta(dask.config.get("dynflow.as-completed.idle-timeout"))
         for stream in [s for s in self.streams.values() if s.run is run]:
+            stream.ready.extend(stream.last)
+            stream.last.clear()
             stream.event.set()
             if not stream.ready or not ops.has_client(self.scheduler, stream.client):
                 self.close(stream.id)
@@ -247,9 +256,10 @@ class Streams:
             del self.by_node[id(stream.node)]
         # a client that is gone wants nothing any more: the scheduler forgot its wants
         ops.release_for_client(
-            self.scheduler, stream.client, list(stream.ready), "dynflow-stream-close"
+            self.scheduler, stream.client, [*stream.ready, *stream.last], "dynflow-stream-close"
         )
         stream.ready.clear()
+        stream.last.clear()
         stream.seen.clear()
 
     @log_errors

@@ -344,6 +344,12 @@ class Task(Bindable, Generic[P, R]):
         """
         ours = dynflow_keywords(self._signature, kwargs, CALL_KEYWORDS)
         bound = self._bind("()", self._with_instance(args), kwargs)
+        if self.is_stream and self._options["cache"]:
+            raise ValueError(
+                f"task {self.name!r} is a stream (a generator), and cache=True cannot apply "
+                "to it: a stream's list is never stored whole (that would hold every item "
+                "it yields); cache the tasks mapped over it instead"
+            )
         make: type[Node[Any]] = StreamNode if self.is_stream else Node
         node: Node[R] = make(
             self._in_flow(),

@@ -56,7 +56,7 @@ from dynflow.graph._options import CALLER_OPTIONS, absolute_storage, result_stor
 from dynflow.lowering._expansion import Collector, Expansion, Nested
 from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._markers import Concrete, Existing, ItemOf, ParentItem, StageItem
-from dynflow.lowering._returned_graph import Returned
+from dynflow.lowering._returned_graph import Returned, _Guarded
 from dynflow.lowering._stage import Stage
 from dynflow.lowering._stream import StreamPlan
 from dynflow.lowering._subflow_stage import SubflowStage, key_node
@@ -194,6 +194,7 @@ def _node_task(
     if isinstance(node, StreamNode):  # on a local scheduler: the list of what it yields
         stream_config(node.name)  # checked as on a cluster
         fn = Listed(fn, node.name)
+        policy = replace(policy, cache=None)  # never cached, as on a cluster
     if node.wait_for:
         waits = parse_input([Alias(n.key) for n in node.wait_for])
         fn, args = call_after, [fn, waits, *args]
@@ -475,7 +476,8 @@ class _Graph:
                 continue  # its source or partitions, and its lists: lower_distributed
             elif isinstance(node, CollectionNode):  # on a local scheduler: its whole list
                 chunks = self.add_collection(node)
-                args = (node.name, "strict", 1.0, *(TaskRef(k) for k in chunks))
+                # raw: a failed partition's record stands for its items, as on a cluster
+                args = (node.name, "raw", 1.0, *(TaskRef(k) for k in chunks))
                 self.add(Task(node.key, gather_concat, *args), set(chunks))
             elif isinstance(node, AllowFailureNode):
                 if not isinstance(node.source, MapNode):
@@ -499,7 +501,14 @@ class _Graph:
         """The graph of the collection ``node`` maps over, and a task per partition that
         gives its items (``(item name, i)``); returns those tasks' keys."""
         coll = node.collection
-        tasks = convert_legacy_graph(dict(coll.__dask_graph__()))
+        # a partition that fails is a failure record standing for its items (as a
+        # flatten's failed parent item), so allow_failure and min_success_ratio apply
+        tasks = {
+            k: Task(k, _Guarded(t.func, node.name), *t.args, **t.kwargs)
+            if isinstance(t, Task)
+            else t
+            for k, t in convert_legacy_graph(dict(coll.__dask_graph__())).items()
+        }
         chunks = []
         for i, pkey in enumerate(node.partition_keys()):
             ckey = (node.item_name, i)

@@ -312,9 +312,14 @@ def _members(exc: BaseException) -> dict[str, Any]:
     cls: Any = type(exc)  # a class is hashable (typeshed's BaseException says otherwise)
     for name, attr in _member_descriptors(cls):
         try:
-            out[name] = attr.__get__(exc, type(exc))
+            value = attr.__get__(exc, type(exc))
         except AttributeError:  # an empty slot
-            pass
+            continue
+        if value is None and attr.__objclass__.__module__ == "builtins":
+            # a builtin's field reads None when unset; set to None it is "set" (an
+            # OSError with filename None prints "[Errno None] None: None")
+            continue
+        out[name] = value
     return out
 
 

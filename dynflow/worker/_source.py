@@ -509,7 +509,8 @@ def unfinished(task_name: str, *_inputs: Any) -> None:
 
 def partition_items(kind: str, part: Any) -> Any:
     """The items of one partition of a dask collection mapped over: a Bag's partition
-    as a list (a partition may be a lazy iterator), an Array's block of rows as it is."""
-    if kind == "array" or isinstance(part, list):
+    as a list (a partition may be a lazy iterator), an Array's block of rows as it is;
+    a failed partition's record as it is (it stands for the partition's items)."""
+    if kind == "array" or isinstance(part, list) or type(part) is Failure:
         return part
     return list(part)
