@@ -19,8 +19,8 @@ from typing import Any
 from dask._task_spec import Alias, GraphNode, List, Task, TaskRef, parse_input
 
 from dynflow.lowering._expansion import Collector, Expansion, Nested
-from dynflow.worker._calls import CallPolicy, call_after
-from dynflow.worker._collect import gather_failed
+from dynflow.worker._calls import CallPolicy
+from dynflow.worker._collect import gather_failed_stream
 from dynflow.worker._source import replay_chunk, unfinished
 
 __all__ = ["StreamPlan"]
@@ -97,7 +97,7 @@ class StreamPlan:
             return col.task((), chunks)
         lists = List(*(TaskRef((col.of, c)) for c in range(chunks)))
         return Task(
-            key, call_after, gather_failed, lists, col.task_name, col.mode, col.ratio,
+            key, gather_failed_stream, lists, col.task_name, col.mode, col.ratio,
             TaskRef(self.source),
         )  # fmt: skip
 

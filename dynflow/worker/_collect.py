@@ -26,6 +26,7 @@ __all__ = [
     "gather",
     "gather_concat",
     "gather_failed",
+    "gather_failed_stream",
     "gather_raw",
     "ratio_met",
     "tolerate",
@@ -94,6 +95,15 @@ def gather_failed(task_name: str, mode: str, ratio: float, failure: Failure) -> 
     if mode == "strict":
         raise failure.exception
     return failure
+
+
+def gather_failed_stream(
+    lists: list, task_name: str, mode: str, ratio: float, failure: Failure
+) -> Any:
+    """A list over a stream whose source failed: :func:`gather_failed` of the source's
+    ``failure``, once ``lists`` (the lists of the chunks it handed on before: their
+    items ran) are made; they are not read."""
+    return gather_failed(task_name, mode, ratio, failure)
 
 
 def concat_raw(task_name: str, items: list | Failure) -> list | Failure:

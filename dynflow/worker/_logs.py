@@ -25,6 +25,7 @@ INTERNAL_TASKS = frozenset(
         "gather",
         "gather_concat",
         "gather_failed",
+        "gather_failed_stream",
         "gather_raw",
         "pick",
         "rebuild",

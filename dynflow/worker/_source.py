@@ -40,9 +40,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 from dask.sizeof import sizeof
 from distributed import get_worker, secede
-from distributed.protocol.pickle import dumps
 from distributed.utils import sync
 
 from dynflow._compat import call_scheduler, drop_local, expander_run_id, send_to_scheduler
@@ -134,7 +134,11 @@ class Listed:
     task_name: str
 
     def __call__(self, *args: Any, **kwargs: Any) -> list:
-        return list(iterate(self.task_name, self.fn(*args, **kwargs)))
+        out = list(iterate(self.task_name, self.fn(*args, **kwargs)))
+        for i, item in enumerate(out):  # each item as on a cluster (its index named)
+            if type(item) not in _PLAIN:
+                _check_picklable(self.task_name, i, item)
+        return out
 
 
 def stream_source(plan: Any, data: dict[Any, Any]) -> Any:
@@ -490,12 +494,12 @@ class _Outlet:
 def _check_picklable(task_name: str, index: int, item: Any) -> None:
     """Raise :class:`SerializationError` for an item that cannot be pickled (large
     buffers are passed out of band: not copied)."""
-    try:
-        dumps(item, buffer_callback=lambda _: None)
+    try:  # cloudpickle: what distributed falls back on (and it logs nothing)
+        cloudpickle.dumps(item, protocol=5, buffer_callback=lambda _: None)
     except Exception as e:
         raise SerializationError(
             f"stream {task_name!r} yielded item {index}, a {type(item).__name__} that cannot "
-            f"be pickled, so it could not be sent to the workers that process it: {e}"
+            f"be pickled: on a cluster it could not reach the workers that process it: {e}"
         ) from e
 
 
