@@ -592,4 +592,15 @@ async def test_a_dask_collection_passed_whole_is_its_value(c, s, a, b):
     expected = (90, (6, 4), 10, 7)
     assert await df.compute(*nodes, client=c) == expected
     assert df.compute(*nodes, scheduler="sync") == expected
+    # a collection that fails: its error, raised, or handed on by allow_failure
+    from stream_tasks import fail_on_three
+
+    failing = db.from_sequence(range(8), npartitions=4).map_partitions(fail_on_three)
+    with pytest.raises(KeyError, match="partition with 3"):
+        await df.compute(total(failing), client=c)
+    for (value,) in (
+        await df.compute(df.allow_failure(total(failing)), client=c),
+        df.compute(df.allow_failure(total(failing)), scheduler="sync"),
+    ):
+        assert type(value) is KeyError and value.args == ("partition with 3",)
     await no_tasks_left(s)

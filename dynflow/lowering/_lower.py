@@ -31,7 +31,7 @@ from dask._task_spec import Alias, DataNode, Task, TaskRef, convert_legacy_graph
 from dask.base import is_dask_collection, tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.sizeof import sizeof
-from dask.utils import parse_bytes, parse_timedelta
+from dask.utils import key_split, parse_bytes, parse_timedelta
 
 from dynflow._compat import collection_graph
 from dynflow._containers import substitute
@@ -119,22 +119,35 @@ class LargeValues:
         # dask collections in arguments: per collection, its (optimized) graph and the
         # task that gives its value (as dask.compute would), under the same key
         self.collections: dict[str, dict[Any, Any]] = {}
+        self._collection_keys: dict[tuple[int, bool], str] = {}
 
     def is_large(self, obj: Any) -> bool:
         if self.limit is None or type(obj) in _SMALL or isinstance(obj, (Node, unmapped)):
             return False
         return sizeof(obj) >= self.limit and not find_nodes(obj)
 
-    def collection(self, value: Any) -> str:
+    def collection(self, value: Any, records: bool = False) -> str:
         """The key of the task whose value is dask collection ``value`` computed, as
         ``dask.delayed`` passes a collection argument (a Bag's list, an Array's
         ndarray, a DataFrame's pandas frame, a Delayed's value); its graph runs in the
-        same run (made the first time)."""
-        key = self._keys.get(id(value))
+        same run (made the first time). ``records``: for a node whose failures are
+        records (upstream of an ``allow_failure`` consumer): a task of the collection
+        that fails makes its value a failure record, not a dask error."""
+        memo = (id(value), records)
+        key = self._collection_keys.get(memo)
         if key is None:
-            key = self._keys[id(value)] = f"dynflow-collection-{tokenize(value)}"
+            kind = "collection-records" if records else "collection"
+            key = self._collection_keys[memo] = f"dynflow-{kind}-{tokenize(value)}"
             if key not in self.collections:
                 tasks = collection_graph(value, key)
+                if records:
+                    name = key_split(str(getattr(value, "name", "") or "collection"))
+                    tasks = {
+                        k: Task(k, _Guarded(t.func, name), *t.args, **t.kwargs)
+                        if isinstance(t, Task)
+                        else t
+                        for k, t in tasks.items()
+                    }
                 self.collections[key] = tasks
         return key
 
@@ -146,17 +159,20 @@ class LargeValues:
             self.tasks.setdefault(key, DataNode(key, value))
         return key
 
-    def replace(self, obj: Any, fn: Callable[[Any], Any], spec: bool = False) -> Any:
+    def replace(
+        self, obj: Any, fn: Callable[[Any], Any], spec: bool = False, records: bool = False
+    ) -> Any:
         """``obj`` with nodes, and large values, given to ``fn`` (a large value as a
-        :class:`~dynflow.graph._node.KeyNode` of its data task)."""
+        :class:`~dynflow.graph._node.KeyNode` of its data task, a dask collection of
+        the task computing it; ``records``: see :meth:`collection`)."""
 
         def leaf(o: Any) -> Any:
             if isinstance(o, Node):
                 return fn(o)
             if isinstance(o, unmapped):
-                return unmapped(self.replace(o.value, fn))
+                return unmapped(self.replace(o.value, fn, records=records))
             if _is_collection(o):
-                return fn(key_node(self.collection(o)))
+                return fn(key_node(self.collection(o, records)))
             return fn(key_node(self.key(o)))
 
         return substitute(
@@ -176,19 +192,20 @@ def _is_collection(obj: Any) -> bool:
 _SMALL = frozenset({int, float, complex, bool, type(None)})
 
 
-def _ref(obj: Any, large: LargeValues | None = None) -> Any:
+def _ref(obj: Any, large: LargeValues | None = None, records: bool = False) -> Any:
     """``obj`` as a task-spec argument: nodes become references to their keys (and,
-    given ``large``, large values references to their data tasks)."""
+    given ``large``, large values references to their data tasks, dask collections to
+    the tasks computing them)."""
     if large is None:
         return parse_input(replace_nodes(obj, lambda n: Alias(n.key), spec=True))
-    return parse_input(large.replace(obj, lambda n: Alias(n.key), spec=True))
+    return parse_input(large.replace(obj, lambda n: Alias(n.key), spec=True, records=records))
 
 
 def _node_task(
     node: Node, records: bool, distributed: bool, large: LargeValues | None = None
 ) -> Task:
-    args = [_ref(a, large) for a in node.args]
-    kwargs = {k: _ref(v, large) for k, v in node.kwargs.items()}
+    args = [_ref(a, large, records) for a in node.args]
+    kwargs = {k: _ref(v, large, records) for k, v in node.kwargs.items()}
     policy = _policy(node, records, distributed)
     fn = node.task.graph_fn
     if isinstance(node, StreamNode):  # on a local scheduler: the list of what it yields
