@@ -691,3 +691,21 @@ def test_errors_show_the_users_frames_and_no_internal_compute_failed():
     blocks = [r.getMessage() for r in caught.records if "Compute Failed" in r.getMessage()]
     assert not any("gather" in b for b in blocks), blocks  # dynflow's collector
     assert any("plain_fails" in b for b in blocks), blocks  # the user's own task
+
+
+@df.task
+def pass_on(x):
+    return x
+
+
+@gen_cluster(client=True)
+async def test_allow_failure_sees_a_failure_inside_a_container_argument(c, s, a, b):
+    """A node upstream of an allow_failure consumer, whose argument is a list holding a
+    failing node: the consumer gets the exception, never a failure record in a list."""
+    node = pass_on(df.allow_failure(pass_on([fail_on(3), 1])))
+    for (value,) in (await df.compute(node, client=c), df.compute(node, scheduler="sync")):
+        assert type(value) is Bad and str(value) == "item 3 is bad"
+    # the same list without a failure: the values, in place
+    ok = pass_on(df.allow_failure(pass_on([fail_on(1), {"b": fail_on(2)}])))
+    assert await df.compute(ok, client=c) == ([10, {"b": 20}],)
+    await no_tasks_left(s)

@@ -34,7 +34,7 @@ from dask.sizeof import sizeof
 from dask.utils import key_split, parse_bytes, parse_timedelta
 
 from dynflow._compat import collection_graph
-from dynflow._containers import substitute
+from dynflow._containers import find, substitute
 from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, own_limit, raw_key, run_name
 from dynflow.graph._node import (
     PARTED,
@@ -183,6 +183,14 @@ class LargeValues:
         )
 
 
+def _holds_upstream(value: Any) -> bool:
+    """Whether an argument is a container holding a node or a dask collection (whose
+    value, failed, is a failure record inside it)."""
+    if isinstance(value, Node) or _is_collection(value):
+        return False
+    return bool(find(value, lambda o: isinstance(o, Node) or _is_collection(o)))
+
+
 def _is_collection(obj: Any) -> bool:
     """A dask collection (not a dynflow node) in a task's arguments."""
     return not isinstance(obj, Node) and is_dask_collection(obj)
@@ -207,6 +215,8 @@ def _node_task(
     args = [_ref(a, large, records) for a in node.args]
     kwargs = {k: _ref(v, large, records) for k, v in node.kwargs.items()}
     policy = _policy(node, records, distributed)
+    if records and any(_holds_upstream(v) for v in (*node.args, *node.kwargs.values())):
+        policy = replace(policy, nested=True)  # a failure record may sit in a container
     fn = node.task.graph_fn
     if isinstance(node, StreamNode):  # on a local scheduler: the list of what it yields
         stream_config(node.name)  # checked as on a cluster

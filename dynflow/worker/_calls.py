@@ -31,6 +31,7 @@ from distributed.protocol.pickle import dumps
 from distributed.utils import import_term
 
 from dynflow._compat import secede_async
+from dynflow._containers import find
 from dynflow._context import CURRENT_KEY, LOCAL_KEYS, RUNNING_ASYNC, RUNNING_TASK
 from dynflow.exceptions import (
     ExtensionError,
@@ -118,6 +119,9 @@ class CallPolicy:
     # task); set by the lowering, which knows what a node is
     returned: Callable[[CallPolicy, Any], Any] | None = None
     cache: CachePolicy | None = None  # cache=True: results persisted (dynflow.worker._cache)
+    # the call's arguments hold upstream values inside containers (a list of nodes):
+    # a failure record among them is looked for there too (set by the lowering)
+    nested: bool = False
 
     def spec(
         self, key: Any, fn: Callable, /, *args: Any, blocking: bool = False, **kwargs: Any
@@ -332,7 +336,10 @@ def _upstream_failure(
     failure an ``allow_failure`` consumer tolerates)."""
     waited = args[1] if fn is call_after else None
     extra = waited if type(waited) is list else ()
-    for value in (*args, *kwargs.values(), *extra):
+    values: Any = (*args, *kwargs.values(), *extra)
+    if policy.nested:  # inside containers too (only where the lowering put a node)
+        values = find(values, lambda o: type(o) is Failure)
+    for value in values:
         if type(value) is Failure:
             if not policy.records:
                 raise value.exception
