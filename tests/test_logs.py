@@ -188,3 +188,20 @@ async def test_a_label_callable_gets_the_fields_it_names(c, s, a, b):
         await labelled.map(listed(3)).compute(client=c)
     with pytest.raises(df.MapItemError, match=r"at index 2 \(item-2\)"):
         labelled.map(range(3)).compute(scheduler="sync")
+
+
+@df.task(log_prints=True, task_run_name="pages-{n}")
+def paged(n):
+    """A stream whose prints are forwarded, tagged with its label."""
+    for i in range(n):
+        print(f"page {i}")
+        yield i
+
+
+@gen_cluster(client=True)
+async def test_a_streams_prints_are_tagged_with_its_label(c, s, a, b):
+    await listed(0).compute(client=c)  # installs the client's own handler, replaced next
+    lines, done = await collect(c, expected=3)
+    assert await total(square.map(paged(3))).compute(client=c) == 0 + 1 + 4
+    await asyncio.wait_for(done.wait(), 10)
+    assert [f"[pages-3] page {i}" for i in range(3)] == [x for x in lines if "page " in x]

@@ -63,7 +63,7 @@ from dynflow.lowering._subflow_stage import SubflowStage, key_node
 from dynflow.worker._calls import CallPolicy, Deferred, call_after
 from dynflow.worker._collect import concat_raw, gather_concat, gather_raw, tolerate
 from dynflow.worker._expander import expand, run_map, unspliced
-from dynflow.worker._source import Listed, partition_items, stream_source
+from dynflow.worker._source import Listed, bound, partition_items, stream_source
 
 __all__ = ["LowerSubflow", "lower", "lower_distributed", "lower_local", "returned_hook"]
 
@@ -845,7 +845,7 @@ def _stream_plan(
         node.name,
         node.key,
         chunk_name,
-        Task(None, fn, *args, **kwargs),
+        Task(None, bound, fn, *args, **kwargs),
         node.task.policy(records=False),
         expansion,
         window if windowed else None,

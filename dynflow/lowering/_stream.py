@@ -40,7 +40,7 @@ class StreamPlan:
     task_name: str
     node_key: str  # the stream's list (the node's key)
     chunk_name: str
-    call: Task  # the function's call, evaluated with the source task's data
+    call: Task  # (fn, args, kwargs) of the call (worker._source.bound), from the task's data
     policy: CallPolicy  # retries of the source
     expansion: Expansion
     window: tuple[int, int] | None

@@ -50,7 +50,7 @@ from dynflow._context import CURRENT_KEY
 from dynflow._protocol import STREAM_CHUNK_HANDLER, STREAM_END_HANDLER, STREAM_START_HANDLER
 from dynflow.exceptions import ExtensionError, SerializationError, TaskTimeoutError
 from dynflow.worker._call_context import current_key
-from dynflow.worker._calls import _PLAIN, _call_error, _next_try
+from dynflow.worker._calls import _PLAIN, _call_error, _calling, _next_try, call_after
 from dynflow.worker._failure import Failure
 
 if TYPE_CHECKING:
@@ -58,7 +58,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Listed", "iterate", "partition_items", "replay_chunk", "stream_source", "unfinished"]
+__all__ = [
+    "Listed",
+    "bound",
+    "iterate",
+    "partition_items",
+    "replay_chunk",
+    "stream_source",
+    "unfinished",
+]
 
 
 def iterate(task_name: str, value: Any) -> Iterator[Any]:
@@ -192,11 +200,15 @@ def _attempt(plan: Any, data: dict[Any, Any], outlet: _Outlet, attempt: int) -> 
     """
 
     def run() -> bool:
-        for i, item in enumerate(iterate(plan.task_name, plan.call(data))):
-            if i < outlet.count:
-                continue  # handed on by an earlier attempt or run
-            if not outlet.put(item, attempt, i):
-                return False
+        fn, args, kwargs = plan.call(data)
+        user_args = args[2:] if fn is call_after else args
+        # as any call: its label and log_prints tag what it prints (while it iterates)
+        with _calling(plan.policy, user_args, kwargs):
+            for i, item in enumerate(iterate(plan.task_name, fn(*args, **kwargs))):
+                if i < outlet.count:
+                    continue  # handed on by an earlier attempt or run
+                if not outlet.put(item, attempt, i):
+                    return False
         return True
 
     timeout = plan.policy.timeout
@@ -227,6 +239,12 @@ def _attempt(plan: Any, data: dict[Any, Any], outlet: _Outlet, attempt: int) -> 
         pool.shutdown(wait=False)
 
 
+def bound(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:
+    """A stream's call, its arguments' values in place, not made yet: ``(fn, args,
+    kwargs)`` (the source makes it inside the call's context, as a task's call is)."""
+    return fn, args, kwargs
+
+
 def replay_chunk(plan: Any, start: int, stop: int, data: dict[Any, Any]) -> list:
     """Chunk ``[start, stop)`` of a stream made again (its only copy was lost): the
     function is called again and its items up to ``stop`` iterated. The iterator is
@@ -246,7 +264,8 @@ def replay_chunk(plan: Any, start: int, stop: int, data: dict[Any, Any]) -> list
         kept = None
     items, position = kept[:2] if kept is not None else (None, 0)
     if items is None:
-        items = iter(iterate(plan.task_name, plan.call(data)))
+        fn, args, kwargs = plan.call(data)
+        items = iter(iterate(plan.task_name, fn(*args, **kwargs)))
     out = []
     for item in items:
         if position >= start:
