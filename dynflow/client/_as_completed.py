@@ -416,10 +416,12 @@ class AsCompleted(Generic[T]):
                 )
                 for i in whole:  # fetched: the workers may let go of them
                     futures[i].release()
-                pairs = self._pairs([items[i] for i in whole], values, total)
+                pairs, error = self._pairs([items[i] for i in whole], values, total)
                 del values
-                yield pairs
+                yield pairs  # the items before a failure that raises come first
                 del pairs
+                if error is not None:
+                    raise error
             for f, item in zip(futures, items, strict=True):
                 if not self._sliced(item):
                     continue
@@ -438,22 +440,32 @@ class AsCompleted(Generic[T]):
                         values = await self._comm(client.gather(part, asynchronous=True))
                     finally:
                         part.release()
-                    pairs = [self._pair(item, start + j, v, total) for j, v in enumerate(values)]
+                    pairs, error = self._pairs([item], [values], total, start)
                     del values
                     yield pairs
                     del pairs
+                    if error is not None:
+                        raise error
                 f.release()
         finally:
             for f in futures:
                 f.release()
 
-    def _pairs(self, items: list[dict], values: list, total: int | None) -> list[tuple]:
-        """``(index, value)`` of every value of tasks ``items`` (a batch: each item)."""
+    def _pairs(
+        self, items: list[dict], values: list, total: int | None, start: int = 0
+    ) -> tuple[list[tuple], BaseException | None]:
+        """``(index, value)`` of every value of tasks ``items`` (a batch: each item;
+        ``start``: the offset of a slice of one), up to the first that raises (a failed
+        item with ``raise_errors``, a failed source), and that error (None: none)."""
         pairs: list[tuple] = []
         for item, value in zip(items, values, strict=True):
             parts = value if item["size"] else [value]
-            pairs += [self._pair(item, j, v, total) for j, v in enumerate(parts)]
-        return pairs
+            for j, v in enumerate(parts, start):
+                try:
+                    pairs.append(self._pair(item, j, v, total))
+                except Exception as e:  # raised once the pairs before it are handed out
+                    return pairs, e
+        return pairs, None
 
     def _pair(self, item: dict, offset: int, value: Any, total: int | None) -> tuple:
         """``(index, value)`` of the ``offset``-th value of a streamed task."""
