@@ -22,19 +22,16 @@ place (:mod:`dynflow.lowering._returned_graph`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import dask.config
-from dask._task_spec import Alias, DataNode, Task, TaskRef, convert_legacy_graph, parse_input
-from dask.base import is_dask_collection, tokenize
+from dask._task_spec import Alias, Task, TaskRef, convert_legacy_graph, parse_input
+from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from dask.sizeof import sizeof
-from dask.utils import key_split, parse_bytes, parse_timedelta
+from dask.utils import parse_bytes, parse_timedelta
 
-from dynflow._compat import collection_graph
-from dynflow._containers import find, substitute
 from dynflow._protocol import EXPANDER_PREFIX, LIMIT_ANNOTATION, own_limit, raw_key, run_name
 from dynflow.graph._node import (
     PARTED,
@@ -50,16 +47,16 @@ from dynflow.graph._node import (
     find_nodes,
     replace_nodes,
     topological,
-    unmapped,
 )
 from dynflow.graph._options import CALLER_OPTIONS, absolute_storage, result_storage
 from dynflow.lowering._expansion import Collector, Expansion, Nested
 from dynflow.lowering._groups import ExpansionGroups
 from dynflow.lowering._markers import Concrete, Existing, ItemOf, ParentItem, StageItem
-from dynflow.lowering._returned_graph import Returned, _Guarded
+from dynflow.lowering._returned_graph import Returned, guarded
 from dynflow.lowering._stage import Stage
 from dynflow.lowering._stream import StreamPlan
-from dynflow.lowering._subflow_stage import SubflowStage, key_node
+from dynflow.lowering._subflow_stage import SubflowStage
+from dynflow.lowering._values import LargeValues, holds_upstream
 from dynflow.worker._calls import CallPolicy, Deferred, call_after
 from dynflow.worker._collect import concat_raw, gather_concat, gather_raw, tolerate
 from dynflow.worker._expander import expand, run_map, unspliced
@@ -104,102 +101,6 @@ def _storage_here() -> Any:
     return CALLER_OPTIONS.set({**caller, "result_storage": storage})
 
 
-class LargeValues:
-    """Large concrete values found in the arguments while a graph is lowered for a
-    cluster, each made a data task of its own (``dynflow-data-<token>``) that the tasks
-    reading it depend on (``dynflow.large-argument``): the value is sent to each worker
-    that needs it once, not inside every task's spec (a ``df.unmapped(array)`` that
-    every item of a map receives). Subtrees holding nodes are never data."""
-
-    def __init__(self, data: bool = True) -> None:
-        # data=False (a local scheduler): only dask collections are taken out
-        self.limit = parse_bytes(dask.config.get("dynflow.large-argument")) if data else None
-        self.tasks: dict[str, DataNode] = {}
-        self._keys: dict[int, str] = {}  # id(value) -> its key (one token per value)
-        # dask collections in arguments: per collection, its (optimized) graph and the
-        # task that gives its value (as dask.compute would), under the same key
-        self.collections: dict[str, dict[Any, Any]] = {}
-        self._collection_keys: dict[tuple[int, bool], str] = {}
-
-    def is_large(self, obj: Any) -> bool:
-        if self.limit is None or type(obj) in _SMALL or isinstance(obj, (Node, unmapped)):
-            return False
-        return sizeof(obj) >= self.limit and not find_nodes(obj)
-
-    def collection(self, value: Any, records: bool = False) -> str:
-        """The key of the task whose value is dask collection ``value`` computed, as
-        ``dask.delayed`` passes a collection argument (a Bag's list, an Array's
-        ndarray, a DataFrame's pandas frame, a Delayed's value); its graph runs in the
-        same run (made the first time). ``records``: for a node whose failures are
-        records (upstream of an ``allow_failure`` consumer): a task of the collection
-        that fails makes its value a failure record, not a dask error."""
-        memo = (id(value), records)
-        key = self._collection_keys.get(memo)
-        if key is None:
-            kind = "collection-records" if records else "collection"
-            key = self._collection_keys[memo] = f"dynflow-{kind}-{tokenize(value)}"
-            if key not in self.collections:
-                tasks = collection_graph(value, key)
-                if records:
-                    name = key_split(str(getattr(value, "name", "") or "collection"))
-                    tasks = {
-                        k: Task(k, _Guarded(t.func, name), *t.args, **t.kwargs)
-                        if isinstance(t, Task)
-                        else t
-                        for k, t in tasks.items()
-                    }
-                self.collections[key] = tasks
-        return key
-
-    def key(self, value: Any) -> str:
-        """The key of the data task holding ``value`` (made the first time)."""
-        key = self._keys.get(id(value))
-        if key is None:
-            key = self._keys[id(value)] = f"dynflow-data-{tokenize(value)}"
-            self.tasks.setdefault(key, DataNode(key, value))
-        return key
-
-    def replace(
-        self, obj: Any, fn: Callable[[Any], Any], spec: bool = False, records: bool = False
-    ) -> Any:
-        """``obj`` with nodes, and large values, given to ``fn`` (a large value as a
-        :class:`~dynflow.graph._node.KeyNode` of its data task, a dask collection of
-        the task computing it; ``records``: see :meth:`collection`)."""
-
-        def leaf(o: Any) -> Any:
-            if isinstance(o, Node):
-                return fn(o)
-            if isinstance(o, unmapped):
-                return unmapped(self.replace(o.value, fn, records=records))
-            if _is_collection(o):
-                return fn(key_node(self.collection(o, records)))
-            return fn(key_node(self.key(o)))
-
-        return substitute(
-            obj,
-            lambda o: isinstance(o, (Node, unmapped)) or _is_collection(o) or self.is_large(o),
-            leaf,
-            spec,
-        )
-
-
-def _holds_upstream(value: Any) -> bool:
-    """Whether an argument is a container holding a node or a dask collection (whose
-    value, failed, is a failure record inside it)."""
-    if isinstance(value, Node) or _is_collection(value):
-        return False
-    return bool(find(value, lambda o: isinstance(o, Node) or _is_collection(o)))
-
-
-def _is_collection(obj: Any) -> bool:
-    """A dask collection (not a dynflow node) in a task's arguments."""
-    return not isinstance(obj, Node) and is_dask_collection(obj)
-
-
-#: values never large enough to matter (their sizeof is not worth asking)
-_SMALL = frozenset({int, float, complex, bool, type(None)})
-
-
 def _ref(obj: Any, large: LargeValues | None = None, records: bool = False) -> Any:
     """``obj`` as a task-spec argument: nodes become references to their keys (and,
     given ``large``, large values references to their data tasks, dask collections to
@@ -215,7 +116,7 @@ def _node_task(
     args = [_ref(a, large, records) for a in node.args]
     kwargs = {k: _ref(v, large, records) for k, v in node.kwargs.items()}
     policy = _policy(node, records, distributed)
-    if records and any(_holds_upstream(v) for v in (*node.args, *node.kwargs.values())):
+    if records and any(holds_upstream(v) for v in (*node.args, *node.kwargs.values())):
         policy = replace(policy, nested=True)  # a failure record may sit in a container
     fn = node.task.graph_fn
     if isinstance(node, StreamNode):  # on a local scheduler: the list of what it yields
@@ -530,12 +431,7 @@ class _Graph:
         coll = node.collection
         # a partition that fails is a failure record standing for its items (as a
         # flatten's failed parent item), so allow_failure and min_success_ratio apply
-        tasks = {
-            k: Task(k, _Guarded(t.func, node.name), *t.args, **t.kwargs)
-            if isinstance(t, Task)
-            else t
-            for k, t in convert_legacy_graph(dict(coll.__dask_graph__())).items()
-        }
+        tasks = guarded(convert_legacy_graph(dict(coll.__dask_graph__())), node.name)
         chunks = []
         for i, pkey in enumerate(node.partition_keys()):
             ckey = (node.item_name, i)

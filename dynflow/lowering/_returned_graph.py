@@ -206,10 +206,8 @@ class Returned:
         values = []
         for i, c in enumerate(collections):
             # each as dask.compute computes it (optimized, its value finalized)
-            for k, spec in collection_graph(c, f"{output}-{i}").items():
-                if policy.records and isinstance(spec, Task):
-                    spec = Task(k, _Guarded(spec.func, policy.task_name), *spec.args, **spec.kwargs)
-                tasks[k] = spec
+            graph = collection_graph(c, f"{output}-{i}")
+            tasks.update(guarded(graph, policy.task_name) if policy.records else graph)
             values.append(TaskRef(f"{output}-{i}"))
         tasks[output] = Task(output, finish_collections, policy.records, repack, List(*values))
         queue = bool(dask.config.get("dynflow.queue-items"))
@@ -292,6 +290,15 @@ class _Guarded:
             return self.func(*args, **kwargs)
         except Exception as e:
             return Failure(e, self.task_name)
+
+
+def guarded(tasks: dict[Any, Any], task_name: str) -> dict[Any, Any]:
+    """A dask collection's ``tasks``, each run so that a failure record among its
+    arguments is passed on and an exception becomes a record (:class:`_Guarded`)."""
+    return {
+        k: Task(k, _Guarded(t.func, task_name), *t.args, **t.kwargs) if isinstance(t, Task) else t
+        for k, t in tasks.items()
+    }
 
 
 def finish_collections(records: bool, repack: Callable[[Any], Any], results: list) -> Any:

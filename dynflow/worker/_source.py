@@ -105,8 +105,8 @@ def _async_items(agen: Any) -> Iterator[Any]:
         if hasattr(agen, "aclose"):
             try:
                 _run(loop, agen.aclose())
-            except Exception:  # noqa: S110 - closing is best effort
-                pass
+            except Exception:  # closing is best effort: said, not raised
+                logger.debug("closing an async generator source failed", exc_info=True)
         loop.close()
 
 
@@ -315,8 +315,8 @@ def _close(kept: tuple[Any, int, threading.Timer]) -> None:
     if close is not None:
         try:
             close()
-        except Exception:  # noqa: S110 - closing is best effort
-            pass
+        except Exception:  # closing is best effort: said, not raised
+            logger.debug("closing a replayed source failed", exc_info=True)
 
 
 class _Outlet:
